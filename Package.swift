@@ -1,0 +1,44 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "swift-long-attention",
+    products: [
+        .library(name: "LongAttention", targets: ["LongAttention"]),
+        .library(name: "AttentionTensor", targets: ["AttentionTensor"]),
+        .executable(name: "attn", targets: ["attn"]),
+        .executable(name: "attention-bench", targets: ["AttentionBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // OpenBLAS (CBLAS + LAPACKE) as a system library, found through pkg-config.
+        .systemLibrary(
+            name: "COpenBLAS",
+            path: "Modules/COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
+        ),
+        // Hot elementwise kernels (exp, softmax, online softmax) in C with runtime CPU dispatch
+        // (`target_clones`), so they run AVX-512/AVX2 code without unsafe compiler flags.
+        .target(name: "CAttentionKernels"),
+        .target(name: "AttentionTensor", dependencies: ["COpenBLAS", "CAttentionKernels"]),
+        .target(name: "LongAttention", dependencies: ["AttentionTensor", "COpenBLAS", "CAttentionKernels"]),
+        .executableTarget(
+            name: "attn",
+            dependencies: [
+                "LongAttention", "AttentionTensor",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "AttentionBench",
+            dependencies: ["LongAttention", "AttentionTensor", "COpenBLAS"],
+            path: "Benchmarks/AttentionBench"
+        ),
+        .testTarget(name: "AttentionTensorTests", dependencies: ["AttentionTensor", "CAttentionKernels"]),
+        .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,42 @@
+import Foundation
+
+/// 64-byte aligned Float32 memory shared by tensors (copy-on-write: only mutated when unique).
+final class TensorStorage: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Float>
+    let count: Int
+
+    /// Uninitialised storage for `count` floats, or nil when the allocation fails.
+    init?(uninitializedCount count: Int) {
+        let bytes = max(1, count) &* MemoryLayout<Float>.stride
+        guard count >= 0, count <= Int.max / MemoryLayout<Float>.stride else { return nil }
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 64, bytes) == 0, let raw else { return nil }
+        pointer = raw.bindMemory(to: Float.self, capacity: max(1, count))
+        self.count = count
+    }
+
+    deinit { free(pointer) }
+}
+
+/// Checked element count of a shape: throws on negative dimensions or overflow.
+public func elementCount(of shape: [Int]) throws -> Int {
+    var n = 1
+    for s in shape {
+        guard s >= 0 else { throw TensorError.invalidShape(shape) }
+        let (p, o) = n.multipliedReportingOverflow(by: s)
+        guard !o, p <= Int.max / 8 else { throw TensorError.invalidShape(shape) }
+        n = p
+    }
+    return n
+}
+
+/// Row-major (C order) strides of a shape.
+public func rowMajorStrides(_ shape: [Int]) -> [Int] {
+    var strides = [Int](repeating: 1, count: shape.count)
+    var acc = 1
+    for i in stride(from: shape.count - 1, through: 0, by: -1) {
+        strides[i] = acc
+        acc *= max(shape[i], 1)
+    }
+    return strides
+}

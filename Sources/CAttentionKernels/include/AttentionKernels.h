@@ -1,0 +1,56 @@
+#ifndef ATTENTION_KERNELS_H
+#define ATTENTION_KERNELS_H
+// Vectorised elementwise kernels for attention: exp, softmax, FlashAttention's online softmax.
+//
+// Every kernel is compiled three times (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, baseline
+// x86-64) and the loader picks the best for the running CPU (`target_clones`, resolved once
+// through an ifunc). No compiler flag is needed, so a package depending on this one builds it.
+// Row-major throughout; `ld*` is a leading dimension (elements between consecutive rows).
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Name of the clone the loader selected on this CPU: "x86-64-v4", "x86-64-v3" or "baseline".
+const char *ak_kernel_isa(void);
+
+/// y[i] = exp(x[i]) for i < n (x and y may alias). Inputs below -87.3365 give 0 (subnormal
+/// results are flushed); inputs above 88.72 give +inf. Max error about 2 ULP (see the tests).
+void ak_exp(const float *x, float *y, long n);
+
+/// Row softmax in place over a rows × cols block (leading dimension lds). `valid` (may be NULL)
+/// gives per row how many leading columns are unmasked; columns at or past it get probability 0.
+/// A row with no unmasked column, or whose unmasked scores are all -inf, becomes all zeros.
+void ak_softmax_rows(float *s, long rows, long cols, long lds, const int *valid);
+
+/// One key tile of FlashAttention's online softmax. On entry `s` holds the tile's scores; `m` and
+/// `l` the running row max and row sum (start with -inf and 0); `o` the unnormalised output
+/// accumulator (rows × dv, leading dimension ldo, start at 0). On return `s` holds
+/// p = exp(s - m_new) (0 where masked), `o` rows are rescaled by exp(m_old - m_new), and m, l are
+/// updated; the caller then adds p·V_tile into `o`. Rows still fully masked stay untouched (p = 0).
+void ak_online_softmax_tile(float *s, long rows, long cols, long lds, const int *valid,
+                            float *m, float *l, float *o, long ldo, long dv);
+
+/// dst[r, :] = src[r, :] / l[r] for a rows × cols block; rows with l[r] == 0 become zeros.
+void ak_divide_rows(const float *src, long lds, float *dst, long ldd, long rows, long cols,
+                    const float *l);
+
+/// dst[r, :] = alpha · src[r, :] for a rows × cols block (packing with a scale folded in).
+void ak_copy_scaled(const float *src, long lds, float *dst, long ldd, long rows, long cols,
+                    float alpha);
+
+/// x[i] *= alpha.
+void ak_scale(float *x, long n, float alpha);
+/// y[i] += x[i].
+void ak_add(float *y, const float *x, long n);
+/// y[i] = elu(x[i]) + 1 (= x + 1 for x > 0, exp(x) otherwise); x and y may alias.
+void ak_elu1(const float *x, float *y, long n);
+/// y[i] = max(x[i], 0); x and y may alias.
+void ak_relu(const float *x, float *y, long n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,214 @@
+// Vectorised elementwise kernels. See include/AttentionKernels.h for the contracts.
+//
+// The code is written once on 16-lane clang vectors; `target_clones` compiles each public
+// function for AVX-512 (one zmm per vector), AVX2+FMA (two ymm) and baseline SSE2 (four xmm),
+// and an ifunc resolver picks the clone when the library loads.
+
+#include "AttentionKernels.h"
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__clang__)
+#define AK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define AK_CLONES
+#endif
+#define AK_INLINE static inline __attribute__((always_inline))
+
+typedef float vf __attribute__((ext_vector_type(16)));
+typedef int vi __attribute__((ext_vector_type(16)));
+enum { W = 16 };
+
+const char *ak_kernel_isa(void) {
+#if defined(__x86_64__) && defined(__clang__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma"))
+        return "x86-64-v4";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("bmi2"))
+        return "x86-64-v3";
+#endif
+    return "baseline";
+}
+
+// The helpers below are macros, not functions: a call passing a 16-lane vector by value from the
+// AVX2 or baseline clone would change the calling convention (clang rejects it), while a macro
+// expands into each clone and compiles for that clone's instruction set.
+
+/// Lane-wise max/min by compare and bit-select. For VMAX a NaN in `a` yields `b`.
+#define VSELECT(m, a, b) ((vf)(((m) & (vi)(a)) | (~(m) & (vi)(b))))
+#define VMAX(a, b) ({ vf a_ = (a), b_ = (b); VSELECT(a_ > b_, a_, b_); })
+#define VMIN(a, b) ({ vf a_ = (a), b_ = (b); VSELECT(a_ < b_, a_, b_); })
+#define LOAD(p) ({ vf v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define STORE(p, v) do { vf v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
+/// Loads the first n < W lanes, the rest set to `fill`.
+#define LOAD_PARTIAL(p, n, fill) ({ float t_[W]; for (int i_ = 0; i_ < W; i_++) t_[i_] = (fill); \
+    memcpy(t_, (p), (size_t)(n) * sizeof(float)); LOAD(t_); })
+#define STORE_PARTIAL(p, v, n) do { float t_[W]; STORE(t_, (v)); memcpy((p), t_, (size_t)(n) * sizeof(float)); } while (0)
+#define HMAX(v) ({ float t_[W], m_ = -INFINITY; STORE(t_, (v)); \
+    for (int i_ = 0; i_ < W; i_++) m_ = t_[i_] > m_ ? t_[i_] : m_; m_; })
+#define HSUM(v) ({ vf v_ = (v); __attribute__((ext_vector_type(8))) float a_ = v_.lo + v_.hi; \
+    __attribute__((ext_vector_type(4))) float b_ = a_.lo + a_.hi; b_.x + b_.y + b_.z + b_.w; })
+
+/// exp on 16 lanes. Range reduction x = n·ln2 + r with |r| <= ln2/2 (ln2 split in two so n·ln2_hi
+/// is exact), a degree-6 polynomial for e^r (Cephes' expf coefficients), then 2^n built in the
+/// exponent bits, in two halves so n = -126 and n = 128 stay representable. Inputs below
+/// -87.3365 (results below the smallest normal float) give 0.
+#define EXP16(xin) ({                                                                  \
+    vf x_ = (xin);                                                                     \
+    vi under_ = x_ < -87.33654475f;                                                    \
+    x_ = VMAX(VMIN(x_, (vf)88.72283906f), (vf)-87.33654475f);                          \
+    const float magic_ = 12582912.0f; /* 1.5·2^23: adding it rounds to an integer */   \
+    vf fn_ = (x_ * 1.44269504088896341f + magic_) - magic_;                            \
+    vf r_ = x_ - fn_ * 0.693359375f; /* ln2_hi has 9 significant bits: exact */        \
+    r_ = r_ - fn_ * -2.12194440e-4f; /* ln2_lo */                                      \
+    vf p_ = 1.9875691500e-4f;                                                          \
+    p_ = p_ * r_ + 1.3981999507e-3f;                                                   \
+    p_ = p_ * r_ + 8.3334519073e-3f;                                                   \
+    p_ = p_ * r_ + 4.1665795894e-2f;                                                   \
+    p_ = p_ * r_ + 1.6666665459e-1f;                                                   \
+    p_ = p_ * r_ + 5.0000001201e-1f;                                                   \
+    p_ = p_ * (r_ * r_) + r_ + 1.0f;                                                   \
+    vi n_ = __builtin_convertvector(fn_, vi);                                          \
+    vi n1_ = n_ >> 1, n2_ = n_ - n1_;                                                  \
+    vf y_ = (p_ * (vf)((n1_ + 127) << 23)) * (vf)((n2_ + 127) << 23);                  \
+    (vf)((vi)y_ & ~under_);                                                            \
+})
+
+AK_CLONES void ak_exp(const float *x, float *y, long n) {
+    long i = 0;
+    for (; i + W <= n; i += W) STORE(y + i, EXP16(LOAD(x + i)));
+    if (i < n) STORE_PARTIAL(y + i, EXP16(LOAD_PARTIAL(x + i, n - i, 0.0f)), n - i);
+}
+
+AK_INLINE float row_max(const float *s, long c) {
+    vf m = -INFINITY;
+    long j = 0;
+    for (; j + W <= c; j += W) m = VMAX(LOAD(s + j), m);
+    if (j < c) m = VMAX(LOAD_PARTIAL(s + j, c - j, -INFINITY), m);
+    return HMAX(m);
+}
+
+/// s[j] = exp(s[j] - mx) for j < c, returns their sum (mx finite).
+AK_INLINE float exp_shift_sum(float *s, long c, float mx) {
+    vf acc = 0.0f, shift = mx;
+    long j = 0;
+    for (; j + W <= c; j += W) {
+        vf e = EXP16(LOAD(s + j) - shift);
+        STORE(s + j, e);
+        acc += e;
+    }
+    if (j < c) {
+        vf e = EXP16(LOAD_PARTIAL(s + j, c - j, -INFINITY) - shift);   // padding lanes give 0
+        STORE_PARTIAL(s + j, e, c - j);
+        acc += e;
+    }
+    return HSUM(acc);
+}
+
+AK_INLINE void scale_row(float *x, long n, float a) {
+    vf va = a;
+    long j = 0;
+    for (; j + W <= n; j += W) STORE(x + j, LOAD(x + j) * va);
+    for (; j < n; j++) x[j] *= a;
+}
+
+AK_INLINE long clamp_valid(const int *valid, long r, long cols) {
+    if (!valid) return cols;
+    long c = valid[r];
+    return c < 0 ? 0 : (c > cols ? cols : c);
+}
+
+AK_CLONES void ak_softmax_rows(float *s, long rows, long cols, long lds, const int *valid) {
+    for (long r = 0; r < rows; r++) {
+        float *row = s + r * lds;
+        long c = clamp_valid(valid, r, cols);
+        float mx = c > 0 ? row_max(row, c) : -INFINITY;
+        if (mx == -INFINITY) {              // fully masked row: zeros, never NaN
+            memset(row, 0, (size_t)cols * sizeof(float));
+            continue;
+        }
+        float sum = exp_shift_sum(row, c, mx);   // sum >= 1: the max contributes exp(0)
+        scale_row(row, c, 1.0f / sum);
+        if (c < cols) memset(row + c, 0, (size_t)(cols - c) * sizeof(float));
+    }
+}
+
+AK_CLONES void ak_online_softmax_tile(float *s, long rows, long cols, long lds, const int *valid,
+                                      float *m, float *l, float *o, long ldo, long dv) {
+    for (long r = 0; r < rows; r++) {
+        float *row = s + r * lds;
+        long c = clamp_valid(valid, r, cols);
+        float tile_max = c > 0 ? row_max(row, c) : -INFINITY;
+        float m_old = m[r];
+        float m_new = tile_max > m_old ? tile_max : m_old;
+        if (m_new == -INFINITY) {           // nothing seen yet for this row: contribute nothing
+            memset(row, 0, (size_t)cols * sizeof(float));
+            continue;
+        }
+        float sum = c > 0 ? exp_shift_sum(row, c, m_new) : 0.0f;
+        if (c < cols) memset(row + c, 0, (size_t)(cols - c) * sizeof(float));
+        if (m_new != m_old) {
+            // m_old = -inf means o and l are still 0: alpha = 0 keeps them 0 without exp(-inf).
+            float alpha = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+            scale_row(o + r * ldo, dv, alpha);
+            l[r] = l[r] * alpha + sum;
+            m[r] = m_new;
+        } else {
+            l[r] += sum;
+        }
+    }
+}
+
+AK_CLONES void ak_divide_rows(const float *src, long lds, float *dst, long ldd, long rows,
+                              long cols, const float *l) {
+    for (long r = 0; r < rows; r++) {
+        const float *a = src + r * lds;
+        float *b = dst + r * ldd;
+        float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        vf vinv = inv;
+        long j = 0;
+        for (; j + W <= cols; j += W) STORE(b + j, LOAD(a + j) * vinv);
+        for (; j < cols; j++) b[j] = a[j] * inv;
+    }
+}
+
+AK_CLONES void ak_copy_scaled(const float *src, long lds, float *dst, long ldd, long rows,
+                              long cols, float alpha) {
+    vf va = alpha;
+    for (long r = 0; r < rows; r++) {
+        const float *a = src + r * lds;
+        float *b = dst + r * ldd;
+        long j = 0;
+        for (; j + W <= cols; j += W) STORE(b + j, LOAD(a + j) * va);
+        for (; j < cols; j++) b[j] = a[j] * alpha;
+    }
+}
+
+AK_CLONES void ak_scale(float *x, long n, float alpha) { scale_row(x, n, alpha); }
+
+AK_CLONES void ak_add(float *y, const float *x, long n) {
+    long i = 0;
+    for (; i + W <= n; i += W) STORE(y + i, LOAD(y + i) + LOAD(x + i));
+    for (; i < n; i++) y[i] += x[i];
+}
+
+AK_CLONES void ak_elu1(const float *x, float *y, long n) {
+    long i = 0;
+    for (; i + W <= n; i += W) {
+        vf v = LOAD(x + i);
+        vi pos = v > 0.0f;
+        vf e = EXP16(VMIN(v, (vf)0.0f));
+        STORE(y + i, (vf)((pos & (vi)(v + 1.0f)) | (~pos & (vi)e)));
+    }
+    for (; i < n; i++) y[i] = x[i] > 0.0f ? x[i] + 1.0f : expf(x[i]);
+}
+
+AK_CLONES void ak_relu(const float *x, float *y, long n) {
+    long i = 0;
+    for (; i + W <= n; i += W) STORE(y + i, VMAX(LOAD(x + i), (vf)0.0f));
+    for (; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}

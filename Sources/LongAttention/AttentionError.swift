@@ -1,0 +1,25 @@
+/// Why an attention call refused its inputs. Every library entry point throws one of these
+/// (or a ``AttentionTensor/TensorError`` for an allocation that failed) instead of trapping.
+public enum AttentionError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// An input does not have the rank the variant needs (`q`, `k`, `v` are rank 4).
+    case wrongRank(name: String, expected: Int, shape: [Int])
+    /// Shapes that must agree do not.
+    case shapeMismatch(String)
+    /// `H` is not a multiple of `Hkv` (or `Hkv` is 0).
+    case headsNotGrouped(H: Int, Hkv: Int)
+    /// An option out of its domain (a scale that is not finite, a block size of 0, ...).
+    case invalidArgument(String)
+    /// The call would need more memory than is allowed.
+    case tooLarge(String)
+
+    public var description: String {
+        switch self {
+        case .wrongRank(let n, let r, let s): return "\(n) must be rank \(r), got shape \(s)"
+        case .shapeMismatch(let s): return "shape mismatch: \(s)"
+        case .headsNotGrouped(let h, let hkv):
+            return "H = \(h) query heads is not a multiple of Hkv = \(hkv) key/value heads"
+        case .invalidArgument(let s): return "invalid argument: \(s)"
+        case .tooLarge(let s): return "too large: \(s)"
+        }
+    }
+}

@@ -1,0 +1,98 @@
+import AttentionTensor
+import CAttentionKernels
+
+/// Raw-pointer description of one attention problem, shared by the kernels: where each
+/// (batch, head, position) row of q, k, v, the output and the bias starts. Rows are read in place
+/// through these strides (views are never copied); only the last axis must be contiguous.
+struct AttentionLayout {
+    let B: Int, H: Int, Hkv: Int, N: Int, M: Int, d: Int, dv: Int
+    let q: UnsafePointer<Float>, qStride: (b: Int, h: Int, n: Int)
+    let k: UnsafePointer<Float>, kStride: (b: Int, h: Int, m: Int)
+    let v: UnsafePointer<Float>, vStride: (b: Int, h: Int, m: Int)
+    /// Output `[B, H, N, dv]`, contiguous.
+    let out: UnsafeMutablePointer<Float>
+    let scale: Float
+    let causal: Bool
+    let keyLengths: [Int]?
+    /// Bias rows: `bias + b·s.b + h·s.h + i·s.n` is row (b, h, i), `M` contiguous floats; a
+    /// broadcast axis has stride 0.
+    let bias: UnsafePointer<Float>?, biasStride: (b: Int, h: Int, n: Int)
+
+    /// Query heads per KV head.
+    var group: Int { H / Hkv }
+
+    @inline(__always) func qRow(_ b: Int, _ h: Int, _ i: Int) -> UnsafePointer<Float> {
+        q + b * qStride.b + h * qStride.h + i * qStride.n
+    }
+    @inline(__always) func kRow(_ b: Int, _ h: Int, _ j: Int) -> UnsafePointer<Float> {
+        k + b * kStride.b + h * kStride.h + j * kStride.m
+    }
+    @inline(__always) func vRow(_ b: Int, _ h: Int, _ j: Int) -> UnsafePointer<Float> {
+        v + b * vStride.b + h * vStride.h + j * vStride.m
+    }
+    @inline(__always) func outRow(_ b: Int, _ h: Int, _ i: Int) -> UnsafeMutablePointer<Float> {
+        out + ((b * H + h) * N + i) * dv
+    }
+
+    /// Keys `j < keyLimit(b, i)` are visible to query `i` of batch `b` (causal and padding).
+    @inline(__always) func keyLimit(_ b: Int, _ i: Int) -> Int {
+        var limit = M
+        if causal { limit = min(limit, i + M - N + 1) }
+        if let keyLengths { limit = min(limit, keyLengths[b]) }
+        return max(0, limit)
+    }
+}
+
+/// One query block of one (batch, KV head): positions `i0 ..< i0 + rows` of each of the `group`
+/// query heads of KV head `kvHead`, stacked into `group · rows` matrix rows (head-major), so all
+/// query heads sharing a K/V run through one GEMM.
+struct QueryBlock {
+    let b: Int, kvHead: Int, i0: Int, rows: Int
+}
+
+extension AttentionLayout {
+    /// Work item → query block. Blocks are handed out last-first: under a causal mask the late
+    /// blocks are the expensive ones, and starting them first balances the threads.
+    func queryBlock(item: Int, blockRows: Int) -> QueryBlock {
+        let nqb = (N + blockRows - 1) / blockRows
+        let qb = nqb - 1 - item % nqb
+        let bh = item / nqb
+        let i0 = qb * blockRows
+        return QueryBlock(b: bh / Hkv, kvHead: bh % Hkv, i0: i0, rows: min(blockRows, N - i0))
+    }
+
+    func workItems(blockRows: Int) -> Int { B * Hkv * ((N + blockRows - 1) / blockRows) }
+
+    /// Copies the block's queries, times `scale`, into `qp` as `[group · rows, d]` (head-major):
+    /// the scale is folded into the copy that stacks the group for one GEMM.
+    func packQueries(_ blk: QueryBlock, into qp: UnsafeMutablePointer<Float>) {
+        for g in 0..<group {
+            ak_copy_scaled(qRow(blk.b, blk.kvHead * group + g, blk.i0), qStride.n,
+                                qp + g * blk.rows * d, d, blk.rows, d, scale)
+        }
+    }
+
+    /// Fills `valid[r]` (for each stacked row) with the number of leading columns of the key range
+    /// `j0 ..< j0 + width` it may see; returns false when no row is masked within the range.
+    func fillValid(_ blk: QueryBlock, j0: Int, width: Int, valid: UnsafeMutablePointer<Int32>) -> Bool {
+        // keyLimit grows with i, so the first row is the most restricted.
+        if keyLimit(blk.b, blk.i0) >= j0 + width { return false }
+        for t in 0..<blk.rows {
+            let c = Int32(min(max(keyLimit(blk.b, blk.i0 + t) - j0, 0), width))
+            for g in 0..<group { valid[g * blk.rows + t] = c }
+        }
+        return true
+    }
+
+    /// Adds the bias of columns `j0 ..< j0 + width` to the stacked score rows `s` (leading dim lds).
+    func addBias(_ blk: QueryBlock, j0: Int, width: Int, s: UnsafeMutablePointer<Float>, lds: Int) {
+        guard let bias else { return }
+        for g in 0..<group {
+            let h = blk.kvHead * group + g
+            for t in 0..<blk.rows {
+                let row = bias + blk.b * biasStride.b + h * biasStride.h + (blk.i0 + t) * biasStride.n + j0
+                ak_add(s + (g * blk.rows + t) * lds, row, width)
+            }
+        }
+    }
+}

@@ -33,7 +33,8 @@ public struct NumpyError: Error, Equatable, CustomStringConvertible, Sendable {
         case .bigEndian(let d): what = "big-endian dtype '\(d)' is not supported"
         case .unsupportedDType(let d): what = "unsupported dtype '\(d)' (expected <f4, <f8, <i4 or <i8)"
         case .truncatedData(let n, let a):
-            what = "header's shape needs \(n) bytes of data but the file holds \(a)"
+            let needed = n == Int.max ? "more than \(Int.max)" : "\(n)"
+            what = "header's shape needs \(needed) bytes of data but the file holds \(a)"
         case .wrongRank(let r, let s): what = "expected a rank-\(r) array, got shape \(s)"
         case .cannotWrite(let why): what = "cannot write: \(why)"
         }

@@ -1,0 +1,81 @@
+import ArgumentParser
+import AttentionTensor
+import LongAttention
+
+/// `attn`: run the package's attention variants on NumPy files (the `attn run` contract of
+/// SPEC.md), so outside programs can check them.
+struct Attn: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attn",
+        abstract: "Long-context attention on the CPU (OpenBLAS), on NumPy .npy files.",
+        subcommands: [Run.self, Info.self])
+}
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the OpenBLAS kernel, the elementwise kernel ISA and the thread count.")
+    func run() {
+        print("OpenBLAS kernel: \(BLAS.coreName)")
+        print("elementwise kernels: \(VectorKernels.isa)")
+        print("threads: \(Parallel.defaultThreads)")
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compute one attention variant: q [B,H,N,d], k [B,Hkv,M,d], v [B,Hkv,M,dv] -> out [B,H,N,dv].",
+        subcommands: [RunFull.self])
+}
+
+/// The inputs and output every variant takes.
+struct IOOptions: ParsableArguments {
+    @Option(name: .customLong("q"), help: "Queries, float32 .npy [B, H, N, d].")
+    var q: String
+    @Option(name: .customLong("k"), help: "Keys, float32 .npy [B, Hkv, M, d].")
+    var k: String
+    @Option(name: .customLong("v"), help: "Values, float32 .npy [B, Hkv, M, dv].")
+    var v: String
+    @Option(name: [.customShort("o"), .customLong("output")], help: "Output .npy [B, H, N, dv] (written only on success).")
+    var output: String
+    @Option(help: "Worker threads (default: all cores).")
+    var threads: Int?
+
+    func load() throws -> (q: Tensor, k: Tensor, v: Tensor) {
+        (try Numpy.readTensor(q, rank: 4), try Numpy.readTensor(k, rank: 4), try Numpy.readTensor(v, rank: 4))
+    }
+
+    func validateThreads() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+}
+
+struct RunFull: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "full",
+        abstract: "Exact softmax attention: softmax(scale · Q Kᵀ + mask) V.")
+    @OptionGroup var io: IOOptions
+    @Flag(help: "Bottom-right causal mask: query i sees key j iff j <= i + M - N.")
+    var causal = false
+    @Option(help: "Score scale (default 1/sqrt(d)).")
+    var scale: Float?
+    @Flag(exclusivity: .exclusive, help: "Implementation (default: chosen by size).")
+    var implementation: Implementation = .automatic
+
+    enum Implementation: String, EnumerableFlag {
+        case automatic, tiled, materialized
+        static func name(for value: Self) -> NameSpecification { value == .automatic ? .customLong("auto") : .long }
+    }
+
+    func validate() throws {
+        try io.validateThreads()
+        if let scale, !scale.isFinite { throw ValidationError("--scale must be finite") }
+    }
+
+    func run() throws {
+        let (q, k, v) = try io.load()
+        let out = try scaledDotProductAttention(
+            queries: q, keys: k, values: v, scale: scale, mask: causal ? .causal : .none,
+            implementation: ExactAttentionImplementation(rawValue: implementation.rawValue)!, threads: io.threads)
+        try Numpy.write(out, to: io.output)
+    }
+}

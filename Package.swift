@@ -34,7 +34,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "AttentionBench",
-            dependencies: ["LongAttention", "AttentionTensor", "COpenBLAS"],
+            dependencies: [
+                "LongAttention", "AttentionTensor", "COpenBLAS", "CAttentionKernels",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Benchmarks/AttentionBench"
         ),
         .testTarget(name: "AttentionTensorTests", dependencies: ["AttentionTensor", "CAttentionKernels"]),

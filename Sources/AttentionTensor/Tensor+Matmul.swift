@@ -21,6 +21,13 @@ extension Tensor {
         return nil
     }
 
+    /// Leading axes padded on the left to `batchRank` (size 1, stride 0).
+    func batchDims(_ batchRank: Int) -> (shape: [Int], strides: [Int]) {
+        let pad = batchRank - (rank - 2)
+        return ([Int](repeating: 1, count: pad) + shape.prefix(rank - 2),
+                [Int](repeating: 0, count: pad) + strides.prefix(rank - 2))
+    }
+
     /// Batched matrix product `a[..., m, k] · b[..., k, n] → [..., m, n]`.
     ///
     /// The last two axes are the matrices; a view from ``transposed()``, ``slice(axis:_:)`` or
@@ -31,6 +38,13 @@ extension Tensor {
     /// `H % Hkv == 0` gives the MQA/GQA grouping (query head h uses KV head h / (H / Hkv)).
     /// A single product uses OpenBLAS's own threads.
     public static func matmul(_ a: Tensor, _ b: Tensor) throws -> Tensor {
+        var out = try Tensor(uninitialized: try matmulShape(a, b))
+        try matmul(a, b, into: &out)
+        return out
+    }
+
+    /// The result shape of ``matmul(_:_:)``, or the error it would throw.
+    public static func matmulShape(_ a: Tensor, _ b: Tensor) throws -> [Int] {
         guard a.rank >= 2, b.rank >= 2 else {
             throw TensorError.shapeMismatch("matmul needs rank >= 2, got \(a.shape) and \(b.shape)")
         }
@@ -40,11 +54,7 @@ extension Tensor {
             throw TensorError.shapeMismatch("matmul inner dimensions \(a.shape) · \(b.shape)")
         }
         let batchRank = max(a.rank, b.rank) - 2
-        func batchDims(_ t: Tensor) -> (shape: [Int], strides: [Int]) {
-            let pad = batchRank - (t.rank - 2)
-            return ([Int](repeating: 1, count: pad) + t.shape.prefix(t.rank - 2),
-                    [Int](repeating: 0, count: pad) + t.strides.prefix(t.rank - 2))
-        }
+        func batchDims(_ t: Tensor) -> (shape: [Int], strides: [Int]) { t.batchDims(batchRank) }
         let aShape = batchDims(a).shape, bShape = batchDims(b).shape
         var outBatch = [Int]()
         for i in 0..<batchRank {
@@ -55,7 +65,22 @@ extension Tensor {
             }
             outBatch.append(o)
         }
-        let out = try Tensor(uninitialized: outBatch + [m, n])
+        return outBatch + [m, n]
+    }
+
+    /// ``matmul(_:_:)`` into an existing contiguous tensor of the result shape (no allocation:
+    /// for loops that reuse their output).
+    public static func matmul(_ a: Tensor, _ b: Tensor, into out: inout Tensor) throws {
+        let shape = try matmulShape(a, b)
+        guard out.shape == shape else {
+            throw TensorError.shapeMismatch("matmul output is \(out.shape), the product is \(shape)")
+        }
+        out.makeUnique()
+        let m = shape[shape.count - 2], n = shape[shape.count - 1], k = a.shape[a.rank - 1]
+        let batchRank = shape.count - 2
+        let outBatch = Array(shape.prefix(batchRank))
+        func batchDims(_ t: Tensor) -> (shape: [Int], strides: [Int]) { t.batchDims(batchRank) }
+        let aShape = batchDims(a).shape, bShape = batchDims(b).shape
         // A view BLAS cannot address (neither of the last two strides is 1) is copied once.
         let aSrc = a.matrixOperand() == nil ? a.contiguous() : a
         let bSrc = b.matrixOperand() == nil ? b.contiguous() : b
@@ -63,7 +88,7 @@ extension Tensor {
         let aS = batchDims(aSrc).strides, bS = batchDims(bSrc).strides
         let batches = outBatch.reduce(1, *)
         let outStride = m * n
-        guard out.count > 0 else { return out }
+        guard out.count > 0 else { return }
         aSrc.withUnsafePointer { pa in
             bSrc.withUnsafePointer { pb in
                 var index = [Int](repeating: 0, count: batchRank)
@@ -90,6 +115,5 @@ extension Tensor {
                 }
             }
         }
-        return out
     }
 }

@@ -1,0 +1,33 @@
+import AttentionTensor
+import LongAttention
+
+/// Exact attention rows: each N, Hkv, causal flag and implementation. Effective FLOPs are
+/// 4·B·H·N·M·d (two GEMMs of 2·N·M·d per head), half that when causal.
+func benchFull(lengths: [Int], kvHeads: [Int], threads: Int, peak: Double?, H: Int = 8, d: Int = 64) throws -> [Row] {
+    var rows = [Row]()
+    for n in lengths {
+        for hkv in kvHeads where H % hkv == 0 {
+            let q = try Tensor.randomNormal([1, H, n, d], seed: 1)
+            let k = try Tensor.randomNormal([1, hkv, n, d], seed: 2)
+            let v = try Tensor.randomNormal([1, hkv, n, d], seed: 3)
+            let shape = AttentionShape(B: 1, H: H, Hkv: hkv, N: n, M: n, d: d, dv: d)
+            for causal in [false, true] {
+                for impl in [ExactAttentionImplementation.tiled, .materialized] {
+                    let plan = ExactAttentionPlan(shape: shape, implementation: impl, threads: threads)
+                    progress("full \(impl.rawValue) N=\(n) Hkv=\(hkv) causal=\(causal)")
+                    let t = try measure(budget: 1.0) {
+                        _ = try exactAttention(queries: q, keys: k, values: v, mask: causal ? .causal : .none, plan: plan)
+                    }
+                    let flops = 4.0 * Double(H) * Double(n) * Double(n) * Double(d) * (causal ? 0.5 : 1)
+                    let g = flops / t.median * 1e-9
+                    rows.append(Row(variant: "full", impl: impl.rawValue, B: 1, H: H, Hkv: hkv, N: n, M: n, d: d,
+                                    causal: causal, threads: threads, seconds: t.median, gflops: g,
+                                    peakFraction: peak.map { g / $0 }, workspaceBytes: plan.workspaceBytes,
+                                    relError: nil, runs: t.runs, minSeconds: t.min,
+                                    note: "queryBlock \(plan.queryBlock), keyTile \(plan.keyTile)"))
+                }
+            }
+        }
+    }
+    return rows
+}

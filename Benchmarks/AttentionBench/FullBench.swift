@@ -3,7 +3,8 @@ import LongAttention
 
 /// Exact attention rows: each N, Hkv, causal flag and implementation. Effective FLOPs are
 /// 4·B·H·N·M·d (two GEMMs of 2·N·M·d per head), half that when causal.
-func benchFull(lengths: [Int], kvHeads: [Int], threads: Int, peak: Double?, H: Int = 8, d: Int = 64) throws -> [Row] {
+func benchFull(lengths: [Int], kvHeads: [Int], threads: Int, peak: Double?, H: Int = 8, d: Int = 64,
+               stackedRows: Int? = nil, keyTile: Int? = nil, impls: [ExactAttentionImplementation] = [.tiled, .materialized]) throws -> [Row] {
     var rows = [Row]()
     for n in lengths {
         for hkv in kvHeads where H % hkv == 0 {
@@ -12,8 +13,9 @@ func benchFull(lengths: [Int], kvHeads: [Int], threads: Int, peak: Double?, H: I
             let v = try Tensor.randomNormal([1, hkv, n, d], seed: 3)
             let shape = AttentionShape(B: 1, H: H, Hkv: hkv, N: n, M: n, d: d, dv: d)
             for causal in [false, true] {
-                for impl in [ExactAttentionImplementation.tiled, .materialized] {
-                    let plan = ExactAttentionPlan(shape: shape, implementation: impl, threads: threads)
+                for impl in impls {
+                    let plan = ExactAttentionPlan(shape: shape, implementation: impl, threads: threads,
+                                                  queryBlock: stackedRows.map { max(1, $0 / (H / hkv)) }, keyTile: keyTile)
                     progress("full \(impl.rawValue) N=\(n) Hkv=\(hkv) causal=\(causal)")
                     let t = try measure(budget: 1.0) {
                         _ = try exactAttention(queries: q, keys: k, values: v, mask: causal ? .causal : .none, plan: plan)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AttentionTensor
 import Foundation
+import LongAttention
 
 /// `attention-bench`: the benchmark contract of SPEC.md. Prints a Markdown table on stdout,
 /// progress on stderr, and writes JSON (and CSV) rows.
@@ -21,6 +22,14 @@ struct AttentionBench: ParsableCommand {
     var out = "results"
     @Option(help: "Write the JSON rows here too.")
     var json: String?
+    @Option(help: ArgumentHelp("Tuning: stacked query rows per block (exact attention).", visibility: .hidden))
+    var stackedRows: Int?
+    @Option(help: ArgumentHelp("Tuning: keys per tile (tiled exact attention).", visibility: .hidden))
+    var keyTile: Int?
+    @Option(help: ArgumentHelp("Tuning: comma-separated Hkv values.", visibility: .hidden))
+    var kvHeads: String?
+    @Option(help: ArgumentHelp("Tuning: implementations (tiled,materialized).", visibility: .hidden))
+    var impls: String?
 
     static let known: Set<String> = ["sgemm", "full"]
 
@@ -73,7 +82,10 @@ struct AttentionBench: ParsableCommand {
         }
         if wanted.contains("full") {
             let n = lengths.flatMap(parseLengths) ?? (quick ? [1024] : [1024, 2048, 4096, 8192, 16384])
-            rows += try benchFull(lengths: n, kvHeads: quick ? [8, 2] : [8, 2, 1], threads: threads, peak: peak)
+            let kv = kvHeads.map { $0.split(separator: ",").compactMap { Int($0) } } ?? (quick ? [8, 2] : [8, 2, 1])
+            let im = impls.map { $0.split(separator: ",").compactMap { ExactAttentionImplementation(rawValue: String($0)) } }
+            rows += try benchFull(lengths: n, kvHeads: kv, threads: threads, peak: peak, stackedRows: stackedRows,
+                                  keyTile: keyTile, impls: im ?? [.tiled, .materialized])
         }
         if let peak { print(String(format: "sgemm peak (%d threads): %.1f GFLOP/s\n", threads, peak)) }
         print(markdownTable(rows))

@@ -84,15 +84,13 @@ extension AttentionLayout {
         return true
     }
 
-    /// Adds the bias of columns `j0 ..< j0 + width` to the stacked score rows `s` (leading dim lds).
-    func addBias(_ blk: QueryBlock, j0: Int, width: Int, s: UnsafeMutablePointer<Float>, lds: Int) {
+    /// Adds the bias of columns `j0 ..< j0 + width` to the stacked score rows `rows` of `s`
+    /// (leading dimension lds; row r of the block is at `s + r·lds`).
+    func addBias(_ blk: QueryBlock, j0: Int, width: Int, s: UnsafeMutablePointer<Float>, lds: Int, rows: Range<Int>? = nil) {
         guard let bias else { return }
-        for g in 0..<group {
-            let h = blk.kvHead * group + g
-            for t in 0..<blk.rows {
-                let row = bias + blk.b * biasStride.b + h * biasStride.h + (blk.i0 + t) * biasStride.n + j0
-                ak_add(s + (g * blk.rows + t) * lds, row, width)
-            }
+        for r in rows ?? 0..<(group * blk.rows) {
+            let h = blk.kvHead * group + r / blk.rows, i = blk.i0 + r % blk.rows
+            ak_add(s + r * lds, bias + blk.b * biasStride.b + h * biasStride.h + i * biasStride.n + j0, width)
         }
     }
 }

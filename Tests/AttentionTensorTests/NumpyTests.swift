@@ -22,7 +22,7 @@ final class NumpyTests: XCTestCase {
         bytes += version == 1 ? [UInt8(n & 0xff), UInt8(n >> 8)] : [UInt8(n & 0xff), UInt8((n >> 8) & 0xff), 0, 0]
         bytes += Array(text.utf8) + payload
         let path = dir + "/" + name
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
         return path
     }
 
@@ -81,10 +81,10 @@ final class NumpyTests: XCTestCase {
         if case .malformedHeader? = problem({ _ = try Numpy.readTensor(self.file("garbage.npy", dict: "{'descr': '<f4', 'shape': (2, x), }", payload: [])) }) {} else { XCTFail("garbage shape") }
         // Truncated inside the header; not a .npy at all; missing; a directory.
         let cut = dir + "/cut.npy"
-        FileManager.default.createFile(atPath: cut, contents: Data([0x93] + Array("NUMPY".utf8) + [1, 0, 118, 0] + Array("{'descr'".utf8)))
+        _ = FileManager.default.createFile(atPath: cut, contents: Data([0x93] + Array("NUMPY".utf8) + [1, 0, 118, 0] + Array("{'descr'".utf8)))
         XCTAssertEqual(problem { _ = try Numpy.readTensor(cut) }, .truncatedHeader)
         let text = dir + "/text.npy"
-        FileManager.default.createFile(atPath: text, contents: Data("hello world".utf8))
+        _ = FileManager.default.createFile(atPath: text, contents: Data("hello world".utf8))
         XCTAssertEqual(problem { _ = try Numpy.readTensor(text) }, .notNumpy)
         if case .cannotOpen? = problem({ _ = try Numpy.readTensor(self.dir + "/missing.npy") }) {} else { XCTFail("missing") }
         if case .cannotOpen? = problem({ _ = try Numpy.readTensor(self.dir) }) {} else { XCTFail("directory") }

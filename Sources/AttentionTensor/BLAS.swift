@@ -26,6 +26,15 @@ public enum BLAS {
             alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
     }
 
+    /// `y = alpha · op(A) · x + beta · y`, row-major A stored m × n (leading dimension lda).
+    public static func sgemv(
+        _ trans: Transpose, m: Int, n: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+        x: UnsafePointer<Float>, beta: Float = 0, y: UnsafeMutablePointer<Float>
+    ) {
+        guard m > 0, n > 0 else { return }
+        cblas_sgemv(CblasRowMajor, trans.cblas, blasint(m), blasint(n), alpha, a, blasint(lda), x, 1, beta, y, 1)
+    }
+
     /// The OpenBLAS kernel selected for this CPU (for example `Haswell`, `SkylakeX`, `Cooperlake`).
     /// `OPENBLAS_CORETYPE` in the environment overrides OpenBLAS's own choice.
     public static var coreName: String { String(cString: openblas_get_corename()) }

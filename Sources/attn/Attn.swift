@@ -24,7 +24,7 @@ struct Info: ParsableCommand {
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compute one attention variant: q [B,H,N,d], k [B,Hkv,M,d], v [B,Hkv,M,dv] -> out [B,H,N,dv].",
-        subcommands: [RunFull.self])
+        subcommands: [RunFull.self, RunLinear.self])
 }
 
 /// The inputs and output every variant takes.
@@ -76,6 +76,45 @@ struct RunFull: ParsableCommand {
         let out = try scaledDotProductAttention(
             queries: q, keys: k, values: v, scale: scale, mask: causal ? .causal : .none,
             implementation: ExactAttentionImplementation(rawValue: implementation.rawValue)!, threads: io.threads)
+        try Numpy.write(out, to: io.output)
+    }
+}
+
+struct RunLinear: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "linear",
+        abstract: "Linear attention φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K) + ε), in O(N).")
+    @OptionGroup var io: IOOptions
+    @Flag(help: "Causal (bottom-right): sums over keys j <= i + M - N (chunked form).")
+    var causal = false
+    @Option(help: "Feature map: elu (elu+1), relu, softmax (Efficient Attention, non-causal), favor (Performer FAVOR+).")
+    var featureMap: MapName = .elu
+    @Option(help: "FAVOR+ random features m.")
+    var features: Int = 256
+    @Option(help: "FAVOR+ seed.")
+    var seed: UInt64 = 0
+    @Option(help: "Causal chunk size.")
+    var chunkSize: Int = 64
+
+    enum MapName: String, ExpressibleByArgument, CaseIterable { case elu, relu, softmax, favor }
+
+    func validate() throws {
+        try io.validateThreads()
+        if features < 1 || features > 65536 { throw ValidationError("--features must be in 1...65536") }
+        if chunkSize < 1 { throw ValidationError("--chunk-size must be at least 1") }
+        if causal && featureMap == .softmax { throw ValidationError("--feature-map softmax is non-causal only") }
+    }
+
+    func run() throws {
+        let (q, k, v) = try io.load()
+        let map: LinearFeatureMap = switch featureMap {
+        case .elu: .elu
+        case .relu: .relu
+        case .softmax: .softmax
+        case .favor: .favor(features: features, seed: seed)
+        }
+        let out = try linearAttention(queries: q, keys: k, values: v, featureMap: map, causal: causal,
+                                      chunkSize: chunkSize, threads: io.threads)
         try Numpy.write(out, to: io.output)
     }
 }

@@ -50,6 +50,39 @@ void ak_elu1(const float *x, float *y, long n);
 /// y[i] = max(x[i], 0); x and y may alias.
 void ak_relu(const float *x, float *y, long n);
 
+// ---- Linear attention helpers (2-D blocks, row-major, leading dimensions in elements) ----
+
+/// Feature maps applied row by row: dst[r, :] = φ(src[r, :]).
+typedef enum { AK_FEATURE_ELU1 = 0, AK_FEATURE_RELU = 1 } ak_feature_kind;
+void ak_feature_rows(ak_feature_kind kind, const float *src, long lds, float *dst, long ldd,
+                     long rows, long cols);
+
+/// Zeroes s[r, c] for c >= valid[r] (c < cols): the causal mask of linear attention.
+void ak_zero_after(float *s, long rows, long cols, long lds, const int *valid);
+
+/// out[r] += sum_c s[r, c].
+void ak_row_sums_add(const float *s, long rows, long cols, long lds, float *out);
+
+/// acc[c] += sum_r x[r, c].
+void ak_col_sums_add(const float *x, long rows, long cols, long ldx, float *acc);
+
+/// colmax[c] = max(colmax[c], max_r x[r, c]).
+void ak_col_max(const float *x, long rows, long cols, long ldx, float *colmax);
+
+/// dst[r, c] = exp(x[r, c] - colmax[c]); colsum[c] += dst[r, c]. (Efficient Attention's key
+/// softmax over positions, accumulated chunk by chunk.)
+void ak_exp_sub_cols(const float *x, long rows, long cols, long ldx, const float *colmax,
+                     float *dst, long ldd, float *colsum);
+
+/// out[r] = sum_c x[r, c]^2 · alpha.
+void ak_row_sumsq(const float *x, long rows, long cols, long ldx, float alpha, float *out);
+
+/// out[r] = max_c x[r, c].
+void ak_row_max(const float *x, long rows, long cols, long ldx, float *out);
+
+/// p[r, c] = exp(p[r, c] - shift[r]) in place (FAVOR+ features once shifts are known).
+void ak_exp_sub_rows(float *p, long rows, long cols, long ldp, const float *shift);
+
 #ifdef __cplusplus
 }
 #endif

@@ -169,6 +169,10 @@ AK_CLONES void ak_divide_rows(const float *src, long lds, float *dst, long ldd, 
         const float *a = src + r * lds;
         float *b = dst + r * ldd;
         float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        if (inv == INFINITY) {   // a subnormal normaliser: divide, so 0/l stays 0 and x/l stays exact
+            for (long j = 0; j < cols; j++) b[j] = a[j] / l[r];
+            continue;
+        }
         vf vinv = inv;
         long j = 0;
         for (; j + W <= cols; j += W) STORE(b + j, LOAD(a + j) * vinv);

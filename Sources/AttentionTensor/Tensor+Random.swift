@@ -38,3 +38,24 @@ extension Tensor {
         return t
     }
 }
+
+extension Tensor {
+    /// Uniform samples in `[-bound, bound)` drawn from `seed` (SplitMix64, 24 bits per sample);
+    /// about 10× faster than ``randomNormal(_:seed:std:)`` for benchmark-sized inputs. The default
+    /// bound sqrt(3) gives unit variance.
+    public static func randomUniform(_ shape: [Int], seed: UInt64, bound: Float = Float(3).squareRoot()) throws -> Tensor {
+        var t = try Tensor(uninitialized: shape)
+        var rng = SplitMix64(seed: seed)
+        let scale = 2 * bound / Float(1 << 24)
+        t.withUnsafeMutableBufferPointer { buf in
+            var i = 0
+            while i < buf.count {
+                let r = rng.next()
+                buf[i] = Float(r >> 40) * scale - bound
+                if i + 1 < buf.count { buf[i + 1] = Float((r >> 16) & 0xFF_FFFF) * scale - bound }
+                i += 2
+            }
+        }
+        return t
+    }
+}

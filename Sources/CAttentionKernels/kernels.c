@@ -192,6 +192,8 @@ AK_CLONES void ak_copy_scaled(const float *src, long lds, float *dst, long ldd, 
     }
 }
 
+void ak_fill(float *x, long n, float value) { for (long i = 0; i < n; i++) x[i] = value; }
+
 AK_CLONES void ak_scale(float *x, long n, float alpha) { scale_row(x, n, alpha); }
 
 AK_CLONES void ak_add(float *y, const float *x, long n) {

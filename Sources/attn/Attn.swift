@@ -8,7 +8,7 @@ struct Attn: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "attn",
         abstract: "Long-context attention on the CPU (OpenBLAS), on NumPy .npy files.",
-        subcommands: [Run.self, Info.self])
+        subcommands: [Run.self, Pattern.self, Info.self])
 }
 
 struct Info: ParsableCommand {
@@ -24,7 +24,7 @@ struct Info: ParsableCommand {
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compute one attention variant: q [B,H,N,d], k [B,Hkv,M,d], v [B,Hkv,M,dv] -> out [B,H,N,dv].",
-        subcommands: [RunFull.self, RunLinear.self])
+        subcommands: [RunFull.self, RunBigBird.self, RunLinear.self])
 }
 
 /// The inputs and output every variant takes.

@@ -41,6 +41,9 @@ void ak_divide_rows(const float *src, long lds, float *dst, long ldd, long rows,
 void ak_copy_scaled(const float *src, long lds, float *dst, long ldd, long rows, long cols,
                     float alpha);
 
+/// x[i] = value for i < n.
+void ak_fill(float *x, long n, float value);
+
 /// x[i] *= alpha.
 void ak_scale(float *x, long n, float alpha);
 /// y[i] += x[i].

@@ -1,0 +1,182 @@
+import AttentionTensor
+
+/// Which key blocks each query block of each head attends to in BigBird's block-sparse pattern
+/// (ITC layout: Zaheer et al. 2020, Hugging Face's block-sparse layer).
+///
+/// With `nb = ceil(N / b)` blocks of `b` positions (the last may be partial):
+/// - query blocks `0..<g` and `nb-g..<nb` are global rows: they attend to every key;
+/// - every other query block `i` attends to key blocks `0..<g` and `nb-g..<nb` (global), the
+///   window `i - w/2 ... i + w/2`, and `r` random blocks drawn without replacement from the blocks
+///   not already listed — per query head, shared across the batch, a pure function of `seed`.
+///
+/// Causal plans keep only the first `g` blocks as global (attention sinks), the window up to the
+/// diagonal block, random blocks strictly before the window, and apply the causal mask inside
+/// the diagonal block; global query rows attend causally to every earlier key.
+public struct BigBirdPlan: Sendable, Equatable {
+    /// Sequence length `N` (queries and keys).
+    public let sequenceLength: Int
+    /// Query heads `H`; random blocks differ per head.
+    public let heads: Int
+    /// Block size `b`.
+    public let blockSize: Int
+    /// Global blocks `g` at each end (the start only, when causal).
+    public let globalBlocks: Int
+    /// Window `w` in blocks (odd).
+    public let windowBlocks: Int
+    /// Random blocks `r` per query block (fewer where fewer candidates exist).
+    public let randomBlocks: Int
+    public let causal: Bool
+    /// `random[h][i]`: the random key blocks of query block `i` for head `h` (empty for global rows).
+    public let random: [[[Int]]]
+
+    /// Number of blocks `nb = ceil(N / b)`.
+    public var blockCount: Int { (sequenceLength + blockSize - 1) / blockSize }
+
+    /// How a key block is attended.
+    public enum BlockKind: UInt8, Sendable {
+        case none = 0, window = 1, global = 2, random = 3
+    }
+
+    /// A plan with random blocks drawn from `seed`.
+    public init(sequenceLength: Int, heads: Int, blockSize: Int = 64, globalBlocks: Int = 1, windowBlocks: Int = 3,
+                randomBlocks: Int = 3, seed: UInt64 = 0, causal: Bool = false) throws {
+        try Self.validate(N: sequenceLength, H: heads, b: blockSize, g: globalBlocks, w: windowBlocks, r: randomBlocks)
+        self.sequenceLength = sequenceLength
+        self.heads = heads
+        self.blockSize = blockSize
+        self.globalBlocks = globalBlocks
+        self.windowBlocks = windowBlocks
+        self.randomBlocks = randomBlocks
+        self.causal = causal
+        let nb = (sequenceLength + blockSize - 1) / blockSize
+        var random = [[[Int]]]()
+        for h in 0..<heads {
+            // One stream per head, derived from the seed alone: the plan does not depend on thread
+            // count, batch or machine.
+            var rng = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(h) &+ 0x632B_E59B_D9B4_E019)
+            var rows = [[Int]](repeating: [], count: nb)
+            for i in 0..<nb where !Self.isGlobalRow(i, nb: nb, g: globalBlocks, causal: causal) {
+                let taken = Set(Self.structuralBlocks(i, nb: nb, g: globalBlocks, w: windowBlocks, causal: causal))
+                let limit = causal ? i : nb   // causal: strictly earlier blocks only
+                var candidates = (0..<limit).filter { !taken.contains($0) }
+                // Partial Fisher–Yates: the first r of a seeded shuffle, i.e. r draws without replacement.
+                let count = min(randomBlocks, candidates.count)
+                for k in 0..<count {
+                    let j = k + Int(rng.next() % UInt64(candidates.count - k))
+                    candidates.swapAt(k, j)
+                }
+                rows[i] = Array(candidates.prefix(count)).sorted()
+            }
+            random.append(rows)
+        }
+        self.random = random
+    }
+
+    /// A plan with explicit random blocks in Hugging Face's layout: `plan` is `[H, nb - 2, r]`
+    /// row-major, row `i - 1` listing the random key blocks of query block `i` (g = 1, w = 3).
+    /// Duplicates of window or global blocks are attended once (the plan is a mask).
+    public init(sequenceLength: Int, heads: Int, blockSize: Int, randomPlan plan: [Int], planShape: [Int],
+                causal: Bool = false) throws {
+        try Self.validate(N: sequenceLength, H: heads, b: blockSize, g: 1, w: 3, r: planShape.last ?? 0)
+        let nb = (sequenceLength + blockSize - 1) / blockSize
+        guard planShape.count == 3, planShape[0] == heads, planShape[1] == max(nb - 2, 0),
+              planShape.reduce(1, *) == plan.count else {
+            throw AttentionError.shapeMismatch(
+                "random plan \(planShape) must be [H, nb - 2, r] = [\(heads), \(max(nb - 2, 0)), r] for N = \(sequenceLength), b = \(blockSize)")
+        }
+        if let bad = plan.first(where: { $0 < 0 || $0 >= nb }) {
+            throw AttentionError.invalidArgument("random plan entry \(bad) outside 0..<\(nb) blocks")
+        }
+        let r = planShape[2]
+        self.sequenceLength = sequenceLength
+        self.heads = heads
+        self.blockSize = blockSize
+        self.globalBlocks = 1
+        self.windowBlocks = 3
+        self.randomBlocks = r
+        self.causal = causal
+        var random = [[[Int]]]()
+        for h in 0..<heads {
+            var rows = [[Int]](repeating: [], count: nb)
+            for i in 1..<max(nb - 1, 1) where !Self.isGlobalRow(i, nb: nb, g: 1, causal: causal) {
+                let taken = Set(Self.structuralBlocks(i, nb: nb, g: 1, w: 3, causal: causal))
+                let listed = plan[((h * (nb - 2)) + i - 1) * r ..< ((h * (nb - 2)) + i) * r]
+                rows[i] = Array(Set(listed.filter { !taken.contains($0) && (!causal || $0 < i) })).sorted()
+            }
+            random.append(rows)
+        }
+        self.random = random
+    }
+
+    static func validate(N: Int, H: Int, b: Int, g: Int, w: Int, r: Int) throws {
+        guard N >= 1, H >= 1 else { throw AttentionError.invalidArgument("BigBird needs N >= 1 and H >= 1, got N = \(N), H = \(H)") }
+        guard b >= 1 else { throw AttentionError.invalidArgument("block size must be at least 1, got \(b)") }
+        guard g >= 0 else { throw AttentionError.invalidArgument("global blocks must be >= 0, got \(g)") }
+        guard w >= 1, w % 2 == 1 else { throw AttentionError.invalidArgument("window blocks must be odd and >= 1, got \(w)") }
+        guard r >= 0 else { throw AttentionError.invalidArgument("random blocks must be >= 0, got \(r)") }
+        guard b <= 1 << 16, H <= 1 << 16, g <= 1 << 20, w <= 1 << 20, r <= 1 << 16 else {
+            throw AttentionError.invalidArgument("BigBird option out of range (b \(b), H \(H), g \(g), w \(w), r \(r))")
+        }
+    }
+
+    static func isGlobalRow(_ i: Int, nb: Int, g: Int, causal: Bool) -> Bool {
+        i < g || (!causal && i >= nb - g)
+    }
+
+    /// Global and window key blocks of a non-global query block, sorted, without duplicates.
+    static func structuralBlocks(_ i: Int, nb: Int, g: Int, w: Int, causal: Bool) -> [Int] {
+        var s = Set<Int>()
+        for j in 0..<min(g, nb) { s.insert(j) }
+        if !causal { for j in max(0, nb - g)..<nb { s.insert(j) } }
+        let lo = max(0, i - w / 2), hi = causal ? i : min(nb - 1, i + w / 2)
+        if lo <= hi { for j in lo...hi { s.insert(j) } }
+        return s.sorted()
+    }
+
+    /// Whether query block `i` is a global row (attends to every key, causally when causal).
+    public func isGlobalRow(_ i: Int) -> Bool { Self.isGlobalRow(i, nb: blockCount, g: globalBlocks, causal: causal) }
+
+    /// Global and window key blocks of query block `i` (shared by all heads), sorted.
+    public func structuralBlocks(_ i: Int) -> [Int] {
+        Self.structuralBlocks(i, nb: blockCount, g: globalBlocks, w: windowBlocks, causal: causal)
+    }
+
+    /// Every key block query block `i` of head `h` attends, sorted.
+    public func keyBlocks(head h: Int, queryBlock i: Int) -> [Int] {
+        if isGlobalRow(i) { return Array(0..<(causal ? i + 1 : blockCount)) }
+        return (structuralBlocks(i) + random[h][i]).sorted()
+    }
+
+    /// How query block `i` of head `h` attends key block `j`.
+    public func kind(head h: Int, queryBlock i: Int, keyBlock j: Int) -> BlockKind {
+        let nb = blockCount, g = globalBlocks
+        if isGlobalRow(i) { return (!causal || j <= i) ? .global : .none }
+        if j < g || (!causal && j >= nb - g) { return .global }
+        if j >= i - windowBlocks / 2 && j <= (causal ? i : i + windowBlocks / 2) { return .window }
+        return random[h][i].contains(j) ? .random : .none
+    }
+
+    /// The block mask `[H, nb, nb]` (row-major): 0 none, 1 window, 2 global, 3 random
+    /// (``BlockKind`` raw values).
+    public func blockMask() -> [UInt8] {
+        let nb = blockCount
+        var mask = [UInt8](repeating: 0, count: heads * nb * nb)
+        for h in 0..<heads { for i in 0..<nb { for j in 0..<nb {
+            mask[(h * nb + i) * nb + j] = kind(head: h, queryBlock: i, keyBlock: j).rawValue
+        } } }
+        return mask
+    }
+
+    /// Whether query position `p` of head `h` attends key position `q` (the element-level mask:
+    /// the block mask, and within the diagonal block the causal mask when causal).
+    public func attends(head h: Int, query p: Int, key q: Int) -> Bool {
+        let b = blockSize
+        if causal && q > p { return false }
+        return kind(head: h, queryBlock: p / b, keyBlock: q / b) != .none
+    }
+
+    /// Key blocks computed per head (for FLOP counts): Σ over query blocks of attended blocks.
+    public func attendedBlocks(head h: Int) -> Int {
+        (0..<blockCount).reduce(0) { $0 + keyBlocks(head: h, queryBlock: $1).count }
+    }
+}

@@ -74,8 +74,10 @@ public struct ExactAttentionPlan: Sendable, Equatable {
             rows = max(1, min(rows, Self.materializedScoreBudget / max(1, shape.M * g)))
         }
         rows = min(rows, max(1, shape.N))
-        // Enough items to keep every thread busy when the batch and head count are small.
-        while rows > 8, shape.B * shape.Hkv * ((shape.N + rows - 1) / rows) < 4 * threads { rows /= 2 }
+        // Enough items (8) to keep the cores busy when the batch and head count are small. The
+        // rule looks at the shape only, never the thread count, so 1 and 2 threads compute the
+        // same blocks and give bitwise the same result.
+        while rows > 8, shape.B * shape.Hkv * ((shape.N + rows - 1) / rows) < 8 { rows /= 2 }
         self.shape = shape
         self.implementation = impl
         self.queryBlock = max(1, queryBlock ?? rows)

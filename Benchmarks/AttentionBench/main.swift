@@ -10,8 +10,8 @@ struct AttentionBench: ParsableCommand {
         commandName: "attention-bench",
         abstract: "Measure sgemm and every attention variant on this machine.")
 
-    @Option(help: "Comma-separated variants: sgemm,full,linear.")
-    var variants = "sgemm,full,linear"
+    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear.")
+    var variants = "sgemm,full,bigbird,linear"
     @Option(help: "Comma-separated sequence lengths N (default depends on the variant).")
     var lengths: String?
     @Option(help: "Threads (default: all cores).")
@@ -31,7 +31,7 @@ struct AttentionBench: ParsableCommand {
     @Option(help: ArgumentHelp("Tuning: implementations (tiled,materialized).", visibility: .hidden))
     var impls: String?
 
-    static let known: Set<String> = ["sgemm", "full", "linear"]
+    static let known: Set<String> = ["sgemm", "full", "bigbird", "linear"]
 
     func validate() throws {
         let v = variantList
@@ -86,6 +86,10 @@ struct AttentionBench: ParsableCommand {
             let im = impls.map { $0.split(separator: ",").compactMap { ExactAttentionImplementation(rawValue: String($0)) } }
             rows += try benchFull(lengths: n, kvHeads: kv, threads: threads, peak: peak, stackedRows: stackedRows,
                                   keyTile: keyTile, impls: im ?? [.tiled, .materialized])
+        }
+        if wanted.contains("bigbird") {
+            let n = lengths.flatMap(parseLengths) ?? (quick ? [4096] : [4096, 8192, 16384, 32768, 65536])
+            rows += try benchBigBird(lengths: n, threads: threads, peak: peak)
         }
         if wanted.contains("linear") {
             let n = lengths.flatMap(parseLengths) ?? (quick ? [4096] : [4096, 16384, 65536, 262144, 1 << 20])

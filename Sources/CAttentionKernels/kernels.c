@@ -6,6 +6,7 @@
 
 #include "AttentionKernels.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__clang__)
@@ -317,3 +318,38 @@ AK_CLONES void ak_exp_sub_rows(float *p, long rows, long cols, long ldp, const f
 
 void ak_elu1(const float *x, float *y, long n) { ak_feature_rows(AK_FEATURE_ELU1, x, n, y, n, 1, n); }
 void ak_relu(const float *x, float *y, long n) { ak_feature_rows(AK_FEATURE_RELU, x, n, y, n, 1, n); }
+
+// ---- Positions ----
+
+AK_CLONES void ak_rope_rows(float *x, long rows, long d, long ldx, const float *cosv, const float *sinv,
+                            long ldt) {
+    long h = d / 2;
+    for (long r = 0; r < rows; r++) {
+        float *a = x + r * ldx, *b = a + h;
+        const float *c = cosv + r * ldt, *s = sinv + r * ldt;
+        long i = 0;
+        for (; i + W <= h; i += W) {
+            vf va = LOAD(a + i), vb = LOAD(b + i), vc = LOAD(c + i), vs = LOAD(s + i);
+            STORE(a + i, va * vc - vb * vs);
+            STORE(b + i, vb * vc + va * vs);
+        }
+        for (; i < h; i++) {
+            float va = a[i], vb = b[i];
+            a[i] = va * c[i] - vb * s[i];
+            b[i] = vb * c[i] + va * s[i];
+        }
+    }
+}
+
+AK_CLONES void ak_alibi_row(float *s, long n, float slope, long p) {
+    vf lane;
+    for (int i = 0; i < W; i++) lane[i] = (float)i;
+    long c = 0;
+    for (; c + W <= n; c += W) {
+        vf dist = (float)(p - c) - lane;
+        vi neg = dist < 0.0f;
+        dist = VSELECT(neg, -dist, dist);
+        STORE(s + c, LOAD(s + c) - dist * slope);
+    }
+    for (; c < n; c++) s[c] -= slope * (float)labs(p - c);
+}

@@ -11,6 +11,8 @@ public enum AttentionError: Error, Equatable, CustomStringConvertible, Sendable 
     case invalidArgument(String)
     /// The call would need more memory than is allowed.
     case tooLarge(String)
+    /// A KV cache cannot take the tokens appended to it.
+    case cacheFull(capacity: Int, length: Int, appending: Int)
 
     public var description: String {
         switch self {
@@ -20,6 +22,8 @@ public enum AttentionError: Error, Equatable, CustomStringConvertible, Sendable 
             return "H = \(h) query heads is not a multiple of Hkv = \(hkv) key/value heads"
         case .invalidArgument(let s): return "invalid argument: \(s)"
         case .tooLarge(let s): return "too large: \(s)"
+        case .cacheFull(let c, let l, let a):
+            return "KV cache full: \(l) of \(c) positions used, cannot append \(a)"
         }
     }
 }

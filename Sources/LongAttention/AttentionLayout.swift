@@ -17,6 +17,14 @@ struct AttentionLayout {
     /// Bias rows: `bias + b·s.b + h·s.h + i·s.n` is row (b, h, i), `M` contiguous floats; a
     /// broadcast axis has stride 0.
     let bias: UnsafePointer<Float>?, biasStride: (b: Int, h: Int, n: Int)
+    /// ALiBi slopes, one per query head, or nil.
+    var alibi: UnsafePointer<Float>? = nil
+    /// Position of query row 0 among the keys; nil means bottom-right alignment, `M - N`.
+    /// (BigBird's global rows are row views of a longer sequence and pass their own.)
+    var queryOffsetOverride: Int? = nil
+
+    /// Query `i` sits at key position `i + queryOffset`.
+    var queryOffset: Int { queryOffsetOverride ?? (M - N) }
 
     /// Query heads per KV head.
     var group: Int { H / Hkv }
@@ -37,7 +45,7 @@ struct AttentionLayout {
     /// Keys `j < keyLimit(b, i)` are visible to query `i` of batch `b` (causal and padding).
     @inline(__always) func keyLimit(_ b: Int, _ i: Int) -> Int {
         var limit = M
-        if causal { limit = min(limit, i + M - N + 1) }
+        if causal { limit = min(limit, i + queryOffset + 1) }
         if let keyLengths { limit = min(limit, keyLengths[b]) }
         return max(0, limit)
     }
@@ -84,13 +92,14 @@ extension AttentionLayout {
         return true
     }
 
-    /// Adds the bias of columns `j0 ..< j0 + width` to the stacked score rows `rows` of `s`
-    /// (leading dimension lds; row r of the block is at `s + r·lds`).
+    /// Adds the additive bias and the ALiBi penalty of keys `j0 ..< j0 + width` to the stacked
+    /// score rows `rows` of `s` (leading dimension lds; row r of the block is at `s + r·lds`).
     func addBias(_ blk: QueryBlock, j0: Int, width: Int, s: UnsafeMutablePointer<Float>, lds: Int, rows: Range<Int>? = nil) {
-        guard let bias else { return }
+        if bias == nil && alibi == nil { return }
         for r in rows ?? 0..<(group * blk.rows) {
             let h = blk.kvHead * group + r / blk.rows, i = blk.i0 + r % blk.rows
-            ak_add(s + r * lds, bias + blk.b * biasStride.b + h * biasStride.h + i * biasStride.n + j0, width)
+            if let bias { ak_add(s + r * lds, bias + blk.b * biasStride.b + h * biasStride.h + i * biasStride.n + j0, width) }
+            if let alibi { ak_alibi_row(s + r * lds, width, alibi[h], i + queryOffset - j0) }
         }
     }
 }

@@ -14,10 +14,14 @@ public struct AttentionMask: Sendable {
     /// where any leading axis may be 1 (broadcast). `-infinity` masks an entry.
     public var bias: Tensor?
 
-    public init(isCausal: Bool = false, keyLengths: [Int]? = nil, bias: Tensor? = nil) {
+    /// ALiBi position penalties, computed per score tile (never an N×M tensor).
+    public var alibi: ALiBi?
+
+    public init(isCausal: Bool = false, keyLengths: [Int]? = nil, bias: Tensor? = nil, alibi: ALiBi? = nil) {
         self.isCausal = isCausal
         self.keyLengths = keyLengths
         self.bias = bias
+        self.alibi = alibi
     }
 
     /// Every query sees every key.
@@ -29,10 +33,14 @@ public struct AttentionMask: Sendable {
     /// An additive bias broadcast over batch and heads.
     public static func bias(_ bias: Tensor) -> AttentionMask { AttentionMask(bias: bias) }
 
+    /// ALiBi penalties with the given slopes.
+    public static func alibi(_ alibi: ALiBi) -> AttentionMask { AttentionMask(alibi: alibi) }
+
     /// Both masks at once (causal if either is; the other's lengths or bias where this has none).
     public func combined(with other: AttentionMask) -> AttentionMask {
         AttentionMask(isCausal: isCausal || other.isCausal,
                       keyLengths: keyLengths ?? other.keyLengths,
-                      bias: bias ?? other.bias)
+                      bias: bias ?? other.bias,
+                      alibi: alibi ?? other.alibi)
     }
 }

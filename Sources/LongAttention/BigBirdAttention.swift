@@ -15,8 +15,10 @@ import CAttentionKernels
 /// (β = 1). Global query rows are full attention rows computed by the exact (tiled) kernel on
 /// row views. A partial last block is handled by its real length: no padded key is ever scored.
 /// The result equals dense attention under the plan's element mask to float32 rounding.
+///
+/// `alibi` adds ALiBi penalties `-slope_h · |i - j|` on the attended scores (computed per block).
 public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan: BigBirdPlan,
-                             scale: Float? = nil, threads: Int? = nil) throws -> Tensor {
+                             scale: Float? = nil, alibi: ALiBi? = nil, threads: Int? = nil) throws -> Tensor {
     let shape = try attentionShape(queries: queries, keys: keys, values: values)
     guard shape.N == shape.M else {
         throw AttentionError.shapeMismatch("BigBird is self-attention: N = \(shape.N) queries but M = \(shape.M) keys")
@@ -28,6 +30,9 @@ public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan
     let threads = threads ?? Parallel.defaultThreads
     let scale = scale ?? 1 / Float(shape.d).squareRoot()
     guard scale.isFinite else { throw AttentionError.invalidArgument("scale must be finite, got \(scale)") }
+    if let alibi, alibi.slopes.count != shape.H {
+        throw AttentionError.shapeMismatch("ALiBi has \(alibi.slopes.count) slopes for H = \(shape.H) heads")
+    }
     var out = try Tensor(uninitialized: [shape.B, shape.H, shape.N, shape.dv])
     if out.count == 0 { return out }
 
@@ -43,9 +48,12 @@ public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan
     }
     for range in globalRanges {
         let keyRange = plan.causal ? 0..<range.upperBound : 0..<N
-        let rows = try scaledDotProductAttention(
-            queries: try queries.rows(range), keys: try keys.rows(keyRange), values: try values.rows(keyRange),
-            scale: scale, mask: plan.causal ? .causal : .none, implementation: .tiled, threads: threads)
+        let q = try queries.rows(range), k = try keys.rows(keyRange), v = try values.rows(keyRange)
+        let exactPlan = ExactAttentionPlan(shape: try attentionShape(queries: q, keys: k, values: v),
+                                           implementation: .tiled, threads: threads)
+        let rows = try exactAttention(queries: q, keys: k, values: v, scale: scale,
+                                      mask: AttentionMask(isCausal: plan.causal, alibi: alibi), plan: exactPlan,
+                                      queryOffset: range.lowerBound)
         try out.copyRows(from: rows, at: range.lowerBound)
     }
 
@@ -56,14 +64,17 @@ public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan
         q.withUnsafePointer { pq in
             k.withUnsafePointer { pk in
                 v.withUnsafePointer { pv in
-                    let layout = AttentionLayout(
+                  withOptionalArray(alibi?.slopes) { pa in
+                    var layout = AttentionLayout(
                         B: shape.B, H: shape.H, Hkv: shape.Hkv, N: N, M: N, d: shape.d, dv: shape.dv,
                         q: pq, qStride: (q.strides[0], q.strides[1], q.strides[2]),
                         k: pk, kStride: (k.strides[0], k.strides[1], k.strides[2]),
                         v: pv, vStride: (v.strides[0], v.strides[1], v.strides[2]),
                         out: o.baseAddress!, scale: scale, causal: plan.causal, keyLengths: nil,
                         bias: nil, biasStride: (0, 0, 0))
+                    layout.alibi = pa
                     runBigBird(layout, plan: plan, middle: middle, threads: threads)
+                  }
                 }
             }
         }
@@ -122,6 +133,7 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
             for run in shared {
                 BLAS.sgemm(.none, .transpose, m: rows, n: run.count, k: d, a: qp, lda: d,
                            b: L.kRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.kStride.m, c: s + col, ldc: ldS)
+                L.addBias(blk, j0: run.lowerBound, width: run.count, s: s + col, lds: ldS)
                 if run.contains(blk.i0) { diagonalColumn = col + blk.i0 - run.lowerBound }
                 col += run.count
             }
@@ -135,6 +147,7 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
                     BLAS.sgemm(.none, .transpose, m: n, n: run.count, k: d, a: qp + gi * n * d, lda: d,
                                b: L.kRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.kStride.m,
                                c: s + gi * n * ldS + c, ldc: ldS)
+                    L.addBias(blk, j0: run.lowerBound, width: run.count, s: s + c, lds: ldS, rows: (gi * n)..<((gi + 1) * n))
                     c += run.count
                 }
                 for t in 0..<n { valid[gi * n + t] = Int32(c) }

@@ -1,5 +1,6 @@
 import AttentionTensor
 import CAttentionKernels
+import Foundation
 
 /// FlashAttention-style exact attention: for each query block, stream over key tiles keeping a
 /// running row max `m`, row sum `l` and unnormalised output `o`:
@@ -13,11 +14,21 @@ import CAttentionKernels
 /// walked in 64-key tiles restricted to the rows that see them, and only those carry per-row
 /// column limits. Workspace per worker: `R·(d + tile + dv + 3)` floats with
 /// `R = group · queryBlock`, independent of N and M.
+///
+/// Decoding (few query rows, few KV heads) splits each block's keys into ``ExactAttentionPlan/keySplits``
+/// contiguous ranges run as separate work items, each leaving its `(m, l, o)`; the ranges are
+/// merged afterwards with the same associative rule, in a fixed order. A single query row uses
+/// GEMV instead of GEMM (the cache is read once, at memory speed).
 func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) {
     let G = L.group, Br = plan.queryBlock, Bc = plan.keyTile, R = G * Br
     let triangleTile = min(Bc, 64)
-    let d = L.d, dv = L.dv
-    Parallel.run(items: L.workItems(blockRows: Br), threads: plan.threads) { _, queue in
+    let d = L.d, dv = L.dv, splits = plan.keySplits
+    let blocks = L.workItems(blockRows: Br)
+    // Split results: per (block, split), R rows of o (dv), then m and l.
+    let partialStride = R * (dv + 2)
+    let partial: UnsafeMutablePointer<Float>? = splits > 1 ? .allocate(capacity: blocks * splits * partialStride) : nil
+    defer { partial?.deallocate() }
+    Parallel.run(items: blocks * splits, threads: plan.threads) { _, queue in
         var ws = Workspace(floats: R * (d + Bc + dv + 2), ints: R)
         defer { ws.free() }
         let qp = ws.floats(R * d), s = ws.floats(R * Bc), o = ws.floats(R * dv)
@@ -27,15 +38,23 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) {
         func tile(rows rs: Range<Int>, j0: Int, w: Int, masked: Bool) {
             let r0 = rs.lowerBound, n = rs.count
             let sr = s + r0 * Bc
-            BLAS.sgemm(.none, .transpose, m: n, n: w, k: d, a: qp + r0 * d, lda: d,
-                       b: L.kRow(blk.b, blk.kvHead, j0), ldb: L.kStride.m, c: sr, ldc: Bc)
+            let k = L.kRow(blk.b, blk.kvHead, j0), v = L.vRow(blk.b, blk.kvHead, j0)
+            if n == 1 {
+                BLAS.sgemv(.none, m: w, n: d, a: k, lda: L.kStride.m, x: qp + r0 * d, y: sr)
+            } else {
+                BLAS.sgemm(.none, .transpose, m: n, n: w, k: d, a: qp + r0 * d, lda: d, b: k, ldb: L.kStride.m, c: sr, ldc: Bc)
+            }
             L.addBias(blk, j0: j0, width: w, s: s, lds: Bc, rows: rs)
             ak_online_softmax_tile(sr, n, w, Bc, masked ? valid + r0 : nil, m + r0, l + r0, o + r0 * dv, dv, dv)
-            BLAS.sgemm(.none, .none, m: n, n: dv, k: w, a: sr, lda: Bc,
-                       b: L.vRow(blk.b, blk.kvHead, j0), ldb: L.vStride.m, beta: 1, c: o + r0 * dv, ldc: dv)
+            if n == 1 {
+                BLAS.sgemv(.transpose, m: w, n: dv, a: v, lda: L.vStride.m, x: sr, beta: 1, y: o + r0 * dv)
+            } else {
+                BLAS.sgemm(.none, .none, m: n, n: dv, k: w, a: sr, lda: Bc, b: v, ldb: L.vStride.m, beta: 1, c: o + r0 * dv, ldc: dv)
+            }
         }
         while let item = queue.next() {
-            blk = L.queryBlock(item: item, blockRows: Br)
+            let split = item % splits
+            blk = L.queryBlock(item: item / splits, blockRows: Br)
             let rows = G * blk.rows
             L.packQueries(blk, into: qp)
             o.update(repeating: 0, count: rows * dv)
@@ -45,17 +64,21 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) {
             // the last row sees. Tiles wholly above the diagonal are never visited.
             let shared = L.keyLimit(blk.b, blk.i0)
             let keyEnd = L.keyLimit(blk.b, blk.i0 + blk.rows - 1)
-            var j0 = 0
-            while j0 < shared {
-                let w = min(Bc, shared - j0)
+            // This item's share of the keys: contiguous, tile-aligned, a function of the block only.
+            let perSplit = ((keyEnd + splits - 1) / splits + Bc - 1) / Bc * Bc
+            let lo = min(keyEnd, split * perSplit), hi = min(keyEnd, lo + perSplit)
+            var j0 = lo
+            while j0 < min(shared, hi) {
+                let w = min(Bc, min(shared, hi) - j0)
                 tile(rows: 0..<rows, j0: j0, w: w, masked: false)
                 j0 += w
             }
             // The triangle in narrow tiles; in each, only the rows that see one of its keys take
             // part (per head: a suffix of the block's positions), so the work above the diagonal
             // is at most a triangleTile-wide sliver instead of a queryBlock-wide square.
-            while j0 < keyEnd {
-                let w = min(triangleTile, keyEnd - j0)
+            j0 = max(j0, shared)
+            while j0 < hi {
+                let w = min(triangleTile, hi - j0)
                 _ = L.fillValid(blk, j0: j0, width: w, valid: valid)
                 // First position whose limit passes j0: keyLimit(i) > j0.
                 var t0 = 0
@@ -67,7 +90,47 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) {
                 }
                 j0 += w
             }
+            if let partial {
+                let p = partial + item * partialStride
+                p.update(from: o, count: rows * dv)
+                (p + R * dv).update(from: m, count: rows)
+                (p + R * dv + R).update(from: l, count: rows)
+                continue
+            }
             // Rows never given a visible key keep l = 0 and come out as zeros.
+            for g in 0..<G {
+                ak_divide_rows(o + g * blk.rows * dv, dv, L.outRow(blk.b, blk.kvHead * G + g, blk.i0), dv,
+                               blk.rows, dv, l + g * blk.rows)
+            }
+        }
+    }
+    guard let partial else { return }
+    // Merge the key splits: m = max m_s, l = Σ l_s e^(m_s - m), o = Σ o_s e^(m_s - m), out = o / l.
+    Parallel.run(items: blocks, threads: plan.threads) { _, queue in
+        var ws = Workspace(floats: R * dv + R)
+        defer { ws.free() }
+        let o = ws.floats(R * dv), l = ws.floats(R)
+        while let item = queue.next() {
+            let blk = L.queryBlock(item: item, blockRows: Br)
+            let rows = G * blk.rows
+            for r in 0..<rows {
+                var mx = -Float.infinity
+                for sp in 0..<splits { mx = max(mx, partial[(item * splits + sp) * partialStride + R * dv + r]) }
+                var lsum: Float = 0
+                let orow = o + r * dv
+                orow.update(repeating: 0, count: dv)
+                if mx > -.infinity {
+                    for sp in 0..<splits {
+                        let p = partial + (item * splits + sp) * partialStride
+                        let ms = p[R * dv + r]
+                        if ms == -.infinity { continue }
+                        let f = Foundation.exp(ms - mx)
+                        lsum += p[R * dv + R + r] * f
+                        for t in 0..<dv { orow[t] += p[r * dv + t] * f }
+                    }
+                }
+                l[r] = lsum
+            }
             for g in 0..<G {
                 ak_divide_rows(o + g * blk.rows * dv, dv, L.outRow(blk.b, blk.kvHead * G + g, blk.i0), dv,
                                blk.rows, dv, l + g * blk.rows)

@@ -34,6 +34,10 @@ public struct ExactAttentionPlan: Sendable, Equatable {
     /// Keys per tile (tiled), or `M` (materialized).
     public let keyTile: Int
     public let threads: Int
+    /// Tiled: contiguous key ranges per query block run as separate work items and merged (the
+    /// associative (max, sum, output) rule), so a decode step keeps every core busy even when
+    /// `B·Hkv` is small. 1 unless there are fewer than 8 blocks; a function of the shape only.
+    public let keySplits: Int
 
     /// Rows of a block's GEMMs: the group's heads stacked.
     public var stackedRows: Int { shape.group * queryBlock }
@@ -49,8 +53,12 @@ public struct ExactAttentionPlan: Sendable, Equatable {
             return (r * shape.d + r * keyTile + r) * 4
         }
     }
-    /// Bytes of scratch for the whole call, beyond inputs and output.
-    public var workspaceBytes: Int { workspaceBytesPerThread * min(threads, max(workItems, 1)) }
+    /// Bytes of scratch for the whole call, beyond inputs and output (workers' scratch, plus the
+    /// split results when keys are split).
+    public var workspaceBytes: Int {
+        let splitResults = keySplits > 1 ? workItems * keySplits * stackedRows * (shape.dv + 2) * 4 : 0
+        return workspaceBytesPerThread * min(threads, max(workItems * keySplits, 1)) + splitResults
+    }
 
     /// Score rows a materialized block may hold: its `[rows, M]` buffer stays under 16 MiB.
     static let materializedScoreBudget = 4 << 20
@@ -64,7 +72,8 @@ public struct ExactAttentionPlan: Sendable, Equatable {
     /// `automatic` takes the tiled path once `M` exceeds 1024 keys, where the materialized score
     /// block stops fitting in cache (measured: see the README's benchmark table).
     public init(shape: AttentionShape, implementation: ExactAttentionImplementation = .automatic,
-                threads: Int = Parallel.defaultThreads, queryBlock: Int? = nil, keyTile: Int? = nil) {
+                threads: Int = Parallel.defaultThreads, queryBlock: Int? = nil, keyTile: Int? = nil,
+                keySplits: Int? = nil) {
         let impl: ExactAttentionImplementation =
             implementation == .automatic ? (shape.M > 1024 ? .tiled : .materialized) : implementation
         let g = max(1, shape.group)
@@ -83,6 +92,9 @@ public struct ExactAttentionPlan: Sendable, Equatable {
         self.queryBlock = max(1, queryBlock ?? rows)
         self.keyTile = impl == .tiled ? max(1, min(keyTile ?? 512, max(1, shape.M))) : max(1, shape.M)
         self.threads = max(1, threads)
+        let items = shape.B * shape.Hkv * ((shape.N + self.queryBlock - 1) / self.queryBlock)
+        let automaticSplits = items < 8 ? max(1, min((8 + items - 1) / items, shape.M / (4 * self.keyTile))) : 1
+        self.keySplits = impl == .tiled ? max(1, keySplits ?? automaticSplits) : 1
     }
 }
 
@@ -124,6 +136,14 @@ public func exactAttention(
     queries: Tensor, keys: Tensor, values: Tensor, scale: Float? = nil, mask: AttentionMask = .none,
     plan: ExactAttentionPlan
 ) throws -> Tensor {
+    try exactAttention(queries: queries, keys: keys, values: values, scale: scale, mask: mask, plan: plan, queryOffset: nil)
+}
+
+/// Exact attention where query row 0 sits at key position `queryOffset` (nil: `M - N`).
+func exactAttention(
+    queries: Tensor, keys: Tensor, values: Tensor, scale: Float?, mask: AttentionMask,
+    plan: ExactAttentionPlan, queryOffset: Int?
+) throws -> Tensor {
     let shape = try attentionShape(queries: queries, keys: keys, values: values)
     guard shape == plan.shape else {
         throw AttentionError.shapeMismatch("plan is for \(plan.shape), inputs are \(shape)")
@@ -140,13 +160,16 @@ public func exactAttention(
             k.withUnsafePointer { pk in
                 v.withUnsafePointer { pv in
                     withOptionalPointer(bias?.tensor) { pb in
-                        let layout = AttentionLayout(
+                      withOptionalArray(mask.alibi?.slopes) { pa in
+                        var layout = AttentionLayout(
                             B: shape.B, H: shape.H, Hkv: shape.Hkv, N: shape.N, M: shape.M, d: shape.d, dv: shape.dv,
                             q: pq, qStride: (q.strides[0], q.strides[1], q.strides[2]),
                             k: pk, kStride: (k.strides[0], k.strides[1], k.strides[2]),
                             v: pv, vStride: (v.strides[0], v.strides[1], v.strides[2]),
                             out: o.baseAddress!, scale: scale, causal: mask.isCausal,
                             keyLengths: mask.keyLengths, bias: pb, biasStride: bias?.strides ?? (0, 0, 0))
+                        layout.alibi = pa
+                        layout.queryOffsetOverride = queryOffset
                         if shape.M == 0 {
                             o.initialize(repeating: 0)   // no keys: every row is fully masked
                         } else if plan.implementation == .tiled {
@@ -154,6 +177,7 @@ public func exactAttention(
                         } else {
                             runMaterialized(layout, plan: plan)
                         }
+                      }
                     }
                 }
             }
@@ -184,6 +208,9 @@ func attentionShape(queries q: Tensor, keys k: Tensor, values v: Tensor) throws 
 }
 
 func validate(mask: AttentionMask, shape s: AttentionShape) throws {
+    if let alibi = mask.alibi, alibi.slopes.count != s.H {
+        throw AttentionError.shapeMismatch("ALiBi has \(alibi.slopes.count) slopes for H = \(s.H) heads")
+    }
     if let lengths = mask.keyLengths {
         guard lengths.count == s.B else {
             throw AttentionError.shapeMismatch("\(lengths.count) key lengths for batch size \(s.B)")
@@ -208,6 +235,11 @@ func broadcastBias(_ bias: Tensor, shape s: AttentionShape) throws -> (tensor: T
     let t = bias.contiguous()
     let st = rowMajorStrides(padded)
     return (t, (padded[0] == 1 ? 0 : st[0], padded[1] == 1 ? 0 : st[1], st[2]))
+}
+
+func withOptionalArray<R>(_ a: [Float]?, _ body: (UnsafePointer<Float>?) -> R) -> R {
+    guard let a else { return body(nil) }
+    return a.withUnsafeBufferPointer { body($0.baseAddress) }
 }
 
 func withOptionalPointer<R>(_ t: Tensor?, _ body: (UnsafePointer<Float>?) -> R) -> R {

@@ -86,6 +86,16 @@ void ak_row_max(const float *x, long rows, long cols, long ldx, float *out);
 /// p[r, c] = exp(p[r, c] - shift[r]) in place (FAVOR+ features once shifts are known).
 void ak_exp_sub_rows(float *p, long rows, long cols, long ldp, const float *shift);
 
+// ---- Positions ----
+
+/// RoPE, rotate-half layout, in place: for each row r and i < d/2, with c = cosv[r·ldt + i] and
+/// s = sinv[r·ldt + i]: (x[i], x[i + d/2]) <- (x[i]·c - x[i + d/2]·s, x[i + d/2]·c + x[i]·s).
+void ak_rope_rows(float *x, long rows, long d, long ldx, const float *cosv, const float *sinv, long ldt);
+
+/// ALiBi on a score row: s[c] -= slope · |p - c| for c < n (p = the query's aligned position
+/// minus the first key of the row, i.e. i + M - N - j0).
+void ak_alibi_row(float *s, long n, float slope, long p);
+
 #ifdef __cplusplus
 }
 #endif

@@ -18,10 +18,18 @@ struct Row: Encodable {
     var runs = 0
     var minSeconds = 0.0
     var note: String?
+    /// Decode rows: bytes of K/V read per second, and that over the measured copy bandwidth.
+    var bytesPerSecond: Double?
+    var bandwidthFraction: Double?
+    /// Infini rows: state bytes, and peak resident memory of the streaming run.
+    var stateBytes: Int?
+    var peakResidentBytes: Int?
+    var tokensPerSecond: Double?
 
     enum CodingKeys: String, CodingKey {
         case variant, impl, B, H, Hkv, N, M, d, causal, threads, seconds, gflops, peakFraction, workspaceBytes,
-             relError, runs, minSeconds, note
+             relError, runs, minSeconds, note, bytesPerSecond, bandwidthFraction, stateBytes, peakResidentBytes,
+             tokensPerSecond
     }
 
     func encode(to encoder: Encoder) throws {
@@ -36,6 +44,11 @@ struct Row: Encodable {
         try c.encode(relError, forKey: .relError)           // null when not measured
         try c.encode(runs, forKey: .runs); try c.encode(minSeconds, forKey: .minSeconds)
         try c.encodeIfPresent(note, forKey: .note)
+        try c.encodeIfPresent(bytesPerSecond, forKey: .bytesPerSecond)
+        try c.encodeIfPresent(bandwidthFraction, forKey: .bandwidthFraction)
+        try c.encodeIfPresent(stateBytes, forKey: .stateBytes)
+        try c.encodeIfPresent(peakResidentBytes, forKey: .peakResidentBytes)
+        try c.encodeIfPresent(tokensPerSecond, forKey: .tokensPerSecond)
     }
 }
 

@@ -319,6 +319,40 @@ AK_CLONES void ak_exp_sub_rows(float *p, long rows, long cols, long ldp, const f
 void ak_elu1(const float *x, float *y, long n) { ak_feature_rows(AK_FEATURE_ELU1, x, n, y, n, 1, n); }
 void ak_relu(const float *x, float *y, long n) { ak_feature_rows(AK_FEATURE_RELU, x, n, y, n, 1, n); }
 
+// ---- Decode ----
+
+AK_CLONES void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk,
+                                long w, float *s, long lds) {
+    for (long j = 0; j < w; j++) {
+        const float *kj = k + j * ldk;
+        for (long r = 0; r < rows; r++) {
+            const float *qr = q + r * ldq;
+            vf acc = 0.0f;
+            long t = 0;
+            for (; t + W <= d; t += W) acc += LOAD(qr + t) * LOAD(kj + t);
+            float sum = HSUM(acc);
+            for (; t < d; t++) sum += qr[t] * kj[t];
+            s[r * lds + j] = sum;
+        }
+    }
+}
+
+AK_CLONES void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w,
+                                    long dv, float *o, long ldo) {
+    for (long j = 0; j < w; j++) {
+        const float *vj = v + j * ldv;
+        for (long r = 0; r < rows; r++) {
+            float pj = p[r * ldp + j];
+            if (pj == 0.0f) continue;   // masked keys
+            float *orow = o + r * ldo;
+            vf vp = pj;
+            long t = 0;
+            for (; t + W <= dv; t += W) STORE(orow + t, LOAD(orow + t) + vp * LOAD(vj + t));
+            for (; t < dv; t++) orow[t] += pj * vj[t];
+        }
+    }
+}
+
 // ---- Positions ----
 
 AK_CLONES void ak_rope_rows(float *x, long rows, long d, long ldx, const float *cosv, const float *sinv,

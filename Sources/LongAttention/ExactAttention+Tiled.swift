@@ -17,12 +17,15 @@ import Foundation
 ///
 /// Decoding (few query rows, few KV heads) splits each block's keys into ``ExactAttentionPlan/keySplits``
 /// contiguous ranges run as separate work items, each leaving its `(m, l, o)`; the ranges are
-/// merged afterwards with the same associative rule, in a fixed order. A single query row uses
-/// GEMV instead of GEMM (the cache is read once, at memory speed).
+/// merged afterwards with the same associative rule, in a fixed order. Tiles of at most 8 rows
+/// use the decode kernels instead of GEMM, which read each key and value row once, at memory speed.
 func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) {
     let G = L.group, Br = plan.queryBlock, Bc = plan.keyTile, R = G * Br
     let triangleTile = min(Bc, 64)
     let d = L.d, dv = L.dv, splits = plan.keySplits
+    // Up to this many rows, a tile's products stream K and V once through the decode kernels
+    // (BLAS would pack the key tile first: for 1–8 rows that copy costs more than the product).
+    let smallRows = 8
     let blocks = L.workItems(blockRows: Br)
     // Split results: per (block, split), R rows of o (dv), then m and l.
     let partialStride = R * (dv + 2)
@@ -39,15 +42,15 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) {
             let r0 = rs.lowerBound, n = rs.count
             let sr = s + r0 * Bc
             let k = L.kRow(blk.b, blk.kvHead, j0), v = L.vRow(blk.b, blk.kvHead, j0)
-            if n == 1 {
-                BLAS.sgemv(.none, m: w, n: d, a: k, lda: L.kStride.m, x: qp + r0 * d, y: sr)
+            if n <= smallRows {
+                ak_rows_dot_keys(qp + r0 * d, d, n, d, k, L.kStride.m, w, sr, Bc)
             } else {
                 BLAS.sgemm(.none, .transpose, m: n, n: w, k: d, a: qp + r0 * d, lda: d, b: k, ldb: L.kStride.m, c: sr, ldc: Bc)
             }
             L.addBias(blk, j0: j0, width: w, s: s, lds: Bc, rows: rs)
             ak_online_softmax_tile(sr, n, w, Bc, masked ? valid + r0 : nil, m + r0, l + r0, o + r0 * dv, dv, dv)
-            if n == 1 {
-                BLAS.sgemv(.transpose, m: w, n: dv, a: v, lda: L.vStride.m, x: sr, beta: 1, y: o + r0 * dv)
+            if n <= smallRows {
+                ak_rows_times_values(sr, Bc, n, v, L.vStride.m, w, dv, o + r0 * dv, dv)
             } else {
                 BLAS.sgemm(.none, .none, m: n, n: dv, k: w, a: sr, lda: Bc, b: v, ldb: L.vStride.m, beta: 1, c: o + r0 * dv, ldc: dv)
             }

@@ -86,6 +86,17 @@ void ak_row_max(const float *x, long rows, long cols, long ldx, float *out);
 /// p[r, c] = exp(p[r, c] - shift[r]) in place (FAVOR+ features once shifts are known).
 void ak_exp_sub_rows(float *p, long rows, long cols, long ldp, const float *shift);
 
+// ---- Decode: products with few query rows, streaming the keys and values once ----
+
+/// s[r·lds + j] = q[r·ldq ...] · k[j·ldk ...] (length d) for r < rows, j < w. For a handful of
+/// query rows (decoding) this reads each key row once from memory and reuses it from L1.
+void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk, long w,
+                      float *s, long lds);
+
+/// o[r·ldo + t] += Σ_j p[r·ldp + j] · v[j·ldv + t] for r < rows, t < dv, j < w (each value row read once).
+void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w, long dv,
+                          float *o, long ldo);
+
 // ---- Positions ----
 
 /// RoPE, rotate-half layout, in place: for each row r and i < d/2, with c = cosv[r·ldt + i] and

@@ -93,7 +93,7 @@ public struct ExactAttentionPlan: Sendable, Equatable {
         self.keyTile = impl == .tiled ? max(1, min(keyTile ?? 512, max(1, shape.M))) : max(1, shape.M)
         self.threads = max(1, threads)
         let items = shape.B * shape.Hkv * ((shape.N + self.queryBlock - 1) / self.queryBlock)
-        let automaticSplits = items < 8 ? max(1, min((8 + items - 1) / items, shape.M / (4 * self.keyTile))) : 1
+        let automaticSplits = items > 0 && items < 8 ? max(1, min((8 + items - 1) / items, shape.M / (4 * self.keyTile))) : 1
         self.keySplits = impl == .tiled ? max(1, keySplits ?? automaticSplits) : 1
     }
 }

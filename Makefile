@@ -35,7 +35,7 @@ test: deps
 
 check: release
 	@if [ -f $(SHARED)/reference/check.py ]; then \
-		cases=$$(ls -d $(SHARED)/reference/full_* $(SHARED)/reference/linear_* 2>/dev/null); \
+		cases=$$(ls -d $(SHARED)/reference/*/ 2>/dev/null); \
 		python3 $(SHARED)/reference/check.py --attn .build/release/attn $$cases; \
 	else echo "no $(SHARED)/reference: skipping the reference cases"; fi
 

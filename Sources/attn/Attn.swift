@@ -24,7 +24,7 @@ struct Info: ParsableCommand {
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compute one attention variant: q [B,H,N,d], k [B,Hkv,M,d], v [B,Hkv,M,dv] -> out [B,H,N,dv].",
-        subcommands: [RunFull.self, RunBigBird.self, RunLinear.self])
+        subcommands: [RunFull.self, RunBigBird.self, RunLinear.self, RunInfini.self])
 }
 
 /// The inputs and output every variant takes.
@@ -118,3 +118,47 @@ struct RunLinear: ParsableCommand {
         try Numpy.write(out, to: io.output)
     }
 }
+
+struct RunInfini: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "infini",
+        abstract: "Infini-Attention: causal attention within segments plus a compressive memory of earlier segments.")
+    @OptionGroup var io: IOOptions
+    @Option(help: "Segment length S (the last segment may be shorter).")
+    var segment: Int
+    @Option(help: "Memory update: linear or delta.")
+    var update: InfiniAttention.Update = .linear
+    @Option(help: "Gate logits β, float32 .npy [H] (default: zeros).")
+    var beta: String?
+    @Option(help: "Start from this saved memory (.npy [B, Hkv, d, dv + 1]) instead of an empty one.")
+    var memoryIn: String?
+    @Option(help: "Save the final memory here (.npy [B, Hkv, d, dv + 1]).")
+    var memoryOut: String?
+
+    func validate() throws {
+        try io.validateThreads()
+        if segment < 1 { throw ValidationError("--segment must be at least 1") }
+    }
+
+    func run() throws {
+        let (q, k, v) = try io.load()
+        let betas: [Float]
+        if let beta {
+            let t = try Numpy.readTensor(beta, rank: 1)
+            guard t.shape[0] == q.shape[1] else {
+                throw ValidationError("\(beta): \(t.shape[0]) gate logits for H = \(q.shape[1]) heads")
+            }
+            betas = t.scalars
+        } else {
+            betas = Array(repeating: 0, count: q.shape[1])
+        }
+        let infini = try InfiniAttention(segmentLength: segment, update: update, beta: betas)
+        var memory = try memoryIn.map { try CompressiveMemory.load(from: $0) }
+            ?? CompressiveMemory(batch: q.shape[0], kvHeads: k.shape[1], headDimension: q.shape[3], valueDimension: v.shape[3])
+        let out = try infini(queries: q, keys: k, values: v, memory: &memory, threads: io.threads)
+        if let memoryOut { try memory.save(to: memoryOut) }
+        try Numpy.write(out, to: io.output)
+    }
+}
+
+extension InfiniAttention.Update: ExpressibleByArgument {}

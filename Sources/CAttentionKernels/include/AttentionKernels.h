@@ -97,6 +97,17 @@ void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *
 void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w, long dv,
                           float *o, long ldo);
 
+// ---- Infini-Attention ----
+
+/// a[r, :] = (1 - gate) · a[r, :] + gate · num[r, :] / den[r] for r < rows (the memory read is 0
+/// where den[r] <= 0, i.e. while the memory is empty).
+void ak_blend_rows(float *a, long lda, const float *num, long ldn, const float *den, long rows, long cols,
+                   float gate);
+
+/// v[r, :] -= num[r, :] / den[r] where den[r] > 0 (the delta rule's correction).
+void ak_subtract_ratio_rows(float *v, long ldv, const float *num, long ldn, const float *den, long rows,
+                            long cols);
+
 // ---- Positions ----
 
 /// RoPE, rotate-half layout, in place: for each row r and i < d/2, with c = cosv[r·ldt + i] and

@@ -10,8 +10,8 @@ struct AttentionBench: ParsableCommand {
         commandName: "attention-bench",
         abstract: "Measure sgemm and every attention variant on this machine.")
 
-    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,decode.")
-    var variants = "sgemm,full,bigbird,linear,decode"
+    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode.")
+    var variants = "sgemm,full,bigbird,linear,infini,decode"
     @Option(help: "Comma-separated sequence lengths N (default depends on the variant).")
     var lengths: String?
     @Option(help: "Threads (default: all cores).")
@@ -31,7 +31,7 @@ struct AttentionBench: ParsableCommand {
     @Option(help: ArgumentHelp("Tuning: implementations (tiled,materialized).", visibility: .hidden))
     var impls: String?
 
-    static let known: Set<String> = ["sgemm", "full", "bigbird", "linear", "decode"]
+    static let known: Set<String> = ["sgemm", "full", "bigbird", "linear", "infini", "decode"]
 
     func validate() throws {
         let v = variantList
@@ -95,6 +95,10 @@ struct AttentionBench: ParsableCommand {
             let n = lengths.flatMap(parseLengths) ?? (quick ? [4096] : [4096, 16384, 65536, 262144, 1 << 20])
             rows += try benchLinear(lengths: n, maps: [.elu, .relu, .softmax, .favor(features: 256, seed: 0)],
                                     threads: threads, peak: peak)
+        }
+        if wanted.contains("infini") {
+            let n = lengths.flatMap(parseLengths) ?? (quick ? [16384] : [65536, 262144, 1 << 20])
+            rows += try benchInfini(lengths: n, threads: threads, peak: peak)
         }
         if wanted.contains("decode") {
             progress("decode: measuring copy bandwidth")

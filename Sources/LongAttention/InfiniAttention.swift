@@ -38,6 +38,21 @@ public struct InfiniAttention: Sendable {
     /// segment's output `[B, H, S', dv]`.
     public func step(queries: Tensor, keys: Tensor, values: Tensor, memory: inout CompressiveMemory,
                      threads: Int? = nil) throws -> Tensor {
+        try process(queries: queries, keys: keys, values: values, memory: &memory, threads: threads, read: true)
+    }
+
+    /// Writes a segment's keys and values into `memory` without computing outputs: how a stream's
+    /// prefix is absorbed when only later queries matter. `keys [B, Hkv, S', d]`, `values [B, Hkv, S', dv]`.
+    public func write(keys: Tensor, values: Tensor, memory: inout CompressiveMemory, threads: Int? = nil) throws {
+        guard keys.rank == 4 else { throw AttentionError.wrongRank(name: "keys", expected: 4, shape: keys.shape) }
+        // Queries are not read: the keys stand in for their shape (one query head per KV head).
+        let writer = try InfiniAttention(segmentLength: segmentLength, update: update,
+                                         beta: Array(repeating: 0, count: keys.shape[1]))
+        _ = try writer.process(queries: keys, keys: keys, values: values, memory: &memory, threads: threads, read: false)
+    }
+
+    func process(queries: Tensor, keys: Tensor, values: Tensor, memory: inout CompressiveMemory,
+                 threads: Int?, read: Bool) throws -> Tensor {
         let shape = try attentionShape(queries: queries, keys: keys, values: values)
         guard shape.N == shape.M else {
             throw AttentionError.shapeMismatch("a segment's queries and keys must have the same length (\(shape.N) vs \(shape.M))")
@@ -56,8 +71,9 @@ public struct InfiniAttention: Sendable {
         if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
         let threads = threads ?? Parallel.defaultThreads
         // Local causal attention within the segment: the exact kernel.
-        var out = try scaledDotProductAttention(queries: queries, keys: keys, values: values, mask: .causal, threads: threads)
-        if out.count == 0 { return out }
+        var out = read ? try scaledDotProductAttention(queries: queries, keys: keys, values: values, mask: .causal, threads: threads)
+            : try Tensor(zeros: [0])
+        if read && out.count == 0 { return out }
         let gates = beta.map { 1 / (1 + Foundation.exp(-$0)) }
         let q = queries.lastAxisContiguous(), k = keys.lastAxisContiguous(), v = values.lastAxisContiguous()
         let (G, S, d, dv, Hkv) = (shape.group, shape.N, shape.d, shape.dv, shape.Hkv)
@@ -79,13 +95,15 @@ public struct InfiniAttention: Sendable {
                                             let b = item / Hkv, h = item % Hkv
                                             let M = mem.baseAddress! + item * d * dv, z = zs.baseAddress! + item * d
                                             // Read: σ(Q) of the group's heads stacked, A_mem = σ(Q)M / σ(Q)z, blended.
-                                            for g in 0..<G {
+                                            for g in 0..<G where read {
                                                 let qh = pq + b * q.strides[0] + (h * G + g) * q.strides[1]
                                                 ak_feature_rows(AK_FEATURE_ELU1, qh, q.strides[2], sq + g * S * d, d, S, d)
                                             }
-                                            BLAS.sgemm(.none, .none, m: G * S, n: dv, k: d, a: sq, lda: d, b: M, ldb: dv, c: num, ldc: dv)
-                                            BLAS.sgemv(.none, m: G * S, n: d, a: sq, lda: d, x: z, y: den)
-                                            for g in 0..<G {
+                                            if read {
+                                                BLAS.sgemm(.none, .none, m: G * S, n: dv, k: d, a: sq, lda: d, b: M, ldb: dv, c: num, ldc: dv)
+                                                BLAS.sgemv(.none, m: G * S, n: d, a: sq, lda: d, x: z, y: den)
+                                            }
+                                            for g in 0..<G where read {
                                                 let head = h * G + g
                                                 ak_blend_rows(o.baseAddress! + ((b * shape.H + head) * S) * dv, dv,
                                                               num + g * S * dv, dv, den + g * S, S, dv, gate[head])

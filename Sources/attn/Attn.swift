@@ -8,7 +8,7 @@ struct Attn: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "attn",
         abstract: "Long-context attention on the CPU (OpenBLAS), on NumPy .npy files.",
-        subcommands: [Run.self, Pattern.self, Info.self])
+        subcommands: [Run.self, Pattern.self, Needle.self, Info.self])
 }
 
 struct Info: ParsableCommand {

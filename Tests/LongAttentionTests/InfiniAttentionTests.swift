@@ -190,3 +190,42 @@ final class InfiniAttentionTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: path)
     }
 }
+
+final class NeedleTests: XCTestCase {
+    /// Absorbing a prefix with `write` leaves the same memory as stepping through it.
+    func testWriteEqualsStepForTheMemory() throws {
+        let (q, k, v) = try Reference.inputs(B: 1, H: 2, Hkv: 1, N: 64, M: 64, d: 8, dv: 8, seed: 4)
+        for update in InfiniAttention.Update.allCases {
+            let infini = try InfiniAttention(segmentLength: 16, update: update, beta: [0, 0])
+            var a = try CompressiveMemory(batch: 1, kvHeads: 1, headDimension: 8, valueDimension: 8), b = a
+            for s in stride(from: 0, to: 64, by: 16) {
+                let r = s..<(s + 16)
+                _ = try infini.step(queries: try q.rows(r), keys: try k.rows(r), values: try v.rows(r), memory: &a)
+                try infini.write(keys: try k.rows(r), values: try v.rows(r), memory: &b)
+            }
+            XCTAssertTrue(a.memory.scalars == b.memory.scalars && a.normalizer.scalars == b.normalizer.scalars)
+        }
+    }
+
+    /// Exact attention finds a sharp needle anywhere; BigBird finds it in its sink and window
+    /// blocks; the protocol's score is a cosine in [-1, 1].
+    func testNeedleProtocol() throws {
+        var settings = NeedleInAHaystack.Settings()
+        settings.d = 32
+        settings.segment = 256
+        let haystack = try NeedleInAHaystack.Haystack(length: 2000, settings: settings)
+        for depth in [0.0, 0.37, 1.0] {
+            let exact = try haystack.run(.exact, depth: depth)
+            XCTAssertTrue(exact.hit, "exact at depth \(depth)")
+            XCTAssertGreaterThan(exact.cosine, 0.95)
+        }
+        XCTAssertTrue(try haystack.run(.bigbird, depth: 0).hit, "sink block")
+        XCTAssertTrue(try haystack.run(.bigbird, depth: 1).hit, "window block")
+        XCTAssertTrue(try haystack.run(.infiniDelta, depth: 1).hit, "local segment")
+        for v in NeedleInAHaystack.Variant.allCases {
+            let r = try haystack.run(v, depth: 0.5)
+            XCTAssertTrue((-1.0001...1.0001).contains(r.cosine), "\(v): \(r.cosine)")
+        }
+        XCTAssertEqual(haystack.position(depth: 0.5), 999)
+    }
+}

@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build release test check bench clean
+.PHONY: all deps build release test check bench bench-smoke compare clean
 
 all: build
 
@@ -31,7 +31,13 @@ release: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory check
+
+# The benchmark's quick mode, and its JSON checked against the contract (every row finite).
+bench-smoke: release
+	.build/release/attention-bench --quick --out .build/bench-smoke --json .build/bench-smoke/quick.json > /dev/null
+	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json --expect-variants sgemm,full,bigbird,linear,infini,decode
 
 check: release
 	@if [ -f $(SHARED)/reference/check.py ]; then \

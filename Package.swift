@@ -32,16 +32,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Fits and charts of the benchmark report (a library so that tests can reach them).
+        .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),
         .executableTarget(
             name: "AttentionBench",
             dependencies: [
-                "LongAttention", "AttentionTensor", "COpenBLAS", "CAttentionKernels",
+                "LongAttention", "AttentionTensor", "COpenBLAS", "CAttentionKernels", "BenchmarkSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/AttentionBench"
         ),
         .testTarget(name: "AttentionTensorTests", dependencies: ["AttentionTensor", "CAttentionKernels"]),
         .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor"]),
+        .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

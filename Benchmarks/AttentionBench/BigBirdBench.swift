@@ -8,9 +8,7 @@ func benchBigBird(lengths: [Int], threads: Int, peak: Double?, H: Int = 8, Hkv: 
     var rows = [Row]()
     for n in lengths {
         progress("bigbird: generating inputs N=\(n)")
-        let q = try Tensor.randomUniform([1, H, n, d], seed: 1)
-        let k = try Tensor.randomUniform([1, Hkv, n, d], seed: 2)
-        let v = try Tensor.randomUniform([1, Hkv, n, d], seed: 3)
+        let (q, k, v) = try standardInputs(n: n, H: H, Hkv: Hkv, d: d)
         let shape = AttentionShape(B: 1, H: H, Hkv: Hkv, N: n, M: n, d: d, dv: d)
         for causal in [false, true] {
             let plan = try BigBirdPlan(sequenceLength: n, heads: H, blockSize: b, randomBlocks: r, seed: 0, causal: causal)
@@ -27,14 +25,11 @@ func benchBigBird(lengths: [Int], threads: Int, peak: Double?, H: Int = 8, Hkv: 
             var note = String(format: "%d of %d blocks per head", blocks / H, plan.blockCount * plan.blockCount)
             var relError: Double?
             if n <= 16384 {
-                progress("bigbird: exact attention at N=\(n) for comparison")
-                var exact: Tensor?
-                let te = try measure(minRuns: n >= 16384 ? 1 : 3, budget: n >= 16384 ? 0 : 1.0) {
-                    exact = try scaledDotProductAttention(queries: q, keys: k, values: v, mask: causal ? .causal : .none,
-                                                          implementation: .tiled, threads: threads)
+                let exact = try ExactCache.shared.time(n: n, causal: causal, q: q, k: k, v: v, threads: threads)
+                note += String(format: ", %.1f× faster than exact (%.3f s)", exact / t.median, exact)
+                if n <= 8192 {
+                    relError = relativeError(out!, try ExactCache.shared.output(n: n, causal: causal, q: q, k: k, v: v, threads: threads))
                 }
-                note += String(format: ", %.1f× faster than exact (%.3f s)", te.median / t.median, te.median)
-                if n <= 8192 { relError = relativeError(out!, exact!) }
             }
             let ws = bigBirdWorkspaceBytesPerThread(plan: plan, shape: shape) * threads
             rows.append(Row(variant: "bigbird", impl: "b\(b)-g1-w3-r\(r)", B: 1, H: H, Hkv: Hkv, N: n, M: n, d: d,

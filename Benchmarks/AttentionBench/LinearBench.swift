@@ -22,17 +22,15 @@ func benchLinear(lengths: [Int], maps: [LinearFeatureMap], threads: Int, peak: D
     var rows = [Row]()
     for n in lengths {
         progress("linear: generating inputs N=\(n)")
-        let q = try Tensor.randomUniform([1, H, n, d], seed: 1)
-        let k = try Tensor.randomUniform([1, Hkv, n, d], seed: 2)
-        let v = try Tensor.randomUniform([1, Hkv, n, d], seed: 3)
+        let (q, k, v) = try standardInputs(n: n, H: H, Hkv: Hkv, d: d)
         let shape = AttentionShape(B: 1, H: H, Hkv: Hkv, N: n, M: n, d: d, dv: d)
         for causal in [false, true] {
-            let exact = n <= 8192 ? try scaledDotProductAttention(queries: q, keys: k, values: v, mask: causal ? .causal : .none) : nil
+            let exact = n <= 8192 ? try ExactCache.shared.output(n: n, causal: causal, q: q, k: k, v: v, threads: threads) : nil
             for map in maps where !(causal && map == .softmax) {
                 let plan = LinearAttentionPlan(shape: shape, featureMap: map, causal: causal, threads: threads)
                 progress("linear \(map.name) N=\(n) causal=\(causal)")
                 var out: Tensor?
-                let t = try measure(minRuns: n >= 1 << 19 ? 1 : 3, budget: n >= 1 << 19 ? 0 : 1.0) {
+                let t = try measure(minRuns: n >= 1 << 19 ? 1 : 3, budget: n >= 1 << 19 ? 0 : 1.0, singleRunAbove: 1.0) {
                     out = try linearAttention(queries: q, keys: k, values: v, plan: plan)
                 }
                 let g = plan.gemmFlops / t.median * 1e-9

@@ -1,5 +1,6 @@
 import AttentionTensor
 import Foundation
+import LongAttention
 
 /// One measured row of the benchmark contract (SPEC.md): shape, median seconds, effective
 /// GFLOP/s, fraction of the sgemm peak measured in the same run, workspace bytes, error.
@@ -52,11 +53,16 @@ struct Row: Encodable {
     }
 }
 
-/// Wall-clock timing: one warm-up call, then repeats until `minRuns` and about `budget` seconds,
-/// at most `maxRuns`. Returns (median, min, runs).
-func measure(minRuns: Int = 3, maxRuns: Int = 15, budget: Double = 1.0, _ body: () throws -> Void) rethrows
-    -> (median: Double, min: Double, runs: Int) {
+/// Wall-clock timing. The first call is timed; if it took longer than `singleRunAbove` seconds it
+/// is the measurement (a multi-second call has nothing left to warm up). Otherwise it was the
+/// warm-up, and the call repeats until `minRuns` runs and about `budget` seconds, at most
+/// `maxRuns`. Returns (median, min, runs).
+func measure(minRuns: Int = 3, maxRuns: Int = 15, budget: Double = 1.0, singleRunAbove: Double = 2.0,
+             _ body: () throws -> Void) rethrows -> (median: Double, min: Double, runs: Int) {
+    let w0 = DispatchTime.now().uptimeNanoseconds
     try body()
+    let first = Double(DispatchTime.now().uptimeNanoseconds - w0) * 1e-9
+    if first >= singleRunAbove { return (first, first, 1) }
     var times = [Double]()
     let start = DispatchTime.now().uptimeNanoseconds
     while times.count < maxRuns {
@@ -70,10 +76,96 @@ func measure(minRuns: Int = 3, maxRuns: Int = 15, budget: Double = 1.0, _ body: 
     return (times[times.count / 2], times[0], times.count)
 }
 
-/// Progress on stderr, so stdout stays the report.
-func progress(_ s: String) {
-    FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
+/// Exact attention results shared between stages (same seeded inputs): the time of the tiled
+/// implementation per (N, causal), and its output for N ≤ 8K (the error reference).
+final class ExactCache: @unchecked Sendable {
+    static let shared = ExactCache()
+    var seconds: [String: Double] = [:]
+    var outputs: [String: Tensor] = [:]
+    static func key(_ n: Int, _ causal: Bool) -> String { "\(n)-\(causal)" }
+
+    /// The exact output for the standard inputs at `n` (H = 8, Hkv = 8, d = 64), computed once.
+    func output(n: Int, causal: Bool, q: Tensor, k: Tensor, v: Tensor, threads: Int) throws -> Tensor {
+        let key = Self.key(n, causal)
+        if let o = outputs[key] { return o }
+        var out: Tensor?
+        let t = try measure(minRuns: 1, budget: 0) {
+            out = try scaledDotProductAttention(queries: q, keys: k, values: v, mask: causal ? .causal : .none,
+                                                implementation: .tiled, threads: threads)
+        }
+        if seconds[key] == nil { seconds[key] = t.median }
+        outputs[key] = out!
+        return out!
+    }
+
+    /// The exact tiled time at `n`, measured now if no stage has measured it.
+    func time(n: Int, causal: Bool, q: Tensor, k: Tensor, v: Tensor, threads: Int) throws -> Double {
+        let key = Self.key(n, causal)
+        if let s = seconds[key] { return s }
+        progress("exact attention at N=\(n) causal=\(causal), for comparison")
+        let t = try measure(minRuns: 1, budget: 0) {
+            _ = try scaledDotProductAttention(queries: q, keys: k, values: v, mask: causal ? .causal : .none,
+                                              implementation: .tiled, threads: threads)
+        }
+        seconds[key] = t.median
+        return t.median
+    }
 }
+
+/// The standard benchmark inputs at length n: uniform in [-sqrt(3), sqrt(3)) (unit variance),
+/// seeds 1, 2, 3 — the same in every stage, so results can be compared across variants.
+func standardInputs(n: Int, H: Int = 8, Hkv: Int = 8, d: Int = 64) throws -> (Tensor, Tensor, Tensor) {
+    (try Tensor.randomUniform([1, H, n, d], seed: 1), try Tensor.randomUniform([1, Hkv, n, d], seed: 2),
+     try Tensor.randomUniform([1, Hkv, n, d], seed: 3))
+}
+
+/// Progress on stderr, so stdout stays the report: elapsed time, the stage, and an estimate of
+/// the time left (stage estimates from a cost model, calibrated by the stages already done).
+final class Tracker: @unchecked Sendable {
+    static let shared = Tracker()
+    let start = DispatchTime.now().uptimeNanoseconds
+    var stages: [(name: String, estimate: Double)] = []
+    var current = -1
+    var stageStart = DispatchTime.now().uptimeNanoseconds
+    var doneEstimate = 0.0, doneActual = 0.0
+
+    var elapsed: Double { Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 }
+
+    func begin(stage name: String) {
+        if current >= 0 { finishStage() }
+        current = stages.firstIndex { $0.name == name } ?? current
+        stageStart = DispatchTime.now().uptimeNanoseconds
+    }
+
+    func finishStage() {
+        guard current >= 0, current < stages.count else { return }
+        doneEstimate += stages[current].estimate
+        doneActual += Double(DispatchTime.now().uptimeNanoseconds - stageStart) * 1e-9
+    }
+
+    /// Seconds left: the rest of the current stage and the stages after it, scaled by how the
+    /// estimates compared with reality so far.
+    var remaining: Double {
+        guard current >= 0, current < stages.count else { return 0 }
+        let calibration = doneEstimate > 1 ? doneActual / doneEstimate : 1
+        let inStage = Double(DispatchTime.now().uptimeNanoseconds - stageStart) * 1e-9
+        let rest = stages[(current + 1)...].reduce(0) { $0 + $1.estimate }
+        return max(0, stages[current].estimate * calibration - inStage) + rest * calibration
+    }
+
+    func note(_ message: String) {
+        let stage = current >= 0 && current < stages.count ? "stage \(current + 1)/\(stages.count) \(stages[current].name): " : ""
+        let line = String(format: "[%@ elapsed, ~%@ left] ", clock(elapsed), clock(remaining)) + stage + message + "\n"
+        FileHandle.standardError.write(line.data(using: .utf8)!)
+    }
+
+    func clock(_ s: Double) -> String {
+        let t = Int(s.rounded())
+        return t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
+    }
+}
+
+func progress(_ s: String) { Tracker.shared.note(s) }
 
 func formatBytes(_ b: Int) -> String {
     if b >= 1 << 30 { return String(format: "%.2f GiB", Double(b) / Double(1 << 30)) }

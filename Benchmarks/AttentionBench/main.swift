@@ -1,24 +1,26 @@
 import ArgumentParser
 import AttentionTensor
+import BenchmarkSupport
 import Foundation
 import LongAttention
 
-/// `attention-bench`: the benchmark contract of SPEC.md. Prints a Markdown table on stdout,
-/// progress on stderr, and writes JSON (and CSV) rows.
+/// `attention-bench`: the benchmark contract of SPEC.md. Prints a Markdown report on stdout,
+/// progress on stderr, and writes JSON, CSV and SVG charts into `--out`.
 struct AttentionBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "attention-bench",
-        abstract: "Measure sgemm and every attention variant on this machine.")
+        abstract: "Measure sgemm and every attention variant on this machine.",
+        discussion: "Without options: the full report (about 5–10 minutes on 2 cores). --quick: a smoke test under a minute.")
 
     @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode.")
     var variants = "sgemm,full,bigbird,linear,infini,decode"
-    @Option(help: "Comma-separated sequence lengths N (default depends on the variant).")
+    @Option(help: "Comma-separated sequence lengths N for every variant (K and M suffixes allowed; default: per variant).")
     var lengths: String?
     @Option(help: "Threads (default: all cores).")
     var threads: Int?
-    @Flag(help: "A small run (about a minute or less), as CI's smoke test.")
+    @Flag(help: "A small run (under a minute): what CI smoke-tests.")
     var quick = false
-    @Option(help: "Directory for results.json and results.csv.")
+    @Option(help: "Directory for results.json, results.csv, meta.json, report.md and the charts.")
     var out = "results"
     @Option(help: "Write the JSON rows here too.")
     var json: String?
@@ -31,46 +33,104 @@ struct AttentionBench: ParsableCommand {
     @Option(help: ArgumentHelp("Tuning: implementations (tiled,materialized).", visibility: .hidden))
     var impls: String?
 
-    static let known: Set<String> = ["sgemm", "full", "bigbird", "linear", "infini", "decode"]
+    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode"]
 
     func validate() throws {
-        let v = variantList
-        if let bad = v.first(where: { !Self.known.contains($0) }) {
-            throw ValidationError("unknown variant '\(bad)' (known: \(Self.known.sorted().joined(separator: ", ")))")
+        if let bad = variantList.first(where: { !Self.known.contains($0) }) {
+            throw ValidationError("unknown variant '\(bad)' (known: \(Self.known.joined(separator: ", ")))")
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
-        if let lengths, parseLengths(lengths) == nil { throw ValidationError("--lengths must be positive integers, e.g. 1024,4096") }
+        if let lengths, parseLengths(lengths) == nil { throw ValidationError("--lengths must be positive integers, e.g. 1024,4K,1M") }
     }
 
     var variantList: [String] { variants.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
 
     func parseLengths(_ s: String) -> [Int]? {
-        let parts = s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
-        let values = parts.map { p -> Int? in
+        let values = s.split(separator: ",").map { p -> Int? in
+            let p = p.trimmingCharacters(in: .whitespaces).lowercased()
             if p.hasSuffix("k") { return Int(p.dropLast()).map { $0 * 1024 } }
             if p.hasSuffix("m") { return Int(p.dropLast()).map { $0 * 1024 * 1024 } }
             return Int(p)
         }
-        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) > 0 }) else { return nil }
+        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) > 0 && ($0 ?? 0) <= 1 << 24 }) else { return nil }
         return values.map { $0! }
+    }
+
+    /// The lengths each variant runs at.
+    func plannedLengths(_ variant: String) -> [Int] {
+        if let lengths, let n = parseLengths(lengths) { return n }
+        switch variant {
+        case "full": return quick ? [1024] : [1024, 2048, 4096, 8192, 16384]
+        case "bigbird": return quick ? [4096] : [4096, 8192, 16384, 32768, 65536]
+        case "linear": return quick ? [4096] : [4096, 16384, 65536, 262144, 1 << 20]
+        case "infini": return quick ? [16384] : [65536, 262144, 1 << 20]
+        case "decode": return quick ? [4096] : [4096, 16384, 65536, 131072]
+        default: return []
+        }
+    }
+
+    /// Seconds each stage should take at `peak` GFLOP/s (a cost model; the tracker calibrates it).
+    func estimate(_ variant: String, peak: Double) -> Double {
+        let p = max(peak, 1) * 1e9
+        func cost(_ t: Double) -> Double { t >= 2 ? t : t + max(3 * t, min(1.0, 15 * t)) }
+        let lengths = plannedLengths(variant).map(Double.init)
+        switch variant {
+        case "sgemm": return quick ? 3 : 12
+        case "full":
+            return lengths.reduce(0) { acc, n in
+                let t = 4 * 8 * n * n * 64 / (0.6 * p)
+                return acc + 3 * (cost(t) + cost(t / 2)) + (n <= 8192 ? cost(t) + cost(t / 2) : 0)
+            }
+        case "bigbird":
+            return lengths.reduce(0) { acc, n in
+                let blocks = n / 64 * 7 * 64 * 64
+                return acc + 2 * cost(4 * 8 * blocks * 64 / (0.5 * p)) + (n <= 8192 ? 1.5 * 4 * 8 * n * n * 64 / (0.6 * p) : 0)
+            }
+        case "linear":
+            return lengths.reduce(0) { acc, n in
+                let elu = 8 * n * (2 * 64 * 65 + 2 * 64 * 64) / (0.3 * p)
+                return acc + 3 * n * 512 * 3e-9 + 5 * cost(elu) + 2 * cost(elu * 8) + (n <= 8192 ? 1.5 * 4 * 8 * n * n * 64 / (0.6 * p) : 0)
+            }
+        case "infini":
+            return 2 * lengths.reduce(0) { $0 + $1 * (2 * 8 * 2048 * 64) / (0.5 * p) + $1 * 1536 * 3e-9 }
+        case "decode":
+            let cap = Double(plannedLengths("decode").max() ?? 0)
+            return (quick ? 8 : 41) * 2 * cap * 128 * 4e-9 + Double(lengths.count * (quick ? 1 : 3)) * 0.7 + 2
+        default: return 1
+        }
     }
 
     func run() throws {
         let threads = self.threads ?? Parallel.defaultThreads
-        let wanted = variantList
+        let wanted = Self.known.filter(variantList.contains)
         let env = ProcessInfo.processInfo.environment
-        print("# attention-bench")
-        print("")
-        print("- date: \(ISO8601DateFormatter().string(from: Date()))")
-        print("- machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
-        print("- OpenBLAS kernel: \(BLAS.coreName) (OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "unset")); config: \(BLAS.config)")
-        print("- elementwise kernels: \(VectorKernels.isa)")
-        print("- threads: \(threads)")
-        print("")
+        let meta: [String: String] = [
+            "date": ISO8601DateFormatter().string(from: Date()),
+            "commit": gitCommit(),
+            "cores": "\(ProcessInfo.processInfo.activeProcessorCount)",
+            "memoryGiB": "\(ProcessInfo.processInfo.physicalMemory >> 30)",
+            "cpu": cpuModel(),
+            "openblasKernel": BLAS.coreName,
+            "openblasCoretype": env["OPENBLAS_CORETYPE"] ?? "unset",
+            "openblasConfig": BLAS.config,
+            "elementwiseISA": VectorKernels.isa,
+            "threads": "\(threads)",
+            "command": CommandLine.arguments.joined(separator: " "),
+        ]
+        var report = "# attention-bench\n\n"
+        for key in ["date", "commit", "cpu", "cores", "memoryGiB", "openblasKernel", "openblasCoretype", "elementwiseISA", "threads", "command"] {
+            report += "- \(key): \(meta[key]!)\n"
+        }
+        report += "\n"
+        print(report, terminator: "")
 
+        let tracker = Tracker.shared
+        tracker.stages = [("sgemm peak", quick ? 3 : 12)]
+        tracker.begin(stage: "sgemm peak")
+        progress("measuring the sgemm peak")
         var rows = [Row]()
         // The sgemm peak at this run's thread count, always measured: every row's peakFraction uses it.
-        let sgemmSizes = quick ? [256, 1024] : [256, 512, 1024, 2048, 4096]
+        let sgemmSizes = quick ? [512, 1024, 2048] : [256, 512, 1024, 2048]
         let sgemmRows = try benchSgemm(sizes: wanted.contains("sgemm") ? sgemmSizes : [1024, 2048], threads: threads)
         let peak = sgemmRows.filter { $0.impl == "cblas" && $0.threads == threads }.map(\.gflops).max()
         if wanted.contains("sgemm") {
@@ -80,52 +140,94 @@ struct AttentionBench: ParsableCommand {
                 return r
             }
         }
+        tracker.stages += wanted.filter { $0 != "sgemm" }.map { ($0, estimate($0, peak: peak ?? 50)) }
+        let peakLine = String(format: "sgemm peak (%d threads, best of the cblas rows): %.1f GFLOP/s\n", threads, peak ?? 0)
+        print(peakLine)
+        report += peakLine + "\n"
+
         if wanted.contains("full") {
-            let n = lengths.flatMap(parseLengths) ?? (quick ? [1024] : [1024, 2048, 4096, 8192, 16384])
+            tracker.begin(stage: "full")
             let kv = kvHeads.map { $0.split(separator: ",").compactMap { Int($0) } } ?? (quick ? [8, 2] : [8, 2, 1])
             let im = impls.map { $0.split(separator: ",").compactMap { ExactAttentionImplementation(rawValue: String($0)) } }
-            rows += try benchFull(lengths: n, kvHeads: kv, threads: threads, peak: peak, stackedRows: stackedRows,
-                                  keyTile: keyTile, impls: im ?? [.tiled, .materialized])
+            rows += try benchFull(lengths: plannedLengths("full"), kvHeads: kv, threads: threads, peak: peak,
+                                  stackedRows: stackedRows, keyTile: keyTile, impls: im ?? [.tiled, .materialized])
         }
         if wanted.contains("bigbird") {
-            let n = lengths.flatMap(parseLengths) ?? (quick ? [4096] : [4096, 8192, 16384, 32768, 65536])
-            rows += try benchBigBird(lengths: n, threads: threads, peak: peak)
+            tracker.begin(stage: "bigbird")
+            rows += try benchBigBird(lengths: plannedLengths("bigbird"), threads: threads, peak: peak)
         }
         if wanted.contains("linear") {
-            let n = lengths.flatMap(parseLengths) ?? (quick ? [4096] : [4096, 16384, 65536, 262144, 1 << 20])
-            rows += try benchLinear(lengths: n, maps: [.elu, .relu, .softmax, .favor(features: 256, seed: 0)],
+            tracker.begin(stage: "linear")
+            rows += try benchLinear(lengths: plannedLengths("linear"), maps: [.elu, .relu, .softmax, .favor(features: 256, seed: 0)],
                                     threads: threads, peak: peak)
         }
+        ExactCache.shared.outputs = [:]   // free the error references before the big stages
         if wanted.contains("infini") {
-            let n = lengths.flatMap(parseLengths) ?? (quick ? [16384] : [65536, 262144, 1 << 20])
-            rows += try benchInfini(lengths: n, threads: threads, peak: peak)
+            tracker.begin(stage: "infini")
+            rows += try benchInfini(lengths: plannedLengths("infini"), threads: threads, peak: peak)
         }
         if wanted.contains("decode") {
-            progress("decode: measuring copy bandwidth")
+            tracker.begin(stage: "decode")
+            progress("measuring copy bandwidth")
             let bandwidth = measureCopyBandwidth(threads: threads)
-            print(String(format: "copy bandwidth (%d threads, memcpy of 1 GiB, read + write): %.1f GB/s\n", threads, bandwidth * 1e-9))
-            let n = lengths.flatMap(parseLengths) ?? (quick ? [4096] : [4096, 16384, 65536, 131072])
-            rows += try benchDecode(lengths: n, kvHeads: quick ? [8] : [32, 8, 1], threads: threads, peak: peak, bandwidth: bandwidth)
+            let line = String(format: "copy bandwidth (%d threads, memcpy of 1 GiB, read + write): %.1f GB/s\n", threads, bandwidth * 1e-9)
+            print(line)
+            report += line + "\n"
+            rows += try benchDecode(lengths: plannedLengths("decode"), kvHeads: quick ? [8] : [32, 8, 1], threads: threads,
+                                    peak: peak, bandwidth: bandwidth)
         }
-        if let peak { print(String(format: "sgemm peak (%d threads): %.1f GFLOP/s\n", threads, peak)) }
-        print(markdownTable(rows))
+        tracker.finishStage()
 
+        let table = markdownTable(rows)
+        print(table)
+        report += table + "\n"
+        let fitText = fitsTable(rows)
+        if fits(rows).count > 0 {
+            print("Fitted scaling (seconds ∝ N^k):\n\n" + fitText)
+            report += "Fitted scaling (seconds ∝ N^k):\n\n" + fitText + "\n"
+        }
+
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data = try encoder.encode(rows)
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         try data.write(to: URL(fileURLWithPath: out + "/results.json"))
+        try encoder.encode(meta).write(to: URL(fileURLWithPath: out + "/meta.json"))
         try csv(rows).write(toFile: out + "/results.csv", atomically: true, encoding: .utf8)
+        let charts = try writeCharts(rows, to: out)
+        try report.write(toFile: out + "/report.md", atomically: true, encoding: .utf8)
         if let json { try data.write(to: URL(fileURLWithPath: json)) }
-        progress("wrote \(out)/results.json and \(out)/results.csv" + (json.map { " and \($0)" } ?? ""))
+        progress("done: wrote \(out)/{results.json,results.csv,meta.json,report.md,\(charts.joined(separator: ","))}" + (json.map { " and \($0)" } ?? ""))
     }
 
     func csv(_ rows: [Row]) -> String {
-        var s = "variant,impl,B,H,Hkv,N,M,d,causal,threads,seconds,gflops,peakFraction,workspaceBytes,relError\n"
+        var s = "variant,impl,B,H,Hkv,N,M,d,causal,threads,seconds,gflops,peakFraction,workspaceBytes,relError,bandwidthFraction,stateBytes,peakResidentBytes\n"
+        func o<T>(_ v: T?) -> String { v.map { "\($0)" } ?? "" }
         for r in rows {
-            s += "\(r.variant),\(r.impl),\(r.B),\(r.H),\(r.Hkv),\(r.N),\(r.M),\(r.d),\(r.causal),\(r.threads),\(r.seconds),\(r.gflops),\(r.peakFraction.map { "\($0)" } ?? ""),\(r.workspaceBytes),\(r.relError.map { "\($0)" } ?? "")\n"
+            s += "\(r.variant),\(r.impl),\(r.B),\(r.H),\(r.Hkv),\(r.N),\(r.M),\(r.d),\(r.causal),\(r.threads),\(r.seconds),\(r.gflops),\(o(r.peakFraction)),\(r.workspaceBytes),\(o(r.relError)),\(o(r.bandwidthFraction)),\(o(r.stateBytes)),\(o(r.peakResidentBytes))\n"
         }
         return s
+    }
+
+    func gitCommit() -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["git", "rev-parse", "--short", "HEAD"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return "unknown" }
+        p.waitUntilExit()
+        let s = String(data: pipe.fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        return p.terminationStatus == 0 && !s.isEmpty ? s : "unknown"
+    }
+
+    func cpuModel() -> String {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
+        for line in info.split(separator: "\n") where line.hasPrefix("model name") {
+            return line.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown"
+        }
+        return "unknown"
     }
 }
 

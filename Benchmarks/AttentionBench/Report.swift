@@ -1,0 +1,85 @@
+import BenchmarkSupport
+import Foundation
+
+/// A series of rows for the charts: one variant/flavour/causality at Hkv = H.
+struct SeriesKey: Hashable {
+    let variant: String, impl: String, causal: Bool
+    var name: String { "\(variant) \(impl)\(causal ? " causal" : "")" }
+}
+
+/// The rows of one series, ordered by N.
+func series(_ rows: [Row], _ key: SeriesKey) -> [Row] {
+    rows.filter { $0.variant == key.variant && $0.impl == key.impl && $0.causal == key.causal && $0.Hkv == $0.H }
+        .sorted { $0.N < $1.N }
+}
+
+/// Power-law fits of time against N, per series, over the ranges the issues name: exact over
+/// all N, BigBird 4K–64K, linear 16K and up, Infini 64K and up.
+func fits(_ rows: [Row]) -> [(key: SeriesKey, fit: PowerLaw, range: ClosedRange<Int>)] {
+    var keys = [SeriesKey]()
+    for r in rows where ["full", "bigbird", "linear", "infini"].contains(r.variant) && r.Hkv == r.H {
+        let k = SeriesKey(variant: r.variant, impl: r.impl, causal: r.causal)
+        if !keys.contains(k) { keys.append(k) }
+    }
+    return keys.compactMap { key in
+        let minN = key.variant == "linear" ? 16384 : 0
+        let pts = series(rows, key).filter { $0.N >= minN }
+        guard pts.count >= 2, let fit = PowerLaw.fit(x: pts.map { Double($0.N) }, y: pts.map(\.seconds)) else { return nil }
+        return (key, fit, pts.first!.N...pts.last!.N)
+    }
+}
+
+/// Writes the three charts into `dir`; returns their file names.
+func writeCharts(_ rows: [Row], to dir: String) throws -> [String] {
+    var files = [String]()
+    let fitted = fits(rows)
+    // 1. Time against N, log–log, exponents in the legend.
+    var time = SVGChart(title: "Time per call against sequence length (H = 8, d = 64)", xLabel: "N (tokens)", yLabel: "seconds")
+    for (key, fit, _) in fitted {
+        let pts = series(rows, key).map { (x: Double($0.N), y: $0.seconds) }
+        time.series.append(.init(name: key.name + String(format: " (N^%.2f)", fit.exponent), points: pts))
+    }
+    try time.render().write(toFile: dir + "/time-vs-n.svg", atomically: true, encoding: .utf8)
+    files.append("time-vs-n.svg")
+
+    // 2. Error against speedup at the largest N where errors were measured.
+    let withError = rows.filter { $0.relError != nil && $0.variant != "full" }
+    if let n = withError.map(\.N).max() {
+        var chart = SVGChart(title: "Accuracy against speed at N = \(n): error vs exact attention",
+                             xLabel: "speedup over exact tiled attention (×)", yLabel: "max relative error", logX: true, logY: true)
+        for r in withError where r.N == n {
+            let measured = rows.first { $0.variant == "full" && $0.impl == "tiled" && $0.N == n && $0.causal == r.causal && $0.Hkv == $0.H }
+            guard let exact = measured?.seconds ?? ExactCache.shared.seconds[ExactCache.key(n, r.causal)] else { continue }
+            let name = "\(r.variant) \(r.impl)\(r.causal ? " causal" : "")"
+            chart.series.append(.init(name: name, points: [(exact / r.seconds, r.relError!)], connect: false, labels: [name]))
+        }
+        try chart.render().write(toFile: dir + "/error-vs-speedup.svg", atomically: true, encoding: .utf8)
+        files.append("error-vs-speedup.svg")
+    }
+
+    // 3. Memory against N: workspace (and Infini's state and peak resident memory).
+    var memory = SVGChart(title: "Memory beyond inputs and output against sequence length", xLabel: "N (tokens)", yLabel: "bytes")
+    for (key, _, _) in fitted {
+        let pts = series(rows, key).map { (x: Double($0.N), y: Double($0.workspaceBytes)) }
+        memory.series.append(.init(name: key.name + " workspace", points: pts))
+    }
+    for impl in ["linear", "delta"] {
+        let pts = rows.filter { $0.variant == "infini" && $0.impl == impl }.sorted { $0.N < $1.N }
+        if pts.contains(where: { $0.peakResidentBytes != nil }) {
+            memory.series.append(.init(name: "infini \(impl) peak resident (whole process)",
+                                       points: pts.compactMap { r in r.peakResidentBytes.map { (Double(r.N), Double($0)) } }))
+        }
+    }
+    try memory.render().write(toFile: dir + "/memory-vs-n.svg", atomically: true, encoding: .utf8)
+    files.append("memory-vs-n.svg")
+    return files
+}
+
+/// The fits as Markdown.
+func fitsTable(_ rows: [Row]) -> String {
+    var s = "| series | N range | time ∝ N^k: k | r² |\n|---|---|---|---|\n"
+    for (key, fit, range) in fits(rows) {
+        s += "| \(key.name) | \(formatLength(range.lowerBound))–\(formatLength(range.upperBound)) | \(String(format: "%.2f", fit.exponent)) | \(String(format: "%.3f", fit.r2)) |\n"
+    }
+    return s
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Checks attention-bench JSON against the benchmark contract of SPEC.md: an array of rows with the
+required keys, every number finite, peakFraction and relError numbers or null.
+
+usage: validate_results.py RESULTS.json [--expect-variants sgemm,full,...]
+Ends with the line 'N passed, N failed'."""
+import json, math, sys
+
+REQUIRED = ["variant", "impl", "B", "H", "Hkv", "N", "M", "d", "causal", "threads", "seconds", "gflops",
+            "peakFraction", "workspaceBytes", "relError"]
+path = sys.argv[1]
+expect = []
+if "--expect-variants" in sys.argv:
+    expect = sys.argv[sys.argv.index("--expect-variants") + 1].split(",")
+passed = failed = 0
+
+def check(ok, what):
+    global passed, failed
+    passed += bool(ok); failed += not ok
+    if not ok:
+        print("FAIL " + what)
+
+rows = json.load(open(path))
+check(isinstance(rows, list) and len(rows) > 0, "results are a non-empty array")
+for i, r in enumerate(rows):
+    missing = [k for k in REQUIRED if k not in r]
+    check(not missing, f"row {i} ({r.get('variant')}) has every key (missing {missing})")
+    for k, v in r.items():
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            continue
+        check(isinstance(v, (int, float)) and math.isfinite(v), f"row {i} ({r.get('variant')} {r.get('impl')}) {k} = {v} is finite")
+    check(r.get("seconds", 0) > 0 and r.get("gflops", 0) > 0, f"row {i} has positive time and GFLOP/s")
+    check(r.get("peakFraction") is None or isinstance(r["peakFraction"], (int, float)), f"row {i} peakFraction is a number or null")
+for v in expect:
+    check(any(r.get("variant") == v for r in rows), f"variant {v} has rows")
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)

@@ -48,5 +48,10 @@ check: release
 bench: release
 	.build/release/attention-bench $(BENCH_ARGS)
 
+# Our rows and, when importable, PyTorch's SDPA and Hugging Face's BigBird at the same shapes.
+compare: release
+	.build/release/attention-bench --variants sgemm,full,bigbird --lengths 4096,16384 --out results/compare
+	python3 Benchmarks/compare.py results/compare/results.json
+
 clean:
 	rm -rf .build

@@ -92,3 +92,31 @@ extension Tensor {
         return out
     }
 }
+
+extension Tensor {
+    /// The index of the first NaN or ±Inf element (row-major order), or nil when every element is
+    /// finite. One vectorised pass over the rows, read through the strides.
+    public func firstNonFiniteIndex() -> [Int]? {
+        guard count > 0 else { return nil }
+        guard rank > 0 else { return self[].isFinite ? nil : [] }
+        let last = rank - 1, inner = shape[last]
+        if strides[last] != 1 && inner > 1 { return contiguous().firstNonFiniteIndex() }
+        var index = [Int](repeating: 0, count: rank)
+        return withUnsafePointer { base in
+            while true {
+                var offset = 0
+                for i in 0..<last { offset += index[i] * strides[i] }
+                let j = ak_find_nonfinite(base + offset, inner)
+                if j >= 0 { index[last] = j; return index }
+                var axis = last - 1
+                while axis >= 0 {
+                    index[axis] += 1
+                    if index[axis] < shape[axis] { break }
+                    index[axis] = 0
+                    axis -= 1
+                }
+                if axis < 0 { return nil }
+            }
+        }
+    }
+}

@@ -25,6 +25,7 @@ public struct Tensor: Sendable {
     /// Throws ``TensorError/invalidShape(_:)`` or ``TensorError/allocationFailed(bytes:)``.
     public init(uninitialized shape: [Int]) throws {
         let n = try elementCount(of: shape)
+        try MemoryBudget.check(n * MemoryLayout<Float>.stride)
         guard let storage = TensorStorage(uninitializedCount: n) else {
             throw TensorError.allocationFailed(bytes: n * MemoryLayout<Float>.stride)
         }

@@ -13,7 +13,8 @@ public enum TensorError: Error, Equatable, CustomStringConvertible, Sendable {
         switch self {
         case .shapeMismatch(let s): return "shape mismatch: \(s)"
         case .invalidShape(let s): return "invalid shape \(s)"
-        case .allocationFailed(let b): return "cannot allocate \(b) bytes"
+        case .allocationFailed(let b):
+            return "cannot allocate \(b) bytes (\(b >> 20) MiB): over the memory budget (MemoryBudget) or refused by the system"
         case .outOfRange(let s): return "out of range: \(s)"
         }
     }

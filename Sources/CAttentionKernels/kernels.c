@@ -193,6 +193,19 @@ AK_CLONES void ak_copy_scaled(const float *src, long lds, float *dst, long ldd, 
     }
 }
 
+AK_CLONES long ak_find_nonfinite(const float *x, long n) {
+    // x - x is 0 for finite x and NaN for NaN or ±Inf; the sum of those is NaN iff one is.
+    vf acc = 0.0f;
+    long i = 0;
+    for (; i + W <= n; i += W) { vf v = LOAD(x + i); acc += v - v; }
+    float tail = 0.0f;
+    for (long j = i; j < n; j++) tail += x[j] - x[j];
+    float total = HSUM(acc) + tail;
+    if (total == 0.0f) return -1;
+    for (long j = 0; j < n; j++) if (!(x[j] - x[j] == 0.0f)) return j;
+    return -1;
+}
+
 void ak_fill(float *x, long n, float value) { for (long i = 0; i < n; i++) x[i] = value; }
 
 AK_CLONES void ak_scale(float *x, long n, float alpha) { scale_row(x, n, alpha); }

@@ -11,6 +11,8 @@ public enum AttentionError: Error, Equatable, CustomStringConvertible, Sendable 
     case invalidArgument(String)
     /// The call would need more memory than is allowed.
     case tooLarge(String)
+    /// An input holds NaN or ±Inf (inputs are rejected, not propagated: see the README).
+    case nonFinite(name: String, index: [Int])
     /// A KV cache cannot take the tokens appended to it.
     case cacheFull(capacity: Int, length: Int, appending: Int)
 
@@ -22,6 +24,7 @@ public enum AttentionError: Error, Equatable, CustomStringConvertible, Sendable 
             return "H = \(h) query heads is not a multiple of Hkv = \(hkv) key/value heads"
         case .invalidArgument(let s): return "invalid argument: \(s)"
         case .tooLarge(let s): return "too large: \(s)"
+        case .nonFinite(let n, let i): return "\(n) holds a non-finite value (NaN or Inf) at \(i)"
         case .cacheFull(let c, let l, let a):
             return "KV cache full: \(l) of \(c) positions used, cannot append \(a)"
         }

@@ -27,6 +27,7 @@ public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan
         throw AttentionError.shapeMismatch("plan is for N = \(plan.sequenceLength), H = \(plan.heads); inputs have N = \(shape.N), H = \(shape.H)")
     }
     if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
+    try checkFinite([("queries", queries), ("keys", keys), ("values", values)])
     let threads = threads ?? Parallel.defaultThreads
     let scale = scale ?? 1 / Float(shape.d).squareRoot()
     guard scale.isFinite else { throw AttentionError.invalidArgument("scale must be finite, got \(scale)") }

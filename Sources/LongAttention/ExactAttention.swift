@@ -136,7 +136,9 @@ public func exactAttention(
     queries: Tensor, keys: Tensor, values: Tensor, scale: Float? = nil, mask: AttentionMask = .none,
     plan: ExactAttentionPlan
 ) throws -> Tensor {
-    try exactAttention(queries: queries, keys: keys, values: values, scale: scale, mask: mask, plan: plan, queryOffset: nil)
+    _ = try attentionShape(queries: queries, keys: keys, values: values)
+    try checkFinite([("queries", queries), ("keys", keys), ("values", values)])
+    return try exactAttention(queries: queries, keys: keys, values: values, scale: scale, mask: mask, plan: plan, queryOffset: nil)
 }
 
 /// Exact attention where query row 0 sits at key position `queryOffset` (nil: `M - N`).
@@ -187,6 +189,13 @@ func exactAttention(
 }
 
 /// Checks ranks and the agreements the contract needs; returns the shape symbols.
+/// Throws ``AttentionError/nonFinite(name:index:)`` for the first input holding NaN or ±Inf.
+func checkFinite(_ inputs: [(String, Tensor)]) throws {
+    for (name, t) in inputs {
+        if let i = t.firstNonFiniteIndex() { throw AttentionError.nonFinite(name: name, index: i) }
+    }
+}
+
 func attentionShape(queries q: Tensor, keys k: Tensor, values v: Tensor) throws -> AttentionShape {
     for (name, t) in [("queries", q), ("keys", k), ("values", v)] where t.rank != 4 {
         throw AttentionError.wrongRank(name: name, expected: 4, shape: t.shape)

@@ -70,8 +70,10 @@ public struct InfiniAttention: Sendable {
         }
         if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
         let threads = threads ?? Parallel.defaultThreads
+        try checkFinite(read ? [("queries", queries), ("keys", keys), ("values", values)] : [("keys", keys), ("values", values)])
         // Local causal attention within the segment: the exact kernel.
-        var out = read ? try scaledDotProductAttention(queries: queries, keys: keys, values: values, mask: .causal, threads: threads)
+        var out = read ? try exactAttention(queries: queries, keys: keys, values: values, scale: nil, mask: .causal,
+                                            plan: ExactAttentionPlan(shape: shape, threads: threads), queryOffset: nil)
             : try Tensor(zeros: [0])
         if read && out.count == 0 { return out }
         let gates = beta.map { 1 / (1 + Foundation.exp(-$0)) }
@@ -145,6 +147,7 @@ public struct InfiniAttention: Sendable {
         guard shape.N == shape.M else {
             throw AttentionError.shapeMismatch("Infini-Attention is self-attention: N = \(shape.N), M = \(shape.M)")
         }
+        try checkFinite([("queries", queries), ("keys", keys), ("values", values)])   // indices of the whole sequence
         var out = try Tensor(uninitialized: [shape.B, shape.H, shape.N, shape.dv])
         var start = 0
         while start < shape.N {

@@ -53,6 +53,7 @@ public struct KVCache: Sendable {
               keys.shape[2] == values.shape[2] else {
             throw AttentionError.shapeMismatch("append \(keys.shape) / \(values.shape) to a cache of [B, Hkv, ·, d] = [\(batch), \(kvHeads), ·, \(headDimension)] / dv = \(valueDimension)")
         }
+        try checkFinite([("keys", keys), ("values", values)])
         let n = keys.shape[2], length = lengths[layer]
         guard length + n <= capacity else { throw AttentionError.cacheFull(capacity: capacity, length: length, appending: n) }
         Self.write(keys, into: &keyStore[layer], at: length)
@@ -109,9 +110,15 @@ public struct KVCache: Sendable {
 /// cache's `layer` (which already holds these tokens' keys and values), bottom-right causal: query
 /// `i` sees cache positions `j <= i + length - n`. The query heads of a GQA group are stacked into
 /// one GEMM; a single query's keys are split across the cores and merged.
+///
+/// Only the queries are checked for NaN/Inf here: the cache's contents were checked when appended.
 public func decodeAttention(queries: Tensor, cache: KVCache, layer: Int, scale: Float? = nil, alibi: ALiBi? = nil,
                             threads: Int? = nil) throws -> Tensor {
-    try scaledDotProductAttention(queries: queries, keys: try cache.keys(layer: layer), values: try cache.values(layer: layer),
-                                  scale: scale, mask: AttentionMask(isCausal: true, alibi: alibi),
-                                  implementation: .tiled, threads: threads)
+    let keys = try cache.keys(layer: layer), values = try cache.values(layer: layer)
+    let shape = try attentionShape(queries: queries, keys: keys, values: values)
+    if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
+    try checkFinite([("queries", queries)])
+    let plan = ExactAttentionPlan(shape: shape, implementation: .tiled, threads: threads ?? Parallel.defaultThreads)
+    return try exactAttention(queries: queries, keys: keys, values: values, scale: scale,
+                              mask: AttentionMask(isCausal: true, alibi: alibi), plan: plan, queryOffset: nil)
 }

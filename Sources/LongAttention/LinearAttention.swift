@@ -127,6 +127,7 @@ public func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsil
     guard shape == plan.shape else {
         throw AttentionError.shapeMismatch("plan is for \(plan.shape), inputs are \(shape)")
     }
+    try checkFinite([("queries", queries), ("keys", keys), ("values", values)])
     guard epsilon.isFinite, epsilon >= 0 else { throw AttentionError.invalidArgument("epsilon must be finite and >= 0") }
     if plan.causal, plan.featureMap == .softmax {
         throw AttentionError.invalidArgument("the softmax feature map (Efficient Attention) is non-causal only")

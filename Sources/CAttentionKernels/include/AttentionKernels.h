@@ -41,6 +41,9 @@ void ak_divide_rows(const float *src, long lds, float *dst, long ldd, long rows,
 void ak_copy_scaled(const float *src, long lds, float *dst, long ldd, long rows, long cols,
                     float alpha);
 
+/// Index of the first NaN or ±Inf among x[0 ..< n], or -1 when all are finite.
+long ak_find_nonfinite(const float *x, long n);
+
 /// x[i] = value for i < n.
 void ak_fill(float *x, long n, float value);
 

@@ -48,17 +48,18 @@ for (n, h, hkv, d, causal) in shapes:
 
 try:
     from transformers import BigBirdConfig
-    from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention
+    from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention, BigBirdModel
     bb = sorted({(r["N"], r["H"], r["d"]) for r in rows if r["variant"] == "bigbird" and not r["causal"]})
     for (n, h, d) in bb:
         cfg = BigBirdConfig(hidden_size=h * d, num_attention_heads=h, block_size=64, num_random_blocks=3,
                             attention_type="block_sparse", max_position_embeddings=max(n, 4096))
         layer = BigBirdBlockSparseAttention(cfg, seed=0).eval()
         x = torch.randn(1, n, h * d)
+        blocked, band, from_mask, to_mask = BigBirdModel.create_masks_for_block_sparse_attn(torch.ones(1, n), 64)
         try:
             with torch.no_grad():
-                t = median_time(lambda: layer(x, band_mask=None, from_mask=None, to_mask=None, from_blocked_mask=None,
-                                              to_blocked_mask=None), runs=1)
+                t = median_time(lambda: layer(x, band_mask=band, from_mask=from_mask, to_mask=to_mask,
+                                              from_blocked_mask=blocked, to_blocked_mask=blocked), runs=1)
         except Exception as e:   # signatures move between versions; say so instead of failing
             print(f"HF BigBird at N={n} failed: {e}", file=sys.stderr); continue
         mine = next(r for r in rows if r["variant"] == "bigbird" and r["N"] == n and not r["causal"])

@@ -121,6 +121,7 @@ struct AttentionBench: ParsableCommand {
         for key in ["date", "commit", "cpu", "cores", "memoryGiB", "openblasKernel", "openblasCoretype", "elementwiseISA", "threads", "command"] {
             report += "- \(key): \(meta[key]!)\n"
         }
+        if let warning = BLAS.kernelWarning { report += "\n> Note: \(warning)\n" }
         report += "\n"
         print(report, terminator: "")
 

@@ -39,6 +39,17 @@ public enum BLAS {
     /// `OPENBLAS_CORETYPE` in the environment overrides OpenBLAS's own choice.
     public static var coreName: String { String(cString: openblas_get_corename()) }
 
+    /// A warning when OpenBLAS runs a generic SSE-era kernel (Prescott, Core2, ...) on a CPU
+    /// whose vector units the elementwise kernels use (AVX2 or AVX-512): typical of an OpenBLAS
+    /// release older than the CPU (Debian 12's 0.3.21 on recent Xeons). Nil otherwise.
+    public static var kernelWarning: String? {
+        let generic = ["Prescott", "Core2", "Katmai", "Coppermine", "Northwood", "Banias", "Penryn", "Dunnington", "Atom", "Nehalem"]
+        guard generic.contains(coreName), VectorKernels.isa != "baseline" else { return nil }
+        return "OpenBLAS chose its generic '\(coreName)' kernel on a CPU with \(VectorKernels.isa == "x86-64-v4" ? "AVX-512" : "AVX2"): "
+            + "its sgemm runs several times below this CPU's peak. OPENBLAS_CORETYPE="
+            + (VectorKernels.isa == "x86-64-v4" ? "SkylakeX" : "Haswell") + " in the environment selects the vector kernel."
+    }
+
     /// OpenBLAS's build configuration string.
     public static var config: String { String(cString: openblas_get_config()) }
 

@@ -18,6 +18,7 @@ struct Info: ParsableCommand {
         print("OpenBLAS kernel: \(BLAS.coreName)")
         print("elementwise kernels: \(VectorKernels.isa)")
         print("threads: \(Parallel.defaultThreads)")
+        if let warning = BLAS.kernelWarning { print("note: \(warning)") }
     }
 }
 

@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build release test check bench bench-smoke compare clean
+.PHONY: all deps build release test check bench bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -52,6 +52,29 @@ bench: release
 compare: release
 	.build/release/attention-bench --variants sgemm,full,bigbird --lengths 4096,16384 --out results/compare
 	python3 Benchmarks/compare.py results/compare/results.json
+
+# The XCTest suite under AddressSanitizer (with LeakSanitizer; XCTest's own bookkeeping is
+# suppressed) and under ThreadSanitizer, each in its own build folder.
+sanitize: sanitize-address sanitize-thread
+
+sanitize-address: deps
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan-suppressions.txt $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
+
+sanitize-thread: deps
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
+
+# libFuzzer over the .npy reader and over attn's argument handling, FUZZ_SECONDS each. New
+# inputs go to .build-fuzz/corpus-*; a crash leaves crash-* here: add it to Fuzz/corpus/ once fixed.
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS := -c release --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -D -Xswiftc FUZZING
+fuzz: deps
+	$(SWIFT) build $(FUZZ_FLAGS) --product NpyFuzzer
+	$(SWIFT) build $(FUZZ_FLAGS) --product ArgsFuzzer
+	mkdir -p .build-fuzz/corpus-npy .build-fuzz/corpus-args
+	.build-fuzz/release/NpyFuzzer -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 .build-fuzz/corpus-npy Fuzz/corpus/npy
+	.build-fuzz/release/ArgsFuzzer -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 .build-fuzz/corpus-args Fuzz/corpus/args
 
 clean:
 	rm -rf .build

@@ -25,13 +25,23 @@ let package = Package(
         .target(name: "CAttentionKernels"),
         .target(name: "AttentionTensor", dependencies: ["COpenBLAS", "CAttentionKernels"]),
         .target(name: "LongAttention", dependencies: ["AttentionTensor", "COpenBLAS", "CAttentionKernels"]),
-        .executableTarget(
-            name: "attn",
+        // The `attn` command line: its commands in a library (tests and the argument fuzzer use
+        // them), and a thin executable.
+        .target(
+            name: "AttnCommands",
             dependencies: [
                 "LongAttention", "AttentionTensor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(
+            name: "attn",
+            dependencies: ["AttnCommands", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // libFuzzer entry points (`make fuzz` builds them with -sanitize=fuzzer); built normally they
+        // replay the files given on the command line.
+        .executableTarget(name: "NpyFuzzer", dependencies: ["AttentionTensor"], path: "Fuzz/NpyFuzzer"),
+        .executableTarget(name: "ArgsFuzzer", dependencies: ["AttnCommands"], path: "Fuzz/ArgsFuzzer"),
         // Fits and charts of the benchmark report (a library so that tests can reach them).
         .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),
         .executableTarget(
@@ -45,6 +55,7 @@ let package = Package(
         .testTarget(name: "AttentionTensorTests", dependencies: ["AttentionTensor", "CAttentionKernels"]),
         .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor"]),
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
+        .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -70,7 +70,33 @@ public enum Numpy {
 
     /// Reads a float array (`<f4`, or `<f8` converted to Float32) as a contiguous tensor.
     public static func readTensor(_ path: String, rank: Int? = nil) throws -> Tensor {
-        try withFile(path) { file, size in
+        try withFile(path) { file, size in try readTensor(file: file, size: size, path: path, rank: rank) }
+    }
+
+    /// Reads a float array from the bytes of a `.npy` file held in memory; `name` labels errors.
+    public static func readTensor(bytes: [UInt8], name: String = "<memory>", rank: Int? = nil) throws -> Tensor {
+        try withMemoryFile(bytes, name: name) { file, size in try readTensor(file: file, size: size, path: name, rank: rank) }
+    }
+
+    /// Reads an integer array from the bytes of a `.npy` file held in memory.
+    public static func readIntegers(bytes: [UInt8], name: String = "<memory>") throws -> (shape: [Int], values: [Int]) {
+        try withMemoryFile(bytes, name: name) { file, size in try readIntegers(file: file, size: size, path: name) }
+    }
+
+    static func withMemoryFile<R>(_ bytes: [UInt8], name: String, _ body: (UnsafeMutablePointer<FILE>, Int) throws -> R) throws -> R {
+        guard !bytes.isEmpty else { throw NumpyError(path: name, problem: .notNumpy) }
+        var copy = bytes
+        return try copy.withUnsafeMutableBytes { raw in
+            guard let file = fmemopen(raw.baseAddress, raw.count, "rb") else {
+                throw NumpyError(path: name, problem: .cannotOpen(String(cString: strerror(errno))))
+            }
+            defer { fclose(file) }
+            return try body(file, raw.count)
+        }
+    }
+
+    static func readTensor(file: UnsafeMutablePointer<FILE>, size: Int, path: String, rank: Int?) throws -> Tensor {
+        do {
             let header = try readHeader(file, size: size, path: path)
             if let rank, header.shape.count != rank {
                 throw NumpyError(path: path, problem: .wrongRank(expected: rank, got: header.shape))
@@ -92,7 +118,11 @@ public enum Numpy {
 
     /// Reads an integer array (`<i4` or `<i8`; used for BigBird random plans).
     public static func readIntegers(_ path: String) throws -> (shape: [Int], values: [Int]) {
-        try withFile(path) { file, size in
+        try withFile(path) { file, size in try readIntegers(file: file, size: size, path: path) }
+    }
+
+    static func readIntegers(file: UnsafeMutablePointer<FILE>, size: Int, path: String) throws -> (shape: [Int], values: [Int]) {
+        do {
             let header = try readHeader(file, size: size, path: path)
             let n = try elementCount(of: header.shape)
             var values = [Int](repeating: 0, count: n)
@@ -173,7 +203,7 @@ public enum Numpy {
         let available = size - dataOffset
         let count: Int
         do { count = try elementCount(of: shape) } catch {
-            throw fail(.truncatedData(needed: Int.max, available: available))
+            throw fail(.malformedHeader("shape \(shape) overflows any addressable size"))
         }
         let (needed, overflow) = count.multipliedReportingOverflow(by: dtype.size)
         guard !overflow, needed <= available else {

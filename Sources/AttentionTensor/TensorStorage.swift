@@ -20,12 +20,16 @@ final class TensorStorage: @unchecked Sendable {
 
 /// Checked element count of a shape: throws on negative dimensions or overflow.
 public func elementCount(of shape: [Int]) throws -> Int {
-    var n = 1
+    // The product of the non-zero dimensions must fit too: strides are computed from it, and a
+    // shape like (0, 10^5, 10^5, 10^5, 10^5) is no tensor anyone meant.
+    var n = 1, strideProduct = 1
     for s in shape {
         guard s >= 0 else { throw TensorError.invalidShape(shape) }
         let (p, o) = n.multipliedReportingOverflow(by: s)
-        guard !o, p <= Int.max / 8 else { throw TensorError.invalidShape(shape) }
+        let (q, o2) = strideProduct.multipliedReportingOverflow(by: max(s, 1))
+        guard !o, !o2, p <= Int.max / 8, q <= Int.max / 8 else { throw TensorError.invalidShape(shape) }
         n = p
+        strideProduct = q
     }
     return n
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AttnCommands
 import Foundation
 
 // Bad input of any kind ends with exactly one line on stderr and a non-zero exit; help and

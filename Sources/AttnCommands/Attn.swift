@@ -4,8 +4,9 @@ import LongAttention
 
 /// `attn`: run the package's attention variants on NumPy files (the `attn run` contract of
 /// SPEC.md), so outside programs can check them.
-struct Attn: ParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Attn: ParsableCommand {
+    public init() {}
+    public static let configuration = CommandConfiguration(
         commandName: "attn",
         abstract: "Long-context attention on the CPU (OpenBLAS), on NumPy .npy files.",
         subcommands: [Run.self, Pattern.self, Needle.self, Info.self])

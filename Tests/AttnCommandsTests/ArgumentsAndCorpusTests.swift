@@ -1,0 +1,63 @@
+import ArgumentParser
+import AttentionTensor
+import AttnCommands
+import Foundation
+import XCTest
+
+/// `attn`'s argument handling, and the fuzzers' committed corpora replayed as regression tests.
+final class ArgumentsAndCorpusTests: XCTestCase {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    func testValidAndInvalidArguments() throws {
+        XCTAssertNoThrow(try Attn.parseAsRoot(["run", "full", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--causal", "--tiled"]))
+        XCTAssertNoThrow(try Attn.parseAsRoot(["run", "bigbird", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--random-plan", "p.npy"]))
+        XCTAssertNoThrow(try Attn.parseAsRoot(["run", "infini", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--segment", "32", "--update", "delta"]))
+        for bad in [["run", "full", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--frobnicate"],
+                    ["run", "full", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--tiled", "--materialized"],
+                    ["run", "full", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--scale", "nan"],
+                    ["run", "full", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--threads", "0"],
+                    ["run", "linear", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--feature-map", "softmax", "--causal"],
+                    ["run", "linear", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--feature-map", "cosine"],
+                    ["run", "infini", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--segment", "0"],
+                    ["run", "infini", "--q", "q", "--k", "k", "--v", "v", "-o", "o"],
+                    ["pattern", "bigbird", "--seq-len", "100", "-o", "x.png"],
+                    ["needle", "--depths", "101"],
+                    ["run", "full", "--q", "q"]] {
+            XCTAssertThrowsError(try Attn.parseAsRoot(bad), "\(bad)")
+        }
+    }
+
+    /// Every file of the .npy fuzz corpus gives a tensor or a typed NumpyError.
+    func testNpyCorpusReplays() throws {
+        let dir = root.appendingPathComponent("Fuzz/corpus/npy").path
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+        XCTAssertGreaterThan(files.count, 10)
+        var parsed = 0, refused = 0
+        for f in files {
+            let bytes = [UInt8](FileManager.default.contents(atPath: dir + "/" + f) ?? Data())
+            do {
+                _ = try Numpy.readTensor(bytes: bytes, name: f)
+                parsed += 1
+            } catch let e as NumpyError {
+                XCTAssertEqual(e.path, f)
+                refused += 1
+            } catch {
+                // Integer files read as floats are refused above; a tensor allocation error is typed too.
+                XCTAssertTrue(error is TensorError, "\(f): \(error)")
+                refused += 1
+            }
+        }
+        XCTAssertGreaterThan(parsed, 2)
+        XCTAssertGreaterThan(refused, 5)
+        XCTAssertEqual(try Numpy.readIntegers(bytes: [UInt8](FileManager.default.contents(atPath: dir + "/i4_plan.npy")!)).values, Array(0..<8))
+    }
+
+    func testArgumentCorpusReplays() throws {
+        let dir = root.appendingPathComponent("Fuzz/corpus/args").path
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() {
+            let bytes = [UInt8](FileManager.default.contents(atPath: dir + "/" + f) ?? Data())
+            let args = bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+            _ = try? Attn.parseAsRoot(args)   // must return or throw, never trap
+        }
+    }
+}

@@ -22,26 +22,32 @@ func measureCopyBandwidth(threads: Int, bytes: Int = 1 << 30) -> Double {
     return 2 * Double(bytes) / t.median
 }
 
-/// One decode step (a single new query per sequence) against caches of growing length: time per
-/// token, K/V bytes read per second and that as a fraction of the copy bandwidth.
+/// One decode step (a single new query per sequence) against a ``KVCache`` of growing length:
+/// time per token, K/V bytes read per second and that as a fraction of the copy bandwidth. The
+/// cache is filled chunk by chunk (as a prefill would), then read through `decodeAttention`.
 func benchDecode(lengths: [Int], kvHeads: [Int], threads: Int, peak: Double?, bandwidth: Double,
                  H: Int = 32, d: Int = 128) throws -> [Row] {
     var rows = [Row]()
-    let capacity = lengths.max() ?? 0
+    let sorted = lengths.sorted()
+    let capacity = sorted.last ?? 0
     for hkv in kvHeads where H % hkv == 0 {
-        progress("decode: filling a cache of \(capacity) positions, Hkv = \(hkv) (\(formatBytes(2 * hkv * capacity * d * 4)))")
-        // Cache-shaped storage: [1, Hkv, capacity, d]; each length reads a row view of it.
-        let kAll = try Tensor.randomUniform([1, hkv, capacity, d], seed: 2)
-        let vAll = try Tensor.randomUniform([1, hkv, capacity, d], seed: 3)
+        progress("decode: a cache of \(capacity) positions, Hkv = \(hkv) (\(formatBytes(KVCache.bytes(layers: 1, batch: 1, kvHeads: hkv, capacity: capacity, headDimension: d))))")
+        var cache = try KVCache(layers: 1, batch: 1, kvHeads: hkv, capacity: capacity, headDimension: d)
         let q = try Tensor.randomUniform([1, H, 1, d], seed: 1)
-        for m in lengths {
-            let k = try kAll.rows(0..<m), v = try vAll.rows(0..<m)
-            let plan = ExactAttentionPlan(shape: AttentionShape(B: 1, H: H, Hkv: hkv, N: 1, M: m, d: d, dv: d),
-                                          implementation: .tiled, threads: threads)
+        var chunk: UInt64 = 0
+        for m in sorted {
+            while cache.lengths[0] < m {
+                let n = min(8192, m - cache.lengths[0])
+                try cache.append(layer: 0, keys: try Tensor.randomUniform([1, hkv, n, d], seed: 2 * chunk + 2),
+                                 values: try Tensor.randomUniform([1, hkv, n, d], seed: 2 * chunk + 3))
+                chunk += 1
+            }
             progress("decode M=\(m) Hkv=\(hkv)")
             let t = try measure(minRuns: 5, budget: 0.5) {
-                _ = try exactAttention(queries: q, keys: k, values: v, mask: .causal, plan: plan)
+                _ = try decodeAttention(queries: q, cache: cache, layer: 0, threads: threads)
             }
+            let plan = ExactAttentionPlan(shape: AttentionShape(B: 1, H: H, Hkv: hkv, N: 1, M: m, d: d, dv: d),
+                                          implementation: .tiled, threads: threads)
             let bytes = Double(2 * hkv * m * d * 4)
             let g = 4.0 * Double(H) * Double(m) * Double(d) / t.median * 1e-9
             var row = Row(variant: "decode", impl: "tiled", B: 1, H: H, Hkv: hkv, N: 1, M: m, d: d, causal: true,

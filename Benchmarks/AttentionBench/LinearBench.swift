@@ -30,7 +30,7 @@ func benchLinear(lengths: [Int], maps: [LinearFeatureMap], threads: Int, peak: D
                 let plan = LinearAttentionPlan(shape: shape, featureMap: map, causal: causal, threads: threads)
                 progress("linear \(map.name) N=\(n) causal=\(causal)")
                 var out: Tensor?
-                let t = try measure(minRuns: n >= 1 << 19 ? 1 : 3, budget: n >= 1 << 19 ? 0 : 1.0, singleRunAbove: 1.0) {
+                let t = try measure(minRuns: n >= 1 << 19 ? 1 : 3, budget: n >= 1 << 19 ? 0 : 1.0, singleRunAbove: 30) {
                     out = try linearAttention(queries: q, keys: k, values: v, plan: plan)
                 }
                 let g = plan.gemmFlops / t.median * 1e-9

@@ -99,20 +99,35 @@ extension Tensor {
     public func firstNonFiniteIndex() -> [Int]? {
         guard count > 0 else { return nil }
         guard rank > 0 else { return self[].isFinite ? nil : [] }
-        let last = rank - 1, inner = shape[last]
-        if strides[last] != 1 && inner > 1 { return contiguous().firstNonFiniteIndex() }
-        var index = [Int](repeating: 0, count: rank)
+        if strides[rank - 1] != 1 && shape[rank - 1] > 1 { return contiguous().firstNonFiniteIndex() }
+        // The longest suffix of axes laid out contiguously is scanned in one call (a KV cache view
+        // [B, Hkv, length, d] is one call per head, not one per row).
+        var split = rank - 1, run = shape[rank - 1]
+        while split > 0 && (shape[split - 1] == 1 || strides[split - 1] == run) {
+            run *= shape[split - 1]
+            split -= 1
+        }
+        var outer = [Int](repeating: 0, count: split)
         return withUnsafePointer { base in
             while true {
                 var offset = 0
-                for i in 0..<last { offset += index[i] * strides[i] }
-                let j = ak_find_nonfinite(base + offset, inner)
-                if j >= 0 { index[last] = j; return index }
-                var axis = last - 1
+                for i in 0..<split { offset += outer[i] * strides[i] }
+                let j = ak_find_nonfinite(base + offset, run)
+                if j >= 0 {
+                    // Unflatten j over the contiguous suffix.
+                    var index = outer + [Int](repeating: 0, count: rank - split)
+                    var rest = j
+                    for axis in stride(from: rank - 1, through: split, by: -1) {
+                        index[axis] = rest % shape[axis]
+                        rest /= shape[axis]
+                    }
+                    return index
+                }
+                var axis = split - 1
                 while axis >= 0 {
-                    index[axis] += 1
-                    if index[axis] < shape[axis] { break }
-                    index[axis] = 0
+                    outer[axis] += 1
+                    if outer[axis] < shape[axis] { break }
+                    outer[axis] = 0
                     axis -= 1
                 }
                 if axis < 0 { return nil }

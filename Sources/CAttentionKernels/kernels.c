@@ -339,34 +339,74 @@ void ak_relu(const float *x, float *y, long n) { ak_feature_rows(AK_FEATURE_RELU
 
 // ---- Decode ----
 
+// Both decode kernels walk the keys in blocks of KB rows: the first query row streams the block
+// from memory, the others find it in L1; each query row's operands stay in registers across the
+// block (q_r for the dot products, o_r for the value sums).
+enum { KB = 32 };
+
 AK_CLONES void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk,
                                 long w, float *s, long lds) {
-    for (long j = 0; j < w; j++) {
-        const float *kj = k + j * ldk;
+    for (long j0 = 0; j0 < w; j0 += KB) {
+        long j1 = j0 + KB < w ? j0 + KB : w;
         for (long r = 0; r < rows; r++) {
             const float *qr = q + r * ldq;
-            vf acc = 0.0f;
-            long t = 0;
-            for (; t + W <= d; t += W) acc += LOAD(qr + t) * LOAD(kj + t);
-            float sum = HSUM(acc);
-            for (; t < d; t++) sum += qr[t] * kj[t];
-            s[r * lds + j] = sum;
+            float *sr = s + r * lds;
+            if (d == 128) {   // the common head size: q_r held in 8 registers
+                vf q0 = LOAD(qr), q1 = LOAD(qr + 16), q2 = LOAD(qr + 32), q3 = LOAD(qr + 48);
+                vf q4 = LOAD(qr + 64), q5 = LOAD(qr + 80), q6 = LOAD(qr + 96), q7 = LOAD(qr + 112);
+                for (long j = j0; j < j1; j++) {
+                    const float *kj = k + j * ldk;
+                    vf a = q0 * LOAD(kj) + q1 * LOAD(kj + 16), b = q2 * LOAD(kj + 32) + q3 * LOAD(kj + 48);
+                    a += q4 * LOAD(kj + 64) + q5 * LOAD(kj + 80);
+                    b += q6 * LOAD(kj + 96) + q7 * LOAD(kj + 112);
+                    sr[j] = HSUM(a + b);
+                }
+                continue;
+            }
+            for (long j = j0; j < j1; j++) {
+                const float *kj = k + j * ldk;
+                vf acc = 0.0f;
+                long t = 0;
+                for (; t + W <= d; t += W) acc += LOAD(qr + t) * LOAD(kj + t);
+                float sum = HSUM(acc);
+                for (; t < d; t++) sum += qr[t] * kj[t];
+                sr[j] = sum;
+            }
         }
     }
 }
 
 AK_CLONES void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w,
                                     long dv, float *o, long ldo) {
-    for (long j = 0; j < w; j++) {
-        const float *vj = v + j * ldv;
+    for (long j0 = 0; j0 < w; j0 += KB) {
+        long j1 = j0 + KB < w ? j0 + KB : w;
         for (long r = 0; r < rows; r++) {
-            float pj = p[r * ldp + j];
-            if (pj == 0.0f) continue;   // masked keys
+            const float *pr = p + r * ldp;
             float *orow = o + r * ldo;
-            vf vp = pj;
-            long t = 0;
-            for (; t + W <= dv; t += W) STORE(orow + t, LOAD(orow + t) + vp * LOAD(vj + t));
-            for (; t < dv; t++) orow[t] += pj * vj[t];
+            if (dv == 128) {   // o_r held in 8 registers across the block
+                vf o0 = LOAD(orow), o1 = LOAD(orow + 16), o2 = LOAD(orow + 32), o3 = LOAD(orow + 48);
+                vf o4 = LOAD(orow + 64), o5 = LOAD(orow + 80), o6 = LOAD(orow + 96), o7 = LOAD(orow + 112);
+                for (long j = j0; j < j1; j++) {
+                    float pj = pr[j];
+                    if (pj == 0.0f) continue;   // masked keys
+                    const float *vj = v + j * ldv;
+                    vf b = pj;
+                    o0 += b * LOAD(vj); o1 += b * LOAD(vj + 16); o2 += b * LOAD(vj + 32); o3 += b * LOAD(vj + 48);
+                    o4 += b * LOAD(vj + 64); o5 += b * LOAD(vj + 80); o6 += b * LOAD(vj + 96); o7 += b * LOAD(vj + 112);
+                }
+                STORE(orow, o0); STORE(orow + 16, o1); STORE(orow + 32, o2); STORE(orow + 48, o3);
+                STORE(orow + 64, o4); STORE(orow + 80, o5); STORE(orow + 96, o6); STORE(orow + 112, o7);
+                continue;
+            }
+            for (long j = j0; j < j1; j++) {
+                float pj = pr[j];
+                if (pj == 0.0f) continue;
+                const float *vj = v + j * ldv;
+                vf vp = pj;
+                long t = 0;
+                for (; t + W <= dv; t += W) STORE(orow + t, LOAD(orow + t) + vp * LOAD(vj + t));
+                for (; t < dv; t++) orow[t] += pj * vj[t];
+            }
         }
     }
 }

@@ -150,6 +150,16 @@ final class PositionsTests: XCTestCase {
         XCTAssertLessThan(Reference.relError(out, Reference.attention(q: q, k: k, v: v, keyLengths: [130, 0])), 2e-5)
     }
 
+    /// The decode kernels' d = dv = 128 register paths (the common head size) against float64,
+    /// with 1–8 rows per tile (GQA groups of 1, 4 and 8; one and three new queries).
+    func testDecodeKernelsAtHeadSize128() throws {
+        for (h, hkv, n) in [(8, 8, 1), (8, 2, 1), (8, 1, 1), (8, 2, 3)] {
+            let (q, k, v) = try Reference.inputs(B: 1, H: h, Hkv: hkv, N: n, M: 300, d: 128, dv: 128, seed: UInt64(h * 10 + hkv + n))
+            let out = try scaledDotProductAttention(queries: q, keys: k, values: v, mask: .causal, implementation: .tiled)
+            XCTAssertLessThan(Reference.relError(out, Reference.attention(q: q, k: k, v: v, causal: true)), 2e-5, "H \(h) Hkv \(hkv) N \(n)")
+        }
+    }
+
     func testKVCacheErrorsAndAccounting() throws {
         XCTAssertEqual(KVCache.bytes(layers: 32, batch: 1, kvHeads: 8, capacity: 131072, headDimension: 128),
                        2 * 32 * 8 * 131072 * 128 * 4)

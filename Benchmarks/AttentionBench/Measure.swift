@@ -4,7 +4,7 @@ import LongAttention
 
 /// One measured row of the benchmark contract (SPEC.md): shape, median seconds, effective
 /// GFLOP/s, fraction of the sgemm peak measured in the same run, workspace bytes, error.
-struct Row: Encodable {
+struct Row: Codable {
     var variant: String
     var impl: String
     var B = 1, H = 1, Hkv = 1, N = 0, M = 0, d = 0

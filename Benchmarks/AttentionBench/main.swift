@@ -24,6 +24,8 @@ struct AttentionBench: ParsableCommand {
     var out = "results"
     @Option(help: "Write the JSON rows here too.")
     var json: String?
+    @Option(help: ArgumentHelp("Redraw the charts and fits of an earlier results.json into --out, without measuring.", visibility: .hidden))
+    var chartsFrom: String?
     @Option(help: ArgumentHelp("Tuning: stacked query rows per block (exact attention).", visibility: .hidden))
     var stackedRows: Int?
     @Option(help: ArgumentHelp("Tuning: keys per tile (tiled exact attention).", visibility: .hidden))
@@ -101,6 +103,14 @@ struct AttentionBench: ParsableCommand {
     }
 
     func run() throws {
+        if let chartsFrom {
+            let rows = try JSONDecoder().decode([Row].self, from: Data(contentsOf: URL(fileURLWithPath: chartsFrom)))
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let charts = try writeCharts(rows, to: out)
+            print(fitsTable(rows))
+            progress("wrote \(charts.joined(separator: ", ")) into \(out)")
+            return
+        }
         let threads = self.threads ?? Parallel.defaultThreads
         let wanted = Self.known.filter(variantList.contains)
         let env = ProcessInfo.processInfo.environment

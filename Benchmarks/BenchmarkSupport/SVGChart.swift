@@ -21,7 +21,7 @@ public struct SVGChart {
     public var xLabel: String, yLabel: String
     public var logX = true, logY = true
     public var series: [Series] = []
-    public var width = 760.0, height = 470.0
+    public var width = 820.0, height = 470.0
 
     public init(title: String, xLabel: String, yLabel: String, logX: Bool = true, logY: Bool = true) {
         self.title = title
@@ -35,7 +35,7 @@ public struct SVGChart {
                           "#ccb974", "#64b5cd", "#1b9e77", "#d95f02"]
 
     public func render() -> String {
-        let left = 80.0, right = 250.0, top = 50.0, bottom = 60.0
+        let left = 80.0, right = 310.0, top = 50.0, bottom = 60.0
         let pw = width - left - right, ph = height - top - bottom
         let all = series.flatMap(\.points).filter { (!logX || $0.x > 0) && (!logY || $0.y > 0) && $0.x.isFinite && $0.y.isFinite }
         func t(_ v: Double, _ log: Bool) -> Double { log ? Foundation.log10(v) : v }

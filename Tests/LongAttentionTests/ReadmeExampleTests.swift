@@ -2,7 +2,7 @@ import AttentionTensor
 import LongAttention
 import XCTest
 
-/// The README's API example, compiled and run as written.
+/// The README's API example, compiled and run as written (between the markers).
 final class ReadmeExampleTests: XCTestCase {
     func testReadmeExample() throws {
         // --- README example begins ---
@@ -10,16 +10,32 @@ final class ReadmeExampleTests: XCTestCase {
         let k = try Tensor.randomNormal([1, 2, 1024, 64], seed: 2)   // [B, Hkv, M, d]: 4 query heads per KV head
         let v = try Tensor.randomNormal([1, 2, 1024, 64], seed: 3)   // [B, Hkv, M, dv]
 
-        let out = try scaledDotProductAttention(queries: q, keys: k, values: v, mask: .causal)
-        print(out.shape)                                              // [1, 8, 1024, 64]
+        // Exact attention (tiled or materialised, chosen by size), bottom-right causal.
+        let exact = try scaledDotProductAttention(queries: q, keys: k, values: v, mask: .causal)
 
-        let plan = ExactAttentionPlan(shape: AttentionShape(B: 1, H: 8, Hkv: 2, N: 1024, M: 1024, d: 64, dv: 64),
-                                      implementation: .tiled)
-        print(plan.workspaceBytes)                                    // scratch bytes, independent of N and M
-        let same = try exactAttention(queries: q, keys: k, values: v, mask: .causal, plan: plan)
+        // BigBird: window + global + random blocks, linear in N.
+        let plan = try BigBirdPlan(sequenceLength: 1024, heads: 8, blockSize: 64, randomBlocks: 3, seed: 0)
+        let sparse = try bigBirdAttention(queries: q, keys: k, values: v, plan: plan)
+
+        // Linear attention with elu+1 features, causal (chunked): O(N) time and memory.
+        let linear = try linearAttention(queries: q, keys: k, values: v, featureMap: .elu, causal: true)
+
+        // Infini-Attention: 256-token segments and a compressive memory per KV head.
+        let infini = try InfiniAttention(segmentLength: 256, update: .delta, beta: [Float](repeating: 0, count: 8))
+        let streamed = try infini(queries: q, keys: k, values: v)
+
+        // Decoding: RoPE at the token's position, a KV cache, one step.
+        let rope = try RotaryEmbedding(dimension: 64, maxPositions: 4096)
+        var cache = try KVCache(layers: 1, batch: 1, kvHeads: 2, capacity: 4096, headDimension: 64)
+        var qt = try q.rows(0..<1).contiguous(), kt = try k.rows(0..<1).contiguous()
+        try rope.apply(to: &qt, positionOffset: 0)
+        try rope.apply(to: &kt, positionOffset: 0)
+        try cache.append(layer: 0, keys: kt, values: try v.rows(0..<1))
+        let next = try decodeAttention(queries: qt, cache: cache, layer: 0)   // [1, 8, 1, 64]
         // --- README example ends ---
-        XCTAssertEqual(out.shape, [1, 8, 1024, 64])
-        let diff = zip(out.scalars, same.scalars).map { abs($0 - $1) }.max()!
-        XCTAssertLessThan(diff, 1e-5)
+        for t in [exact, sparse, linear, streamed] { XCTAssertEqual(t.shape, [1, 8, 1024, 64]) }
+        XCTAssertEqual(next.shape, [1, 8, 1, 64])
+        // The first token attends only to itself: its output is its own value row.
+        for h in 0..<8 { for x in 0..<64 { XCTAssertEqual(next[0, h, 0, x], v[0, h / 4, 0, x], accuracy: 1e-5) } }
     }
 }

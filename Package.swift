@@ -40,8 +40,9 @@ let package = Package(
         ),
         // libFuzzer entry points (`make fuzz` builds them with -sanitize=fuzzer); built normally they
         // replay the files given on the command line.
-        .executableTarget(name: "NpyFuzzer", dependencies: ["AttentionTensor"], path: "Fuzz/NpyFuzzer"),
-        .executableTarget(name: "ArgsFuzzer", dependencies: ["AttnCommands"], path: "Fuzz/ArgsFuzzer"),
+        .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
+        .executableTarget(name: "NpyFuzzer", dependencies: ["AttentionTensor", "FuzzSupport"], path: "Fuzz/NpyFuzzer"),
+        .executableTarget(name: "ArgsFuzzer", dependencies: ["AttnCommands", "FuzzSupport"], path: "Fuzz/ArgsFuzzer"),
         // Fits and charts of the benchmark report (a library so that tests can reach them).
         .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),
         .executableTarget(

@@ -6,6 +6,7 @@
 // also a regression check.
 import AttentionTensor
 import Foundation
+import FuzzSupport
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func npyFuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
@@ -17,36 +18,7 @@ public func npyFuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     return 0
 }
 
-#if FUZZING
-/// libFuzzer's driver, linked from its runtime by -sanitize=fuzzer (our `main` replaces its own).
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
-                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
-#endif
-
 @main
 struct NpyFuzzer {
-    static func main() {
-        #if FUZZING
-        var argc = CommandLine.argc
-        var argv = CommandLine.unsafeArgv
-        exit(LLVMFuzzerRunDriver(&argc, &argv, { npyFuzzOne($0, $1) }))
-        #else
-        // Replay: every file named on the command line (or in a named directory) once.
-        var replayed = 0
-        for path in CommandLine.arguments.dropFirst() {
-            var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { continue }
-            let files = isDirectory.boolValue
-                ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { path + "/" + $0 } : [path]
-            for file in files {
-                guard let data = FileManager.default.contents(atPath: file) else { continue }
-                _ = data.withUnsafeBytes { npyFuzzOne($0.bindMemory(to: UInt8.self).baseAddress, data.count) }
-                replayed += 1
-            }
-        }
-        print("replayed \(replayed) inputs without a crash")
-        #endif
-    }
+    static func main() { runFuzzTarget { npyFuzzOne($0, $1) } }
 }

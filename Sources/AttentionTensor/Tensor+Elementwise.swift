@@ -123,14 +123,7 @@ extension Tensor {
                     }
                     return index
                 }
-                var axis = split - 1
-                while axis >= 0 {
-                    outer[axis] += 1
-                    if outer[axis] < shape[axis] { break }
-                    outer[axis] = 0
-                    axis -= 1
-                }
-                if axis < 0 { return nil }
+                if !advance(&outer, over: shape, axes: split) { return nil }
             }
         }
     }

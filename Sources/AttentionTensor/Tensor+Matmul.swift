@@ -105,13 +105,7 @@ extension Tensor {
                                    a: pa + oa, lda: aOp.ld, b: pb + ob, ldb: bOp.ld,
                                    c: out.storage.pointer + bi * outStride, ldc: n)
                     }
-                    var axis = batchRank - 1
-                    while axis >= 0 {
-                        index[axis] += 1
-                        if index[axis] < outBatch[axis] { break }
-                        index[axis] = 0
-                        axis -= 1
-                    }
+                    _ = advance(&index, over: outBatch, axes: batchRank)
                 }
             }
         }

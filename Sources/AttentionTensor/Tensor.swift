@@ -116,14 +116,7 @@ public struct Tensor: Sendable {
                 for j in 0..<inner { out[j] = src[base + j * innerStride] }
             }
             out += inner
-            var axis = last - 1
-            while axis >= 0 {
-                index[axis] += 1
-                if index[axis] < shape[axis] { break }
-                index[axis] = 0
-                axis -= 1
-            }
-            if axis < 0 { break }
+            if !advance(&index, over: shape, axes: last) { break }
         }
     }
 

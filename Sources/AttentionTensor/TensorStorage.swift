@@ -44,3 +44,17 @@ public func rowMajorStrides(_ shape: [Int]) -> [Int] {
     }
     return strides
 }
+
+/// Steps a row-major multi-index over the first `axes` axes of `shape` (the last of them fastest).
+/// Returns false after the last index, leaving `index` back at all zeros.
+@inline(__always)
+func advance(_ index: inout [Int], over shape: [Int], axes: Int) -> Bool {
+    var axis = axes - 1
+    while axis >= 0 {
+        index[axis] += 1
+        if index[axis] < shape[axis] { return true }
+        index[axis] = 0
+        axis -= 1
+    }
+    return false
+}

@@ -124,6 +124,20 @@ public func linearAttention(
 public func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsilon: Float = 1e-6,
                             plan: LinearAttentionPlan) throws -> Tensor {
     let shape = try attentionShape(queries: queries, keys: keys, values: values)
+    var out = try Tensor(uninitialized: [shape.B, shape.H, shape.N, shape.dv])
+    try linearAttention(queries: queries, keys: keys, values: values, epsilon: epsilon, plan: plan, into: &out)
+    return out
+}
+
+/// Linear attention into an existing `[B, H, N, dv]` output (overwritten). For streams and loops
+/// that reuse their output: at a million tokens, faulting in a fresh multi-GiB output each call
+/// can cost as much as the attention itself.
+public func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsilon: Float = 1e-6,
+                            plan: LinearAttentionPlan, into out: inout Tensor) throws {
+    let shape = try attentionShape(queries: queries, keys: keys, values: values)
+    guard out.shape == [shape.B, shape.H, shape.N, shape.dv] else {
+        throw AttentionError.shapeMismatch("output is \(out.shape), attention gives \([shape.B, shape.H, shape.N, shape.dv])")
+    }
     guard shape == plan.shape else {
         throw AttentionError.shapeMismatch("plan is for \(plan.shape), inputs are \(shape)")
     }
@@ -136,8 +150,7 @@ public func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsil
     if case .favor(let m, let seed) = plan.featureMap {
         favor = try FavorFeatures(dimension: shape.d, features: m, seed: seed)
     }
-    var out = try Tensor(uninitialized: [shape.B, shape.H, shape.N, shape.dv])
-    if out.count == 0 { return out }
+    if out.count == 0 { return }
     let q = queries.lastAxisContiguous(), k = keys.lastAxisContiguous(), v = values.lastAxisContiguous()
     out.withUnsafeMutableBufferPointer { o in
         q.withUnsafePointer { pq in
@@ -155,5 +168,4 @@ public func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsil
             }
         }
     }
-    return out
 }

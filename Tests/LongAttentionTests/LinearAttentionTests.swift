@@ -243,6 +243,16 @@ final class LinearAttentionTests: XCTestCase {
         }
     }
 
+    func testIntoAnExistingOutput() throws {
+        let (q, k, v) = try Reference.inputs(B: 1, H: 4, Hkv: 2, N: 50, M: 50, d: 8, dv: 8, seed: 61)
+        let plan = LinearAttentionPlan(shape: AttentionShape(B: 1, H: 4, Hkv: 2, N: 50, M: 50, d: 8, dv: 8), causal: true)
+        var out = try Tensor(zeros: [1, 4, 50, 8])
+        try linearAttention(queries: q, keys: k, values: v, plan: plan, into: &out)
+        XCTAssertTrue(out.scalars == (try linearAttention(queries: q, keys: k, values: v, plan: plan)).scalars)
+        var wrong = try Tensor(zeros: [1, 4, 50, 7])
+        XCTAssertThrowsError(try linearAttention(queries: q, keys: k, values: v, plan: plan, into: &wrong))
+    }
+
     func testWorkspaceIsIndependentOfLength() {
         let a = LinearAttentionPlan(shape: AttentionShape(B: 1, H: 8, Hkv: 8, N: 4096, M: 4096, d: 64, dv: 64), causal: true)
         let b = LinearAttentionPlan(shape: AttentionShape(B: 1, H: 8, Hkv: 8, N: 1 << 20, M: 1 << 20, d: 64, dv: 64), causal: true)

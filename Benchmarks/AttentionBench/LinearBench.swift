@@ -29,10 +29,10 @@ func benchLinear(lengths: [Int], maps: [LinearFeatureMap], threads: Int, peak: D
             for map in maps where !(causal && map == .softmax) {
                 let plan = LinearAttentionPlan(shape: shape, featureMap: map, causal: causal, threads: threads)
                 progress("linear \(map.name) N=\(n) causal=\(causal)")
-                // The output is allocated once and reused (the warm-up call faults it in): the row
-                // times the attention, not the VM's first touch of a multi-GiB buffer.
-                var output = try Tensor(uninitialized: [1, H, n, d])
-                let t = try measure(minRuns: n >= 1 << 19 ? 1 : 3, budget: n >= 1 << 19 ? 0 : 1.0, singleRunAbove: 30) {
+                // The output is allocated and touched once, then reused: the row times the attention,
+                // not the first touch of a multi-GiB buffer (seconds per GiB on this VM).
+                var output = try Tensor(zeros: [1, H, n, d])
+                let t = try measure(minRuns: n >= 1 << 19 ? 1 : 3, budget: n >= 1 << 19 ? 0 : 1.0) {
                     try linearAttention(queries: q, keys: k, values: v, plan: plan, into: &output)
                 }
                 let out: Tensor? = output

@@ -96,24 +96,22 @@ public enum Numpy {
     }
 
     static func readTensor(file: UnsafeMutablePointer<FILE>, size: Int, path: String, rank: Int?) throws -> Tensor {
-        do {
-            let header = try readHeader(file, size: size, path: path)
-            if let rank, header.shape.count != rank {
-                throw NumpyError(path: path, problem: .wrongRank(expected: rank, got: header.shape))
-            }
-            guard header.dtype == .float32 || header.dtype == .float64 else {
-                throw NumpyError(path: path, problem: .unsupportedDType(header.dtype.rawValue + " (need a float array)"))
-            }
-            var t = try Tensor(uninitialized: header.shape)
-            try t.withUnsafeMutableBufferPointer { buf in
-                if header.dtype == .float32 {
-                    try readExactly(file, into: UnsafeMutableRawPointer(buf.baseAddress!), bytes: buf.count * 4, path: path)
-                } else {
-                    try readConverted(file, count: buf.count, path: path, as: Double.self) { i, x in buf[i] = Float(x) }
-                }
-            }
-            return t
+        let header = try readHeader(file, size: size, path: path)
+        if let rank, header.shape.count != rank {
+            throw NumpyError(path: path, problem: .wrongRank(expected: rank, got: header.shape))
         }
+        guard header.dtype == .float32 || header.dtype == .float64 else {
+            throw NumpyError(path: path, problem: .unsupportedDType(header.dtype.rawValue + " (need a float array)"))
+        }
+        var t = try Tensor(uninitialized: header.shape)
+        try t.withUnsafeMutableBufferPointer { buf in
+            if header.dtype == .float32 {
+                try readExactly(file, into: UnsafeMutableRawPointer(buf.baseAddress!), bytes: buf.count * 4, path: path)
+            } else {
+                try readConverted(file, count: buf.count, path: path, as: Double.self) { i, x in buf[i] = Float(x) }
+            }
+        }
+        return t
     }
 
     /// Reads an integer array (`<i4` or `<i8`; used for BigBird random plans).
@@ -122,17 +120,15 @@ public enum Numpy {
     }
 
     static func readIntegers(file: UnsafeMutablePointer<FILE>, size: Int, path: String) throws -> (shape: [Int], values: [Int]) {
-        do {
-            let header = try readHeader(file, size: size, path: path)
-            let n = try elementCount(of: header.shape)
-            var values = [Int](repeating: 0, count: n)
-            switch header.dtype {
-            case .int32: try readConverted(file, count: n, path: path, as: Int32.self) { i, x in values[i] = Int(x) }
-            case .int64: try readConverted(file, count: n, path: path, as: Int64.self) { i, x in values[i] = Int(x) }
-            default: throw NumpyError(path: path, problem: .unsupportedDType(header.dtype.rawValue + " (need an integer array)"))
-            }
-            return (header.shape, values)
+        let header = try readHeader(file, size: size, path: path)
+        let n = try elementCount(of: header.shape)
+        var values = [Int](repeating: 0, count: n)
+        switch header.dtype {
+        case .int32: try readConverted(file, count: n, path: path, as: Int32.self) { i, x in values[i] = Int(x) }
+        case .int64: try readConverted(file, count: n, path: path, as: Int64.self) { i, x in values[i] = Int(x) }
+        default: throw NumpyError(path: path, problem: .unsupportedDType(header.dtype.rawValue + " (need an integer array)"))
         }
+        return (header.shape, values)
     }
 
     /// Writes a Float32 tensor as `<f4`, C order.

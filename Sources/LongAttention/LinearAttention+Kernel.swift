@@ -83,8 +83,7 @@ func runLinear(_ L: AttentionLayout, plan: LinearAttentionPlan, favor: FavorFeat
     scaledW.withUnsafeBufferPointer { wbuf in
         Parallel.run(items: L.B * L.Hkv * parts, threads: plan.threads) { _, queue in
             let gq = Gp * C
-            var ws = Workspace(floats: C * F + gq * F + (plan.causal ? gq * C : 0) + gq * dv + gq + F * dv + 2 * F + 2 * max(C, gq),
-                               ints: gq, arrays: 12)
+            var ws = Workspace(floats: plan.workspaceFloats, ints: gq, arrays: 12)
             defer { ws.free() }
             let phiK = ws.floats(C * F), phiQ = ws.floats(gq * F), num = ws.floats(gq * dv), den = ws.floats(gq)
             let A = plan.causal ? ws.floats(gq * C) : phiQ

@@ -64,14 +64,16 @@ public struct LinearAttentionPlan: Sendable, Equatable {
         return flops
     }
 
-    /// Bytes of scratch one worker allocates (independent of N and M).
-    public var workspaceBytesPerThread: Int {
+    /// Floats of scratch one worker allocates: features of a key chunk and of the stacked query
+    /// chunk, the intra-chunk scores (causal), numerator and normaliser, the state `S`, `z`, a
+    /// per-feature column max, and two per-row scratch vectors.
+    var workspaceFloats: Int {
         let c = rowsPerChunk, f = featureDimension, gq = headsPerPart * c
-        var floats = c * f + gq * f + gq * shape.dv + gq + f * shape.dv + f + c + gq
-        if causal { floats += gq * c }
-        if case .softmax = featureMap { floats += f }
-        return floats * 4
+        return c * f + gq * f + (causal ? gq * c : 0) + gq * shape.dv + gq + f * shape.dv + 2 * f + 2 * max(c, gq)
     }
+
+    /// Bytes of scratch one worker allocates (independent of N and M).
+    public var workspaceBytesPerThread: Int { (workspaceFloats + headsPerPart * rowsPerChunk) * 4 }
     /// Bytes of scratch for the call (plus the FAVOR+ projection `m·d` floats).
     public var workspaceBytes: Int {
         let items = shape.B * shape.Hkv * parts

@@ -23,6 +23,8 @@
 
 typedef float vf __attribute__((ext_vector_type(16)));
 typedef int vi __attribute__((ext_vector_type(16)));
+typedef float v8 __attribute__((ext_vector_type(8)));
+typedef float v4 __attribute__((ext_vector_type(4)));
 enum { W = 16 };
 
 const char *ak_kernel_isa(void) {
@@ -354,13 +356,23 @@ AK_CLONES void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, con
             if (d == 128) {   // the common head size: q_r held in 8 registers
                 vf q0 = LOAD(qr), q1 = LOAD(qr + 16), q2 = LOAD(qr + 32), q3 = LOAD(qr + 48);
                 vf q4 = LOAD(qr + 64), q5 = LOAD(qr + 80), q6 = LOAD(qr + 96), q7 = LOAD(qr + 112);
-                for (long j = j0; j < j1; j++) {
-                    const float *kj = k + j * ldk;
-                    vf a = q0 * LOAD(kj) + q1 * LOAD(kj + 16), b = q2 * LOAD(kj + 32) + q3 * LOAD(kj + 48);
-                    a += q4 * LOAD(kj + 64) + q5 * LOAD(kj + 80);
-                    b += q6 * LOAD(kj + 96) + q7 * LOAD(kj + 112);
-                    sr[j] = HSUM(a + b);
+#define DOT128(kj) ({ const float *k_ = (kj); \
+                    vf a_ = q0 * LOAD(k_) + q1 * LOAD(k_ + 16), b_ = q2 * LOAD(k_ + 32) + q3 * LOAD(k_ + 48); \
+                    a_ += q4 * LOAD(k_ + 64) + q5 * LOAD(k_ + 80); b_ += q6 * LOAD(k_ + 96) + q7 * LOAD(k_ + 112); a_ + b_; })
+                long j = j0;
+                // Four keys at a time, their four horizontal sums done together in one shuffle tree.
+                for (; j + 4 <= j1; j += 4) {
+                    vf a0 = DOT128(k + j * ldk), a1 = DOT128(k + (j + 1) * ldk);
+                    vf a2 = DOT128(k + (j + 2) * ldk), a3 = DOT128(k + (j + 3) * ldk);
+                    v8 x0 = a0.lo + a0.hi, x1 = a1.lo + a1.hi, x2 = a2.lo + a2.hi, x3 = a3.lo + a3.hi;
+                    v8 y01 = __builtin_shufflevector(x0, x1, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(x0, x1, 4, 5, 6, 7, 12, 13, 14, 15);
+                    v8 y23 = __builtin_shufflevector(x2, x3, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(x2, x3, 4, 5, 6, 7, 12, 13, 14, 15);
+                    v8 z = __builtin_shufflevector(y01, y23, 0, 1, 8, 9, 4, 5, 12, 13) + __builtin_shufflevector(y01, y23, 2, 3, 10, 11, 6, 7, 14, 15);
+                    v4 t = __builtin_shufflevector(z, z, 0, 2, 4, 6) + __builtin_shufflevector(z, z, 1, 3, 5, 7);   // a0 a2 a1 a3
+                    sr[j] = t.x; sr[j + 1] = t.z; sr[j + 2] = t.y; sr[j + 3] = t.w;
                 }
+                for (; j < j1; j++) sr[j] = HSUM(DOT128(k + j * ldk));
+#undef DOT128
                 continue;
             }
             for (long j = j0; j < j1; j++) {

@@ -52,7 +52,7 @@ public struct InfiniAttention: Sendable {
     }
 
     func process(queries: Tensor, keys: Tensor, values: Tensor, memory: inout CompressiveMemory,
-                 threads: Int?, read: Bool) throws -> Tensor {
+                 threads: Int?, read: Bool, checkInputs: Bool = true) throws -> Tensor {
         let shape = try attentionShape(queries: queries, keys: keys, values: values)
         guard shape.N == shape.M else {
             throw AttentionError.shapeMismatch("a segment's queries and keys must have the same length (\(shape.N) vs \(shape.M))")
@@ -70,7 +70,9 @@ public struct InfiniAttention: Sendable {
         }
         if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
         let threads = threads ?? Parallel.defaultThreads
-        try checkFinite(read ? [("queries", queries), ("keys", keys), ("values", values)] : [("keys", keys), ("values", values)])
+        if checkInputs {
+            try checkFinite(read ? [("queries", queries), ("keys", keys), ("values", values)] : [("keys", keys), ("values", values)])
+        }
         // Local causal attention within the segment: the exact kernel.
         var out = read ? try exactAttention(queries: queries, keys: keys, values: values, scale: nil, mask: .causal,
                                             plan: ExactAttentionPlan(shape: shape, threads: threads), queryOffset: nil)
@@ -152,8 +154,9 @@ public struct InfiniAttention: Sendable {
         var start = 0
         while start < shape.N {
             let range = start..<min(shape.N, start + segmentLength)
-            let seg = try step(queries: try queries.rows(range), keys: try keys.rows(range), values: try values.rows(range),
-                               memory: &memory, threads: threads)
+            // The whole sequence was checked for NaN/Inf above; segments are not scanned again.
+            let seg = try process(queries: try queries.rows(range), keys: try keys.rows(range), values: try values.rows(range),
+                                  memory: &memory, threads: threads, read: true, checkInputs: false)
             try out.copyRows(from: seg, at: start)
             start = range.upperBound
         }

@@ -85,3 +85,20 @@ func fitsTable(_ rows: [Row]) -> String {
     }
     return s
 }
+
+/// Decode rows on their own terms: time per token, K/V bytes read per second, that against the
+/// copy bandwidth, and how much faster each KV-head count runs than the largest one at the same M.
+func decodeTable(_ rows: [Row]) -> String {
+    let decode = rows.filter { $0.variant == "decode" }.sorted { ($0.M, -$0.Hkv) < ($1.M, -$1.Hkv) }
+    guard !decode.isEmpty else { return "" }
+    var s = "| M | Hkv | time per token | tokens/s | K/V read | of copy bandwidth | faster than Hkv = max |\n"
+    s += "|---|---|---|---|---|---|---|\n"
+    for r in decode {
+        let widest = decode.filter { $0.M == r.M }.max { $0.Hkv < $1.Hkv }
+        let ratio = widest.map { String(format: "%.2f×", $0.seconds / r.seconds) } ?? "–"
+        let gbs = r.bytesPerSecond.map { String(format: "%.1f GB/s", $0 * 1e-9) } ?? "–"
+        let frac = r.bandwidthFraction.map { String(format: "%.0f%%", $0 * 100) } ?? "–"
+        s += "| \(formatLength(r.M)) | \(r.Hkv) | \(String(format: "%.2f ms", r.seconds * 1e3)) | \(String(format: "%.0f", 1 / r.seconds)) | \(gbs) | \(frac) | \(ratio) |\n"
+    }
+    return s
+}

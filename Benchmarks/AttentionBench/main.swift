@@ -192,6 +192,14 @@ struct AttentionBench: ParsableCommand {
         let table = markdownTable(rows)
         print(table)
         report += table + "\n"
+        let decodeText = decodeTable(rows)
+        if !decodeText.isEmpty {
+            let intro = "Decode steps (H = 32, d = 128, one new token). The decode kernels are not sgemm, so their " +
+                "% of the sgemm peak above can pass 100%. Their limit is reading K/V (compare the copy bandwidth) or, " +
+                "with few KV heads, arithmetic; caches that fit in the last-level cache read faster than memory:\n\n"
+            print(intro + decodeText)
+            report += intro + decodeText + "\n"
+        }
         let fitText = fitsTable(rows)
         if fits(rows).count > 0 {
             print("Fitted scaling (seconds ∝ N^k):\n\n" + fitText)

@@ -23,10 +23,14 @@ public struct Tensor: Sendable {
 
     /// An uninitialised contiguous tensor (every element must be written before it is read).
     /// Throws ``TensorError/invalidShape(_:)`` or ``TensorError/allocationFailed(bytes:)``.
-    public init(uninitialized shape: [Int]) throws {
+    ///
+    /// `hugePages` asks Linux for transparent huge pages (2 MiB alignment, `MADV_HUGEPAGE`) when the
+    /// tensor holds at least 2 MiB: for large buffers streamed over and over, such as a KV cache.
+    /// Copy-on-write copies of the storage ask again.
+    public init(uninitialized shape: [Int], hugePages: Bool = false) throws {
         let n = try elementCount(of: shape)
         try MemoryBudget.check(n * MemoryLayout<Float>.stride)
-        guard let storage = TensorStorage(uninitializedCount: n) else {
+        guard let storage = TensorStorage(uninitializedCount: n, hugePages: hugePages) else {
             throw TensorError.allocationFailed(bytes: n * MemoryLayout<Float>.stride)
         }
         self.init(storage: storage, shape: shape, strides: rowMajorStrides(shape), offset: 0)
@@ -128,7 +132,7 @@ public struct Tensor: Sendable {
     }
 
     private init(copying other: Tensor) {
-        guard let storage = TensorStorage(uninitializedCount: other.count) else {
+        guard let storage = TensorStorage(uninitializedCount: other.count, hugePages: other.storage.hugePages) else {
             preconditionFailure("allocation of a copy of an existing tensor failed")
         }
         other.copyElements(into: storage.pointer)

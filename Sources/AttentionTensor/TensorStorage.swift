@@ -4,15 +4,31 @@ import Foundation
 final class TensorStorage: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<Float>
     let count: Int
+    /// Whether the memory was asked for transparent huge pages (copies ask again).
+    let hugePages: Bool
+
+    /// Size of a transparent huge page on x86-64 and most arm64 Linux kernels.
+    static let hugePageBytes = 2 << 20
 
     /// Uninitialised storage for `count` floats, or nil when the allocation fails.
-    init?(uninitializedCount count: Int) {
-        let bytes = max(1, count) &* MemoryLayout<Float>.stride
-        guard count >= 0, count <= Int.max / MemoryLayout<Float>.stride else { return nil }
+    ///
+    /// With `hugePages` (and at least one huge page of data), the memory is aligned to 2 MiB and
+    /// advised `MADV_HUGEPAGE` on Linux: streaming a multi-GiB buffer (a KV cache read every decode
+    /// step) then takes one TLB entry per 2 MiB instead of per 4 KiB. Elsewhere, or where the
+    /// kernel declines, it is ordinary memory.
+    init?(uninitializedCount count: Int, hugePages: Bool = false) {
+        guard count >= 0, count <= Int.max / MemoryLayout<Float>.stride - Self.hugePageBytes else { return nil }
+        var bytes = max(1, count) * MemoryLayout<Float>.stride
+        let huge = hugePages && bytes >= Self.hugePageBytes
+        if huge { bytes = (bytes + Self.hugePageBytes - 1) / Self.hugePageBytes * Self.hugePageBytes }
         var raw: UnsafeMutableRawPointer?
-        guard posix_memalign(&raw, 64, bytes) == 0, let raw else { return nil }
+        guard posix_memalign(&raw, huge ? Self.hugePageBytes : 64, bytes) == 0, let raw else { return nil }
+        #if os(Linux)
+        if huge { _ = madvise(raw, bytes, Int32(MADV_HUGEPAGE)) }   // advice only: failure leaves 4 KiB pages
+        #endif
         pointer = raw.bindMemory(to: Float.self, capacity: max(1, count))
         self.count = count
+        self.hugePages = hugePages
     }
 
     deinit { free(pointer) }

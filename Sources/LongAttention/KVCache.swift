@@ -30,9 +30,11 @@ public struct KVCache: Sendable {
         headDimension = d
         valueDimension = dv
         lengths = Array(repeating: 0, count: layers)
-        // Uninitialised: pages are only touched as tokens are appended.
-        keyStore = try (0..<layers).map { _ in try Tensor(uninitialized: [batch, kvHeads, capacity, d]) }
-        valueStore = try (0..<layers).map { _ in try Tensor(uninitialized: [batch, kvHeads, capacity, dv]) }
+        // Uninitialised: pages are only touched as tokens are appended. Huge pages: every decode
+        // step streams the whole filled cache, and with 4 KiB pages that is a TLB miss per 8 keys
+        // (d = 128); measured at 128K keys, Hkv = 8: 42–43 ms per step against 46–53 without.
+        keyStore = try (0..<layers).map { _ in try Tensor(uninitialized: [batch, kvHeads, capacity, d], hugePages: true) }
+        valueStore = try (0..<layers).map { _ in try Tensor(uninitialized: [batch, kvHeads, capacity, dv], hugePages: true) }
     }
 
     /// Bytes of a cache: `layers · B · Hkv · capacity · (d + dv) · 4` (`2 · layers · B · Hkv · capacity · d · 4` when dv = d).

@@ -10,6 +10,23 @@ final class TensorTests: XCTestCase {
         XCTAssertEqual(b.scalars, [1, 20, 3, 4, 5, 6])
     }
 
+    /// Huge-page storage is 2 MiB aligned from 2 MiB of data up (ordinary 64-byte alignment below),
+    /// holds what is written, and its copy-on-write copies are huge-page storage too.
+    func testHugePageStorage() throws {
+        let alignment = { (t: Tensor) in t.withUnsafePointer { UInt(bitPattern: $0) % UInt(2 << 20) } }
+        var big = try Tensor(uninitialized: [3, 1 << 18], hugePages: true)   // 3 MiB
+        XCTAssertEqual(alignment(big), 0)
+        big.withUnsafeMutableBufferPointer { b in for i in b.indices { b[i] = Float(i % 1000) } }
+        let shared = big
+        big[2, 5] = -1   // copy-on-write
+        XCTAssertEqual(alignment(big), 0)
+        XCTAssertEqual(shared[2, 5], Float((2 * (1 << 18) + 5) % 1000))
+        XCTAssertEqual(big[2, 5], -1)
+        XCTAssertEqual(big[1, 7], Float(((1 << 18) + 7) % 1000))
+        let small = try Tensor(uninitialized: [100], hugePages: true)
+        XCTAssertEqual(small.withUnsafePointer { UInt(bitPattern: $0) % 64 }, 0)
+    }
+
     func testViewsShareStorageAndIndexCorrectly() throws {
         // [B=2, H=3, N=4, d=2] with value = linear index.
         let t = try Tensor(shape: [2, 3, 4, 2], scalars: (0..<48).map(Float.init))

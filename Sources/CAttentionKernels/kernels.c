@@ -21,13 +21,6 @@
 #define AK_CLONES
 #endif
 #define AK_INLINE static inline __attribute__((always_inline))
-/// Lets the AVX-512 clone keep 16-lane vectors in zmm registers: clang's x86-64-v4 tuning
-/// otherwise prefers 256-bit halves, which doubles the registers a 16-accumulator kernel needs.
-#if defined(__clang__)
-#define AK_WIDE __attribute__((min_vector_width(512)))
-#else
-#define AK_WIDE
-#endif
 
 typedef float vf __attribute__((ext_vector_type(16)));
 typedef int vi __attribute__((ext_vector_type(16)));
@@ -469,7 +462,7 @@ AK_INLINE void dot_keys_1row(const float *qr, long d, const float *k, long ldk, 
     }
 }
 
-AK_CLONES AK_WIDE void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk,
+AK_CLONES void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk,
                                         long w, float *s, long lds) {
     for (long j0 = 0; j0 < w; j0 += KB) {
         long j1 = j0 + KB < w ? j0 + KB : w;
@@ -552,7 +545,7 @@ AK_INLINE void times_values_1row(const float *pr, const float *v, long ldv, long
     }
 }
 
-AK_CLONES AK_WIDE void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w,
+AK_CLONES void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w,
                                             long dv, float *o, long ldo) {
     for (long j0 = 0; j0 < w; j0 += KB) {
         long j1 = j0 + KB < w ? j0 + KB : w;

@@ -92,11 +92,14 @@ void ak_exp_sub_rows(float *p, long rows, long cols, long ldp, const float *shif
 // ---- Decode: products with few query rows, streaming the keys and values once ----
 
 /// s[r·lds + j] = q[r·ldq ...] · k[j·ldk ...] (length d) for r < rows, j < w. For a handful of
-/// query rows (decoding) this reads each key row once from memory and reuses it from L1.
+/// query rows (decoding; up to 32 in practice) this reads each key row once from memory, feeds it
+/// to four rows at a time and reuses it from L1 for the next four. Columns past w are not written.
 void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk, long w,
                       float *s, long lds);
 
-/// o[r·ldo + t] += Σ_j p[r·ldp + j] · v[j·ldv + t] for r < rows, t < dv, j < w (each value row read once).
+/// o[r·ldo + t] += Σ_j p[r·ldp + j] · v[j·ldv + t] for r < rows, t < dv, j < w (each value row read
+/// once). Values must be finite: masked keys (p = 0) are skipped by the one-row path but multiplied
+/// by 0 in the four-row one.
 void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w, long dv,
                           float *o, long ldo);
 

@@ -374,6 +374,41 @@ AK_INLINE void prefetch_floats(const float *p, long offsetFloats, long n) {
 #define RED1(a, b) (__builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) + \
                     __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31))
 
+/// Scores of one query row against keys j0 ..< j1.
+AK_INLINE void dot_keys_1row(const float *qr, long d, const float *k, long ldk, long j0, long j1, float *sr) {
+    if (d == 128) {   // the common head size: q_r held in 8 registers
+        vf q0 = LOAD(qr), q1 = LOAD(qr + 16), q2 = LOAD(qr + 32), q3 = LOAD(qr + 48);
+        vf q4 = LOAD(qr + 64), q5 = LOAD(qr + 80), q6 = LOAD(qr + 96), q7 = LOAD(qr + 112);
+#define DOT128(kj) ({ const float *k_ = (kj); \
+        vf a_ = q0 * LOAD(k_) + q1 * LOAD(k_ + 16), b_ = q2 * LOAD(k_ + 32) + q3 * LOAD(k_ + 48); \
+        a_ += q4 * LOAD(k_ + 64) + q5 * LOAD(k_ + 80); b_ += q6 * LOAD(k_ + 96) + q7 * LOAD(k_ + 112); a_ + b_; })
+        long j = j0;
+        // Four keys at a time, their four horizontal sums done together in one shuffle tree.
+        for (; j + 4 <= j1; j += 4) {
+            vf a0 = DOT128(k + j * ldk), a1 = DOT128(k + (j + 1) * ldk);
+            vf a2 = DOT128(k + (j + 2) * ldk), a3 = DOT128(k + (j + 3) * ldk);
+            v8 x0 = a0.lo + a0.hi, x1 = a1.lo + a1.hi, x2 = a2.lo + a2.hi, x3 = a3.lo + a3.hi;
+            v8 y01 = __builtin_shufflevector(x0, x1, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(x0, x1, 4, 5, 6, 7, 12, 13, 14, 15);
+            v8 y23 = __builtin_shufflevector(x2, x3, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(x2, x3, 4, 5, 6, 7, 12, 13, 14, 15);
+            v8 z = __builtin_shufflevector(y01, y23, 0, 1, 8, 9, 4, 5, 12, 13) + __builtin_shufflevector(y01, y23, 2, 3, 10, 11, 6, 7, 14, 15);
+            v4 t = __builtin_shufflevector(z, z, 0, 2, 4, 6) + __builtin_shufflevector(z, z, 1, 3, 5, 7);   // a0 a2 a1 a3
+            sr[j] = t.x; sr[j + 1] = t.z; sr[j + 2] = t.y; sr[j + 3] = t.w;
+        }
+        for (; j < j1; j++) sr[j] = HSUM(DOT128(k + j * ldk));
+#undef DOT128
+        return;
+    }
+    for (long j = j0; j < j1; j++) {
+        const float *kj = k + j * ldk;
+        vf acc = 0.0f;
+        long t = 0;
+        for (; t + W <= d; t += W) acc += LOAD(qr + t) * LOAD(kj + t);
+        float sum = HSUM(acc);
+        for (; t < d; t++) sum += qr[t] * kj[t];
+        sr[j] = sum;
+    }
+}
+
 /// Scores of four query rows against keys j0 ..< j1: a 4 × 4 block of dot products per step, in
 /// 16 accumulators a_rk (row r, key k) reduced together by one tree.
 AK_INLINE void dot_keys_4rows(const float *q, long ldq, long d, const float *k, long ldk, long j0, long j1,
@@ -415,57 +450,11 @@ AK_INLINE void dot_keys_4rows(const float *q, long ldq, long d, const float *k, 
         memcpy(sr, &y0, sizeof y0); memcpy(sr + lds, &y1, sizeof y1);
         memcpy(sr + 2 * lds, &y2, sizeof y2); memcpy(sr + 3 * lds, &y3, sizeof y3);
     }
-    for (; j < j1; j++) {
-        const float *kj = k + j * ldk;
-        for (long r = 0; r < 4; r++) {
-            const float *qr = q + r * ldq;
-            vf acc = 0.0f;
-            long t = 0;
-            for (; t + W <= d; t += W) acc += LOAD(qr + t) * LOAD(kj + t);
-            float sum = HSUM(acc);
-            for (; t < d; t++) sum += qr[t] * kj[t];
-            s[r * lds + j] = sum;
-        }
-    }
-}
-
-/// Scores of one query row against keys j0 ..< j1.
-AK_INLINE void dot_keys_1row(const float *qr, long d, const float *k, long ldk, long j0, long j1, float *sr) {
-    if (d == 128) {   // the common head size: q_r held in 8 registers
-        vf q0 = LOAD(qr), q1 = LOAD(qr + 16), q2 = LOAD(qr + 32), q3 = LOAD(qr + 48);
-        vf q4 = LOAD(qr + 64), q5 = LOAD(qr + 80), q6 = LOAD(qr + 96), q7 = LOAD(qr + 112);
-#define DOT128(kj) ({ const float *k_ = (kj); \
-        vf a_ = q0 * LOAD(k_) + q1 * LOAD(k_ + 16), b_ = q2 * LOAD(k_ + 32) + q3 * LOAD(k_ + 48); \
-        a_ += q4 * LOAD(k_ + 64) + q5 * LOAD(k_ + 80); b_ += q6 * LOAD(k_ + 96) + q7 * LOAD(k_ + 112); a_ + b_; })
-        long j = j0;
-        // Four keys at a time, their four horizontal sums done together in one shuffle tree.
-        for (; j + 4 <= j1; j += 4) {
-            vf a0 = DOT128(k + j * ldk), a1 = DOT128(k + (j + 1) * ldk);
-            vf a2 = DOT128(k + (j + 2) * ldk), a3 = DOT128(k + (j + 3) * ldk);
-            v8 x0 = a0.lo + a0.hi, x1 = a1.lo + a1.hi, x2 = a2.lo + a2.hi, x3 = a3.lo + a3.hi;
-            v8 y01 = __builtin_shufflevector(x0, x1, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(x0, x1, 4, 5, 6, 7, 12, 13, 14, 15);
-            v8 y23 = __builtin_shufflevector(x2, x3, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(x2, x3, 4, 5, 6, 7, 12, 13, 14, 15);
-            v8 z = __builtin_shufflevector(y01, y23, 0, 1, 8, 9, 4, 5, 12, 13) + __builtin_shufflevector(y01, y23, 2, 3, 10, 11, 6, 7, 14, 15);
-            v4 t = __builtin_shufflevector(z, z, 0, 2, 4, 6) + __builtin_shufflevector(z, z, 1, 3, 5, 7);   // a0 a2 a1 a3
-            sr[j] = t.x; sr[j + 1] = t.z; sr[j + 2] = t.y; sr[j + 3] = t.w;
-        }
-        for (; j < j1; j++) sr[j] = HSUM(DOT128(k + j * ldk));
-#undef DOT128
-        return;
-    }
-    for (long j = j0; j < j1; j++) {
-        const float *kj = k + j * ldk;
-        vf acc = 0.0f;
-        long t = 0;
-        for (; t + W <= d; t += W) acc += LOAD(qr + t) * LOAD(kj + t);
-        float sum = HSUM(acc);
-        for (; t < d; t++) sum += qr[t] * kj[t];
-        sr[j] = sum;
-    }
+    for (long r = 0; r < 4; r++) dot_keys_1row(q + r * ldq, d, k, ldk, j, j1, s + r * lds);   // the last w % 4 keys
 }
 
 AK_CLONES void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk,
-                                        long w, float *s, long lds) {
+                                long w, float *s, long lds) {
     for (long j0 = 0; j0 < w; j0 += KB) {
         long j1 = j0 + KB < w ? j0 + KB : w;
         long r = 0;
@@ -548,7 +537,7 @@ AK_INLINE void times_values_1row(const float *pr, const float *v, long ldv, long
 }
 
 AK_CLONES void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w,
-                                            long dv, float *o, long ldo) {
+                                    long dv, float *o, long ldo) {
     for (long j0 = 0; j0 < w; j0 += KB) {
         long j1 = j0 + KB < w ? j0 + KB : w;
         long r = 0;

@@ -1,3 +1,4 @@
+import AttentionTensor
 import CAttentionKernels
 import Foundation
 import XCTest
@@ -7,13 +8,9 @@ import XCTest
 /// tail, d = 128 register paths, 64- and 16-column value chunks and the scalar tail, leading
 /// dimensions larger than the rows, and a second 32-key block.
 final class DecodeKernelTests: XCTestCase {
-    /// Uniform values in [-1, 1) from a fixed LCG: the sums are checked, not the generator.
+    /// Seeded uniform values in [-1, 1).
     func values(_ n: Int, seed: UInt64) -> [Float] {
-        var x = seed &* 6364136223846793005 &+ 1442695040888963407
-        return (0..<n).map { _ in
-            x = x &* 6364136223846793005 &+ 1442695040888963407
-            return Float(Double(x >> 40) / Double(1 << 24) * 2 - 1)
-        }
+        (try? Tensor.randomUniform([n], seed: seed, bound: 1).scalars) ?? []
     }
 
     /// |got − exact| ≤ 1e-5 · Σ|terms|: the float32 error bound of a length-≤129 dot product

@@ -20,17 +20,23 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
         ),
-        // Hot elementwise kernels (exp, softmax, online softmax) in C with runtime CPU dispatch
+        // The vectorised kernels in C, one file per family (elementwise and finite scan, softmax and
+        // online softmax, the (max, sum, output) merge, linear-attention features and sums, decode
+        // products, Infini's blend and delta rule, RoPE and ALiBi), with runtime CPU dispatch
         // (`target_clones`), so they run AVX-512/AVX2 code without unsafe compiler flags.
         .target(name: "CAttentionKernels"),
         .target(name: "AttentionTensor", dependencies: ["COpenBLAS", "CAttentionKernels"]),
+        // The attention variants, a folder per family: Common (the shared scaffold), Exact, BigBird,
+        // Linear, Infini, Positions, Decode.
         .target(name: "LongAttention", dependencies: ["AttentionTensor", "COpenBLAS", "CAttentionKernels"]),
+        // Applications of the engine that are not part of it: the needle-in-a-haystack evaluation.
+        .target(name: "AttentionEvaluation", dependencies: ["LongAttention", "AttentionTensor"]),
         // The `attn` command line: its commands in a library (tests and the argument fuzzer use
         // them), and a thin executable.
         .target(
             name: "AttnCommands",
             dependencies: [
-                "LongAttention", "AttentionTensor",
+                "LongAttention", "AttentionTensor", "AttentionEvaluation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -54,7 +60,7 @@ let package = Package(
             path: "Benchmarks/AttentionBench"
         ),
         .testTarget(name: "AttentionTensorTests", dependencies: ["AttentionTensor", "CAttentionKernels"]),
-        .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor"]),
+        .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor", "AttentionEvaluation"]),
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
         .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),
     ],

@@ -96,10 +96,22 @@ extension Tensor {
 extension Tensor {
     /// The index of the first NaN or ±Inf element (row-major order), or nil when every element is
     /// finite. One vectorised pass over the rows, read through the strides.
-    public func firstNonFiniteIndex() -> [Int]? {
-        guard count > 0 else { return nil }
-        guard rank > 0 else { return self[].isFinite ? nil : [] }
-        if strides[rank - 1] != 1 && shape[rank - 1] > 1 { return contiguous().firstNonFiniteIndex() }
+    public func firstNonFiniteIndex() -> [Int]? { scanValues().invalidIndex }
+
+    /// One vectorised pass over the elements (read through the strides): the index of the first
+    /// NaN or +Inf (and -Inf unless `allowNegativeInfinity`, which lets a bias mask entries), and
+    /// the largest magnitude among the accepted finite elements (0 for an empty tensor). The
+    /// magnitudes bound the intermediates of a computation before it runs (overflow checks).
+    public func scanValues(allowNegativeInfinity: Bool = false) -> (invalidIndex: [Int]?, maxMagnitude: Float) {
+        guard count > 0 else { return (nil, 0) }
+        guard rank > 0 else {
+            let x = self[]
+            let ok = x.isFinite || (allowNegativeInfinity && x == -.infinity)
+            return (ok ? nil : [], x.isFinite ? abs(x) : 0)
+        }
+        if strides[rank - 1] != 1 && shape[rank - 1] > 1 {
+            return contiguous().scanValues(allowNegativeInfinity: allowNegativeInfinity)
+        }
         // The longest suffix of axes laid out contiguously is scanned in one call (a KV cache view
         // [B, Hkv, length, d] is one call per head, not one per row).
         var split = rank - 1, run = shape[rank - 1]
@@ -108,11 +120,13 @@ extension Tensor {
             split -= 1
         }
         var outer = [Int](repeating: 0, count: split)
+        var largest: Float = 0
+        let allow: Int32 = allowNegativeInfinity ? 1 : 0
         return withUnsafePointer { base in
             while true {
                 var offset = 0
                 for i in 0..<split { offset += outer[i] * strides[i] }
-                let j = ak_find_nonfinite(base + offset, run)
+                let j = ak_scan_values(base + offset, run, allow, &largest)
                 if j >= 0 {
                     // Unflatten j over the contiguous suffix.
                     var index = outer + [Int](repeating: 0, count: rank - split)
@@ -121,9 +135,9 @@ extension Tensor {
                         index[axis] = rest % shape[axis]
                         rest /= shape[axis]
                     }
-                    return index
+                    return (index, largest)
                 }
-                if !advance(&outer, over: shape, axes: split) { return nil }
+                if !advance(&outer, over: shape, axes: split) { return (nil, largest) }
             }
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AttentionTensor
 import Foundation
+import AttentionEvaluation
 import LongAttention
 
 struct Needle: ParsableCommand {

@@ -1,5 +1,6 @@
 import AttentionTensor
 import Foundation
+import AttentionEvaluation
 import LongAttention
 import XCTest
 

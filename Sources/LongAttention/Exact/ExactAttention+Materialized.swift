@@ -5,12 +5,12 @@ import CAttentionKernels
 /// `S = (scale·Q) Kᵀ` (`group·rows × M'`, where `M'` stops at the last row's causal or padding
 /// limit), a normalised row softmax in place, then `O = P V`. Workspace per worker:
 /// `R·(d + M + 1)` floats with `R = group · queryBlock`, never `B·H·N·M`.
-func runMaterialized(_ L: AttentionLayout, plan: ExactAttentionPlan) {
+func runMaterialized(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
     let G = L.group, Br = plan.queryBlock, R = G * Br
     let d = L.d, dv = L.dv, M = L.M
-    Parallel.run(items: L.workItems(blockRows: Br), threads: plan.threads) { _, queue in
-        var ws = Workspace(floats: R * (d + M), ints: R)
-        defer { ws.free() }
+    let (floats, ints) = plan.workerScratch
+    try runWithScratch(items: L.workItems(blockRows: Br), threads: plan.threads, floats: floats, ints: ints,
+                       purpose: "materialized attention") { ws, queue in
         let qp = ws.floats(R * d), s = ws.floats(R * M), valid = ws.ints(R)
         while let item = queue.next() {
             let blk = L.queryBlock(item: item, blockRows: Br)

@@ -13,6 +13,12 @@ public enum AttentionError: Error, Equatable, CustomStringConvertible, Sendable 
     case tooLarge(String)
     /// An input holds NaN or ±Inf (inputs are rejected, not propagated: see the README).
     case nonFinite(name: String, index: [Int])
+    /// An additive bias holds NaN or +Inf (only -Inf, which masks an entry, may be non-finite).
+    case invalidBias(index: [Int])
+    /// Finite inputs so large that float32 intermediates could overflow (a bound on the scores or
+    /// the accumulated outputs, computed from the largest magnitudes, exceeds 2^124): refused
+    /// rather than returning NaN or Inf.
+    case overflow(String)
     /// A KV cache cannot take the tokens appended to it.
     case cacheFull(capacity: Int, length: Int, appending: Int)
 
@@ -25,6 +31,9 @@ public enum AttentionError: Error, Equatable, CustomStringConvertible, Sendable 
         case .invalidArgument(let s): return "invalid argument: \(s)"
         case .tooLarge(let s): return "too large: \(s)"
         case .nonFinite(let n, let i): return "\(n) holds a non-finite value (NaN or Inf) at \(i)"
+        case .invalidBias(let i):
+            return "bias holds NaN or +Inf at \(i) (only -inf, which masks an entry, may be non-finite)"
+        case .overflow(let s): return "inputs too large for float32: \(s)"
         case .cacheFull(let c, let l, let a):
             return "KV cache full: \(l) of \(c) positions used, cannot append \(a)"
         }

@@ -48,12 +48,20 @@ public struct InfiniAttention: Sendable {
         // Queries are not read: the keys stand in for their shape (one query head per KV head).
         let writer = try InfiniAttention(segmentLength: segmentLength, update: update,
                                          beta: Array(repeating: 0, count: keys.shape[1]))
-        _ = try writer.process(queries: keys, keys: keys, values: values, memory: &memory, threads: threads, read: false)
+        let k = keys.scanValues(), v = values.scanValues()
+        if let i = k.invalidIndex { throw AttentionError.nonFinite(name: "keys", index: i) }
+        if let i = v.invalidIndex { throw AttentionError.nonFinite(name: "values", index: i) }
+        _ = try writer.process(queries: keys, keys: keys, values: values, memory: &memory, threads: threads, read: false,
+                               scan: .none(maxQ: k.maxMagnitude, maxK: k.maxMagnitude, maxV: v.maxMagnitude))
     }
 
+    /// One segment through the scaffold: `scan` says which inputs still need the NaN/Inf scan
+    /// (the whole-sequence call scanned them once); `read: false` only writes the memory.
     func process(queries: Tensor, keys: Tensor, values: Tensor, memory: inout CompressiveMemory,
-                 threads: Int?, read: Bool, checkInputs: Bool = true) throws -> Tensor {
-        let shape = try attentionShape(queries: queries, keys: keys, values: values)
+                 threads: Int?, read: Bool, scan: AttentionInputs.Scan = .all) throws -> Tensor {
+        let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, mask: .causal, threads: threads,
+                                         scan: scan)
+        let shape = inputs.shape
         guard shape.N == shape.M else {
             throw AttentionError.shapeMismatch("a segment's queries and keys must have the same length (\(shape.N) vs \(shape.M))")
         }
@@ -68,68 +76,42 @@ public struct InfiniAttention: Sendable {
             throw AttentionError.shapeMismatch(
                 "memory [B, Hkv, d, dv] = [\(memory.batch), \(memory.kvHeads), \(memory.headDimension), \(memory.valueDimension)] for inputs \(shape)")
         }
-        if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
-        let threads = threads ?? Parallel.defaultThreads
-        if checkInputs {
-            try checkFinite(read ? [("queries", queries), ("keys", keys), ("values", values)] : [("keys", keys), ("values", values)])
-        }
+        try checkRange(inputs, memory: memory)
         // Local causal attention within the segment: the exact kernel.
-        var out = read ? try exactAttention(queries: queries, keys: keys, values: values, scale: nil, mask: .causal,
-                                            plan: ExactAttentionPlan(shape: shape, threads: threads), queryOffset: nil)
-            : try Tensor(zeros: [0])
-        if read && out.count == 0 { return out }
+        var out = read ? try exactAttention(inputs, plan: ExactAttentionPlan(shape: shape, threads: inputs.threads))
+                       : try Tensor(zeros: shape.outputShape)
+        if out.count == 0 && read { return out }
         let gates = beta.map { 1 / (1 + Foundation.exp(-$0)) }
-        let q = queries.lastAxisContiguous(), k = keys.lastAxisContiguous(), v = values.lastAxisContiguous()
         let (G, S, d, dv, Hkv) = (shape.group, shape.N, shape.d, shape.dv, shape.Hkv)
-        let update = self.update
-        out.withUnsafeMutableBufferPointer { o in
-            memory.memory.withUnsafeMutableBufferPointer { mem in
-                memory.normalizer.withUnsafeMutableBufferPointer { zs in
-                    q.withUnsafePointer { pq in
-                        k.withUnsafePointer { pk in
-                            v.withUnsafePointer { pv in
-                                gates.withUnsafeBufferPointer { gate in
-                                    Parallel.run(items: shape.B * Hkv, threads: threads) { _, queue in
-                                        var ws = Workspace(floats: G * S * (d + dv + 1) + S * (d + 2 * dv + 1))
-                                        defer { ws.free() }
-                                        let sq = ws.floats(G * S * d), num = ws.floats(G * S * dv), den = ws.floats(G * S)
-                                        let sk = ws.floats(S * d), retrieved = ws.floats(S * dv), vd = ws.floats(S * dv)
-                                        let kden = ws.floats(S)
-                                        while let item = queue.next() {
-                                            let b = item / Hkv, h = item % Hkv
-                                            let M = mem.baseAddress! + item * d * dv, z = zs.baseAddress! + item * d
-                                            // Read: σ(Q) of the group's heads stacked, A_mem = σ(Q)M / σ(Q)z, blended.
-                                            for g in 0..<G where read {
-                                                let qh = pq + b * q.strides[0] + (h * G + g) * q.strides[1]
-                                                ak_feature_rows(AK_FEATURE_ELU1, qh, q.strides[2], sq + g * S * d, d, S, d)
-                                            }
-                                            if read {
-                                                BLAS.sgemm(.none, .none, m: G * S, n: dv, k: d, a: sq, lda: d, b: M, ldb: dv, c: num, ldc: dv)
-                                                BLAS.sgemv(.none, m: G * S, n: d, a: sq, lda: d, x: z, y: den)
-                                            }
-                                            for g in 0..<G where read {
-                                                let head = h * G + g
-                                                ak_blend_rows(o.baseAddress! + ((b * shape.H + head) * S) * dv, dv,
-                                                              num + g * S * dv, dv, den + g * S, S, dv, gate[head])
-                                            }
-                                            // Write: σ(K), then the delta correction, then M += σ(K)ᵀ V', z += Σ σ(K).
-                                            let kh = pk + b * k.strides[0] + h * k.strides[1]
-                                            let vh = pv + b * v.strides[0] + h * v.strides[1]
-                                            ak_feature_rows(AK_FEATURE_ELU1, kh, k.strides[2], sk, d, S, d)
-                                            var vUse = vh, ldv = v.strides[2]
-                                            if update == .delta {
-                                                BLAS.sgemm(.none, .none, m: S, n: dv, k: d, a: sk, lda: d, b: M, ldb: dv, c: retrieved, ldc: dv)
-                                                BLAS.sgemv(.none, m: S, n: d, a: sk, lda: d, x: z, y: kden)
-                                                ak_copy_scaled(vh, v.strides[2], vd, dv, S, dv, 1)
-                                                ak_subtract_ratio_rows(vd, dv, retrieved, dv, kden, S, dv)
-                                                vUse = UnsafePointer(vd)
-                                                ldv = dv
-                                            }
-                                            BLAS.sgemm(.transpose, .none, m: d, n: dv, k: S, a: sk, lda: d, b: vUse, ldb: ldv, beta: 1, c: M, ldc: dv)
-                                            ak_col_sums_add(sk, S, d, d, z)
-                                        }
+        let rule = update
+        try memory.memory.withUnsafeMutableBufferPointer { mem in
+            try memory.normalizer.withUnsafeMutableBufferPointer { zs in
+                try gates.withUnsafeBufferPointer { gate in
+                    try inputs.withLayout(output: &out) { L in
+                        try runWithScratch(items: shape.B * Hkv, threads: inputs.threads,
+                                           floats: G * S * (d + dv + 1) + S * (d + 2 * dv + 1),
+                                           purpose: "Infini-Attention segments of \(S) tokens") { ws, queue in
+                            let sq = ws.floats(G * S * d), num = ws.floats(G * S * dv), den = ws.floats(G * S)
+                            let sk = ws.floats(S * d), retrieved = ws.floats(S * dv), corrected = ws.floats(S * dv)
+                            let kden = ws.floats(S)
+                            while let item = queue.next() {
+                                let b = item / Hkv, h = item % Hkv
+                                let state = LinearState(S: mem.baseAddress! + item * d * dv, z: zs.baseAddress! + item * d, F: d, dv: dv)
+                                if read {
+                                    // σ(Q) of the group's heads stacked; A_mem = σ(Q)M / σ(Q)z, blended with A_dot.
+                                    for g in 0..<G {
+                                        ak_feature_rows(AK_FEATURE_ELU1, L.qRow(b, h * G + g, 0), L.qStride.n, sq + g * S * d, d, S, d)
+                                    }
+                                    state.read(sq, ldf: d, rows: G * S, num: num, ldn: dv, den: den)
+                                    for g in 0..<G {
+                                        let head = h * G + g
+                                        ak_blend_rows(L.outRow(b, head, 0), dv, num + g * S * dv, dv, den + g * S, S, dv, gate[head])
                                     }
                                 }
+                                // The memory takes the segment: σ(K), then M += σ(K)ᵀ V (or the delta rule), z += Σ σ(K).
+                                ak_feature_rows(AK_FEATURE_ELU1, L.kRow(b, h, 0), L.kStride.m, sk, d, S, d)
+                                state.write(sk, ldf: d, rows: S, values: L.vRow(b, h, 0), ldv: L.vStride.m,
+                                            rule: rule == .delta ? .delta(retrieved: retrieved, normalizers: kden, corrected: corrected) : .linear)
                             }
                         }
                     }
@@ -137,7 +119,23 @@ public struct InfiniAttention: Sendable {
             }
         }
         memory.tokens += shape.N
-        return out
+        return read ? out : try Tensor(zeros: [0])
+    }
+
+    /// Infini's float32 range for one segment: the local softmax attention's bound, and the memory's:
+    /// σ(x) <= max|x| + 1, so after the segment `M` holds at most max|M| + S·σ(k)·2·max|v| per entry
+    /// (the delta rule subtracts a retrieved value no larger than the stored ones), `z` at most
+    /// max z + S·σ(k), and a read `σ(q)·M` at most d times σ(q)·max|M|.
+    func checkRange(_ inputs: AttentionInputs, memory: CompressiveMemory) throws {
+        try inputs.checkSoftmaxRange()
+        let (maxM, maxZ) = (Double(memory.memory.scanValues().maxMagnitude), Double(memory.normalizer.scanValues().maxMagnitude))
+        let s = inputs.shape
+        let sk = Double(inputs.maxK) + 1, sq = Double(inputs.maxQ) + 1
+        let newM = maxM + Double(s.N) * sk * 2 * Double(inputs.maxV), newZ = maxZ + Double(s.N) * sk
+        let bound = max(Double(s.d) * sq * max(newM, newZ), Double(s.d) * sk * max(newM, newZ))
+        if bound > AttentionInputs.magnitudeLimit {
+            throw AttentionError.overflow("Infini-Attention's memory reads may reach d·σ(x)·max|M| = \(bound), over 2^124; rescale the inputs")
+        }
     }
 
     /// The whole sequence: cuts `queries [B, H, N, d]` (and keys, values) into segments of `S`
@@ -145,18 +143,19 @@ public struct InfiniAttention: Sendable {
     /// `[B, H, N, dv]`. Equal to calling ``step(queries:keys:values:memory:threads:)`` segment by segment.
     public func callAsFunction(queries: Tensor, keys: Tensor, values: Tensor, memory: inout CompressiveMemory,
                                threads: Int? = nil) throws -> Tensor {
-        let shape = try attentionShape(queries: queries, keys: keys, values: values)
+        let shape = try AttentionShape(queries: queries, keys: keys, values: values)
         guard shape.N == shape.M else {
             throw AttentionError.shapeMismatch("Infini-Attention is self-attention: N = \(shape.N), M = \(shape.M)")
         }
-        try checkFinite([("queries", queries), ("keys", keys), ("values", values)])   // indices of the whole sequence
-        var out = try Tensor(uninitialized: [shape.B, shape.H, shape.N, shape.dv])
+        // NaN/Inf are reported with indices of the whole sequence: scanned once here, not per segment.
+        let scan = try AttentionInputs(queries: queries, keys: keys, values: values, mask: .causal, threads: threads)
+        var out = try Tensor(uninitialized: shape.outputShape)
         var start = 0
         while start < shape.N {
             let range = start..<min(shape.N, start + segmentLength)
-            // The whole sequence was checked for NaN/Inf above; segments are not scanned again.
             let seg = try process(queries: try queries.rows(range), keys: try keys.rows(range), values: try values.rows(range),
-                                  memory: &memory, threads: threads, read: true, checkInputs: false)
+                                  memory: &memory, threads: threads, read: true,
+                                  scan: .none(maxQ: scan.maxQ, maxK: scan.maxK, maxV: scan.maxV))
             try out.copyRows(from: seg, at: start)
             start = range.upperBound
         }

@@ -19,22 +19,17 @@ import CAttentionKernels
 /// `alibi` adds ALiBi penalties `-slope_h · |i - j|` on the attended scores (computed per block).
 public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan: BigBirdPlan,
                              scale: Float? = nil, alibi: ALiBi? = nil, threads: Int? = nil) throws -> Tensor {
-    let shape = try attentionShape(queries: queries, keys: keys, values: values)
+    let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale,
+                                     mask: AttentionMask(isCausal: plan.causal, alibi: alibi), threads: threads)
+    let shape = inputs.shape
     guard shape.N == shape.M else {
         throw AttentionError.shapeMismatch("BigBird is self-attention: N = \(shape.N) queries but M = \(shape.M) keys")
     }
     guard plan.sequenceLength == shape.N, plan.heads == shape.H else {
         throw AttentionError.shapeMismatch("plan is for N = \(plan.sequenceLength), H = \(plan.heads); inputs have N = \(shape.N), H = \(shape.H)")
     }
-    if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
-    try checkFinite([("queries", queries), ("keys", keys), ("values", values)])
-    let threads = threads ?? Parallel.defaultThreads
-    let scale = scale ?? 1 / Float(shape.d).squareRoot()
-    guard scale.isFinite else { throw AttentionError.invalidArgument("scale must be finite, got \(scale)") }
-    if let alibi, alibi.slopes.count != shape.H {
-        throw AttentionError.shapeMismatch("ALiBi has \(alibi.slopes.count) slopes for H = \(shape.H) heads")
-    }
-    var out = try Tensor(uninitialized: [shape.B, shape.H, shape.N, shape.dv])
+    try inputs.checkSoftmaxRange()
+    var out = try inputs.makeOutput()
     if out.count == 0 { return out }
 
     // Global query rows: full attention rows through the exact kernel, on row views.
@@ -48,37 +43,16 @@ public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan
         globalRanges += [0..<(g * b), ((nb - g) * b)..<N]
     }
     for range in globalRanges {
-        let keyRange = plan.causal ? 0..<range.upperBound : 0..<N
-        let q = try queries.rows(range), k = try keys.rows(keyRange), v = try values.rows(keyRange)
-        let exactPlan = ExactAttentionPlan(shape: try attentionShape(queries: q, keys: k, values: v),
-                                           implementation: .tiled, threads: threads)
-        let rows = try exactAttention(queries: q, keys: k, values: v, scale: scale,
-                                      mask: AttentionMask(isCausal: plan.causal, alibi: alibi), plan: exactPlan,
-                                      queryOffset: range.lowerBound)
-        try out.copyRows(from: rows, at: range.lowerBound)
+        let rows = try inputs.restricted(rows: range, keyRows: plan.causal ? 0..<range.upperBound : 0..<N,
+                                         mask: AttentionMask(isCausal: plan.causal, alibi: alibi))
+        let exactPlan = ExactAttentionPlan(shape: rows.shape, implementation: .tiled, threads: inputs.threads)
+        try out.copyRows(from: try exactAttention(rows, plan: exactPlan, queryOffset: range.lowerBound), at: range.lowerBound)
     }
 
     let middle = (0..<nb).filter { !plan.isGlobalRow($0) }
     if middle.isEmpty { return out }
-    let q = queries.lastAxisContiguous(), k = keys.lastAxisContiguous(), v = values.lastAxisContiguous()
-    out.withUnsafeMutableBufferPointer { o in
-        q.withUnsafePointer { pq in
-            k.withUnsafePointer { pk in
-                v.withUnsafePointer { pv in
-                  withOptionalArray(alibi?.slopes) { pa in
-                    var layout = AttentionLayout(
-                        B: shape.B, H: shape.H, Hkv: shape.Hkv, N: N, M: N, d: shape.d, dv: shape.dv,
-                        q: pq, qStride: (q.strides[0], q.strides[1], q.strides[2]),
-                        k: pk, kStride: (k.strides[0], k.strides[1], k.strides[2]),
-                        v: pv, vStride: (v.strides[0], v.strides[1], v.strides[2]),
-                        out: o.baseAddress!, scale: scale, causal: plan.causal, keyLengths: nil,
-                        bias: nil, biasStride: (0, 0, 0))
-                    layout.alibi = pa
-                    runBigBird(layout, plan: plan, middle: middle, threads: threads)
-                  }
-                }
-            }
-        }
+    try inputs.withLayout(output: &out) { layout in
+        try runBigBird(layout, plan: plan, middle: middle, threads: inputs.threads)
     }
     return out
 }
@@ -114,13 +88,14 @@ func blockRuns(_ blocks: [Int], blockSize b: Int, N: Int) -> [Range<Int>] {
     return runs
 }
 
-func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads: Int) {
+func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads: Int) throws {
     let G = L.group, b = plan.blockSize, d = L.d, dv = L.dv, N = L.N
     let R = G * b, ldS = bigBirdMaxColumns(plan: plan)
     let perSequence = middle.count
-    Parallel.run(items: L.B * L.Hkv * perSequence, threads: threads) { _, queue in
-        var ws = Workspace(floats: R * (d + ldS + dv), ints: R)
-        defer { ws.free() }
+    let (scores, overflow) = R.multipliedReportingOverflow(by: ldS)
+    guard !overflow else { throw AttentionError.tooLarge("BigBird score block of \(R) × \(ldS) overflows") }
+    try runWithScratch(items: L.B * L.Hkv * perSequence, threads: threads, floats: R * (d + dv) + scores, ints: R,
+                       purpose: "BigBird blocks of \(R) stacked rows × \(ldS) columns") { ws, queue in
         let qp = ws.floats(R * d), s = ws.floats(R * ldS), o = ws.floats(R * dv), valid = ws.ints(R)
         while let item = queue.next() {
             let i = middle[item % perSequence], bh = item / perSequence
@@ -179,25 +154,6 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
                     c += run.count
                 }
                 ak_copy_scaled(o + gi * n * dv, dv, L.outRow(blk.b, blk.kvHead * G + gi, blk.i0), dv, n, dv, 1)
-            }
-        }
-    }
-}
-
-extension Tensor {
-    /// Copies `rows` (`[B, H, n, dv]`) into this `[B, H, N, dv]` tensor at row offset `at`.
-    mutating func copyRows(from rows: Tensor, at offset: Int) throws {
-        guard rank == 4, rows.rank == 4, rows.shape[0] == shape[0], rows.shape[1] == shape[1],
-              rows.shape[3] == shape[3], offset + rows.shape[2] <= shape[2] else {
-            throw TensorError.shapeMismatch("cannot place rows \(rows.shape) into \(shape) at \(offset)")
-        }
-        let src = rows.contiguous()
-        let (B, H, n, dv, N) = (shape[0], shape[1], rows.shape[2], shape[3], shape[2])
-        withUnsafeMutableBufferPointer { dst in
-            src.withUnsafePointer { p in
-                for bh in 0..<(B * H) {
-                    (dst.baseAddress! + (bh * N + offset) * dv).update(from: p + bh * n * dv, count: n * dv)
-                }
             }
         }
     }

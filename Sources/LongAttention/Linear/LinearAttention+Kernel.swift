@@ -2,67 +2,6 @@ import AttentionTensor
 import CAttentionKernels
 import Foundation
 
-/// φ for one work item: maps row blocks of queries or keys to features, keeping what a feature
-/// map needs across chunks (FAVOR+'s running key stabiliser, Efficient Attention's column max).
-struct FeatureMapper {
-    let map: LinearFeatureMap
-    let d: Int, F: Int
-    /// FAVOR+ projection `W · d^(-1/4)`, `[m, d]`.
-    let w: UnsafePointer<Float>?
-    /// Scratch, one float per row of the largest block.
-    let rowScratch: UnsafeMutablePointer<Float>, rowScratch2: UnsafeMutablePointer<Float>
-    /// Efficient Attention: per-feature max of the keys over all positions.
-    let colmax: UnsafeMutablePointer<Float>
-    /// FAVOR+: the largest `w·k' - |k'|²/2` seen so far; key features are `exp(· - keyShift)`.
-    var keyShift: Float = -.infinity
-
-    /// φ(x) for `rows` rows at `src` (leading dimension ld) into `dst [rows, F]`.
-    /// Row-wise constant factors are dropped where they cancel between numerator and normaliser:
-    /// FAVOR+ query features are `exp(w·q' - max_j w_j·q')`.
-    func queries(_ src: UnsafePointer<Float>, ld: Int, rows: Int, into dst: UnsafeMutablePointer<Float>) {
-        switch map {
-        case .elu: ak_feature_rows(AK_FEATURE_ELU1, src, ld, dst, F, rows, d)
-        case .relu: ak_feature_rows(AK_FEATURE_RELU, src, ld, dst, F, rows, d)
-        case .softmax:
-            ak_copy_scaled(src, ld, dst, F, rows, d, 1)
-            ak_softmax_rows(dst, rows, d, F, nil)
-        case .favor:
-            BLAS.sgemm(.none, .transpose, m: rows, n: F, k: d, a: src, lda: ld, b: w!, ldb: d, c: dst, ldc: F)
-            ak_row_max(dst, rows, F, F, rowScratch)
-            ak_exp_sub_rows(dst, rows, F, F, rowScratch)
-        }
-    }
-
-    /// φ(k) for `rows` key rows into `dst [rows, F]`. FAVOR+ may raise its stabiliser, rescaling
-    /// the state `S [F, dv]`, `z [F]` by the same factor so that state and new features agree.
-    /// Efficient Attention adds the column sums of its features to `z`.
-    mutating func keys(_ src: UnsafePointer<Float>, ld: Int, rows: Int, into dst: UnsafeMutablePointer<Float>,
-                       S: UnsafeMutablePointer<Float>, z: UnsafeMutablePointer<Float>, dv: Int) {
-        switch map {
-        case .elu: ak_feature_rows(AK_FEATURE_ELU1, src, ld, dst, F, rows, d)
-        case .relu: ak_feature_rows(AK_FEATURE_RELU, src, ld, dst, F, rows, d)
-        case .softmax: ak_exp_sub_cols(src, rows, d, ld, colmax, dst, F, z)
-        case .favor:
-            BLAS.sgemm(.none, .transpose, m: rows, n: F, k: d, a: src, lda: ld, b: w!, ldb: d, c: dst, ldc: F)
-            // |k'|²/2 with k' = k·d^(-1/4): |k|² / (2·sqrt(d)).
-            ak_row_sumsq(src, rows, d, ld, 0.5 / Float(d).squareRoot(), rowScratch)
-            ak_row_max(dst, rows, F, F, rowScratch2)
-            var chunkMax: Float = -.infinity
-            for r in 0..<rows { chunkMax = max(chunkMax, rowScratch2[r] - rowScratch[r]) }
-            if chunkMax > keyShift {
-                if keyShift > -.infinity {
-                    let factor = Foundation.exp(keyShift - chunkMax)
-                    ak_scale(S, F * dv, factor)
-                    ak_scale(z, F, factor)
-                }
-                keyShift = chunkMax
-            }
-            for r in 0..<rows { rowScratch[r] += keyShift }
-            ak_exp_sub_rows(dst, rows, F, F, rowScratch)
-        }
-    }
-}
-
 /// Linear attention, one work item per (batch, KV head, query-head part). See
 /// ``linearAttention(queries:keys:values:featureMap:causal:epsilon:chunkSize:threads:)``.
 ///
@@ -75,19 +14,20 @@ struct FeatureMapper {
 ///
 /// where the mask keeps key `j` for query `i` iff `j <= i + M - N` and `S, z` hold exactly the
 /// keys before the chunk: the token-by-token recurrence, a chunk at a time.
-func runLinear(_ L: AttentionLayout, plan: LinearAttentionPlan, favor: FavorFeatures?, epsilon: Float) {
+func runLinear(_ L: AttentionLayout, plan: LinearAttentionPlan, favor: FavorFeatures?, epsilon: Float) throws {
     let F = plan.featureDimension, C = plan.rowsPerChunk, Gp = plan.headsPerPart
     let G = L.group, d = L.d, dv = L.dv, M = L.M, N = L.N, parts = plan.parts
     let scaledW = favor.map { f in f.projection.map { $0 * Foundation.pow(Float(d), -0.25) } } ?? []
     let normalised = plan.featureMap != .softmax
-    scaledW.withUnsafeBufferPointer { wbuf in
-        Parallel.run(items: L.B * L.Hkv * parts, threads: plan.threads) { _, queue in
-            let gq = Gp * C
-            var ws = Workspace(floats: plan.workspaceFloats, ints: gq, arrays: 12)
-            defer { ws.free() }
+    try scaledW.withUnsafeBufferPointer { wbuf in
+        let gq = Gp * C
+        try runWithScratch(items: L.B * L.Hkv * parts, threads: plan.threads, floats: plan.workspaceFloats, ints: gq,
+                           arrays: 12, purpose: "linear attention chunks of \(C) rows") { ws, queue in
             let phiK = ws.floats(C * F), phiQ = ws.floats(gq * F), num = ws.floats(gq * dv), den = ws.floats(gq)
             let A = plan.causal ? ws.floats(gq * C) : phiQ
-            let S = ws.floats(F * dv), z = ws.floats(F), colmax = ws.floats(F)
+            let state = LinearState(S: ws.floats(F * dv), z: ws.floats(F), F: F, dv: dv)
+            let (S, z) = (state.S, state.z)
+            let colmax = ws.floats(F)
             let r1 = ws.floats(max(C, gq)), r2 = ws.floats(max(C, gq)), valid = ws.ints(gq)
             while let item = queue.next() {
                 let part = item % parts, bh = item / parts
@@ -96,17 +36,15 @@ func runLinear(_ L: AttentionLayout, plan: LinearAttentionPlan, favor: FavorFeat
                 if heads.isEmpty { continue }
                 var phi = FeatureMapper(map: plan.featureMap, d: d, F: F, w: wbuf.baseAddress, rowScratch: r1,
                                         rowScratch2: r2, colmax: colmax)
-                S.update(repeating: 0, count: F * dv)
-                z.update(repeating: 0, count: F)
+                state.reset()
                 if plan.featureMap == .softmax {
                     colmax.update(repeating: -.infinity, count: d)
                     ak_col_max(L.kRow(b, kvh, 0), M, d, L.kStride.m, colmax)
                 }
-                /// Adds keys `j0 ..< j1` to the state (their features must be in phiK).
+                /// Adds keys `j0 ..< j0 + w` to the state (their features must be in phiK).
                 func absorb(_ j0: Int, _ w: Int) {
-                    BLAS.sgemm(.transpose, .none, m: F, n: dv, k: w, a: phiK, lda: F,
-                               b: L.vRow(b, kvh, j0), ldb: L.vStride.m, beta: 1, c: S, ldc: dv)
-                    if plan.featureMap != .softmax { ak_col_sums_add(phiK, w, F, F, z) }
+                    state.write(phiK, ldf: F, rows: w, values: L.vRow(b, kvh, j0), ldv: L.vStride.m,
+                                updateNormalizer: plan.featureMap != .softmax)
                 }
                 /// Query features of positions `i0 ..< i0 + n` for the part's heads, stacked.
                 func queryFeatures(_ i0: Int, _ n: Int) {
@@ -116,8 +54,7 @@ func runLinear(_ L: AttentionLayout, plan: LinearAttentionPlan, favor: FavorFeat
                 }
                 /// num = φ(Q)·S and den = φ(Q)·z for the stacked rows.
                 func applyState(_ rows: Int) {
-                    BLAS.sgemm(.none, .none, m: rows, n: dv, k: F, a: phiQ, lda: F, b: S, ldb: dv, c: num, ldc: dv)
-                    if normalised { BLAS.sgemv(.none, m: rows, n: F, a: phiQ, lda: F, x: z, y: den) }
+                    state.read(phiQ, ldf: F, rows: rows, num: num, ldn: dv, den: normalised ? den : nil)
                 }
                 /// out rows = num / (den + ε) (or num, for Efficient Attention).
                 func writeOut(_ i0: Int, _ n: Int) {

@@ -1,5 +1,6 @@
 import AttentionTensor
 import Foundation
+import LongAttention
 
 /// A passkey-style retrieval test that needs no trained weights.
 ///

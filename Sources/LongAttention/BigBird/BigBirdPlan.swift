@@ -72,40 +72,80 @@ public struct BigBirdPlan: Sendable, Equatable {
         self.random = random
     }
 
-    /// A plan with explicit random blocks in Hugging Face's layout: `plan` is `[H, nb - 2, r]`
-    /// row-major, row `i - 1` listing the random key blocks of query block `i` (g = 1, w = 3).
-    /// Duplicates of window or global blocks are attended once (the plan is a mask).
-    public init(sequenceLength: Int, heads: Int, blockSize: Int, randomPlan plan: [Int], planShape: [Int],
-                causal: Bool = false) throws {
-        try Self.validate(N: sequenceLength, H: heads, b: blockSize, g: 1, w: 3, r: planShape.last ?? 0)
+    /// A plan with explicit random blocks (one global block, `g = 1`; window `w` blocks, 3 by default).
+    ///
+    /// - Non-causal: Hugging Face's layout, `plan` is `[H, nb - 2, r]` row-major, row `i - 1`
+    ///   listing the random key blocks of query block `i` (`i = 1 ... nb - 2`; blocks 0 and
+    ///   `nb - 1` are global rows). Entries lie in `0 ..< nb`; one that repeats a window or global
+    ///   block is attended once (the plan is a mask).
+    /// - Causal: `[H, nb - 1, r]`, row `i - 1` for query block `i = 1 ... nb - 1` (the last block
+    ///   is not global here). Every entry is an eligible block (after the sink, block 0, and
+    ///   strictly before the window: `1 <= j < i - w/2`) or `-1`, an unused slot (early blocks have
+    ///   fewer than `r` eligible blocks).
+    ///
+    /// `-1` marks an unused slot in both layouts; any other entry outside the rules is refused
+    /// with ``AttentionError/invalidArgument(_:)``. ``explicitRandomPlan()`` exports a plan in
+    /// the same layout.
+    public init(sequenceLength: Int, heads: Int, blockSize: Int, windowBlocks: Int = 3, randomPlan plan: [Int],
+                planShape: [Int], causal: Bool = false) throws {
+        try Self.validate(N: sequenceLength, H: heads, b: blockSize, g: 1, w: windowBlocks, r: planShape.last ?? 0)
         let nb = (sequenceLength + blockSize - 1) / blockSize
-        guard planShape.count == 3, planShape[0] == heads, planShape[1] == max(nb - 2, 0),
+        let rowsPerHead = Self.explicitRows(nb: nb, causal: causal)
+        let layout = causal ? "[H, nb - 1, r]" : "[H, nb - 2, r]"
+        guard planShape.count == 3, planShape[0] == heads, planShape[1] == rowsPerHead,
               planShape.reduce(1, *) == plan.count else {
             throw AttentionError.shapeMismatch(
-                "random plan \(planShape) must be [H, nb - 2, r] = [\(heads), \(max(nb - 2, 0)), r] for N = \(sequenceLength), b = \(blockSize)")
-        }
-        if let bad = plan.first(where: { $0 < 0 || $0 >= nb }) {
-            throw AttentionError.invalidArgument("random plan entry \(bad) outside 0..<\(nb) blocks")
+                "\(causal ? "causal " : "")random plan \(planShape) must be \(layout) = [\(heads), \(rowsPerHead), r] for N = \(sequenceLength), b = \(blockSize)")
         }
         let r = planShape[2]
         self.sequenceLength = sequenceLength
         self.heads = heads
         self.blockSize = blockSize
         self.globalBlocks = 1
-        self.windowBlocks = 3
+        self.windowBlocks = windowBlocks
         self.randomBlocks = r
         self.causal = causal
         var random = [[[Int]]]()
         for h in 0..<heads {
             var rows = [[Int]](repeating: [], count: nb)
-            for i in 1..<max(nb - 1, 1) where !Self.isGlobalRow(i, nb: nb, g: 1, causal: causal) {
-                let taken = Set(Self.structuralBlocks(i, nb: nb, g: 1, w: 3, causal: causal))
-                let listed = plan[((h * (nb - 2)) + i - 1) * r ..< ((h * (nb - 2)) + i) * r]
-                rows[i] = Array(Set(listed.filter { !taken.contains($0) && (!causal || $0 < i) })).sorted()
+            for i in 1..<(rowsPerHead + 1) {
+                let listed = plan[(h * rowsPerHead + i - 1) * r ..< (h * rowsPerHead + i) * r]
+                for j in listed where j != -1 {
+                    let eligible = causal ? (j >= 1 && j < i - windowBlocks / 2) : (j >= 0 && j < nb)
+                    guard eligible else {
+                        let rule = causal ? "1 ..< \(max(1, i - windowBlocks / 2)) (after the sink, before the window)" : "0 ..< \(nb)"
+                        throw AttentionError.invalidArgument(
+                            "random plan entry \(j) at [\(h), \(i - 1)] is not an eligible block for query block \(i): allowed \(rule), or -1 for an unused slot")
+                    }
+                }
+                let taken = Set(Self.structuralBlocks(i, nb: nb, g: 1, w: windowBlocks, causal: causal))
+                rows[i] = Array(Set(listed.filter { $0 != -1 && !taken.contains($0) })).sorted()
             }
             random.append(rows)
         }
         self.random = random
+    }
+
+    /// Rows per head of an explicit plan: `nb - 2` non-causal, `nb - 1` causal.
+    static func explicitRows(nb: Int, causal: Bool) -> Int { max(causal ? nb - 1 : nb - 2, 0) }
+
+    /// The random blocks in the explicit layout (`[H, nb - 2, r]`, or `[H, nb - 1, r]` when causal;
+    /// `-1` in unused slots), which ``init(sequenceLength:heads:blockSize:windowBlocks:randomPlan:planShape:causal:)``
+    /// reads back into the same plan. Only for one global block (the layout's rows assume it).
+    public func explicitRandomPlan() throws -> (shape: [Int], values: [Int]) {
+        guard globalBlocks == 1 else {
+            throw AttentionError.invalidArgument("the explicit plan layout is for one global block, this plan has g = \(globalBlocks)")
+        }
+        let rows = Self.explicitRows(nb: blockCount, causal: causal)
+        var values = [Int](repeating: -1, count: heads * rows * randomBlocks)
+        for h in 0..<heads {
+            for i in 1..<(rows + 1) {
+                for (slot, j) in random[h][i].prefix(randomBlocks).enumerated() {
+                    values[(h * rows + i - 1) * randomBlocks + slot] = j
+                }
+            }
+        }
+        return ([heads, rows, randomBlocks], values)
     }
 
     static func validate(N: Int, H: Int, b: Int, g: Int, w: Int, r: Int) throws {

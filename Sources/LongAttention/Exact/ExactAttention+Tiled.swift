@@ -1,6 +1,5 @@
 import AttentionTensor
 import CAttentionKernels
-import Foundation
 
 /// FlashAttention-style exact attention: for each query block, stream over key tiles keeping a
 /// running row max `m`, row sum `l` and unnormalised output `o`:
@@ -19,7 +18,7 @@ import Foundation
 /// contiguous ranges run as separate work items, each leaving its `(m, l, o)`; the ranges are
 /// merged afterwards with the same associative rule, in a fixed order. Tiles of at most 32 rows
 /// use the decode kernels instead of GEMM, which read each key and value row once, at memory speed.
-func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) {
+func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
     let G = L.group, Br = plan.queryBlock, Bc = plan.keyTile, R = G * Br
     let triangleTile = min(Bc, 64)
     let d = L.d, dv = L.dv, splits = plan.keySplits
@@ -31,11 +30,17 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) {
     let blocks = L.workItems(blockRows: Br)
     // Split results: per (block, split), R rows of o (dv), then m and l.
     let partialStride = R * (dv + 2)
-    let partial: UnsafeMutablePointer<Float>? = splits > 1 ? .allocate(capacity: blocks * splits * partialStride) : nil
+    var partial: UnsafeMutablePointer<Float>? = nil
+    if splits > 1 {
+        let (count, overflow) = (blocks * splits).multipliedReportingOverflow(by: partialStride)
+        guard !overflow else { throw AttentionError.tooLarge("key-split partial results overflow") }
+        try checkBudget(bytes: count * 4, purpose: "key-split partial results")
+        partial = .allocate(capacity: count)
+    }
     defer { partial?.deallocate() }
-    Parallel.run(items: blocks * splits, threads: plan.threads) { _, queue in
-        var ws = Workspace(floats: R * (d + Bc + dv + 2), ints: R)
-        defer { ws.free() }
+    let (floats, ints) = plan.workerScratch
+    try runWithScratch(items: blocks * splits, threads: plan.threads, floats: floats, ints: ints,
+                       purpose: "tiled attention") { ws, queue in
         let qp = ws.floats(R * d), s = ws.floats(R * Bc), o = ws.floats(R * dv)
         let m = ws.floats(R), l = ws.floats(R), valid = ws.ints(R)
         var blk = QueryBlock(b: 0, kvHead: 0, i0: 0, rows: 0)
@@ -110,32 +115,15 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) {
         }
     }
     guard let partial else { return }
-    // Merge the key splits: m = max m_s, l = Σ l_s e^(m_s - m), o = Σ o_s e^(m_s - m), out = o / l.
-    Parallel.run(items: blocks, threads: plan.threads) { _, queue in
-        var ws = Workspace(floats: R * dv + R)
-        defer { ws.free() }
-        let o = ws.floats(R * dv), l = ws.floats(R)
+    // Merge the key splits in a fixed order (the (max, sum, output) rule), then normalise.
+    try runWithScratch(items: blocks, threads: plan.threads, floats: R * (dv + 2), purpose: "key-split merge") { ws, queue in
+        let o = ws.floats(R * dv), m = ws.floats(R), l = ws.floats(R)
         while let item = queue.next() {
             let blk = L.queryBlock(item: item, blockRows: Br)
             let rows = G * blk.rows
-            for r in 0..<rows {
-                var mx = -Float.infinity
-                for sp in 0..<splits { mx = max(mx, partial[(item * splits + sp) * partialStride + R * dv + r]) }
-                var lsum: Float = 0
-                let orow = o + r * dv
-                orow.update(repeating: 0, count: dv)
-                if mx > -.infinity {
-                    for sp in 0..<splits {
-                        let p = partial + (item * splits + sp) * partialStride
-                        let ms = p[R * dv + r]
-                        if ms == -.infinity { continue }
-                        let f = Foundation.exp(ms - mx)
-                        lsum += p[R * dv + R + r] * f
-                        for t in 0..<dv { orow[t] += p[r * dv + t] * f }
-                    }
-                }
-                l[r] = lsum
-            }
+            let p = partial + item * splits * partialStride
+            ak_merge_partials(splits, p, dv, partialStride, p + R * dv, p + R * dv + R, partialStride,
+                              rows, dv, o, dv, m, l)
             for g in 0..<G {
                 ak_divide_rows(o + g * blk.rows * dv, dv, L.outRow(blk.b, blk.kvHead * G + g, blk.i0), dv,
                                blk.rows, dv, l + g * blk.rows)

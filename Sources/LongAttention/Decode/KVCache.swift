@@ -16,6 +16,9 @@ public struct KVCache: Sendable {
     /// Filled positions per layer.
     public private(set) var lengths: [Int]
     var keyStore: [Tensor], valueStore: [Tensor]
+    /// Largest |key| and |value| appended per layer (measured by the NaN/Inf scan at append time):
+    /// what decoding's overflow bound needs without scanning the cache again.
+    var maxKey: [Float], maxValue: [Float]
 
     /// A cache for `layers` layers of `batch` sequences with `kvHeads` KV heads.
     public init(layers: Int, batch: Int, kvHeads: Int, capacity: Int, headDimension d: Int, valueDimension dv: Int? = nil) throws {
@@ -30,6 +33,8 @@ public struct KVCache: Sendable {
         headDimension = d
         valueDimension = dv
         lengths = Array(repeating: 0, count: layers)
+        maxKey = Array(repeating: 0, count: layers)
+        maxValue = Array(repeating: 0, count: layers)
         // Uninitialised: pages are only touched as tokens are appended. Huge pages: every decode
         // step streams the whole filled cache, and with 4 KiB pages that is a TLB miss per 8 keys
         // (d = 128); measured at 128K keys, Hkv = 8: 42–43 ms per step against 46–53 without.
@@ -55,9 +60,13 @@ public struct KVCache: Sendable {
               keys.shape[2] == values.shape[2] else {
             throw AttentionError.shapeMismatch("append \(keys.shape) / \(values.shape) to a cache of [B, Hkv, ·, d] = [\(batch), \(kvHeads), ·, \(headDimension)] / dv = \(valueDimension)")
         }
-        try checkFinite([("keys", keys), ("values", values)])
+        let k = keys.scanValues(), v = values.scanValues()
+        if let i = k.invalidIndex { throw AttentionError.nonFinite(name: "keys", index: i) }
+        if let i = v.invalidIndex { throw AttentionError.nonFinite(name: "values", index: i) }
         let n = keys.shape[2], length = lengths[layer]
         guard length + n <= capacity else { throw AttentionError.cacheFull(capacity: capacity, length: length, appending: n) }
+        maxKey[layer] = max(maxKey[layer], k.maxMagnitude)
+        maxValue[layer] = max(maxValue[layer], v.maxMagnitude)
         Self.write(keys, into: &keyStore[layer], at: length)
         Self.write(values, into: &valueStore[layer], at: length)
         lengths[layer] = length + n
@@ -88,7 +97,11 @@ public struct KVCache: Sendable {
     }
 
     /// Forgets every token (capacity and memory are kept).
-    public mutating func reset() { lengths = Array(repeating: 0, count: layers) }
+    public mutating func reset() {
+        lengths = Array(repeating: 0, count: layers)
+        maxKey = Array(repeating: 0, count: layers)
+        maxValue = Array(repeating: 0, count: layers)
+    }
 
     /// Copies the filled part of `other` (same layers, batch, heads and widths, no more tokens
     /// than this capacity) into this cache: how a caller grows a cache.
@@ -104,23 +117,9 @@ public struct KVCache: Sendable {
             Self.write(try other.keys(layer: layer), into: &keyStore[layer], at: 0)
             Self.write(try other.values(layer: layer), into: &valueStore[layer], at: 0)
             lengths[layer] = other.lengths[layer]
+            maxKey[layer] = other.maxKey[layer]
+            maxValue[layer] = other.maxValue[layer]
         }
     }
 }
 
-/// One decode step: attention of the `n` newest queries `[B, H, n, d]` against everything in the
-/// cache's `layer` (which already holds these tokens' keys and values), bottom-right causal: query
-/// `i` sees cache positions `j <= i + length - n`. The query heads of a GQA group are stacked into
-/// one GEMM; a single query's keys are split across the cores and merged.
-///
-/// Only the queries are checked for NaN/Inf here: the cache's contents were checked when appended.
-public func decodeAttention(queries: Tensor, cache: KVCache, layer: Int, scale: Float? = nil, alibi: ALiBi? = nil,
-                            threads: Int? = nil) throws -> Tensor {
-    let keys = try cache.keys(layer: layer), values = try cache.values(layer: layer)
-    let shape = try attentionShape(queries: queries, keys: keys, values: values)
-    if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
-    try checkFinite([("queries", queries)])
-    let plan = ExactAttentionPlan(shape: shape, implementation: .tiled, threads: threads ?? Parallel.defaultThreads)
-    return try exactAttention(queries: queries, keys: keys, values: values, scale: scale,
-                              mask: AttentionMask(isCausal: true, alibi: alibi), plan: plan, queryOffset: nil)
-}

@@ -1,0 +1,144 @@
+import AttentionTensor
+
+/// Which keys each query may attend to, and additive biases on the scores.
+///
+/// The parts combine: `.causal`, `.keyLengths([...])`, `.bias(t)` and `.alibi(a)` each set one
+/// part, and ``combined(with:)`` joins two masks without dropping anything (for example causal
+/// decoding over padded batches with a learned bias). A query row whose keys are all masked
+/// outputs zeros.
+public struct AttentionMask: Sendable {
+    /// Bottom-right aligned causal mask: query `i` sees key `j` iff `j <= i + (M - N)`.
+    public var isCausal: Bool
+    /// Per batch entry `b`, only keys `j < keyLengths[b]` are attended (right padding).
+    public var keyLengths: [Int]?
+    /// Added to `scale · QKᵀ` before the softmax: shape `[N, M]`, `[H, N, M]` or `[B, H, N, M]`,
+    /// where any leading axis may be 1 (broadcast). `-infinity` masks an entry; NaN and `+infinity`
+    /// are refused (``AttentionError/invalidBias(index:)``).
+    public var bias: Tensor?
+    /// ALiBi position penalties, computed per score tile (never an N×M tensor). Slopes must be finite.
+    public var alibi: ALiBi?
+
+    public init(isCausal: Bool = false, keyLengths: [Int]? = nil, bias: Tensor? = nil, alibi: ALiBi? = nil) {
+        self.isCausal = isCausal
+        self.keyLengths = keyLengths
+        self.bias = bias
+        self.alibi = alibi
+    }
+
+    /// Every query sees every key.
+    public static let none = AttentionMask()
+    /// Bottom-right causal.
+    public static let causal = AttentionMask(isCausal: true)
+    /// Per-batch key lengths (padding mask).
+    public static func keyLengths(_ lengths: [Int]) -> AttentionMask { AttentionMask(keyLengths: lengths) }
+    /// An additive bias broadcast over batch and heads.
+    public static func bias(_ bias: Tensor) -> AttentionMask { AttentionMask(bias: bias) }
+    /// ALiBi penalties with the given slopes.
+    public static func alibi(_ alibi: ALiBi) -> AttentionMask { AttentionMask(alibi: alibi) }
+
+    /// Both masks at once, nothing dropped: causal if either is; key lengths the elementwise
+    /// minimum; biases added (broadcast against each other: `[N, M]` + `[H, N, M]` gives
+    /// `[H, N, M]`); two ALiBi sets add their slopes (penalties add).
+    ///
+    /// - Throws: ``AttentionError/shapeMismatch(_:)`` when key-length counts, bias shapes or slope
+    ///   counts cannot be combined.
+    public func combined(with other: AttentionMask) throws -> AttentionMask {
+        var lengths = keyLengths ?? other.keyLengths
+        if let a = keyLengths, let b = other.keyLengths {
+            guard a.count == b.count else {
+                throw AttentionError.shapeMismatch("cannot combine \(a.count) key lengths with \(b.count)")
+            }
+            lengths = zip(a, b).map { Swift.min($0, $1) }
+        }
+        var sum = bias ?? other.bias
+        if let a = bias, let b = other.bias { sum = try Self.addBiases(a, b) }
+        var slopes = alibi ?? other.alibi
+        if let a = alibi, let b = other.alibi {
+            guard a.slopes.count == b.slopes.count else {
+                throw AttentionError.shapeMismatch("cannot combine ALiBi with \(a.slopes.count) and \(b.slopes.count) slopes")
+            }
+            slopes = ALiBi(slopes: zip(a.slopes, b.slopes).map { $0 + $1 })
+        }
+        return AttentionMask(isCausal: isCausal || other.isCausal, keyLengths: lengths, bias: sum, alibi: slopes)
+    }
+
+    /// `a + b` broadcast over their leading axes (ranks 2–4, the last two equal).
+    static func addBiases(_ a: Tensor, _ b: Tensor) throws -> Tensor {
+        guard (2...4).contains(a.rank), (2...4).contains(b.rank) else {
+            throw AttentionError.shapeMismatch("biases \(a.shape) and \(b.shape) must be rank 2 to 4")
+        }
+        let pa = [Int](repeating: 1, count: 4 - a.rank) + a.shape, pb = [Int](repeating: 1, count: 4 - b.rank) + b.shape
+        var shape = [Int](repeating: 0, count: 4)
+        for axis in 0..<4 {
+            guard pa[axis] == pb[axis] || (axis < 2 && (pa[axis] == 1 || pb[axis] == 1)) else {
+                throw AttentionError.shapeMismatch("biases \(a.shape) and \(b.shape) do not broadcast against each other")
+            }
+            shape[axis] = Swift.max(pa[axis], pb[axis])
+        }
+        let ca = a.contiguous(), cb = b.contiguous()
+        let (N, M) = (shape[2], shape[3])
+        var out = try Tensor(uninitialized: Array(shape.suffix(Swift.max(a.rank, b.rank))))
+        // -inf + finite stays -inf; -inf + -inf stays -inf (neither input holds +inf once validated).
+        out.withUnsafeMutableBufferPointer { o in
+            ca.withUnsafePointer { x in
+                cb.withUnsafePointer { y in
+                    for i in 0..<shape[0] { for h in 0..<shape[1] {
+                        let xa = ((pa[0] == 1 ? 0 : i) * pa[1] + (pa[1] == 1 ? 0 : h)) * N * M
+                        let yb = ((pb[0] == 1 ? 0 : i) * pb[1] + (pb[1] == 1 ? 0 : h)) * N * M
+                        let dst = o.baseAddress! + (i * shape[1] + h) * N * M
+                        for e in 0..<(N * M) { dst[e] = x[xa + e] + y[yb + e] }
+                    } }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Checks every part against the problem: key-length count and range, ALiBi slope count and
+    /// finiteness, the bias shape and values (NaN and +Inf refused, -Inf allowed). Returns the bias
+    /// ready for the kernels, and the largest finite |bias|.
+    func validated(for s: AttentionShape) throws -> (bias: BroadcastBias?, maxBias: Float) {
+        if let alibi {
+            guard alibi.slopes.count == s.H else {
+                throw AttentionError.shapeMismatch("ALiBi has \(alibi.slopes.count) slopes for H = \(s.H) heads")
+            }
+            if let h = alibi.slopes.firstIndex(where: { !$0.isFinite }) {
+                throw AttentionError.invalidArgument("ALiBi slope \(h) is \(alibi.slopes[h]): slopes must be finite")
+            }
+        }
+        if let lengths = keyLengths {
+            guard lengths.count == s.B else {
+                throw AttentionError.shapeMismatch("\(lengths.count) key lengths for batch size \(s.B)")
+            }
+            if let bad = lengths.first(where: { $0 < 0 || $0 > s.M }) {
+                throw AttentionError.invalidArgument("key length \(bad) outside 0...\(s.M)")
+            }
+        }
+        guard let bias else { return (nil, 0) }
+        let broadcast = try BroadcastBias(bias, shape: s)
+        let scan = bias.scanValues(allowNegativeInfinity: true)
+        if let index = scan.invalidIndex { throw AttentionError.invalidBias(index: index) }
+        return (broadcast, scan.maxMagnitude)
+    }
+}
+
+/// A bias as the kernels read it: `[B', H', N, M]` with the last axis contiguous and broadcast
+/// axes given stride 0.
+struct BroadcastBias {
+    let tensor: Tensor
+    let strides: (b: Int, h: Int, n: Int)
+
+    init(_ bias: Tensor, shape s: AttentionShape) throws {
+        guard (2...4).contains(bias.rank) else {
+            throw AttentionError.shapeMismatch("bias \(bias.shape) must be [N, M], [H, N, M] or [B, H, N, M]")
+        }
+        let full = [s.B, s.H, s.N, s.M]
+        let padded = [Int](repeating: 1, count: 4 - bias.rank) + bias.shape
+        for axis in 0..<4 where padded[axis] != full[axis] && !(axis < 2 && padded[axis] == 1) {
+            throw AttentionError.shapeMismatch("bias \(bias.shape) does not broadcast to [B, H, N, M] = \(full)")
+        }
+        tensor = bias.contiguous()
+        let st = rowMajorStrides(padded)
+        strides = (padded[0] == 1 ? 0 : st[0], padded[1] == 1 ? 0 : st[1], st[2])
+    }
+}

@@ -1,0 +1,41 @@
+import AttentionTensor
+
+/// The shape of an attention problem. Symbols:
+/// - `B` batch, `H` query heads, `Hkv` key/value heads (`H % Hkv == 0`),
+/// - `N` queries, `M` keys, `d` query/key head dimension, `dv` value head dimension.
+public struct AttentionShape: Sendable, Equatable, CustomStringConvertible {
+    public var B: Int, H: Int, Hkv: Int, N: Int, M: Int, d: Int, dv: Int
+    public init(B: Int, H: Int, Hkv: Int, N: Int, M: Int, d: Int, dv: Int) {
+        (self.B, self.H, self.Hkv, self.N, self.M, self.d, self.dv) = (B, H, Hkv, N, M, d, dv)
+    }
+
+    /// The shape of `queries [B, H, N, d]`, `keys [B, Hkv, M, d]`, `values [B, Hkv, M, dv]`, after
+    /// checking their ranks and the agreements the contract needs.
+    public init(queries q: Tensor, keys k: Tensor, values v: Tensor) throws {
+        for (name, t) in [("queries", q), ("keys", k), ("values", v)] where t.rank != 4 {
+            throw AttentionError.wrongRank(name: name, expected: 4, shape: t.shape)
+        }
+        self.init(B: q.shape[0], H: q.shape[1], Hkv: k.shape[1], N: q.shape[2], M: k.shape[2], d: q.shape[3], dv: v.shape[3])
+        guard k.shape[0] == B, v.shape[0] == B else {
+            throw AttentionError.shapeMismatch("batch sizes differ: queries \(q.shape), keys \(k.shape), values \(v.shape)")
+        }
+        guard k.shape[3] == d else {
+            throw AttentionError.shapeMismatch("queries have d = \(d) but keys have d = \(k.shape[3])")
+        }
+        guard v.shape[1] == Hkv, v.shape[2] == M else {
+            throw AttentionError.shapeMismatch("keys \(k.shape) and values \(v.shape) differ in heads or length")
+        }
+        guard Hkv > 0, H % Hkv == 0 else { throw AttentionError.headsNotGrouped(H: H, Hkv: Hkv) }
+        guard d > 0 else { throw AttentionError.invalidArgument("head dimension d must be positive") }
+    }
+
+    /// Query heads sharing one KV head.
+    public var group: Int { H / Hkv }
+    /// Elements of the output `[B, H, N, dv]`.
+    public var outputShape: [Int] { [B, H, N, dv] }
+    public var description: String { "B=\(B) H=\(H) Hkv=\(Hkv) N=\(N) M=\(M) d=\(d) dv=\(dv)" }
+}
+
+func attentionShape(queries: Tensor, keys: Tensor, values: Tensor) throws -> AttentionShape {
+    try AttentionShape(queries: queries, keys: keys, values: values)
+}

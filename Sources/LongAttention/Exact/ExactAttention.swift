@@ -1,0 +1,63 @@
+import AttentionTensor
+
+/// Exact scaled dot-product attention, `O = softmax(scale · Q Kᵀ + mask) V`, per batch and head.
+///
+/// Shapes (row-major Float32; views are read through their strides, never copied):
+/// - `queries`: `[B, H, N, d]` — `B` batch, `H` query heads, `N` query positions, `d` head dim;
+/// - `keys`: `[B, Hkv, M, d]` — `Hkv` key/value heads (`H % Hkv == 0`), `M` key positions;
+/// - `values`: `[B, Hkv, M, dv]` — `dv` value head dim;
+/// - result: `[B, H, N, dv]`.
+///
+/// Query head `h` reads KV head `h / (H / Hkv)` (multi-head when `Hkv == H`, multi-query when
+/// `Hkv == 1`); the query heads of a group are stacked into one GEMM against their shared K/V.
+/// A query whose keys are all masked gets a zero row.
+///
+/// - Parameters:
+///   - scale: multiplies `Q Kᵀ`; default `1 / sqrt(d)`.
+///   - mask: causal (bottom-right: query `i` sees key `j` iff `j <= i + M - N`), per-batch key
+///     lengths, an additive bias, ALiBi, or a combination (``AttentionMask/combined(with:)``).
+///   - implementation: `.materialized`, `.tiled` or `.automatic` (chosen from the shapes).
+///   - threads: worker threads (default: all cores); OpenBLAS runs single-threaded inside them.
+///     The result does not depend on the thread count.
+/// - Throws: ``AttentionError`` for inputs that disagree, NaN/Inf inputs (`-inf` in a bias is a
+///   mask), inputs so large that float32 scores could overflow, or scratch over the
+///   ``AttentionTensor/MemoryBudget``; ``AttentionTensor/TensorError`` when the output cannot be allocated.
+public func scaledDotProductAttention(
+    queries: Tensor, keys: Tensor, values: Tensor, scale: Float? = nil, mask: AttentionMask = .none,
+    implementation: ExactAttentionImplementation = .automatic, threads: Int? = nil
+) throws -> Tensor {
+    let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: mask, threads: threads)
+    let plan = ExactAttentionPlan(shape: inputs.shape, implementation: implementation, threads: inputs.threads)
+    return try exactAttention(inputs, plan: plan)
+}
+
+/// Exact attention with an explicit ``ExactAttentionPlan`` (block sizes, threads); see
+/// ``scaledDotProductAttention(queries:keys:values:scale:mask:implementation:threads:)``.
+public func exactAttention(
+    queries: Tensor, keys: Tensor, values: Tensor, scale: Float? = nil, mask: AttentionMask = .none,
+    plan: ExactAttentionPlan
+) throws -> Tensor {
+    let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: mask,
+                                     threads: plan.threads)
+    return try exactAttention(inputs, plan: plan)
+}
+
+/// Exact attention on accepted inputs, query row 0 at key position `queryOffset` (nil: `M - N`).
+func exactAttention(_ inputs: AttentionInputs, plan: ExactAttentionPlan, queryOffset: Int? = nil) throws -> Tensor {
+    guard inputs.shape == plan.shape else {
+        throw AttentionError.shapeMismatch("plan is for \(plan.shape), inputs are \(inputs.shape)")
+    }
+    try inputs.checkSoftmaxRange()
+    var out = try inputs.makeOutput()
+    if out.count == 0 { return out }
+    try inputs.withLayout(output: &out, queryOffset: queryOffset) { layout in
+        if inputs.shape.M == 0 {
+            layout.out.initialize(repeating: 0, count: inputs.shape.B * inputs.shape.H * inputs.shape.N * inputs.shape.dv)
+        } else if plan.implementation == .tiled {
+            try runTiled(layout, plan: plan)
+        } else {
+            try runMaterialized(layout, plan: plan)
+        }
+    }
+    return out
+}

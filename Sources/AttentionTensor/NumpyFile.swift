@@ -139,6 +139,11 @@ public enum Numpy {
         }
     }
 
+    /// Writes 32-bit integers as an `<i4` array of the given shape.
+    public static func write(int32 values: [Int32], shape: [Int], to path: String) throws {
+        try values.withUnsafeBytes { try writeRaw(path: path, dtype: .int32, shape: shape, bytes: $0) }
+    }
+
     /// Writes bytes as a `|u1` array of the given shape.
     public static func write(uint8 values: [UInt8], shape: [Int], to path: String) throws {
         try values.withUnsafeBytes { try writeRaw(path: path, dtype: .uint8, shape: shape, bytes: $0) }

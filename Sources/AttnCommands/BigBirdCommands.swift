@@ -17,20 +17,20 @@ struct BigBirdOptions: ParsableArguments {
     var randomBlocks: Int = 3
     @Option(help: "Seed of the random blocks.")
     var seed: UInt64 = 0
-    @Option(help: "Explicit random plan .npy, int [H, nb-2, r] (Hugging Face's layout; g = 1, w = 3).")
+    @Option(help: "Explicit random plan .npy, int [H, nb-2, r] (Hugging Face's layout; causal: [H, nb-1, r], -1 for unused slots; g = 1).")
     var randomPlan: String?
 
     func plan(sequenceLength: Int, heads: Int, explicitR: Bool) throws -> BigBirdPlan {
         if let path = randomPlan {
             let (shape, values) = try Numpy.readIntegers(path)
-            if globalBlocks != 1 || windowBlocks != 3 {
-                throw ValidationError("--random-plan is Hugging Face's layout: it needs --global-blocks 1 --window-blocks 3")
+            if globalBlocks != 1 {
+                throw ValidationError("--random-plan's layout has one global block: it needs --global-blocks 1")
             }
             if explicitR, shape.count == 3, shape[2] != randomBlocks {
                 throw ValidationError("--random-blocks \(randomBlocks) disagrees with the plan's r = \(shape[2])")
             }
             return try BigBirdPlan(sequenceLength: sequenceLength, heads: heads, blockSize: blockSize,
-                                   randomPlan: values, planShape: shape, causal: causal)
+                                   windowBlocks: windowBlocks, randomPlan: values, planShape: shape, causal: causal)
         }
         return try BigBirdPlan(sequenceLength: sequenceLength, heads: heads, blockSize: blockSize,
                                globalBlocks: globalBlocks, windowBlocks: windowBlocks, randomBlocks: randomBlocks,
@@ -69,19 +69,23 @@ struct Pattern: ParsableCommand {
 struct PatternBigBird: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bigbird",
-        abstract: "BigBird's block mask: .svg (one panel per head, as in the paper) or .npy (uint8 [H, nb, nb]: 0 none, 1 window, 2 global, 3 random).")
+        abstract: "BigBird's block mask: .svg (one panel per head, as in the paper) or .npy (uint8 [H, nb, nb]: 0 none, 1 window, 2 global, 3 random); and the random plan in the --random-plan layout.")
     @Option(help: "Sequence length N.")
     var seqLen: Int
     @Option(help: "Query heads H.")
     var heads: Int = 1
     @OptionGroup var bigbird: BigBirdOptions
-    @Option(name: [.customShort("o"), .customLong("output")], help: "Output file: .svg or .npy.")
-    var output: String
+    @Option(name: [.customShort("o"), .customLong("output")], help: "The block mask: .svg or .npy.")
+    var output: String?
+    @Option(help: "Write the plan's random blocks here as int32 .npy: [H, nb-2, r], or [H, nb-1, r] with -1 for unused slots when causal (what --random-plan reads).")
+    var randomPlanOut: String?
 
     func validate() throws {
         if seqLen < 1 || seqLen > 1 << 26 { throw ValidationError("--seq-len must be in 1...\(1 << 26)") }
         if heads < 1 || heads > 64 { throw ValidationError("--heads must be in 1...64") }
-        if !(output.hasSuffix(".svg") || output.hasSuffix(".npy")) { throw ValidationError("-o must end in .svg or .npy") }
+        if output == nil && randomPlanOut == nil { throw ValidationError("give -o (block mask) or --random-plan-out (plan), or both") }
+        if let output, !(output.hasSuffix(".svg") || output.hasSuffix(".npy")) { throw ValidationError("-o must end in .svg or .npy") }
+        if let randomPlanOut, !randomPlanOut.hasSuffix(".npy") { throw ValidationError("--random-plan-out must end in .npy") }
         if bigbird.blockSize >= 1, (seqLen + bigbird.blockSize - 1) / bigbird.blockSize > 4096 {
             throw ValidationError("more than 4096 blocks: use a larger --block-size for a picture")
         }
@@ -90,6 +94,11 @@ struct PatternBigBird: ParsableCommand {
     func run() throws {
         let plan = try bigbird.plan(sequenceLength: seqLen, heads: heads,
                                     explicitR: CommandLine.arguments.contains("--random-blocks"))
+        if let randomPlanOut {
+            let (shape, values) = try plan.explicitRandomPlan()
+            try Numpy.write(int32: values.map { Int32($0) }, shape: shape, to: randomPlanOut)
+        }
+        guard let output else { return }
         if output.hasSuffix(".npy") {
             try Numpy.write(uint8: plan.blockMask(), shape: [heads, plan.blockCount, plan.blockCount], to: output)
         } else {

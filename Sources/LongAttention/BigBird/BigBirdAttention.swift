@@ -29,6 +29,13 @@ public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan
         throw AttentionError.shapeMismatch("plan is for N = \(plan.sequenceLength), H = \(plan.heads); inputs have N = \(shape.N), H = \(shape.H)")
     }
     try inputs.checkSoftmaxRange()
+    // The sparse rows' scratch is checked before anything runs: a plan whose blocks need more than
+    // the memory budget is refused up front (b = 4096, w = 31 asks for tens of GiB per worker).
+    let workers = min(inputs.threads, max(1, shape.B * shape.Hkv * plan.blockCount))
+    let perWorker = bigBirdWorkspaceBytesPerThread(plan: plan, shape: shape)
+    let (scratch, overflow) = perWorker.multipliedReportingOverflow(by: workers)
+    guard !overflow else { throw AttentionError.tooLarge("BigBird scratch of \(perWorker) bytes × \(workers) workers overflows") }
+    try checkBudget(bytes: scratch, purpose: "BigBird blocks (\(perWorker) bytes per worker × \(workers))")
     var out = try inputs.makeOutput()
     if out.count == 0 { return out }
 
@@ -61,7 +68,9 @@ public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan
 /// worker for the sparse rows: `group·b` stacked rows × (d + attended columns + dv) floats.
 public func bigBirdWorkspaceBytesPerThread(plan: BigBirdPlan, shape: AttentionShape) -> Int {
     let R = shape.group * plan.blockSize
-    return R * (shape.d + bigBirdMaxColumns(plan: plan) + shape.dv) * 4 + R * 4
+    let (scores, o1) = R.multipliedReportingOverflow(by: bigBirdMaxColumns(plan: plan))
+    let (bytes, o2) = (scores + R * (shape.d + shape.dv + 1)).multipliedReportingOverflow(by: 4)
+    return o1 || o2 ? Int.max : bytes
 }
 
 /// The most score columns one sparse query block needs (structural plus random keys).

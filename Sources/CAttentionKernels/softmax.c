@@ -2,19 +2,25 @@
 
 #include "vector.h"
 
-AK_CLONES void ak_softmax_rows(float *s, long rows, long cols, long lds, const int *valid) {
+AK_CLONES void ak_softmax_rows_lse(float *s, long rows, long cols, long lds, const int *valid, float *lse) {
     for (long r = 0; r < rows; r++) {
         float *row = s + r * lds;
         long c = clamp_valid(valid, r, cols);
         float mx = c > 0 ? row_max(row, c) : -INFINITY;
         if (mx == -INFINITY) {              // fully masked row: zeros, never NaN
             memset(row, 0, (size_t)cols * sizeof(float));
+            if (lse) lse[r] = -INFINITY;
             continue;
         }
         float sum = exp_shift_sum(row, c, mx);   // sum >= 1: the max contributes exp(0)
         scale_row(row, c, 1.0f / sum);
         if (c < cols) memset(row + c, 0, (size_t)(cols - c) * sizeof(float));
+        if (lse) lse[r] = mx + logf(sum);
     }
+}
+
+void ak_softmax_rows(float *s, long rows, long cols, long lds, const int *valid) {
+    ak_softmax_rows_lse(s, rows, cols, lds, valid, NULL);
 }
 
 AK_CLONES void ak_online_softmax_tile(float *s, long rows, long cols, long lds, const int *valid,
@@ -57,5 +63,45 @@ AK_CLONES void ak_divide_rows(const float *src, long lds, float *dst, long ldd, 
         long j = 0;
         for (; j + W <= cols; j += W) STORE(b + j, LOAD(a + j) * vinv);
         for (; j < cols; j++) b[j] = a[j] * inv;
+    }
+}
+
+// ---- Backward ----
+
+AK_CLONES void ak_probs_from_lse(float *s, long rows, long cols, long lds, const int *valid, const float *lse) {
+    for (long r = 0; r < rows; r++) {
+        float *row = s + r * lds;
+        long c = clamp_valid(valid, r, cols);
+        float shift = lse[r];
+        if (shift == -INFINITY) c = 0;      // a fully masked row: no probability anywhere
+        vf vs = shift;
+        long j = 0;
+        for (; j + W <= c; j += W) STORE(row + j, EXP16(LOAD(row + j) - vs));
+        if (j < c) STORE_PARTIAL(row + j, EXP16(LOAD_PARTIAL(row + j, c - j, -INFINITY) - vs), c - j);
+        if (c < cols) memset(row + c, 0, (size_t)(cols - c) * sizeof(float));
+    }
+}
+
+AK_CLONES void ak_softmax_grad(float *p, long ldp, const float *dp, long lddp, long rows, long cols,
+                               const float *D) {
+    for (long r = 0; r < rows; r++) {
+        float *pr = p + r * ldp;
+        const float *gr = dp + r * lddp;
+        vf vd = D[r];
+        long j = 0;
+        for (; j + W <= cols; j += W) STORE(pr + j, LOAD(pr + j) * (LOAD(gr + j) - vd));
+        for (; j < cols; j++) pr[j] = pr[j] * (gr[j] - D[r]);
+    }
+}
+
+AK_CLONES void ak_row_dots(const float *a, long lda, const float *b, long ldb, long rows, long cols, float *out) {
+    for (long r = 0; r < rows; r++) {
+        const float *x = a + r * lda, *y = b + r * ldb;
+        vf acc = 0.0f;
+        long j = 0;
+        for (; j + W <= cols; j += W) acc += LOAD(x + j) * LOAD(y + j);
+        float t = HSUM(acc);
+        for (; j < cols; j++) t += x[j] * y[j];
+        out[r] = t;
     }
 }

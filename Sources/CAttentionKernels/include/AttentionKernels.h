@@ -29,6 +29,11 @@ void ak_exp(const float *x, float *y, long n);
 /// A row with no unmasked column, or whose unmasked scores are all -inf, becomes all zeros.
 void ak_softmax_rows(float *s, long rows, long cols, long lds, const int *valid);
 
+/// ak_softmax_rows that also writes each row's log-sum-exp, lse[r] = max + log Σ exp(s - max)
+/// over its unmasked scores (-inf for a fully masked row): what a backward pass recomputes
+/// probabilities from.
+void ak_softmax_rows_lse(float *s, long rows, long cols, long lds, const int *valid, float *lse);
+
 /// One key tile of FlashAttention's online softmax. On entry `s` holds the tile's scores; `m` and
 /// `l` the running row max and row sum (start with -inf and 0); `o` the unnormalised output
 /// accumulator (rows × dv, leading dimension ldo, start at 0). On return `s` holds
@@ -111,6 +116,19 @@ void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *
 /// by 0 in the four-row one.
 void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w, long dv,
                           float *o, long ldo);
+
+// ---- Softmax backward (FlashAttention-2's recomputation) ----
+
+/// Scores to probabilities with a known log-sum-exp: s[r, c] = exp(s[r, c] - lse[r]) for
+/// c < valid[r] (all columns when valid is NULL), 0 past it; a row with lse[r] = -inf becomes 0.
+void ak_probs_from_lse(float *s, long rows, long cols, long lds, const int *valid, const float *lse);
+
+/// The softmax's vector-Jacobian product in place: p[r, c] = p[r, c] · (dp[r, c] - D[r]), with
+/// D[r] = Σ_c p[r, c] dp[r, c] = dO_r · O_r supplied by the caller. Masked entries (p = 0) stay 0.
+void ak_softmax_grad(float *p, long ldp, const float *dp, long lddp, long rows, long cols, const float *D);
+
+/// out[r] = Σ_c a[r, c] · b[r, c] (D = rowsum(dO ∘ O) of the backward pass).
+void ak_row_dots(const float *a, long lda, const float *b, long ldb, long rows, long cols, float *out);
 
 // ---- Merging partial softmax results ----
 

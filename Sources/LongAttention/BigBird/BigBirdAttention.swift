@@ -108,7 +108,7 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
         let qp = ws.floats(R * d), s = ws.floats(R * ldS), o = ws.floats(R * dv), valid = ws.ints(R)
         while let item = queue.next() {
             let i = middle[item % perSequence], bh = item / perSequence
-            let blk = QueryBlock(b: bh / L.Hkv, kvHead: bh % L.Hkv, i0: i * b, rows: min(b, N - i * b))
+            let blk = QueryBlock(b: bh / L.Hkv, kvHead: bh % L.Hkv, i0: i * b, rows: min(b, N - i * b), heads: 0..<G)
             let n = blk.rows, rows = G * n
             L.packQueries(blk, into: qp)
             // Structural blocks (global + window): shared by the group, one GEMM per contiguous run.

@@ -105,25 +105,32 @@ struct AttentionInputs {
     /// `queryOffset` places query row 0 at that key position (nil: bottom-right, `M - N`).
     func withLayout<R>(output out: inout Tensor, queryOffset: Int? = nil, _ body: (AttentionLayout) throws -> R) rethrows -> R {
         precondition(out.shape == shape.outputShape, "output shape")
+        return try out.withUnsafeMutableBufferPointer { o in
+            try withLayout(outputPointer: o.baseAddress!, queryOffset: queryOffset, body)
+        }
+    }
+
+    /// The layout with a raw output pointer (a backward pass, which reads the inputs and writes
+    /// gradients, passes its own buffer: nothing writes through `out` there).
+    func withLayout<R>(outputPointer o: UnsafeMutablePointer<Float>, queryOffset: Int? = nil,
+                       _ body: (AttentionLayout) throws -> R) rethrows -> R {
         let (q, k, v, s) = (queries, keys, values, shape)
         let causal = mask.isCausal, lengths = mask.keyLengths, scale = scale
-        return try out.withUnsafeMutableBufferPointer { o in
-            try q.withUnsafePointer { pq in
-                try k.withUnsafePointer { pk in
-                    try v.withUnsafePointer { pv in
-                        try withOptionalPointer(bias?.tensor) { pb in
-                            try withOptionalArray(mask.alibi?.slopes) { pa in
-                                var layout = AttentionLayout(
-                                    B: s.B, H: s.H, Hkv: s.Hkv, N: s.N, M: s.M, d: s.d, dv: s.dv,
-                                    q: pq, qStride: (q.strides[0], q.strides[1], q.strides[2]),
-                                    k: pk, kStride: (k.strides[0], k.strides[1], k.strides[2]),
-                                    v: pv, vStride: (v.strides[0], v.strides[1], v.strides[2]),
-                                    out: o.baseAddress!, scale: scale, causal: causal, keyLengths: lengths,
-                                    bias: pb, biasStride: bias?.strides ?? (0, 0, 0))
-                                layout.alibi = pa
-                                layout.queryOffsetOverride = queryOffset
-                                return try body(layout)
-                            }
+        return try q.withUnsafePointer { pq in
+            try k.withUnsafePointer { pk in
+                try v.withUnsafePointer { pv in
+                    try withOptionalPointer(bias?.tensor) { pb in
+                        try withOptionalArray(mask.alibi?.slopes) { pa in
+                            var layout = AttentionLayout(
+                                B: s.B, H: s.H, Hkv: s.Hkv, N: s.N, M: s.M, d: s.d, dv: s.dv,
+                                q: pq, qStride: (q.strides[0], q.strides[1], q.strides[2]),
+                                k: pk, kStride: (k.strides[0], k.strides[1], k.strides[2]),
+                                v: pv, vStride: (v.strides[0], v.strides[1], v.strides[2]),
+                                out: o, scale: scale, causal: causal, keyLengths: lengths,
+                                bias: pb, biasStride: bias?.strides ?? (0, 0, 0))
+                            layout.alibi = pa
+                            layout.queryOffsetOverride = queryOffset
+                            return try body(layout)
                         }
                     }
                 }

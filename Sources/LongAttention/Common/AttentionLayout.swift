@@ -19,6 +19,9 @@ struct AttentionLayout {
     let bias: UnsafePointer<Float>?, biasStride: (b: Int, h: Int, n: Int)
     /// ALiBi slopes, one per query head, or nil.
     var alibi: UnsafePointer<Float>? = nil
+    /// Log-sum-exp of each query row, `[B, H, N]` contiguous, written by the forward for the
+    /// backward pass (nil: not kept).
+    var lse: UnsafeMutablePointer<Float>? = nil
     /// Position of query row 0 among the keys; nil means bottom-right alignment, `M - N`.
     /// (BigBird's global rows are row views of a longer sequence and pass their own.)
     var queryOffsetOverride: Int? = nil
@@ -51,11 +54,15 @@ struct AttentionLayout {
     }
 }
 
-/// One query block of one (batch, KV head): positions `i0 ..< i0 + rows` of each of the `group`
-/// query heads of KV head `kvHead`, stacked into `group · rows` matrix rows (head-major), so all
-/// query heads sharing a K/V run through one GEMM.
+/// One query block of one (batch, KV head): positions `i0 ..< i0 + rows` of the query heads
+/// `heads` (indices within the group, all `group` of them unless a backward pass splits them) of
+/// KV head `kvHead`, stacked into `heads.count · rows` matrix rows (head-major), so all query
+/// heads sharing a K/V run through one GEMM.
 struct QueryBlock {
     let b: Int, kvHead: Int, i0: Int, rows: Int
+    let heads: Range<Int>
+    /// Stacked rows.
+    var stacked: Int { heads.count * rows }
 }
 
 extension AttentionLayout {
@@ -66,7 +73,7 @@ extension AttentionLayout {
         let qb = nqb - 1 - item % nqb
         let bh = item / nqb
         let i0 = qb * blockRows
-        return QueryBlock(b: bh / Hkv, kvHead: bh % Hkv, i0: i0, rows: min(blockRows, N - i0))
+        return QueryBlock(b: bh / Hkv, kvHead: bh % Hkv, i0: i0, rows: min(blockRows, N - i0), heads: 0..<group)
     }
 
     func workItems(blockRows: Int) -> Int { B * Hkv * ((N + blockRows - 1) / blockRows) }
@@ -74,9 +81,9 @@ extension AttentionLayout {
     /// Copies the block's queries, times `scale`, into `qp` as `[group · rows, d]` (head-major):
     /// the scale is folded into the copy that stacks the group for one GEMM.
     func packQueries(_ blk: QueryBlock, into qp: UnsafeMutablePointer<Float>) {
-        for g in 0..<group {
+        for (gi, g) in blk.heads.enumerated() {
             ak_copy_scaled(qRow(blk.b, blk.kvHead * group + g, blk.i0), qStride.n,
-                                qp + g * blk.rows * d, d, blk.rows, d, scale)
+                                qp + gi * blk.rows * d, d, blk.rows, d, scale)
         }
     }
 
@@ -87,7 +94,7 @@ extension AttentionLayout {
         if keyLimit(blk.b, blk.i0) >= j0 + width { return false }
         for t in 0..<blk.rows {
             let c = Int32(min(max(keyLimit(blk.b, blk.i0 + t) - j0, 0), width))
-            for g in 0..<group { valid[g * blk.rows + t] = c }
+            for gi in 0..<blk.heads.count { valid[gi * blk.rows + t] = c }
         }
         return true
     }
@@ -96,8 +103,8 @@ extension AttentionLayout {
     /// score rows `rows` of `s` (leading dimension lds; row r of the block is at `s + r·lds`).
     func addBias(_ blk: QueryBlock, j0: Int, width: Int, s: UnsafeMutablePointer<Float>, lds: Int, rows: Range<Int>? = nil) {
         if bias == nil && alibi == nil { return }
-        for r in rows ?? 0..<(group * blk.rows) {
-            let h = blk.kvHead * group + r / blk.rows, i = blk.i0 + r % blk.rows
+        for r in rows ?? 0..<blk.stacked {
+            let h = blk.kvHead * group + blk.heads.lowerBound + r / blk.rows, i = blk.i0 + r % blk.rows
             if let bias { ak_add(s + r * lds, bias + blk.b * biasStride.b + h * biasStride.h + i * biasStride.n + j0, width) }
             if let alibi { ak_alibi_row(s + r * lds, width, alibi[h], i + queryOffset - j0) }
         }

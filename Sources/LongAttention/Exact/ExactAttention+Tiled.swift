@@ -1,4 +1,5 @@
 import AttentionTensor
+import Foundation
 import CAttentionKernels
 
 /// FlashAttention-style exact attention: for each query block, stream over key tiles keeping a
@@ -43,7 +44,7 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
                        purpose: "tiled attention") { ws, queue in
         let qp = ws.floats(R * d), s = ws.floats(R * Bc), o = ws.floats(R * dv)
         let m = ws.floats(R), l = ws.floats(R), valid = ws.ints(R)
-        var blk = QueryBlock(b: 0, kvHead: 0, i0: 0, rows: 0)
+        var blk = QueryBlock(b: 0, kvHead: 0, i0: 0, rows: 0, heads: 0..<G)
         /// One key tile `j0 ..< j0 + w` for the stacked rows `rs`: scores, online softmax, P·V.
         func tile(rows rs: Range<Int>, j0: Int, w: Int, masked: Bool) {
             let r0 = rs.lowerBound, n = rs.count
@@ -108,10 +109,7 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
                 continue
             }
             // Rows never given a visible key keep l = 0 and come out as zeros.
-            for g in 0..<G {
-                ak_divide_rows(o + g * blk.rows * dv, dv, L.outRow(blk.b, blk.kvHead * G + g, blk.i0), dv,
-                               blk.rows, dv, l + g * blk.rows)
-            }
+            L.finish(blk, o: o, m: m, l: l)
         }
     }
     guard let partial else { return }
@@ -124,9 +122,24 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
             let p = partial + item * splits * partialStride
             ak_merge_partials(splits, p, dv, partialStride, p + R * dv, p + R * dv + R, partialStride,
                               rows, dv, o, dv, m, l)
-            for g in 0..<G {
-                ak_divide_rows(o + g * blk.rows * dv, dv, L.outRow(blk.b, blk.kvHead * G + g, blk.i0), dv,
-                               blk.rows, dv, l + g * blk.rows)
+            L.finish(blk, o: o, m: m, l: l)
+        }
+    }
+}
+
+extension AttentionLayout {
+    /// The end of a query block: output rows `o / l` (zeros where l = 0) and, when the layout
+    /// keeps them, the log-sum-exp `m + log l` of each row (-inf for a row that saw no key).
+    func finish(_ blk: QueryBlock, o: UnsafePointer<Float>, m: UnsafePointer<Float>, l: UnsafePointer<Float>) {
+        for (gi, g) in blk.heads.enumerated() {
+            let h = blk.kvHead * group + g
+            ak_divide_rows(o + gi * blk.rows * dv, dv, outRow(blk.b, h, blk.i0), dv, blk.rows, dv, l + gi * blk.rows)
+            if let lse {
+                let dst = lse + (blk.b * H + h) * N + blk.i0
+                for t in 0..<blk.rows {
+                    let r = gi * blk.rows + t
+                    dst[t] = l[r] > 0 ? m[r] + Foundation.log(l[r]) : -.infinity
+                }
             }
         }
     }

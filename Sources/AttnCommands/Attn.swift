@@ -9,7 +9,7 @@ public struct Attn: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "attn",
         abstract: "Long-context attention on the CPU (OpenBLAS), on NumPy .npy files.",
-        subcommands: [Run.self, Pattern.self, Needle.self, Info.self])
+        subcommands: [Run.self, Grad.self, Pattern.self, Needle.self, Info.self])
 }
 
 struct Info: ParsableCommand {
@@ -51,16 +51,13 @@ struct IOOptions: ParsableArguments {
     }
 }
 
-struct RunFull: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "full",
-        abstract: "Exact softmax attention: softmax(scale · Q Kᵀ + mask) V.")
-    @OptionGroup var io: IOOptions
+/// Exact attention's options, shared by `run full` and `grad full`.
+struct FullOptions: ParsableArguments {
     @Flag(help: "Bottom-right causal mask: query i sees key j iff j <= i + M - N.")
     var causal = false
     @Option(help: "Score scale (default 1/sqrt(d)).")
     var scale: Float?
-    @Flag(exclusivity: .exclusive, help: "Implementation (default: chosen by size).")
+    @Flag(exclusivity: .exclusive, help: "Implementation (default: chosen by size; the backward is always tiled).")
     var implementation: Implementation = .automatic
 
     enum Implementation: String, EnumerableFlag {
@@ -69,24 +66,32 @@ struct RunFull: ParsableCommand {
     }
 
     func validate() throws {
-        try io.validateThreads()
         if let scale, !scale.isFinite { throw ValidationError("--scale must be finite") }
     }
+
+    var mask: AttentionMask { causal ? .causal : .none }
+}
+
+struct RunFull: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "full",
+        abstract: "Exact softmax attention: softmax(scale · Q Kᵀ + mask) V.")
+    @OptionGroup var io: IOOptions
+    @OptionGroup var options: FullOptions
+
+    func validate() throws { try io.validateThreads() }
 
     func run() throws {
         let (q, k, v) = try io.load()
         let out = try scaledDotProductAttention(
-            queries: q, keys: k, values: v, scale: scale, mask: causal ? .causal : .none,
-            implementation: ExactAttentionImplementation(rawValue: implementation.rawValue)!, threads: io.threads)
+            queries: q, keys: k, values: v, scale: options.scale, mask: options.mask,
+            implementation: ExactAttentionImplementation(rawValue: options.implementation.rawValue)!, threads: io.threads)
         try Numpy.write(out, to: io.output)
     }
 }
 
-struct RunLinear: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "linear",
-        abstract: "Linear attention φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K) + ε), in O(N).")
-    @OptionGroup var io: IOOptions
+/// Linear attention's options, shared by `run linear` and `grad linear`.
+struct LinearOptions: ParsableArguments {
     @Flag(help: "Causal (bottom-right): sums over keys j <= i + M - N (chunked form).")
     var causal = false
     @Option(help: "Feature map: elu (elu+1), relu, softmax (Efficient Attention, non-causal), favor (Performer FAVOR+).")
@@ -101,23 +106,64 @@ struct RunLinear: ParsableCommand {
     enum MapName: String, ExpressibleByArgument, CaseIterable { case elu, relu, softmax, favor }
 
     func validate() throws {
-        try io.validateThreads()
         if features < 1 || features > 65536 { throw ValidationError("--features must be in 1...65536") }
         if chunkSize < 1 { throw ValidationError("--chunk-size must be at least 1") }
         if causal && featureMap == .softmax { throw ValidationError("--feature-map softmax is non-causal only") }
     }
 
-    func run() throws {
-        let (q, k, v) = try io.load()
-        let map: LinearFeatureMap = switch featureMap {
+    var map: LinearFeatureMap {
+        switch featureMap {
         case .elu: .elu
         case .relu: .relu
         case .softmax: .softmax
         case .favor: .favor(features: features, seed: seed)
         }
-        let out = try linearAttention(queries: q, keys: k, values: v, featureMap: map, causal: causal,
-                                      chunkSize: chunkSize, threads: io.threads)
+    }
+}
+
+struct RunLinear: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "linear",
+        abstract: "Linear attention φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K) + ε), in O(N).")
+    @OptionGroup var io: IOOptions
+    @OptionGroup var options: LinearOptions
+
+    func validate() throws { try io.validateThreads() }
+
+    func run() throws {
+        let (q, k, v) = try io.load()
+        let out = try linearAttention(queries: q, keys: k, values: v, featureMap: options.map, causal: options.causal,
+                                      chunkSize: options.chunkSize, threads: io.threads)
         try Numpy.write(out, to: io.output)
+    }
+}
+
+/// Infini-Attention's options, shared by `run infini` and `grad infini`.
+struct InfiniOptions: ParsableArguments {
+    @Option(help: "Segment length S (the last segment may be shorter).")
+    var segment: Int
+    @Option(help: "Memory update: linear or delta.")
+    var update: InfiniAttention.Update = .linear
+    @Option(help: "Gate logits β, float32 .npy [H] (default: zeros).")
+    var beta: String?
+
+    func validate() throws {
+        if segment < 1 { throw ValidationError("--segment must be at least 1") }
+    }
+
+    /// The layer for `heads` query heads.
+    func layer(heads: Int) throws -> InfiniAttention {
+        let betas: [Float]
+        if let beta {
+            let t = try Numpy.readTensor(beta, rank: 1)
+            guard t.shape[0] == heads else {
+                throw ValidationError("\(beta): \(t.shape[0]) gate logits for H = \(heads) heads")
+            }
+            betas = t.scalars
+        } else {
+            betas = Array(repeating: 0, count: heads)
+        }
+        return try InfiniAttention(segmentLength: segment, update: update, beta: betas)
     }
 }
 
@@ -126,35 +172,17 @@ struct RunInfini: ParsableCommand {
         commandName: "infini",
         abstract: "Infini-Attention: causal attention within segments plus a compressive memory of earlier segments.")
     @OptionGroup var io: IOOptions
-    @Option(help: "Segment length S (the last segment may be shorter).")
-    var segment: Int
-    @Option(help: "Memory update: linear or delta.")
-    var update: InfiniAttention.Update = .linear
-    @Option(help: "Gate logits β, float32 .npy [H] (default: zeros).")
-    var beta: String?
+    @OptionGroup var options: InfiniOptions
     @Option(help: "Start from this saved memory (.npy [B, Hkv, d, dv + 1]) instead of an empty one.")
     var memoryIn: String?
     @Option(help: "Save the final memory here (.npy [B, Hkv, d, dv + 1]).")
     var memoryOut: String?
 
-    func validate() throws {
-        try io.validateThreads()
-        if segment < 1 { throw ValidationError("--segment must be at least 1") }
-    }
+    func validate() throws { try io.validateThreads() }
 
     func run() throws {
         let (q, k, v) = try io.load()
-        let betas: [Float]
-        if let beta {
-            let t = try Numpy.readTensor(beta, rank: 1)
-            guard t.shape[0] == q.shape[1] else {
-                throw ValidationError("\(beta): \(t.shape[0]) gate logits for H = \(q.shape[1]) heads")
-            }
-            betas = t.scalars
-        } else {
-            betas = Array(repeating: 0, count: q.shape[1])
-        }
-        let infini = try InfiniAttention(segmentLength: segment, update: update, beta: betas)
+        let infini = try options.layer(heads: q.shape[1])
         var memory = try memoryIn.map { try CompressiveMemory.load(from: $0) }
             ?? CompressiveMemory(batch: q.shape[0], kvHeads: k.shape[1], headDimension: q.shape[3], valueDimension: v.shape[3])
         let out = try infini(queries: q, keys: k, values: v, memory: &memory, threads: io.threads)

@@ -113,3 +113,31 @@ AK_CLONES void ak_exp_sub_rows(float *p, long rows, long cols, long ldp, const f
 
 void ak_elu1(const float *x, float *y, long n) { ak_feature_rows(AK_FEATURE_ELU1, x, n, y, n, 1, n); }
 void ak_relu(const float *x, float *y, long n) { ak_feature_rows(AK_FEATURE_RELU, x, n, y, n, 1, n); }
+
+AK_CLONES void ak_feature_grad_rows(ak_feature_kind kind, const float *x, long ldx, const float *g, long ldg,
+                                    float *dst, long ldd, long rows, long cols) {
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * ldx, *gr = g + r * ldg;
+        float *out = dst + r * ldd;
+        long i = 0;
+        if (kind == AK_FEATURE_ELU1) {
+            for (; i + W <= cols; i += W) {
+                vf v = LOAD(xr + i), gv = LOAD(gr + i);
+                STORE(out + i, VSELECT(v > 0.0f, gv, gv * EXP16(VMIN(v, (vf)0.0f))));
+            }
+            if (i < cols) {
+                long n = cols - i;
+                vf v = LOAD_PARTIAL(xr + i, n, 0.0f), gv = LOAD_PARTIAL(gr + i, n, 0.0f);
+                STORE_PARTIAL(out + i, VSELECT(v > 0.0f, gv, gv * EXP16(VMIN(v, (vf)0.0f))), n);
+            }
+        } else {
+            for (; i < cols; i++) out[i] = xr[i] > 0.0f ? gr[i] : 0.0f;
+        }
+    }
+}
+
+AK_CLONES void ak_mul(float *y, const float *x, long n) {
+    long i = 0;
+    for (; i + W <= n; i += W) STORE(y + i, LOAD(y + i) * LOAD(x + i));
+    for (; i < n; i++) y[i] *= x[i];
+}

@@ -77,6 +77,14 @@ typedef enum { AK_FEATURE_ELU1 = 0, AK_FEATURE_RELU = 1 } ak_feature_kind;
 void ak_feature_rows(ak_feature_kind kind, const float *src, long lds, float *dst, long ldd,
                      long rows, long cols);
 
+/// The feature map's backward: dst[r, c] = g[r, c] · φ'(x[r, c]) (elu + 1: 1 for x > 0, e^x
+/// otherwise; relu: 1 for x > 0, else 0). dst may alias g.
+void ak_feature_grad_rows(ak_feature_kind kind, const float *x, long ldx, const float *g, long ldg,
+                          float *dst, long ldd, long rows, long cols);
+
+/// y[i] *= x[i].
+void ak_mul(float *y, const float *x, long n);
+
 /// Zeroes s[r, c] for c >= valid[r] (c < cols): the causal mask of linear attention.
 void ak_zero_after(float *s, long rows, long cols, long lds, const int *valid);
 

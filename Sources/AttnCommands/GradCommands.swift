@@ -1,0 +1,84 @@
+import ArgumentParser
+import AttentionTensor
+import LongAttention
+
+/// `attn grad VARIANT`: the vector-Jacobian product of a variant with an upstream gradient (the
+/// gradients of `L = Σ out ⊙ dout`), SPEC.md § Gradients.
+struct Grad: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Gradients of L = Σ out ⊙ dout with respect to q, k, v (and β for Infini).",
+        subcommands: [GradFull.self, GradLinear.self])
+}
+
+/// The inputs and outputs every `grad` variant takes.
+struct GradIOOptions: ParsableArguments {
+    @Option(name: .customLong("q"), help: "Queries, float32 .npy [B, H, N, d].")
+    var q: String
+    @Option(name: .customLong("k"), help: "Keys, float32 .npy [B, Hkv, M, d].")
+    var k: String
+    @Option(name: .customLong("v"), help: "Values, float32 .npy [B, Hkv, M, dv].")
+    var v: String
+    @Option(help: "Upstream gradient, float32 .npy [B, H, N, dv] (the output's shape).")
+    var dout: String
+    @Option(help: "dL/dq output .npy [B, H, N, d].")
+    var dq: String
+    @Option(help: "dL/dk output .npy [B, Hkv, M, d].")
+    var dk: String
+    @Option(help: "dL/dv output .npy [B, Hkv, M, dv].")
+    var dv: String
+    @Option(name: [.customShort("o"), .customLong("output")], help: "Also write the forward output here.")
+    var output: String?
+    @Option(help: "Worker threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func load() throws -> (q: Tensor, k: Tensor, v: Tensor, dout: Tensor) {
+        (try Numpy.readTensor(q, rank: 4), try Numpy.readTensor(k, rank: 4), try Numpy.readTensor(v, rank: 4),
+         try Numpy.readTensor(dout, rank: 4))
+    }
+
+    /// Writes the gradients (and the output when asked) only after every one was computed, so a
+    /// refused input leaves no file; each file is written to a temporary name and renamed.
+    func write(_ grads: AttentionGradients, output out: Tensor?) throws {
+        try Numpy.write(grads.queries, to: dq)
+        try Numpy.write(grads.keys, to: dk)
+        try Numpy.write(grads.values, to: dv)
+        if let output, let out { try Numpy.write(out, to: output) }
+    }
+}
+
+struct GradFull: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "full", abstract: "Exact attention's gradients (FlashAttention-2's backward).")
+    @OptionGroup var io: GradIOOptions
+    @OptionGroup var options: FullOptions
+
+    func run() throws {
+        let (q, k, v, dout) = try io.load()
+        let forward = try scaledDotProductAttentionForward(queries: q, keys: k, values: v, scale: options.scale,
+                                                           mask: options.mask, threads: io.threads)
+        let grads = try scaledDotProductAttentionBackward(queries: q, keys: k, values: v, forward: forward, outputGradient: dout,
+                                                          scale: options.scale, mask: options.mask, threads: io.threads)
+        try io.write(grads, output: forward.output)
+    }
+}
+
+struct GradLinear: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "linear", abstract: "Linear attention's gradients (chunked cumulative sums; FAVOR+ features fixed).")
+    @OptionGroup var io: GradIOOptions
+    @OptionGroup var options: LinearOptions
+
+    func run() throws {
+        let (q, k, v, dout) = try io.load()
+        let grads = try linearAttentionBackward(queries: q, keys: k, values: v, outputGradient: dout, featureMap: options.map,
+                                                causal: options.causal, chunkSize: options.chunkSize, threads: io.threads)
+        let out = io.output == nil ? nil
+            : try linearAttention(queries: q, keys: k, values: v, featureMap: options.map, causal: options.causal,
+                                  chunkSize: options.chunkSize, threads: io.threads)
+        try io.write(grads, output: out)
+    }
+}

@@ -7,7 +7,7 @@ import LongAttention
 struct Grad: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Gradients of L = Σ out ⊙ dout with respect to q, k, v (and β for Infini).",
-        subcommands: [GradFull.self, GradLinear.self])
+        subcommands: [GradFull.self, GradBigBird.self, GradLinear.self])
 }
 
 /// The inputs and outputs every `grad` variant takes.
@@ -80,5 +80,28 @@ struct GradLinear: ParsableCommand {
             : try linearAttention(queries: q, keys: k, values: v, featureMap: options.map, causal: options.causal,
                                   chunkSize: options.chunkSize, threads: io.threads)
         try io.write(grads, output: out)
+    }
+}
+
+struct GradBigBird: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bigbird", abstract: "BigBird's gradients (the plan fixed), on the attended blocks only.")
+    @OptionGroup var io: GradIOOptions
+    @OptionGroup var bigbird: BigBirdOptions
+    @Option(help: "Score scale (default 1/sqrt(d)).")
+    var scale: Float?
+
+    func validate() throws {
+        if let scale, !scale.isFinite { throw ValidationError("--scale must be finite") }
+    }
+
+    func run() throws {
+        let (q, k, v, dout) = try io.load()
+        let plan = try bigbird.plan(sequenceLength: q.shape[2], heads: q.shape[1],
+                                    explicitR: CommandLine.arguments.contains("--random-blocks"))
+        let forward = try bigBirdAttentionForward(queries: q, keys: k, values: v, plan: plan, scale: scale, threads: io.threads)
+        let grads = try bigBirdAttentionBackward(queries: q, keys: k, values: v, plan: plan, forward: forward, outputGradient: dout,
+                                                 scale: scale, threads: io.threads)
+        try io.write(grads, output: forward.output)
     }
 }

@@ -19,6 +19,13 @@ import CAttentionKernels
 /// `alibi` adds ALiBi penalties `-slope_h · |i - j|` on the attended scores (computed per block).
 public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan: BigBirdPlan,
                              scale: Float? = nil, alibi: ALiBi? = nil, threads: Int? = nil) throws -> Tensor {
+    let inputs = try bigBirdInputs(queries: queries, keys: keys, values: values, plan: plan, scale: scale, alibi: alibi, threads: threads)
+    return try bigBirdForward(inputs, plan: plan, keepLSE: false).output
+}
+
+/// Accepted BigBird inputs: self-attention of the plan's length and heads, the plan's causality and ALiBi as the mask.
+func bigBirdInputs(queries: Tensor, keys: Tensor, values: Tensor, plan: BigBirdPlan, scale: Float?, alibi: ALiBi?,
+                   threads: Int?) throws -> AttentionInputs {
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale,
                                      mask: AttentionMask(isCausal: plan.causal, alibi: alibi), threads: threads)
     let shape = inputs.shape
@@ -36,32 +43,46 @@ public func bigBirdAttention(queries: Tensor, keys: Tensor, values: Tensor, plan
     let (scratch, overflow) = perWorker.multipliedReportingOverflow(by: workers)
     guard !overflow else { throw AttentionError.tooLarge("BigBird scratch of \(perWorker) bytes × \(workers) workers overflows") }
     try checkBudget(bytes: scratch, purpose: "BigBird blocks (\(perWorker) bytes per worker × \(workers))")
+    return inputs
+}
+
+/// The query rows of global blocks (full attention rows): one or two ranges.
+func bigBirdGlobalRanges(_ plan: BigBirdPlan) -> [Range<Int>] {
+    let b = plan.blockSize, nb = plan.blockCount, g = plan.globalBlocks, N = plan.sequenceLength
+    if plan.causal { return g > 0 ? [0..<min(N, g * b)] : [] }
+    if 2 * g >= nb { return [0..<N] }
+    return g > 0 ? [0..<(g * b), ((nb - g) * b)..<N] : []
+}
+
+/// BigBird's forward on accepted inputs; with `keepLSE` also each row's log-sum-exp `[B, H, N]`.
+func bigBirdForward(_ inputs: AttentionInputs, plan: BigBirdPlan, keepLSE: Bool) throws -> (output: Tensor, lse: Tensor?) {
+    let shape = inputs.shape, N = shape.N
     var out = try inputs.makeOutput()
-    if out.count == 0 { return out }
-
+    var lse: Tensor? = keepLSE ? try Tensor(uninitialized: [shape.B, shape.H, N]) : nil
+    if out.count == 0 { return (out, lse) }
     // Global query rows: full attention rows through the exact kernel, on row views.
-    let b = plan.blockSize, nb = plan.blockCount, g = plan.globalBlocks, N = shape.N
-    var globalRanges = [Range<Int>]()
-    if plan.causal {
-        if g > 0 { globalRanges.append(0..<min(N, g * b)) }
-    } else if 2 * g >= nb {
-        globalRanges.append(0..<N)
-    } else if g > 0 {
-        globalRanges += [0..<(g * b), ((nb - g) * b)..<N]
-    }
-    for range in globalRanges {
+    for range in bigBirdGlobalRanges(plan) {
         let rows = try inputs.restricted(rows: range, keyRows: plan.causal ? 0..<range.upperBound : 0..<N,
-                                         mask: AttentionMask(isCausal: plan.causal, alibi: alibi))
-        let exactPlan = ExactAttentionPlan(shape: rows.shape, implementation: .tiled, threads: inputs.threads)
-        try out.copyRows(from: try exactAttention(rows, plan: exactPlan, queryOffset: range.lowerBound), at: range.lowerBound)
+                                         mask: AttentionMask(isCausal: plan.causal, alibi: inputs.mask.alibi))
+        if keepLSE {
+            let kept = try exactAttentionKeepingLSE(rows, queryOffset: range.lowerBound)
+            try out.copyRows(from: kept.output, at: range.lowerBound)
+            try lse!.copyColumns(from: kept.logSumExp, at: range.lowerBound)
+        } else {
+            let exactPlan = ExactAttentionPlan(shape: rows.shape, implementation: .tiled, threads: inputs.threads)
+            try out.copyRows(from: try exactAttention(rows, plan: exactPlan, queryOffset: range.lowerBound), at: range.lowerBound)
+        }
     }
-
-    let middle = (0..<nb).filter { !plan.isGlobalRow($0) }
-    if middle.isEmpty { return out }
-    try inputs.withLayout(output: &out) { layout in
-        try runBigBird(layout, plan: plan, middle: middle, threads: inputs.threads)
+    let middle = (0..<plan.blockCount).filter { !plan.isGlobalRow($0) }
+    if middle.isEmpty { return (out, lse) }
+    try withOptionalMutablePointer(&lse) { lp in
+        try inputs.withLayout(output: &out) { layout in
+            var L = layout
+            L.lse = lp
+            try runBigBird(L, plan: plan, middle: middle, threads: inputs.threads)
+        }
     }
-    return out
+    return (out, lse)
 }
 
 /// Bytes of scratch ``bigBirdAttention(queries:keys:values:plan:scale:threads:)`` allocates per
@@ -103,51 +124,22 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
     let perSequence = middle.count
     let (scores, overflow) = R.multipliedReportingOverflow(by: ldS)
     guard !overflow else { throw AttentionError.tooLarge("BigBird score block of \(R) × \(ldS) overflows") }
-    try runWithScratch(items: L.B * L.Hkv * perSequence, threads: threads, floats: R * (d + dv) + scores, ints: R,
+    try runWithScratch(items: L.B * L.Hkv * perSequence, threads: threads, floats: R * (d + dv + 1) + scores, ints: R,
                        purpose: "BigBird blocks of \(R) stacked rows × \(ldS) columns") { ws, queue in
-        let qp = ws.floats(R * d), s = ws.floats(R * ldS), o = ws.floats(R * dv), valid = ws.ints(R)
+        let qp = ws.floats(R * d), s = ws.floats(R * ldS), o = ws.floats(R * dv), rowLSE = ws.floats(R), valid = ws.ints(R)
         while let item = queue.next() {
             let i = middle[item % perSequence], bh = item / perSequence
             let blk = QueryBlock(b: bh / L.Hkv, kvHead: bh % L.Hkv, i0: i * b, rows: min(b, N - i * b), heads: 0..<G)
             let n = blk.rows, rows = G * n
             L.packQueries(blk, into: qp)
-            // Structural blocks (global + window): shared by the group, one GEMM per contiguous run.
-            let shared = blockRuns(plan.structuralBlocks(i), blockSize: b, N: N)
-            var col = 0
-            var diagonalColumn = -1
-            for run in shared {
-                BLAS.sgemm(.none, .transpose, m: rows, n: run.count, k: d, a: qp, lda: d,
-                           b: L.kRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.kStride.m, c: s + col, ldc: ldS)
-                L.addBias(blk, j0: run.lowerBound, width: run.count, s: s + col, lds: ldS)
-                if run.contains(blk.i0) { diagonalColumn = col + blk.i0 - run.lowerBound }
-                col += run.count
+            let cols = bigBirdScores(L, plan: plan, block: blk, queryBlock: i, packed: qp, scores: s, ldS: ldS, valid: valid)
+            let (shared, randomRuns, sharedColumns) = (cols.shared, cols.random, cols.sharedColumns)
+            ak_softmax_rows_lse(s, rows, ldS, ldS, valid, rowLSE)
+            if let lse = L.lse {
+                for gi in 0..<G { (lse + (blk.b * L.H + blk.kvHead * G + gi) * N + blk.i0).update(from: rowLSE + gi * n, count: n) }
             }
-            let sharedColumns = col
-            // Random blocks: per query head, into the columns after the shared ones.
-            var randomRuns = [[Range<Int>]]()
-            for gi in 0..<G {
-                let runs = blockRuns(plan.random[blk.kvHead * G + gi][i], blockSize: b, N: N)
-                var c = sharedColumns
-                for run in runs {
-                    BLAS.sgemm(.none, .transpose, m: n, n: run.count, k: d, a: qp + gi * n * d, lda: d,
-                               b: L.kRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.kStride.m,
-                               c: s + gi * n * ldS + c, ldc: ldS)
-                    L.addBias(blk, j0: run.lowerBound, width: run.count, s: s + c, lds: ldS, rows: (gi * n)..<((gi + 1) * n))
-                    c += run.count
-                }
-                for t in 0..<n { valid[gi * n + t] = Int32(c) }
-                randomRuns.append(runs)
-            }
-            // Causal: inside the diagonal block, query t sees keys up to t only.
-            if L.causal, diagonalColumn >= 0 {
-                for r in 0..<rows {
-                    let t = r % n
-                    if t + 1 < n { ak_fill(s + r * ldS + diagonalColumn + t + 1, n - t - 1, -.infinity) }
-                }
-            }
-            ak_softmax_rows(s, rows, ldS, ldS, valid)
             // P·V, range by range, accumulated (β = 1 after the first).
-            col = 0
+            var col = 0
             for (idx, run) in shared.enumerated() {
                 BLAS.sgemm(.none, .none, m: rows, n: dv, k: run.count, a: s + col, lda: ldS,
                            b: L.vRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.vStride.m,
@@ -166,4 +158,54 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
             }
         }
     }
+}
+
+/// The key columns of one middle query block: the shared runs (global and window blocks, the
+/// same for every head of the group) from column 0, then each head's random runs from
+/// `sharedColumns`.
+struct BigBirdColumns {
+    let shared: [Range<Int>]
+    let random: [[Range<Int>]]
+    let sharedColumns: Int
+}
+
+/// Scores `s = (scale·Q) Kᵀ` of the block's stacked rows (`blk.heads`, packed with the scale in
+/// `packed`) over its attended columns, with ALiBi and, when causal, the diagonal block's mask
+/// (-inf); `valid[r]` = the columns row r uses. One GEMM per shared run for the stacked heads,
+/// per head for its random runs.
+func bigBirdScores(_ L: AttentionLayout, plan: BigBirdPlan, block blk: QueryBlock, queryBlock i: Int,
+                   packed qp: UnsafePointer<Float>, scores s: UnsafeMutablePointer<Float>, ldS: Int,
+                   valid: UnsafeMutablePointer<Int32>) -> BigBirdColumns {
+    let (b, d, N, G) = (plan.blockSize, L.d, L.N, L.group)
+    let n = blk.rows, rows = blk.stacked
+    let shared = blockRuns(plan.structuralBlocks(i), blockSize: b, N: N)
+    var col = 0, diagonalColumn = -1
+    for run in shared {
+        BLAS.sgemm(.none, .transpose, m: rows, n: run.count, k: d, a: qp, lda: d,
+                   b: L.kRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.kStride.m, c: s + col, ldc: ldS)
+        L.addBias(blk, j0: run.lowerBound, width: run.count, s: s + col, lds: ldS)
+        if run.contains(blk.i0) { diagonalColumn = col + blk.i0 - run.lowerBound }
+        col += run.count
+    }
+    var random = [[Range<Int>]]()
+    for (gi, g) in blk.heads.enumerated() {
+        let runs = blockRuns(plan.random[blk.kvHead * G + g][i], blockSize: b, N: N)
+        var c = col
+        for run in runs {
+            BLAS.sgemm(.none, .transpose, m: n, n: run.count, k: d, a: qp + gi * n * d, lda: d,
+                       b: L.kRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.kStride.m, c: s + gi * n * ldS + c, ldc: ldS)
+            L.addBias(blk, j0: run.lowerBound, width: run.count, s: s + c, lds: ldS, rows: (gi * n)..<((gi + 1) * n))
+            c += run.count
+        }
+        for t in 0..<n { valid[gi * n + t] = Int32(c) }
+        random.append(runs)
+    }
+    // Causal: inside the diagonal block, query t sees keys up to t only.
+    if L.causal, diagonalColumn >= 0 {
+        for r in 0..<rows {
+            let t = r % n
+            if t + 1 < n { ak_fill(s + r * ldS + diagonalColumn + t + 1, n - t - 1, -.infinity) }
+        }
+    }
+    return BigBirdColumns(shared: shared, random: random, sharedColumns: col)
 }

@@ -39,10 +39,12 @@ bench-smoke: release
 	.build/release/attention-bench --quick --out .build/bench-smoke --json .build/bench-smoke/quick.json > /dev/null
 	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json --expect-variants sgemm,full,bigbird,linear,infini,decode
 
+# Families whose command exists: reference/ (attn run) and reference-grad/ (attn grad).
 check: release
 	@if [ -f $(SHARED)/reference/check.py ]; then \
-		cases=$$(ls -d $(SHARED)/reference/*/ 2>/dev/null); \
+		cases=$$(ls -d $(SHARED)/reference/*/ $(SHARED)/reference-grad/*/ 2>/dev/null); \
 		python3 $(SHARED)/reference/check.py --attn .build/release/attn $$cases; \
+	elif [ "$$CI" = true ]; then echo "CI=true but no $(SHARED)/reference/check.py" >&2; exit 1; \
 	else echo "no $(SHARED)/reference: skipping the reference cases"; fi
 
 bench: release

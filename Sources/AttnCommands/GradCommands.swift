@@ -7,7 +7,7 @@ import LongAttention
 struct Grad: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Gradients of L = Σ out ⊙ dout with respect to q, k, v (and β for Infini).",
-        subcommands: [GradFull.self, GradBigBird.self, GradLinear.self])
+        subcommands: [GradFull.self, GradBigBird.self, GradLinear.self, GradInfini.self])
 }
 
 /// The inputs and outputs every `grad` variant takes.
@@ -26,6 +26,8 @@ struct GradIOOptions: ParsableArguments {
     var dk: String
     @Option(help: "dL/dv output .npy [B, Hkv, M, dv].")
     var dv: String
+    @Option(help: "Infini only: dL/dβ output .npy [H].")
+    var dbeta: String?
     @Option(name: [.customShort("o"), .customLong("output")], help: "Also write the forward output here.")
     var output: String?
     @Option(help: "Worker threads (default: all cores).")
@@ -33,6 +35,8 @@ struct GradIOOptions: ParsableArguments {
 
     func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        let outputs = [dq, dk, dv] + [dbeta, output].compactMap { $0 }
+        if Set(outputs).count != outputs.count { throw ValidationError("output files must differ: \(outputs.joined(separator: ", "))") }
     }
 
     func load() throws -> (q: Tensor, k: Tensor, v: Tensor, dout: Tensor) {
@@ -46,6 +50,7 @@ struct GradIOOptions: ParsableArguments {
         try Numpy.write(grads.queries, to: dq)
         try Numpy.write(grads.keys, to: dk)
         try Numpy.write(grads.values, to: dv)
+        if let dbeta, let beta = grads.beta { try Numpy.write(try Tensor(shape: [beta.count], scalars: beta), to: dbeta) }
         if let output, let out { try Numpy.write(out, to: output) }
     }
 }
@@ -103,5 +108,21 @@ struct GradBigBird: ParsableCommand {
         let grads = try bigBirdAttentionBackward(queries: q, keys: k, values: v, plan: plan, forward: forward, outputGradient: dout,
                                                  scale: scale, threads: io.threads)
         try io.write(grads, output: forward.output)
+    }
+}
+
+struct GradInfini: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "infini",
+        abstract: "Infini-Attention's gradients from an empty memory: local attention, memory reads and updates, and dβ.")
+    @OptionGroup var io: GradIOOptions
+    @OptionGroup var options: InfiniOptions
+
+    func run() throws {
+        let (q, k, v, dout) = try io.load()
+        let layer = try options.layer(heads: q.shape[1])
+        let grads = try layer.backward(queries: q, keys: k, values: v, outputGradient: dout, threads: io.threads)
+        let out = io.output == nil ? nil : try layer(queries: q, keys: k, values: v, threads: io.threads)
+        try io.write(grads, output: out)
     }
 }

@@ -78,8 +78,9 @@ public struct InfiniAttention: Sendable {
         }
         try checkRange(inputs, memory: memory)
         // Local causal attention within the segment: the exact kernel.
+        // Writing only: no output exists and nothing writes through the layout's output pointer.
         var out = read ? try exactAttention(inputs, plan: ExactAttentionPlan(shape: shape, threads: inputs.threads))
-                       : try Tensor(zeros: shape.outputShape)
+                       : try Tensor(zeros: [1])
         if out.count == 0 && read { return out }
         let gates = beta.map { 1 / (1 + Foundation.exp(-$0)) }
         let (G, S, d, dv, Hkv) = (shape.group, shape.N, shape.d, shape.dv, shape.Hkv)
@@ -87,7 +88,7 @@ public struct InfiniAttention: Sendable {
         try memory.memory.withUnsafeMutableBufferPointer { mem in
             try memory.normalizer.withUnsafeMutableBufferPointer { zs in
                 try gates.withUnsafeBufferPointer { gate in
-                    try inputs.withLayout(output: &out) { L in
+                    try out.withUnsafeMutableBufferPointer { o in try inputs.withLayout(outputPointer: o.baseAddress!) { L in
                         try runWithScratch(items: shape.B * Hkv, threads: inputs.threads,
                                            floats: G * S * (d + dv + 1) + S * (d + 2 * dv + 1),
                                            purpose: "Infini-Attention segments of \(S) tokens") { ws, queue in
@@ -114,7 +115,7 @@ public struct InfiniAttention: Sendable {
                                             rule: rule == .delta ? .delta(retrieved: retrieved, normalizers: kden, corrected: corrected) : .linear)
                             }
                         }
-                    }
+                    } }
                 }
             }
         }

@@ -26,11 +26,15 @@ struct Row: Codable {
     var stateBytes: Int?
     var peakResidentBytes: Int?
     var tokensPerSecond: Double?
+    /// `forward` or `backward` (SPEC: rows without it are forward).
+    var pass = "forward"
+    /// Backward rows: the backward's time over the forward's (the forward that keeps what the backward needs).
+    var backwardForwardRatio: Double?
 
     enum CodingKeys: String, CodingKey {
         case variant, impl, B, H, Hkv, N, M, d, causal, threads, seconds, gflops, peakFraction, workspaceBytes,
              relError, runs, minSeconds, note, bytesPerSecond, bandwidthFraction, stateBytes, peakResidentBytes,
-             tokensPerSecond
+             tokensPerSecond, pass, backwardForwardRatio
     }
 
     func encode(to encoder: Encoder) throws {
@@ -50,6 +54,10 @@ struct Row: Codable {
         try c.encodeIfPresent(stateBytes, forKey: .stateBytes)
         try c.encodeIfPresent(peakResidentBytes, forKey: .peakResidentBytes)
         try c.encodeIfPresent(tokensPerSecond, forKey: .tokensPerSecond)
+        try c.encode(pass, forKey: .pass)
+        try c.encodeIfPresent(backwardForwardRatio, forKey: .backwardForwardRatio)
+        try c.encode(pass, forKey: .pass)
+        try c.encodeIfPresent(backwardForwardRatio, forKey: .backwardForwardRatio)
     }
 }
 
@@ -187,7 +195,9 @@ func markdownTable(_ rows: [Row]) -> String {
             : r.seconds < 1 ? String(format: "%.2f ms", r.seconds * 1e3) : String(format: "%.3f s", r.seconds)
         let peak = r.peakFraction.map { String(format: "%.0f%%", $0 * 100) } ?? "–"
         let err = r.relError.map { String(format: "%.1e", $0) } ?? "–"
-        s += "| \(r.variant) | \(r.impl) | \(r.B) | \(r.H) | \(r.Hkv) | \(formatLength(r.N)) | \(formatLength(r.M)) | \(r.d) | \(r.causal ? "yes" : "no") | \(r.threads) | \(time) | \(String(format: "%.1f", r.gflops)) | \(peak) | \(formatBytes(r.workspaceBytes)) | \(err) |\n"
+        let variant = r.pass == "backward" ? "\(r.variant) backward" : r.variant
+        let impl = r.backwardForwardRatio.map { String(format: "%@ (%.2f× fwd)", r.impl, $0) } ?? r.impl
+        s += "| \(variant) | \(impl) | \(r.B) | \(r.H) | \(r.Hkv) | \(formatLength(r.N)) | \(formatLength(r.M)) | \(r.d) | \(r.causal ? "yes" : "no") | \(r.threads) | \(time) | \(String(format: "%.1f", r.gflops)) | \(peak) | \(formatBytes(r.workspaceBytes)) | \(err) |\n"
     }
     return s
 }

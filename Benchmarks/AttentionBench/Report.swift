@@ -4,12 +4,13 @@ import Foundation
 /// A series of rows for the charts: one variant/flavour/causality at Hkv = H.
 struct SeriesKey: Hashable {
     let variant: String, impl: String, causal: Bool
-    var name: String { "\(variant) \(impl)\(causal ? " causal" : "")" }
+    var pass = "forward"
+    var name: String { "\(variant) \(impl)\(causal ? " causal" : "")\(pass == "backward" ? " backward" : "")" }
 }
 
 /// The rows of one series, ordered by N.
 func series(_ rows: [Row], _ key: SeriesKey) -> [Row] {
-    rows.filter { $0.variant == key.variant && $0.impl == key.impl && $0.causal == key.causal && $0.Hkv == $0.H }
+    rows.filter { $0.variant == key.variant && $0.impl == key.impl && $0.causal == key.causal && $0.pass == key.pass && $0.Hkv == $0.H }
         .sorted { $0.N < $1.N }
 }
 
@@ -18,7 +19,7 @@ func series(_ rows: [Row], _ key: SeriesKey) -> [Row] {
 func fits(_ rows: [Row]) -> [(key: SeriesKey, fit: PowerLaw, range: ClosedRange<Int>)] {
     var keys = [SeriesKey]()
     for r in rows where ["full", "bigbird", "linear", "infini"].contains(r.variant) && r.Hkv == r.H {
-        let k = SeriesKey(variant: r.variant, impl: r.impl, causal: r.causal)
+        let k = SeriesKey(variant: r.variant, impl: r.impl, causal: r.causal, pass: r.pass)
         if !keys.contains(k) { keys.append(k) }
     }
     return keys.compactMap { key in

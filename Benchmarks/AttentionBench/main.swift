@@ -24,6 +24,8 @@ struct AttentionBench: ParsableCommand {
     var out = "results"
     @Option(help: "Write the JSON rows here too.")
     var json: String?
+    @Option(help: "Comma-separated passes: forward, backward (backward rows for full, bigbird, linear, infini).")
+    var passes = "forward"
     @Option(help: ArgumentHelp("Redraw the charts and fits of an earlier results.json into --out, without measuring.", visibility: .hidden))
     var chartsFrom: String?
     @Option(help: ArgumentHelp("Tuning: stacked query rows per block (exact attention).", visibility: .hidden))
@@ -43,9 +45,26 @@ struct AttentionBench: ParsableCommand {
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let lengths, parseLengths(lengths) == nil { throw ValidationError("--lengths must be positive integers, e.g. 1024,4K,1M") }
+        if let bad = passList.first(where: { !["forward", "backward"].contains($0) }) {
+            throw ValidationError("unknown pass '\(bad)' (known: forward, backward)")
+        }
     }
 
     var variantList: [String] { variants.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+    var passList: [String] { passes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+
+    /// The lengths each variant's backward runs at (the targets: exact at 4K and 16K,
+    /// BigBird 4K–64K, linear 16K–1M, Infini at 1M).
+    func backwardLengths(_ variant: String) -> [Int] {
+        if let lengths, let n = parseLengths(lengths) { return n }
+        switch variant {
+        case "full": return quick ? [1024] : [4096, 16384]
+        case "bigbird": return quick ? [4096] : [4096, 16384, 65536]
+        case "linear": return quick ? [4096] : [16384, 131072, 1 << 20]
+        case "infini": return quick ? [8192] : [1 << 20]
+        default: return []
+        }
+    }
 
     func parseLengths(_ s: String) -> [Int]? {
         let values = s.split(separator: ",").map { p -> Int? in
@@ -152,33 +171,35 @@ struct AttentionBench: ParsableCommand {
                 return r
             }
         }
-        tracker.stages += wanted.filter { $0 != "sgemm" }.map { ($0, estimate($0, peak: peak ?? 50)) }
+        if passList.contains("forward") { tracker.stages += wanted.filter { $0 != "sgemm" }.map { ($0, estimate($0, peak: peak ?? 50)) } }
+        if passList.contains("backward") { tracker.stages.append(("backward", quick ? 20 : 300)) }
         let peakLine = String(format: "sgemm peak (%d threads, best of the cblas rows): %.1f GFLOP/s\n", threads, peak ?? 0)
         print(peakLine)
         report += peakLine + "\n"
 
-        if wanted.contains("full") {
+        let forwardPass = passList.contains("forward")
+        if forwardPass && wanted.contains("full") {
             tracker.begin(stage: "full")
             let kv = kvHeads.map { $0.split(separator: ",").compactMap { Int($0) } } ?? (quick ? [8, 2] : [8, 2, 1])
             let im = impls.map { $0.split(separator: ",").compactMap { ExactAttentionImplementation(rawValue: String($0)) } }
             rows += try benchFull(lengths: plannedLengths("full"), kvHeads: kv, threads: threads, peak: peak,
                                   stackedRows: stackedRows, keyTile: keyTile, impls: im ?? [.tiled, .materialized])
         }
-        if wanted.contains("bigbird") {
+        if forwardPass && wanted.contains("bigbird") {
             tracker.begin(stage: "bigbird")
             rows += try benchBigBird(lengths: plannedLengths("bigbird"), threads: threads, peak: peak)
         }
-        if wanted.contains("linear") {
+        if forwardPass && wanted.contains("linear") {
             tracker.begin(stage: "linear")
             rows += try benchLinear(lengths: plannedLengths("linear"), maps: [.elu, .relu, .softmax, .favor(features: 256, seed: 0)],
                                     threads: threads, peak: peak)
         }
         ExactCache.shared.outputs = [:]   // free the error references before the big stages
-        if wanted.contains("infini") {
+        if forwardPass && wanted.contains("infini") {
             tracker.begin(stage: "infini")
             rows += try benchInfini(lengths: plannedLengths("infini"), threads: threads, peak: peak)
         }
-        if wanted.contains("decode") {
+        if forwardPass && wanted.contains("decode") {
             tracker.begin(stage: "decode")
             progress("measuring copy bandwidth")
             let bandwidth = measureCopyBandwidth(threads: threads)
@@ -187,6 +208,10 @@ struct AttentionBench: ParsableCommand {
             report += line + "\n"
             rows += try benchDecode(lengths: plannedLengths("decode"), kvHeads: quick ? [8] : [32, 8, 1], threads: threads,
                                     peak: peak, bandwidth: bandwidth)
+        }
+        if passList.contains("backward") {
+            tracker.begin(stage: "backward")
+            rows += try benchBackward(variants: wanted, lengths: backwardLengths, threads: threads, peak: peak)
         }
         tracker.finishStage()
 

@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build release test check bench bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps build release test check bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -36,8 +36,9 @@ test: deps
 
 # The benchmark's quick mode, and its JSON checked against the contract (every row finite).
 bench-smoke: release
-	.build/release/attention-bench --quick --out .build/bench-smoke --json .build/bench-smoke/quick.json > /dev/null
-	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json --expect-variants sgemm,full,bigbird,linear,infini,decode
+	.build/release/attention-bench --quick --passes forward,backward --out .build/bench-smoke --json .build/bench-smoke/quick.json > /dev/null
+	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json --expect-variants sgemm,full,bigbird,linear,infini,decode \
+		--expect-backward full,bigbird,linear,infini
 
 # Families whose command exists: reference/ (attn run) and reference-grad/ (attn grad).
 check: release
@@ -50,9 +51,13 @@ check: release
 bench: release
 	.build/release/attention-bench $(BENCH_ARGS)
 
+# Gradient rows (about 5 minutes): exact at 4K and 16K, BigBird 4K–64K, linear 16K–1M, Infini at 1M.
+bench-backward: release
+	.build/release/attention-bench --variants sgemm,full,bigbird,linear,infini --passes backward --out results/backward $(BENCH_ARGS)
+
 # Our rows and, when importable, PyTorch's SDPA and Hugging Face's BigBird at the same shapes.
 compare: release
-	.build/release/attention-bench --variants sgemm,full,bigbird --lengths 4096,16384 --out results/compare
+	.build/release/attention-bench --variants sgemm,full,bigbird --lengths 4096,16384 --passes forward,backward --out results/compare
 	python3 Benchmarks/compare.py results/compare/results.json
 
 # The XCTest suite under AddressSanitizer (with LeakSanitizer; XCTest's own bookkeeping is

@@ -33,7 +33,8 @@ def median_time(fn, runs=3):
     return sorted(ts)[len(ts) // 2]
 
 peers = []
-shapes = sorted({(r["N"], r["H"], r["Hkv"], r["d"], r["causal"]) for r in rows if r["variant"] == "full" and r["impl"] == "tiled"})
+shapes = sorted({(r["N"], r["H"], r["Hkv"], r["d"], r["causal"]) for r in rows
+                 if r["variant"] == "full" and r["impl"] == "tiled" and r.get("pass", "forward") == "forward"})
 for (n, h, hkv, d, causal) in shapes:
     q = torch.randn(1, h, n, d); k = torch.randn(1, hkv, n, d); v = torch.randn(1, hkv, n, d)
     if hkv != h:   # SDPA takes repeated K/V (enable_gqa exists only in recent versions)
@@ -45,6 +46,20 @@ for (n, h, hkv, d, causal) in shapes:
                       seconds=t, gflops=g, peakFraction=(g / peak if peak else None), workspaceBytes=0, relError=None,
                       note=f"PyTorch {torch.__version__}"))
     print(f"torch SDPA N={n} Hkv={hkv} causal={causal}: {t*1e3:.1f} ms, {g:.1f} GFLOP/s", file=sys.stderr)
+
+# Backward: SDPA's autograd backward at the shapes of our backward rows (its forward not timed).
+for (n, h, hkv, d, causal) in sorted({(r["N"], r["H"], r["Hkv"], r["d"], r["causal"]) for r in rows
+                                      if r["variant"] == "full" and r.get("pass") == "backward"}):
+    q = torch.randn(1, h, n, d, requires_grad=True); k = torch.randn(1, h, n, d, requires_grad=True)
+    v = torch.randn(1, h, n, d, requires_grad=True); dout = torch.randn(1, h, n, d)
+    fwd = median_time(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal).detach())
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    t = median_time(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
+    g = 2.5 * 4 * h * n * n * d * (0.5 if causal else 1) / t * 1e-9
+    peers.append(dict(variant="full", impl="torch-sdpa", B=1, H=h, Hkv=hkv, N=n, M=n, d=d, causal=causal, threads=threads,
+                      seconds=t, gflops=g, peakFraction=(g / peak if peak else None), workspaceBytes=0, relError=None,
+                      note=f"PyTorch {torch.__version__} autograd backward", backwardForwardRatio=t / fwd, **{"pass": "backward"}))
+    print(f"torch SDPA backward N={n} causal={causal}: {t*1e3:.1f} ms ({t / fwd:.2f}× its forward), {g:.1f} GFLOP/s", file=sys.stderr)
 
 try:
     from transformers import BigBirdConfig
@@ -72,10 +87,11 @@ except ImportError:
     print("transformers is not importable: BigBird peer skipped (python3 -m pip install transformers)", file=sys.stderr)
 
 json.dump(rows + peers, open(path, "w"), indent=2)
-print("| variant | impl | N | Hkv | causal | time | GFLOP/s | % peak |")
-print("|---|---|---|---|---|---|---|---|")
+print("| variant | pass | impl | N | Hkv | causal | time | GFLOP/s | % peak | backward / forward |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for r in sorted((r for r in rows + peers if r["variant"] in ("full", "bigbird") and r["impl"] != "materialized"),
-                key=lambda r: (r["variant"], r["N"], r["Hkv"], r["causal"], r["impl"])):
+                key=lambda r: (r["variant"], r.get("pass", "forward"), r["N"], r["Hkv"], r["causal"], r["impl"])):
     pf = f"{100 * r['peakFraction']:.0f}%" if r.get("peakFraction") else "–"
-    print(f"| {r['variant']} | {r['impl']} | {r['N']} | {r['Hkv']} | {'yes' if r['causal'] else 'no'} | "
-          f"{r['seconds'] * 1e3:.1f} ms | {r['gflops']:.1f} | {pf} |")
+    ratio = f"{r['backwardForwardRatio']:.2f}×" if r.get("backwardForwardRatio") else "–"
+    print(f"| {r['variant']} | {r.get('pass', 'forward')} | {r['impl']} | {r['N']} | {r['Hkv']} | {'yes' if r['causal'] else 'no'} | "
+          f"{r['seconds'] * 1e3:.1f} ms | {r['gflops']:.1f} | {pf} | {ratio} |")

@@ -2,7 +2,7 @@
 """Checks attention-bench JSON against the benchmark contract of SPEC.md: an array of rows with the
 required keys, every number finite, peakFraction and relError numbers or null.
 
-usage: validate_results.py RESULTS.json [--expect-variants sgemm,full,...]
+usage: validate_results.py RESULTS.json [--expect-variants sgemm,full,...] [--expect-backward full,...]
 Ends with the line 'N passed, N failed'."""
 import json, math, sys
 
@@ -31,7 +31,13 @@ for i, r in enumerate(rows):
         check(isinstance(v, (int, float)) and math.isfinite(v), f"row {i} ({r.get('variant')} {r.get('impl')}) {k} = {v} is finite")
     check(r.get("seconds", 0) > 0 and r.get("gflops", 0) > 0, f"row {i} has positive time and GFLOP/s")
     check(r.get("peakFraction") is None or isinstance(r["peakFraction"], (int, float)), f"row {i} peakFraction is a number or null")
+    check(r.get("pass", "forward") in ("forward", "backward"), f"row {i} pass is forward or backward")
+    if r.get("pass") == "backward":
+        check(isinstance(r.get("backwardForwardRatio"), (int, float)), f"row {i} (backward) has backwardForwardRatio")
 for v in expect:
     check(any(r.get("variant") == v for r in rows), f"variant {v} has rows")
+if "--expect-backward" in sys.argv:
+    for v in sys.argv[sys.argv.index("--expect-backward") + 1].split(","):
+        check(any(r.get("variant") == v and r.get("pass") == "backward" for r in rows), f"variant {v} has backward rows")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -32,7 +32,23 @@ final class ReadmeExampleTests: XCTestCase {
         try rope.apply(to: &kt, positionOffset: 0)
         try cache.append(layer: 0, keys: kt, values: try v.rows(0..<1))
         let next = try decodeAttention(queries: qt, cache: cache, layer: 0)   // [1, 8, 1, 64]
+
+        // Training: a forward that keeps each row's log-sum-exp, then FlashAttention-2's backward.
+        let dOut = try Tensor.randomNormal([1, 8, 1024, 64], seed: 4)     // dL/d(output)
+        let saved = try scaledDotProductAttentionForward(queries: q, keys: k, values: v, mask: .causal)
+        let grads = try scaledDotProductAttentionBackward(queries: q, keys: k, values: v, forward: saved,
+                                                          outputGradient: dOut, mask: .causal)
+        // grads.queries [1, 8, 1024, 64]; grads.keys, grads.values [1, 2, 1024, 64] (summed over each group)
+        let linearGrads = try linearAttentionBackward(queries: q, keys: k, values: v, outputGradient: dOut, causal: true)
+        let infiniGrads = try infini.backward(queries: q, keys: k, values: v, outputGradient: dOut)   // also dβ
         // --- README example ends ---
+        for g in [grads, linearGrads, infiniGrads] {
+            XCTAssertEqual(g.queries.shape, [1, 8, 1024, 64])
+            XCTAssertEqual(g.keys.shape, [1, 2, 1024, 64])
+            XCTAssertEqual(g.values.shape, [1, 2, 1024, 64])
+        }
+        XCTAssertEqual(infiniGrads.beta?.count, 8)
+        XCTAssertTrue(saved.output.scalars.elementsEqual(exact.scalars) { abs($0 - $1) < 1e-5 })
         for t in [exact, sparse, linear, streamed] { XCTAssertEqual(t.shape, [1, 8, 1024, 64]) }
         XCTAssertEqual(next.shape, [1, 8, 1, 64])
         // The first token attends only to itself: its output is its own value row.

@@ -79,12 +79,12 @@ struct GradLinear: ParsableCommand {
 
     func run() throws {
         let (q, k, v, dout) = try io.load()
-        let grads = try linearAttentionBackward(queries: q, keys: k, values: v, outputGradient: dout, featureMap: options.map,
-                                                causal: options.causal, chunkSize: options.chunkSize, threads: io.threads)
-        let out = io.output == nil ? nil
-            : try linearAttention(queries: q, keys: k, values: v, featureMap: options.map, causal: options.causal,
-                                  chunkSize: options.chunkSize, threads: io.threads)
-        try io.write(grads, output: out)
+        let forward = try linearAttentionForward(queries: q, keys: k, values: v, featureMap: options.map, causal: options.causal,
+                                                 chunkSize: options.chunkSize, threads: io.threads)
+        let grads = try linearAttentionBackward(queries: q, keys: k, values: v, forward: forward, outputGradient: dout,
+                                                featureMap: options.map, causal: options.causal, chunkSize: options.chunkSize,
+                                                threads: io.threads)
+        try io.write(grads, output: forward.output)
     }
 }
 

@@ -79,6 +79,26 @@ final class LinearGradientTests: XCTestCase {
         }
     }
 
+    /// With the forward's saved output and normalisers the backward keeps no per-row state; its
+    /// gradients equal the self-contained backward's.
+    func testSavedForwardGivesTheSameGradients() throws {
+        for (map, causal) in [(LinearFeatureMap.elu, true), (.relu, true), (.elu, false), (.softmax, false), (.favor(features: 16, seed: 1), true)] {
+            let (q, k, v) = try Reference.inputs(B: 2, H: 4, Hkv: 2, N: 77, M: 77, d: 8, dv: 6, seed: 71)
+            let dOut = try Tensor.randomNormal([2, 4, 77, 6], seed: 72)
+            let forward = try linearAttentionForward(queries: q, keys: k, values: v, featureMap: map, causal: causal, chunkSize: 16)
+            let plain = try linearAttention(queries: q, keys: k, values: v, featureMap: map, causal: causal, chunkSize: 16)
+            XCTAssertTrue(forward.output.scalars == plain.scalars, map.name)
+            let withSaved = try linearAttentionBackward(queries: q, keys: k, values: v, forward: forward, outputGradient: dOut,
+                                                        featureMap: map, causal: causal, chunkSize: 16)
+            let alone = try linearAttentionBackward(queries: q, keys: k, values: v, outputGradient: dOut, featureMap: map,
+                                                    causal: causal, chunkSize: 16)
+            for (a, b, name) in [(withSaved.queries, alone.queries, "dq"), (withSaved.keys, alone.keys, "dk"),
+                                 (withSaved.values, alone.values, "dv")] {
+                XCTAssertLessThan(Reference.relError(a, b.scalars.map(Double.init)), 1e-5, "\(name) \(map.name) causal \(causal)")
+            }
+        }
+    }
+
     func testEfficientAttention() throws {
         try check(.softmax, H: 4, Hkv: 2, N: 7, M: 9, d: 5, dv: 3, causal: false, seed: 41)
         try check(.softmax, B: 2, H: 2, Hkv: 1, N: 13, M: 5, d: 4, dv: 6, causal: false, chunk: 4, seed: 42)

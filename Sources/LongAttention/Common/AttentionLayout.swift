@@ -22,6 +22,9 @@ struct AttentionLayout {
     /// Log-sum-exp of each query row, `[B, H, N]` contiguous, written by the forward for the
     /// backward pass (nil: not kept).
     var lse: UnsafeMutablePointer<Float>? = nil
+    /// Linear attention: each query row's normaliser `φ(q)·z + ε`, `[B, H, N]` contiguous, written by
+    /// the forward for the backward (nil: not kept).
+    var normalizers: UnsafeMutablePointer<Float>? = nil
     /// Position of query row 0 among the keys; nil means bottom-right alignment, `M - N`.
     /// (BigBird's global rows are row views of a longer sequence and pass their own.)
     var queryOffsetOverride: Int? = nil

@@ -18,13 +18,19 @@ import Foundation
 /// map's derivative closes the chain (elu + 1, relu; FAVOR+ through its projection, its key
 /// stabiliser a constant that cancels; Efficient Attention through both softmaxes).
 ///
+/// With `forward` from ``linearAttentionForward(queries:keys:values:featureMap:causal:epsilon:chunkSize:threads:)``
+/// (the output and each row's normaliser, like FlashAttention's log-sum-exp), `dnum` and `dden`
+/// come from it and the backward's scratch is independent of N. Without it (and for FAVOR+, whose
+/// forward stabiliser changes from chunk to chunk), the backward's forward sweep recomputes the
+/// normalisers and keeps `den, dden` per query row (2 floats) for the reverse sweep.
+///
 /// Shapes: `queries [B, H, N, d]`, `keys [B, Hkv, M, d]`, `values [B, Hkv, M, dv]`,
 /// `outputGradient [B, H, N, dv]`; options as ``linearAttention(queries:keys:values:featureMap:causal:epsilon:chunkSize:threads:)``.
 /// The query heads of a GQA group are stacked in every GEMM and their contributions to the shared
 /// `R, r` sum there. Bitwise the same for any thread count.
 public func linearAttentionBackward(
-    queries: Tensor, keys: Tensor, values: Tensor, outputGradient: Tensor, featureMap: LinearFeatureMap = .elu,
-    causal: Bool = false, epsilon: Float = 1e-6, chunkSize: Int = 64, threads: Int? = nil
+    queries: Tensor, keys: Tensor, values: Tensor, forward: LinearAttentionForward? = nil, outputGradient: Tensor,
+    featureMap: LinearFeatureMap = .elu, causal: Bool = false, epsilon: Float = 1e-6, chunkSize: Int = 64, threads: Int? = nil
 ) throws -> AttentionGradients {
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: 1, threads: threads)
     guard chunkSize >= 1 else { throw AttentionError.invalidArgument("chunk size must be at least 1, got \(chunkSize)") }
@@ -34,6 +40,15 @@ public func linearAttentionBackward(
     }
     let back = try BackwardInputs(inputs, outputGradient: outputGradient)
     try checkLinearRange(inputs, featureMap: featureMap)
+    if let forward {
+        guard forward.output.shape == inputs.shape.outputShape,
+              forward.normalizers.shape == [inputs.shape.B, inputs.shape.H, inputs.shape.N] else {
+            throw AttentionError.shapeMismatch("saved forward has output \(forward.output.shape) and normalisers \(forward.normalizers.shape) for inputs \(inputs.shape)")
+        }
+    }
+    // FAVOR+'s saved normalisers are in its forward's running stabiliser units: recomputed instead.
+    let saved: LinearAttentionForward? = { if case .favor = featureMap { return nil } else { return forward } }()
+    let savedOut = saved?.output.lastAxisContiguous(), savedDen = saved?.normalizers.contiguous()
     let s = inputs.shape
     let plan = LinearAttentionPlan(shape: s, featureMap: featureMap, causal: causal, chunkSize: chunkSize, threads: inputs.threads)
     var favor: FavorFeatures?
@@ -46,10 +61,17 @@ public func linearAttentionBackward(
         try grads.keys.withUnsafeMutableBufferPointer { dk in
             try grads.values.withUnsafeMutableBufferPointer { dv in
                 try dO.withUnsafePointer { pdo in
-                    try inputs.withLayout(outputPointer: dq.baseAddress!) { L in
-                        let G = LinearGradients(dOut: pdo, dOutStride: (dO.strides[0], dO.strides[1], dO.strides[2]),
-                                                dq: dq.baseAddress!, dk: dk.baseAddress!, dv: dv.baseAddress!)
-                        try runLinearBackward(L, G, plan: plan, favor: favor, epsilon: favor == nil ? epsilon : 0)
+                    try withOptionalPointer(savedOut) { po in
+                        try withOptionalPointer(savedDen) { pden in
+                            try inputs.withLayout(outputPointer: dq.baseAddress!) { L in
+                                var G = LinearGradients(dOut: pdo, dOutStride: (dO.strides[0], dO.strides[1], dO.strides[2]),
+                                                        dq: dq.baseAddress!, dk: dk.baseAddress!, dv: dv.baseAddress!)
+                                if let po, let pden, let o = savedOut {
+                                    G.saved = (po, (o.strides[0], o.strides[1], o.strides[2]), pden)
+                                }
+                                try runLinearBackward(L, G, plan: plan, favor: favor, epsilon: favor == nil ? epsilon : 0)
+                            }
+                        }
                     }
                 }
             }
@@ -58,10 +80,41 @@ public func linearAttentionBackward(
     return grads
 }
 
+/// Linear attention's forward for training: the output and each query row's normaliser
+/// `φ(q)·z + ε` (`[B, H, N]`; 1 for Efficient Attention), which
+/// ``linearAttentionBackward(queries:keys:values:forward:outputGradient:featureMap:causal:epsilon:chunkSize:threads:)``
+/// reads instead of keeping per-row state of its own.
+public struct LinearAttentionForward: Sendable {
+    public let output: Tensor
+    public let normalizers: Tensor
+}
+
+/// Linear attention keeping each row's normaliser; options as
+/// ``linearAttention(queries:keys:values:featureMap:causal:epsilon:chunkSize:threads:)``.
+public func linearAttentionForward(
+    queries: Tensor, keys: Tensor, values: Tensor, featureMap: LinearFeatureMap = .elu, causal: Bool = false,
+    epsilon: Float = 1e-6, chunkSize: Int = 64, threads: Int? = nil
+) throws -> LinearAttentionForward {
+    let shape = try AttentionShape(queries: queries, keys: keys, values: values)
+    if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
+    guard chunkSize >= 1 else { throw AttentionError.invalidArgument("chunk size must be at least 1, got \(chunkSize)") }
+    let plan = LinearAttentionPlan(shape: shape, featureMap: featureMap, causal: causal, chunkSize: chunkSize,
+                                   threads: threads ?? Parallel.defaultThreads)
+    var out = try Tensor(uninitialized: shape.outputShape)
+    var normalizers = try Tensor(zeros: [shape.B, shape.H, shape.N])
+    try normalizers.withUnsafeMutableBufferPointer { np in
+        try linearAttention(queries: queries, keys: keys, values: values, epsilon: epsilon, plan: plan, into: &out,
+                            normalizers: np.baseAddress)
+    }
+    return LinearAttentionForward(output: out, normalizers: normalizers)
+}
+
 /// The gradient side of a linear backward: dO rows and the contiguous gradient outputs.
 struct LinearGradients {
     let dOut: UnsafePointer<Float>, dOutStride: (b: Int, h: Int, n: Int)
     let dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>
+    /// The forward's output rows and normalisers `[B, H, N]`, when kept.
+    var saved: (out: UnsafePointer<Float>, outStride: (b: Int, h: Int, n: Int), den: UnsafePointer<Float>)? = nil
 
     @inline(__always) func dOutRow(_ b: Int, _ h: Int, _ i: Int) -> UnsafePointer<Float> {
         dOut + b * dOutStride.b + h * dOutStride.h + i * dOutStride.n
@@ -81,9 +134,10 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
     let partials: UnsafeMutablePointer<Float>? = parts > 1 ? .allocate(capacity: partialFloats) : nil
     defer { partials?.deallocate() }
     // Causal: den and dden of every query row, kept by the forward sweep for the reverse sweep.
-    let rowFloats = plan.causal ? L.B * L.Hkv * parts * Gp * N * 2 : 0
+    let keepRows = plan.causal && grad.saved == nil
+    let rowFloats = keepRows ? L.B * L.Hkv * parts * Gp * N * 2 : 0
     try checkBudget(bytes: rowFloats * 4, purpose: "linear backward row normalisers")
-    let rowStore: UnsafeMutablePointer<Float>? = plan.causal ? .allocate(capacity: max(1, rowFloats)) : nil
+    let rowStore: UnsafeMutablePointer<Float>? = keepRows ? .allocate(capacity: max(1, rowFloats)) : nil
     defer { rowStore?.deallocate() }
     let floats = 2 * C * F + 2 * gq * F + 2 * gq * C + 3 * gq * dv + 2 * gq + 2 * F * dv + 4 * F + 2 * max(C, gq) + gq * d
     try scaledW.withUnsafeBufferPointer { wbuf in
@@ -133,6 +187,21 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
                                    into: grad.dq + ((b * L.H + h) * N + i0) * d, ldd: d, isKey: false, scratch: xd)
                     }
                 }
+                /// From the saved forward: dnum = dO / den, dden = -(dO · O) / den for the stacked rows.
+                func savedAdjoints(_ i0: Int, _ n: Int) {
+                    let kept = grad.saved!
+                    for (gi, g) in heads.enumerated() {
+                        let h = kvh * G + g
+                        let o = kept.out + b * kept.outStride.b + h * kept.outStride.h + i0 * kept.outStride.n
+                        ak_row_dots(dOp + gi * n * dv, dv, o, kept.outStride.n, n, dv, dden + gi * n)
+                        for t in 0..<n {
+                            let r = gi * n + t, den = kept.den[(b * L.H + h) * N + i0 + t]
+                            let inv = den > 0 ? 1 / den : 0
+                            dden[r] = -dden[r] * inv
+                            ak_copy_scaled(dOp + r * dv, dv, dnum + r * dv, dv, 1, dv, inv)
+                        }
+                    }
+                }
                 /// dnum = dO / den and dden = -(dO · num) / den² (= -(dO · O) / den); Efficient
                 /// Attention has no normaliser: dnum = dO.
                 func outputAdjoints(_ rows: Int, normalised: Bool) {
@@ -170,9 +239,13 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
                     while i0 < N {
                         let n = min(C, N - i0), rows = hn * n
                         loadQueries(i0, n)
-                        state.read(phiQ, ldf: F, rows: rows, num: num, ldn: dv, den: den)
-                        for r in 0..<rows { den[r] += epsilon }
-                        outputAdjoints(rows, normalised: true)
+                        if grad.saved != nil {
+                            savedAdjoints(i0, n)
+                        } else {
+                            state.read(phiQ, ldf: F, rows: rows, num: num, ldn: dv, den: den)
+                            for r in 0..<rows { den[r] += epsilon }
+                            outputAdjoints(rows, normalised: true)
+                        }
                         // dφQ = dnum Sᵀ + dden zᵀ
                         BLAS.sgemm(.none, .transpose, m: rows, n: F, k: dv, a: dnum, lda: dv, b: state.S, ldb: dv, c: dPhiQ, ldc: F)
                         addOuter(dPhiQ, ldc: F, rows: rows, cols: F, x: dden, y: state.z)
@@ -194,7 +267,7 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
 
                 // Causal, forward sweep: as the forward, plus dφQ and the rows' den, dden.
                 let off = M - N
-                let store = rowStore! + item * Gp * N * 2
+                let store = rowStore.map { $0 + item * Gp * N * 2 }
                 state.reset()
                 var j0 = 0
                 while j0 < min(M, max(0, off)) {
@@ -216,16 +289,21 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
                     let (kj0, w) = chunkKeys(i0, n)
                     if w > 0 { feat.keys(L.kRow(b, kvh, kj0), ld: L.kStride.m, rows: w, into: phiK) }
                     loadQueries(i0, n)
-                    state.read(phiQ, ldf: F, rows: rows, num: num, ldn: dv, den: den)
-                    if w > 0 {
-                        BLAS.sgemm(.none, .transpose, m: rows, n: w, k: F, a: phiQ, lda: F, b: phiK, ldb: F, c: A, ldc: C)
-                        ak_zero_after(A, rows, w, C, valid)
-                        ak_row_sums_add(A, rows, w, C, den)
-                        BLAS.sgemm(.none, .none, m: rows, n: dv, k: w, a: A, lda: C, b: L.vRow(b, kvh, kj0), ldb: L.vStride.m,
-                                   beta: 1, c: num, ldc: dv)
+                    if grad.saved != nil {
+                        savedAdjoints(i0, n)
+                    } else {
+                        // Recompute the forward's num and den (as the forward does) for the adjoints.
+                        state.read(phiQ, ldf: F, rows: rows, num: num, ldn: dv, den: den)
+                        if w > 0 {
+                            BLAS.sgemm(.none, .transpose, m: rows, n: w, k: F, a: phiQ, lda: F, b: phiK, ldb: F, c: A, ldc: C)
+                            ak_zero_after(A, rows, w, C, valid)
+                            ak_row_sums_add(A, rows, w, C, den)
+                            BLAS.sgemm(.none, .none, m: rows, n: dv, k: w, a: A, lda: C, b: L.vRow(b, kvh, kj0), ldb: L.vStride.m,
+                                       beta: 1, c: num, ldc: dv)
+                        }
+                        for r in 0..<rows { den[r] += epsilon }
+                        outputAdjoints(rows, normalised: true)
                     }
-                    for r in 0..<rows { den[r] += epsilon }
-                    outputAdjoints(rows, normalised: true)
                     // dφQ = dnum S_prevᵀ + dden z_prevᵀ + mask(dnum V_cᵀ + dden) φK_c
                     BLAS.sgemm(.none, .transpose, m: rows, n: F, k: dv, a: dnum, lda: dv, b: state.S, ldb: dv, c: dPhiQ, ldc: F)
                     addOuter(dPhiQ, ldc: F, rows: rows, cols: F, x: dden, y: state.z)
@@ -235,12 +313,12 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
                         BLAS.sgemm(.none, .none, m: rows, n: F, k: w, a: A2, lda: C, b: phiK, ldb: F, beta: 1, c: dPhiQ, ldc: F)
                     }
                     writeQueryGradients(i0, n)
-                    for gi in 0..<hn {
+                    if let store { for gi in 0..<hn {
                         for t in 0..<n {
                             store[(gi * N + i0 + t) * 2] = den[gi * n + t]
                             store[(gi * N + i0 + t) * 2 + 1] = dden[gi * n + t]
                         }
-                    }
+                    } }
                     if w > 0 { state.write(phiK, ldf: F, rows: w, values: L.vRow(b, kvh, kj0), ldv: L.vStride.m) }
                     i0 += n
                 }
@@ -252,15 +330,19 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
                     let i0 = c * C, n = min(C, N - i0), rows = hn * n
                     let (kj0, w) = chunkKeys(i0, n)
                     loadQueries(i0, n)
-                    for gi in 0..<hn {
-                        for t in 0..<n {
-                            den[gi * n + t] = store[(gi * N + i0 + t) * 2]
-                            dden[gi * n + t] = store[(gi * N + i0 + t) * 2 + 1]
+                    if let store {
+                        for gi in 0..<hn {
+                            for t in 0..<n {
+                                den[gi * n + t] = store[(gi * N + i0 + t) * 2]
+                                dden[gi * n + t] = store[(gi * N + i0 + t) * 2 + 1]
+                            }
                         }
-                    }
-                    for r in 0..<rows {
-                        let inv = den[r] > 0 ? 1 / den[r] : 0
-                        ak_copy_scaled(dOp + r * dv, dv, dnum + r * dv, dv, 1, dv, inv)
+                        for r in 0..<rows {
+                            let inv = den[r] > 0 ? 1 / den[r] : 0
+                            ak_copy_scaled(dOp + r * dv, dv, dnum + r * dv, dv, 1, dv, inv)
+                        }
+                    } else {
+                        savedAdjoints(i0, n)
                     }
                     if w > 0 {
                         feat.keys(L.kRow(b, kvh, kj0), ld: L.kStride.m, rows: w, into: phiK)

@@ -60,11 +60,14 @@ func runLinear(_ L: AttentionLayout, plan: LinearAttentionPlan, favor: FavorFeat
                 func writeOut(_ i0: Int, _ n: Int) {
                     for (gi, g) in heads.enumerated() {
                         let dst = L.outRow(b, kvh * G + g, i0)
+                        let kept = L.normalizers.map { $0 + (b * L.H + kvh * G + g) * N + i0 }
                         if normalised {
                             if epsilon != 0 { for t in 0..<n { den[gi * n + t] += epsilon } }
                             ak_divide_rows(num + gi * n * dv, dv, dst, dv, n, dv, den + gi * n)
+                            kept?.update(from: den + gi * n, count: n)
                         } else {
                             ak_copy_scaled(num + gi * n * dv, dv, dst, dv, n, dv, 1)
+                            kept?.update(repeating: 1, count: n)
                         }
                     }
                 }

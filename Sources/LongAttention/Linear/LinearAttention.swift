@@ -65,6 +65,12 @@ public func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsil
 /// can cost as much as the attention itself.
 public func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsilon: Float = 1e-6,
                             plan: LinearAttentionPlan, into out: inout Tensor) throws {
+    try linearAttention(queries: queries, keys: keys, values: values, epsilon: epsilon, plan: plan, into: &out, normalizers: nil)
+}
+
+/// The forward, optionally writing each row's normaliser into `normalizers` (`[B, H, N]`).
+func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsilon: Float, plan: LinearAttentionPlan,
+                     into out: inout Tensor, normalizers: UnsafeMutablePointer<Float>?) throws {
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: 1, threads: plan.threads)
     let shape = inputs.shape
     guard out.shape == shape.outputShape else {
@@ -84,7 +90,9 @@ public func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsil
     }
     if out.count == 0 { return }
     try inputs.withLayout(output: &out) { layout in
-        try runLinear(layout, plan: plan, favor: favor, epsilon: favor == nil ? epsilon : 0)
+        var L = layout
+        L.normalizers = normalizers
+        try runLinear(L, plan: plan, favor: favor, epsilon: favor == nil ? epsilon : 0)
     }
 }
 

@@ -29,26 +29,34 @@ struct Run: ParsableCommand {
         subcommands: [RunFull.self, RunBigBird.self, RunLinear.self, RunInfini.self])
 }
 
-/// The inputs and output every variant takes.
-struct IOOptions: ParsableArguments {
+/// The inputs every variant reads, for `run` and `grad`.
+struct QKVOptions: ParsableArguments {
     @Option(name: .customLong("q"), help: "Queries, float32 .npy [B, H, N, d].")
     var q: String
     @Option(name: .customLong("k"), help: "Keys, float32 .npy [B, Hkv, M, d].")
     var k: String
     @Option(name: .customLong("v"), help: "Values, float32 .npy [B, Hkv, M, dv].")
     var v: String
-    @Option(name: [.customShort("o"), .customLong("output")], help: "Output .npy [B, H, N, dv] (written only on success).")
-    var output: String
     @Option(help: "Worker threads (default: all cores).")
     var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
 
     func load() throws -> (q: Tensor, k: Tensor, v: Tensor) {
         (try Numpy.readTensor(q, rank: 4), try Numpy.readTensor(k, rank: 4), try Numpy.readTensor(v, rank: 4))
     }
+}
 
-    func validateThreads() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
-    }
+/// The inputs and output every `run` variant takes.
+struct IOOptions: ParsableArguments {
+    @OptionGroup var inputs: QKVOptions
+    @Option(name: [.customShort("o"), .customLong("output")], help: "Output .npy [B, H, N, dv] (written only on success).")
+    var output: String
+
+    var threads: Int? { inputs.threads }
+    func load() throws -> (q: Tensor, k: Tensor, v: Tensor) { try inputs.load() }
 }
 
 /// Exact attention's options, shared by `run full` and `grad full`.
@@ -78,8 +86,6 @@ struct RunFull: ParsableCommand {
         abstract: "Exact softmax attention: softmax(scale · Q Kᵀ + mask) V.")
     @OptionGroup var io: IOOptions
     @OptionGroup var options: FullOptions
-
-    func validate() throws { try io.validateThreads() }
 
     func run() throws {
         let (q, k, v) = try io.load()
@@ -128,8 +134,6 @@ struct RunLinear: ParsableCommand {
     @OptionGroup var io: IOOptions
     @OptionGroup var options: LinearOptions
 
-    func validate() throws { try io.validateThreads() }
-
     func run() throws {
         let (q, k, v) = try io.load()
         let out = try linearAttention(queries: q, keys: k, values: v, featureMap: options.map, causal: options.causal,
@@ -177,8 +181,6 @@ struct RunInfini: ParsableCommand {
     var memoryIn: String?
     @Option(help: "Save the final memory here (.npy [B, Hkv, d, dv + 1]).")
     var memoryOut: String?
-
-    func validate() throws { try io.validateThreads() }
 
     func run() throws {
         let (q, k, v) = try io.load()

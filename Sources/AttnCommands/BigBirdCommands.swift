@@ -48,7 +48,6 @@ struct RunBigBird: ParsableCommand {
     var scale: Float?
 
     func validate() throws {
-        try io.validateThreads()
         if let scale, !scale.isFinite { throw ValidationError("--scale must be finite") }
     }
 

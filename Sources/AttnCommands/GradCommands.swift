@@ -12,12 +12,7 @@ struct Grad: ParsableCommand {
 
 /// The inputs and outputs every `grad` variant takes.
 struct GradIOOptions: ParsableArguments {
-    @Option(name: .customLong("q"), help: "Queries, float32 .npy [B, H, N, d].")
-    var q: String
-    @Option(name: .customLong("k"), help: "Keys, float32 .npy [B, Hkv, M, d].")
-    var k: String
-    @Option(name: .customLong("v"), help: "Values, float32 .npy [B, Hkv, M, dv].")
-    var v: String
+    @OptionGroup var inputs: QKVOptions
     @Option(help: "Upstream gradient, float32 .npy [B, H, N, dv] (the output's shape).")
     var dout: String
     @Option(help: "dL/dq output .npy [B, H, N, d].")
@@ -30,18 +25,17 @@ struct GradIOOptions: ParsableArguments {
     var dbeta: String?
     @Option(name: [.customShort("o"), .customLong("output")], help: "Also write the forward output here.")
     var output: String?
-    @Option(help: "Worker threads (default: all cores).")
-    var threads: Int?
+
+    var threads: Int? { inputs.threads }
 
     func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         let outputs = [dq, dk, dv] + [dbeta, output].compactMap { $0 }
         if Set(outputs).count != outputs.count { throw ValidationError("output files must differ: \(outputs.joined(separator: ", "))") }
     }
 
     func load() throws -> (q: Tensor, k: Tensor, v: Tensor, dout: Tensor) {
-        (try Numpy.readTensor(q, rank: 4), try Numpy.readTensor(k, rank: 4), try Numpy.readTensor(v, rank: 4),
-         try Numpy.readTensor(dout, rank: 4))
+        let (q, k, v) = try inputs.load()
+        return (q, k, v, try Numpy.readTensor(dout, rank: 4))
     }
 
     /// Writes the gradients (and the output when asked) only after every one was computed, so a

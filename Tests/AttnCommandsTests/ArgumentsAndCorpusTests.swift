@@ -12,6 +12,18 @@ final class ArgumentsAndCorpusTests: XCTestCase {
         XCTAssertNoThrow(try Attn.parseAsRoot(["run", "full", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--causal", "--tiled"]))
         XCTAssertNoThrow(try Attn.parseAsRoot(["run", "bigbird", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--random-plan", "p.npy"]))
         XCTAssertNoThrow(try Attn.parseAsRoot(["run", "infini", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--segment", "32", "--update", "delta"]))
+        let grad = ["--q", "q", "--k", "k", "--v", "v", "--dout", "g", "--dq", "a", "--dk", "b", "--dv", "c"]
+        XCTAssertNoThrow(try Attn.parseAsRoot(["grad", "full", "--causal"] + grad))
+        XCTAssertNoThrow(try Attn.parseAsRoot(["grad", "bigbird", "--random-plan", "p.npy", "--causal"] + grad))
+        XCTAssertNoThrow(try Attn.parseAsRoot(["grad", "linear", "--feature-map", "softmax"] + grad))
+        XCTAssertNoThrow(try Attn.parseAsRoot(["grad", "infini", "--segment", "8", "--dbeta", "d"] + grad))
+        for bad in [["grad", "full"] + grad.dropLast(2),                                   // no --dv
+                    ["grad", "full", "--threads", "0"] + grad,
+                    ["grad", "full", "--q", "q", "--k", "k", "--v", "v", "--dout", "g", "--dq", "a", "--dk", "a", "--dv", "c"],
+                    ["grad", "linear", "--feature-map", "softmax", "--causal"] + grad,
+                    ["grad", "infini"] + grad] {
+            XCTAssertThrowsError(try Attn.parseAsRoot(bad), "\(bad)")
+        }
         for bad in [["run", "full", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--frobnicate"],
                     ["run", "full", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--tiled", "--materialized"],
                     ["run", "full", "--q", "q", "--k", "k", "--v", "v", "-o", "o", "--scale", "nan"],

@@ -61,10 +61,9 @@ func runBigBirdBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: BigB
     let R = Gp * b, ldS = bigBirdMaxColumns(plan: plan)
     let (scores, overflow) = R.multipliedReportingOverflow(by: 2 * ldS)
     guard !overflow else { throw AttentionError.tooLarge("BigBird score blocks of \(R) × \(ldS) overflow") }
-    let partialFloats = L.B * L.Hkv * (parts - 1) * N * (d + dv)
-    try checkBudget(bytes: partialFloats * 4, purpose: "BigBird backward dK/dV partials")
-    let partials: UnsafeMutablePointer<Float>? = parts > 1 ? .allocate(capacity: partialFloats) : nil
-    defer { partials?.deallocate() }
+    let kv = try HeadPartGradients(dk: grad.dk, dv: grad.dv, sequences: L.B * L.Hkv, parts: parts, M: N, d: d, dvWidth: dv,
+                                   purpose: "BigBird backward")
+    defer { kv.deallocate() }
     try runWithScratch(items: L.B * L.Hkv * parts, threads: threads, floats: R * (2 * d + dv + 2) + scores, ints: R,
                        purpose: "BigBird backward blocks of \(R) stacked rows × \(ldS) columns") { ws, queue in
         let qp = ws.floats(R * d), dO = ws.floats(R * dv), dqAcc = ws.floats(R * d)
@@ -72,15 +71,7 @@ func runBigBirdBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: BigB
         while let item = queue.next() {
             let part = item % parts, bh = item / parts
             let heads = (part * Gp)..<max(part * Gp, min(G, (part + 1) * Gp))
-            let dkBase: UnsafeMutablePointer<Float>, dvBase: UnsafeMutablePointer<Float>
-            if part == 0 {
-                (dkBase, dvBase) = (grad.dk + bh * N * d, grad.dv + bh * N * dv)
-            } else {
-                dkBase = partials! + (bh * (parts - 1) + part - 1) * N * (d + dv)
-                dvBase = dkBase + N * d
-            }
-            dkBase.update(repeating: 0, count: N * d)
-            dvBase.update(repeating: 0, count: N * dv)
+            let (dkBase, dvBase) = kv.rows(sequence: bh, part: part)
             if heads.isEmpty { continue }
             for i in middle {
                 let blk = QueryBlock(b: bh / L.Hkv, kvHead: bh % L.Hkv, i0: i * b, rows: min(b, N - i * b), heads: heads)
@@ -147,14 +138,5 @@ func runBigBirdBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: BigB
             }
         }
     }
-    guard let partials else { return }
-    Parallel.run(items: L.B * L.Hkv, threads: threads) { _, queue in
-        while let bh = queue.next() {
-            for part in 1..<parts {
-                let p = partials + (bh * (parts - 1) + part - 1) * N * (d + dv)
-                ak_add(grad.dk + bh * N * d, p, N * d)
-                ak_add(grad.dv + bh * N * dv, p + N * d, N * dv)
-            }
-        }
-    }
+    kv.reduce(threads: threads)
 }

@@ -119,8 +119,6 @@ struct AttentionBackwardPlan {
         return (r * (2 * shape.d + shape.dv + 2 * keyTile + 2), r)
     }
 
-    /// Floats of the private dK/dV partials (parts after the first).
-    var partialFloats: Int { shape.B * shape.Hkv * (parts - 1) * shape.M * (shape.d + shape.dv) }
 }
 
 /// Raw pointers of a backward pass beside the forward's ``AttentionLayout``.
@@ -195,9 +193,9 @@ func runSoftmaxBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: Atte
     let (G, Gp, Br, Bc) = (L.group, plan.headsPerPart, plan.queryBlock, plan.keyTile)
     let (d, dv, M, N, parts) = (L.d, L.dv, L.M, L.N, plan.parts)
     let R = Gp * Br, triangleTile = min(Bc, 64)
-    try checkBudget(bytes: plan.partialFloats * 4, purpose: "dK/dV partials of \(parts) head parts")
-    let partials: UnsafeMutablePointer<Float>? = parts > 1 ? .allocate(capacity: plan.partialFloats) : nil
-    defer { partials?.deallocate() }
+    let kv = try HeadPartGradients(dk: grad.dk, dv: grad.dv, sequences: L.B * L.Hkv, parts: parts, M: M, d: d, dvWidth: dv,
+                                   purpose: "attention backward")
+    defer { kv.deallocate() }
     let (floats, ints) = plan.workerScratch
     try runWithScratch(items: plan.items, threads: plan.threads, floats: floats, ints: ints,
                        purpose: "attention backward") { ws, queue in
@@ -209,16 +207,7 @@ func runSoftmaxBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: Atte
             let b = bh / L.Hkv, kvh = bh % L.Hkv
             let heads = (part * Gp)..<max(part * Gp, min(G, (part + 1) * Gp))
             // This item's dK/dV rows: the output's for part 0, a private partial otherwise.
-            let dkBase: UnsafeMutablePointer<Float>, dvBase: UnsafeMutablePointer<Float>
-            if part == 0 {
-                dkBase = grad.dk + bh * M * d
-                dvBase = grad.dv + bh * M * dv
-            } else {
-                dkBase = partials! + (bh * (parts - 1) + part - 1) * M * (d + dv)
-                dvBase = dkBase + M * d
-            }
-            dkBase.update(repeating: 0, count: M * d)
-            dvBase.update(repeating: 0, count: M * dv)
+            let (dkBase, dvBase) = kv.rows(sequence: bh, part: part)
             if heads.isEmpty { continue }   // a part with no heads left contributes zeros
             var blk = QueryBlock(b: b, kvHead: kvh, i0: 0, rows: 0, heads: heads)
             /// One key tile `j0 ..< j0 + w` for the stacked rows `rs`.
@@ -273,15 +262,5 @@ func runSoftmaxBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: Atte
             }
         }
     }
-    guard let partials else { return }
-    // Sum the head parts' dK/dV into the outputs in a fixed order.
-    Parallel.run(items: L.B * L.Hkv, threads: plan.threads) { _, queue in
-        while let bh = queue.next() {
-            for part in 1..<parts {
-                let p = partials + (bh * (parts - 1) + part - 1) * M * (d + dv)
-                ak_add(grad.dk + bh * M * d, p, M * d)
-                ak_add(grad.dv + bh * M * dv, p + M * d, M * dv)
-            }
-        }
-    }
+    kv.reduce(threads: plan.threads)
 }

@@ -20,17 +20,7 @@ struct FeatureMapper {
     /// Row-wise constant factors are dropped where they cancel between numerator and normaliser:
     /// FAVOR+ query features are `exp(w·q' - max_j w_j·q')`.
     func queries(_ src: UnsafePointer<Float>, ld: Int, rows: Int, into dst: UnsafeMutablePointer<Float>) {
-        switch map {
-        case .elu: ak_feature_rows(AK_FEATURE_ELU1, src, ld, dst, F, rows, d)
-        case .relu: ak_feature_rows(AK_FEATURE_RELU, src, ld, dst, F, rows, d)
-        case .softmax:
-            ak_copy_scaled(src, ld, dst, F, rows, d, 1)
-            ak_softmax_rows(dst, rows, d, F, nil)
-        case .favor:
-            BLAS.sgemm(.none, .transpose, m: rows, n: F, k: d, a: src, lda: ld, b: w!, ldb: d, c: dst, ldc: F)
-            ak_row_max(dst, rows, F, F, rowScratch)
-            ak_exp_sub_rows(dst, rows, F, F, rowScratch)
-        }
+        queryFeatures(map, src, ld: ld, rows: rows, d: d, F: F, w: w, rowScratch: rowScratch, into: dst)
     }
 
     /// φ(k) for `rows` key rows into `dst [rows, F]`. FAVOR+ may raise its stabiliser, rescaling
@@ -60,5 +50,22 @@ struct FeatureMapper {
             for r in 0..<rows { rowScratch[r] += keyShift }
             ak_exp_sub_rows(dst, rows, F, F, rowScratch)
         }
+    }
+}
+
+/// φ(q) for `rows` query rows (leading dimension ld) into `dst [rows, F]`, shared by the forward
+/// and the backward. FAVOR+'s row constant `max_j w_j·q'` is subtracted (it cancels).
+func queryFeatures(_ map: LinearFeatureMap, _ src: UnsafePointer<Float>, ld: Int, rows: Int, d: Int, F: Int,
+                   w: UnsafePointer<Float>?, rowScratch: UnsafeMutablePointer<Float>, into dst: UnsafeMutablePointer<Float>) {
+    switch map {
+    case .elu: ak_feature_rows(AK_FEATURE_ELU1, src, ld, dst, F, rows, d)
+    case .relu: ak_feature_rows(AK_FEATURE_RELU, src, ld, dst, F, rows, d)
+    case .softmax:
+        ak_copy_scaled(src, ld, dst, F, rows, d, 1)
+        ak_softmax_rows(dst, rows, d, F, nil)
+    case .favor:
+        BLAS.sgemm(.none, .transpose, m: rows, n: F, k: d, a: src, lda: ld, b: w!, ldb: d, c: dst, ldc: F)
+        ak_row_max(dst, rows, F, F, rowScratch)
+        ak_exp_sub_rows(dst, rows, F, F, rowScratch)
     }
 }

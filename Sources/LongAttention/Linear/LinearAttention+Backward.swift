@@ -128,11 +128,9 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
     let gq = Gp * C
     let map = plan.featureMap
     let scaledW = favor.map { f in f.projection.map { $0 * Foundation.pow(Float(d), -0.25) } } ?? []
-    // Private dK/dV for head parts after the first, summed in a fixed order at the end.
-    let partialFloats = L.B * L.Hkv * (parts - 1) * M * (d + dv)
-    try checkBudget(bytes: partialFloats * 4, purpose: "linear backward dK/dV partials")
-    let partials: UnsafeMutablePointer<Float>? = parts > 1 ? .allocate(capacity: partialFloats) : nil
-    defer { partials?.deallocate() }
+    let kv = try HeadPartGradients(dk: grad.dk, dv: grad.dv, sequences: L.B * L.Hkv, parts: parts, M: M, d: d, dvWidth: dv,
+                                   purpose: "linear attention backward")
+    defer { kv.deallocate() }
     // Causal: den and dden of every query row, kept by the forward sweep for the reverse sweep.
     let keepRows = plan.causal && grad.saved == nil
     let rowFloats = keepRows ? L.B * L.Hkv * parts * Gp * N * 2 : 0
@@ -157,15 +155,7 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
                 let part = item % parts, bh = item / parts
                 let b = bh / L.Hkv, kvh = bh % L.Hkv
                 let heads = (part * Gp)..<max(part * Gp, min(G, (part + 1) * Gp))
-                let dkBase: UnsafeMutablePointer<Float>, dvBase: UnsafeMutablePointer<Float>
-                if part == 0 {
-                    (dkBase, dvBase) = (grad.dk + bh * M * d, grad.dv + bh * M * dv)
-                } else {
-                    dkBase = partials! + (bh * (parts - 1) + part - 1) * M * (d + dv)
-                    dvBase = dkBase + M * d
-                }
-                dkBase.update(repeating: 0, count: M * d)
-                dvBase.update(repeating: 0, count: M * dv)
+                let (dkBase, dvBase) = kv.rows(sequence: bh, part: part)
                 if heads.isEmpty { continue }
                 let hn = heads.count
                 var feat = features
@@ -365,16 +355,7 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
             }
         }
     }
-    guard let partials else { return }
-    Parallel.run(items: L.B * L.Hkv, threads: plan.threads) { _, queue in
-        while let bh = queue.next() {
-            for part in 1..<parts {
-                let p = partials + (bh * (parts - 1) + part - 1) * M * (d + dv)
-                ak_add(grad.dk + bh * M * d, p, M * d)
-                ak_add(grad.dv + bh * M * dv, p + M * d, M * dv)
-            }
-        }
-    }
+    kv.reduce(threads: plan.threads)
 }
 
 /// c[r, :] += x[r] · y for a rows × cols block (the rank-one `dden zᵀ` term).
@@ -520,17 +501,7 @@ struct BackwardFeatures {
     }
 
     func queries(_ src: UnsafePointer<Float>, ld: Int, rows: Int, into dst: UnsafeMutablePointer<Float>) {
-        switch map {
-        case .elu: ak_feature_rows(AK_FEATURE_ELU1, src, ld, dst, F, rows, d)
-        case .relu: ak_feature_rows(AK_FEATURE_RELU, src, ld, dst, F, rows, d)
-        case .softmax:
-            ak_copy_scaled(src, ld, dst, F, rows, d, 1)
-            ak_softmax_rows(dst, rows, d, F, nil)
-        case .favor:
-            BLAS.sgemm(.none, .transpose, m: rows, n: F, k: d, a: src, lda: ld, b: w!, ldb: d, c: dst, ldc: F)
-            ak_row_max(dst, rows, F, F, rowScratch)
-            ak_exp_sub_rows(dst, rows, F, F, rowScratch)
-        }
+        queryFeatures(map, src, ld: ld, rows: rows, d: d, F: F, w: w, rowScratch: rowScratch, into: dst)
     }
 
     func keys(_ src: UnsafePointer<Float>, ld: Int, rows: Int, into dst: UnsafeMutablePointer<Float>) {

@@ -63,6 +63,15 @@ final class HardeningTests: XCTestCase {
         XCTAssertEqual(ExactAttentionPlan(shape: plan.shape).implementation, .tiled)
     }
 
+    /// The default budget is the tightest of MemAvailable, the cgroup's room and the ulimits.
+    func testBudgetTakesTheTightestLimit() {
+        XCTAssertEqual(MemoryBudget.tightest(memAvailable: 20 << 30, cgroup: nil, addressSpace: nil, data: nil), 20 << 30)
+        XCTAssertEqual(MemoryBudget.tightest(memAvailable: 20 << 30, cgroup: 4 << 30, addressSpace: 8 << 30, data: nil), 4 << 30)
+        XCTAssertEqual(MemoryBudget.tightest(memAvailable: 20 << 30, cgroup: nil, addressSpace: 3 << 30, data: 5 << 30), 3 << 30)
+        XCTAssertEqual(MemoryBudget.tightest(memAvailable: 20 << 30, cgroup: -5, addressSpace: nil, data: nil), 0)
+        XCTAssertGreaterThan(MemoryBudget.availableBytes, 0)
+    }
+
     func testEveryVariantIsDeterministicAcrossThreadsAndRuns() throws {
         let (q, k, v) = try Reference.inputs(B: 1, H: 4, Hkv: 1, N: 700, M: 700, d: 16, dv: 16, seed: 3)
         let plan = try BigBirdPlan(sequenceLength: 700, heads: 4, blockSize: 32, seed: 4)

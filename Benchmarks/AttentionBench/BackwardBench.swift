@@ -36,9 +36,9 @@ func benchBackward(variants: [String], lengths: (String) -> [Int], threads: Int,
                 }
                 exactBackward[ExactCache.key(n, causal)] = b.median
                 let flops = 4.0 * Double(H) * Double(n) * Double(n) * Double(d) * (causal ? 0.5 : 1)
-                // Per worker: packed Q, dO, the dQ accumulator (R × d each), S and dP tiles (R × 256), D, lse, limits.
-                let R = 128, tile = min(256, n)
-                let ws = threads * (R * (3 * d + 2 * tile + 3) * 4) + H * n * 4
+                // Per worker: packed Q, dO, the dQ accumulator, S and dP tiles, D, lse, limits; plus the saved log-sum-exp.
+                let shape = AttentionShape(B: 1, H: H, Hkv: H, N: n, M: n, d: d, dv: d)
+                let ws = attentionBackwardWorkspaceBytes(shape: shape, threads: threads) + H * n * 4
                 rows.append(row("full", "tiled", n: n, causal: causal, forward: f.median, backward: b, forwardFlops: flops, workspace: ws,
                                 note: String(format: "forward keeping the log-sum-exp %.3f s", f.median)))
             }

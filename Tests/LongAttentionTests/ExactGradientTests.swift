@@ -87,9 +87,11 @@ final class ExactGradientTests: XCTestCase {
                        scale: 0.3, seed: 7))
     }
 
-    /// Sizes that cross the backward's blocks (128 stacked rows, 256-key tiles, 64-key causal
+    /// Sizes that cross the backward's blocks (512 stacked rows, 128-key tiles, 64-key causal
     /// tiles): partial blocks and tiles, the triangle's restricted rows.
     func testAcrossTiles() throws {
+        try check(Case(B: 1, H: 1, Hkv: 1, N: 600, M: 300, d: 8, dv: 5, causal: true, seed: 12), tolerance: 2e-5)
+        try check(Case(B: 1, H: 2, Hkv: 2, N: 300, M: 600, d: 8, dv: 5, seed: 13), tolerance: 2e-5)
         try check(Case(B: 1, H: 1, Hkv: 1, N: 129, M: 300, d: 16, dv: 16, causal: true, seed: 8), tolerance: 2e-5)
         try check(Case(B: 1, H: 2, Hkv: 1, N: 200, M: 257, d: 9, dv: 4, seed: 9), tolerance: 2e-5)
         try check(Case(B: 3, H: 2, Hkv: 2, N: 130, M: 130, d: 8, dv: 8, causal: true, keyLengths: [130, 64, 1], seed: 10),

@@ -142,13 +142,14 @@ struct AttentionBench: ParsableCommand {
             "cpu": cpuModel(),
             "openblasKernel": BLAS.coreName,
             "openblasCoretype": env["OPENBLAS_CORETYPE"] ?? "unset",
+            "openblasChoice": BLASKernelSelection.status,
             "openblasConfig": BLAS.config,
             "elementwiseISA": VectorKernels.isa,
             "threads": "\(threads)",
             "command": CommandLine.arguments.joined(separator: " "),
         ]
         var report = "# attention-bench\n\n"
-        for key in ["date", "commit", "cpu", "cores", "memoryGiB", "openblasKernel", "openblasCoretype", "elementwiseISA", "threads", "command"] {
+        for key in ["date", "commit", "cpu", "cores", "memoryGiB", "openblasKernel", "openblasCoretype", "openblasChoice", "elementwiseISA", "threads", "command"] {
             report += "- \(key): \(meta[key]!)\n"
         }
         if let warning = BLAS.kernelWarning { report += "\n> Note: \(warning)\n" }
@@ -276,4 +277,7 @@ struct AttentionBench: ParsableCommand {
     }
 }
 
+// OpenBLAS's generic kernel on an AVX2/AVX-512 CPU: restart once with the matching kernel (probed
+// first; a value the user set is never overridden). The report's meta records the choice.
+BLASKernelSelection.selectKernel()
 AttentionBench.main()

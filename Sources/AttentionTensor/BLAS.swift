@@ -1,4 +1,5 @@
 import COpenBLAS
+import Foundation
 
 /// Thin, typed access to the OpenBLAS entry points the package uses.
 ///
@@ -45,6 +46,9 @@ public enum BLAS {
     public static var kernelWarning: String? {
         let generic = ["Prescott", "Core2", "Katmai", "Coppermine", "Northwood", "Banias", "Penryn", "Dunnington", "Atom", "Nehalem"]
         guard generic.contains(coreName), VectorKernels.isa != "baseline" else { return nil }
+        if let marker = ProcessInfo.processInfo.environment[BLASKernelSelection.markerVariable], marker.hasPrefix("declined:") {
+            return "OpenBLAS runs its generic '\(coreName)' kernel: the vector kernel was probed and declined (\(marker))."
+        }
         return "OpenBLAS chose its generic '\(coreName)' kernel on a CPU with \(VectorKernels.isa == "x86-64-v4" ? "AVX-512" : "AVX2"): "
             + "its sgemm runs several times below this CPU's peak. OPENBLAS_CORETYPE="
             + (VectorKernels.isa == "x86-64-v4" ? "SkylakeX" : "Haswell") + " in the environment selects the vector kernel."

@@ -14,9 +14,9 @@ public struct Attn: ParsableCommand {
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print the OpenBLAS kernel, the elementwise kernel ISA and the thread count.")
+        abstract: "Print the OpenBLAS kernel (and why it was chosen), the elementwise kernel ISA and the thread count.")
     func run() {
-        print("OpenBLAS kernel: \(BLAS.coreName)")
+        print("OpenBLAS kernel: \(BLASKernelSelection.status)")
         print("elementwise kernels: \(VectorKernels.isa)")
         print("threads: \(Parallel.defaultThreads)")
         if let warning = BLAS.kernelWarning { print("note: \(warning)") }

@@ -1,6 +1,11 @@
 import ArgumentParser
+import AttentionTensor
 import AttnCommands
 import Foundation
+
+// OpenBLAS's generic kernel on an AVX2/AVX-512 CPU: restart once with the matching kernel (probed
+// first in a child process; a value the user set is never overridden).
+BLASKernelSelection.selectKernel()
 
 // Bad input of any kind ends with exactly one line on stderr and a non-zero exit; help and
 // version requests print in full as usual.

@@ -92,3 +92,40 @@ final class KernelBranchTests: XCTestCase {
         XCTAssertEqual(scan.maxMagnitude, 7)
     }
 }
+
+/// OpenBLAS kernel selection as a pure function of the kernel name, the CPU's vector ISA and the
+/// environment (the restart itself is exercised by running `attn` with ATTN_OPENBLAS_ASSUME_CORE).
+final class BLASKernelSelectionTests: XCTestCase {
+    func testDecisions() {
+        typealias S = BLASKernelSelection
+        XCTAssertEqual(S.decide(coreName: "Prescott", isa: "x86-64-v4", environment: [:]),
+                       .restart(coreType: "SkylakeX", reason: "OpenBLAS chose its generic Prescott kernel on a CPU with AVX-512"))
+        XCTAssertEqual(S.decide(coreName: "Core2", isa: "x86-64-v3", environment: ["HOME": "/root"]),
+                       .restart(coreType: "Haswell", reason: "OpenBLAS chose its generic Core2 kernel on a CPU with AVX2"))
+        // Never over a user's value, never a second restart, nothing to gain without AVX2.
+        for (core, isa, env) in [("Prescott", "x86-64-v4", ["OPENBLAS_CORETYPE": "Haswell"]),
+                                 ("Prescott", "x86-64-v4", [S.markerVariable: "declined:SkylakeX:crashed"]),
+                                 ("Prescott", "baseline", [:]),
+                                 ("Zen", "x86-64-v3", [:]),
+                                 ("SkylakeX", "x86-64-v4", [:])] {
+            guard case .keep(let reason) = S.decide(coreName: core, isa: isa, environment: env) else {
+                return XCTFail("\(core) \(isa) \(env) should keep")
+            }
+            XCTAssertFalse(reason.isEmpty)
+        }
+        guard case .keep(let user) = S.decide(coreName: "Haswell", isa: "x86-64-v4", environment: ["OPENBLAS_CORETYPE": "Haswell"]) else {
+            return XCTFail()
+        }
+        XCTAssertTrue(user.contains("set by the user"), user)
+        guard case .keep(let ours) = S.decide(coreName: "SkylakeX", isa: "x86-64-v4",
+                                               environment: ["OPENBLAS_CORETYPE": "SkylakeX", S.markerVariable: "SkylakeX"]) else {
+            return XCTFail()
+        }
+        XCTAssertTrue(ours.contains("chosen by this program"), ours)
+    }
+
+    func testProbeGemmAgreesWithFloat64() {
+        XCTAssertTrue(BLASKernelSelection.gemmAgreesWithReference())
+        XCTAssertFalse(BLASKernelSelection.status.isEmpty)
+    }
+}

@@ -113,8 +113,8 @@ AK_INLINE void dot_keys_4rows(const float *q, long ldq, long d, const float *k, 
     for (long r = 0; r < 4; r++) dot_keys_1row(q + r * ldq, d, k, ldk, j, j1, s + r * lds);   // the last w % 4 keys
 }
 
-AK_CLONES void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk,
-                                long w, float *s, long lds) {
+AK_CLONES static void rows_dot_keys_wide(const float *q, long ldq, long rows, long d, const float *k, long ldk,
+                                         long w, float *s, long lds) {
     for (long j0 = 0; j0 < w; j0 += KB) {
         long j1 = j0 + KB < w ? j0 + KB : w;
         long r = 0;
@@ -122,6 +122,7 @@ AK_CLONES void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, con
         for (; r < rows; r++) dot_keys_1row(q + r * ldq, d, k, ldk, j0, j1, s + r * lds);
     }
 }
+
 
 /// o_r += Σ_j p_r[j] · v_j for four rows over keys j0 ..< j1, 64 output columns at a time in 16
 /// accumulators; the first 64-column pass prefetches whole value rows ahead, later passes read
@@ -196,12 +197,166 @@ AK_INLINE void times_values_1row(const float *pr, const float *v, long ldv, long
     }
 }
 
-AK_CLONES void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w,
-                                    long dv, float *o, long ldo) {
+AK_CLONES static void rows_times_values_wide(const float *p, long ldp, long rows, const float *v, long ldv, long w,
+                                             long dv, float *o, long ldo) {
     for (long j0 = 0; j0 < w; j0 += KB) {
         long j1 = j0 + KB < w ? j0 + KB : w;
         long r = 0;
         for (; r + 4 <= rows; r += 4) times_values_4rows(p + r * ldp, ldp, v, ldv, j0, j1, dv, o + r * ldo, ldo, r == 0);
         for (; r < rows; r++) times_values_1row(p + r * ldp, v, ldv, j0, j1, dv, o + r * ldo);
     }
+}
+
+// ---- AVX2 (no AVX-512): the same blocking on 8-lane vectors ----
+//
+// On a CPU without AVX-512 each 16-lane vector above is two ymm registers, and the four-row
+// kernels' 16 accumulators need 32 of the 16 ymm registers: they spill, and the decode step turns
+// compute-bound (measured on a Zen 3 EPYC, 128K keys, H = 32, d = 128: Hkv = 8 read K/V at 42% of
+// the copy bandwidth, Hkv = 1 at 11%). These kernels keep R ≤ 4 rows × 2 keys of 8-lane
+// accumulators (8 ymm) plus two key vectors and one query vector in registers, and take groups of
+// 2 and 3 rows whole instead of row by row. A single row keeps the one-row paths (four keys per
+// reduction tree), which measured faster for it (Hkv = H).
+typedef float y8 __attribute__((ext_vector_type(8)));
+#define Y8_TARGET __attribute__((target("avx2,fma")))
+#define Y8LOAD(p) ({ y8 v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define Y8STORE(p, v) do { y8 v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
+
+/// Sum of the 8 lanes.
+#define Y8SUM(v) ({ y8 v_ = (v); v4 a_ = v_.lo + v_.hi; a_.x + a_.y + a_.z + a_.w; })
+
+/// s[r·lds + j] = q_r · k_j for R rows (1 ≤ R ≤ 4) and keys j0 ..< j1, two keys at a time.
+static inline __attribute__((always_inline)) Y8_TARGET
+void dot_keys_y8(const float *q, long ldq, int R, long d, const float *k, long ldk, long j0, long j1,
+                 float *s, long lds, int prefetch) {
+    long j = j0;
+    for (; j + 2 <= j1; j += 2) {
+        const float *k0 = k + j * ldk, *k1 = k0 + ldk;
+        if (prefetch) { prefetch_floats(k0, PREFETCH_KEYS * ldk, d); prefetch_floats(k1, PREFETCH_KEYS * ldk, d); }
+        y8 a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
+        float t00 = 0, t01 = 0, t10 = 0, t11 = 0, t20 = 0, t21 = 0, t30 = 0, t31 = 0;
+        long c = 0;
+        for (; c + 8 <= d; c += 8) {
+            y8 b0 = Y8LOAD(k0 + c), b1 = Y8LOAD(k1 + c), x;
+            x = Y8LOAD(q + c); a00 += x * b0; a01 += x * b1;
+            if (R > 1) { x = Y8LOAD(q + ldq + c); a10 += x * b0; a11 += x * b1; }
+            if (R > 2) { x = Y8LOAD(q + 2 * ldq + c); a20 += x * b0; a21 += x * b1; }
+            if (R > 3) { x = Y8LOAD(q + 3 * ldq + c); a30 += x * b0; a31 += x * b1; }
+        }
+        for (; c < d; c++) {
+            float b0 = k0[c], b1 = k1[c];
+            t00 += q[c] * b0; t01 += q[c] * b1;
+            if (R > 1) { t10 += q[ldq + c] * b0; t11 += q[ldq + c] * b1; }
+            if (R > 2) { t20 += q[2 * ldq + c] * b0; t21 += q[2 * ldq + c] * b1; }
+            if (R > 3) { t30 += q[3 * ldq + c] * b0; t31 += q[3 * ldq + c] * b1; }
+        }
+        s[j] = Y8SUM(a00) + t00; s[j + 1] = Y8SUM(a01) + t01;
+        if (R > 1) { s[lds + j] = Y8SUM(a10) + t10; s[lds + j + 1] = Y8SUM(a11) + t11; }
+        if (R > 2) { s[2 * lds + j] = Y8SUM(a20) + t20; s[2 * lds + j + 1] = Y8SUM(a21) + t21; }
+        if (R > 3) { s[3 * lds + j] = Y8SUM(a30) + t30; s[3 * lds + j + 1] = Y8SUM(a31) + t31; }
+    }
+    for (; j < j1; j++) {   // the last key of an odd count
+        const float *kj = k + j * ldk;
+        for (int r = 0; r < R; r++) {
+            y8 acc = 0;
+            float t = 0;
+            long c = 0;
+            for (; c + 8 <= d; c += 8) acc += Y8LOAD(q + r * ldq + c) * Y8LOAD(kj + c);
+            for (; c < d; c++) t += q[r * ldq + c] * kj[c];
+            s[r * lds + j] = Y8SUM(acc) + t;
+        }
+    }
+}
+
+/// o_r += Σ_j p_r[j] v_j for R rows (1 ≤ R ≤ 4), 16 output columns at a time (8 accumulators);
+/// the value block stays in L1 across the column passes.
+static inline __attribute__((always_inline)) Y8_TARGET
+void times_values_y8(const float *p, long ldp, int R, const float *v, long ldv, long j0, long j1, long dv,
+                     float *o, long ldo, int prefetch) {
+    long c = 0;
+    for (; c + 16 <= dv; c += 16) {
+        float *o0 = o + c, *o1 = o0 + ldo, *o2 = o1 + ldo, *o3 = o2 + ldo;
+        y8 a00 = Y8LOAD(o0), a01 = Y8LOAD(o0 + 8), a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
+        if (R > 1) { a10 = Y8LOAD(o1); a11 = Y8LOAD(o1 + 8); }
+        if (R > 2) { a20 = Y8LOAD(o2); a21 = Y8LOAD(o2 + 8); }
+        if (R > 3) { a30 = Y8LOAD(o3); a31 = Y8LOAD(o3 + 8); }
+        for (long j = j0; j < j1; j++) {
+            const float *vj = v + j * ldv + c;
+            if (prefetch && c == 0) prefetch_floats(v + j * ldv, PREFETCH_KEYS * ldv, dv);
+            y8 b0 = Y8LOAD(vj), b1 = Y8LOAD(vj + 8), x;
+            x = p[j]; a00 += x * b0; a01 += x * b1;
+            if (R > 1) { x = p[ldp + j]; a10 += x * b0; a11 += x * b1; }
+            if (R > 2) { x = p[2 * ldp + j]; a20 += x * b0; a21 += x * b1; }
+            if (R > 3) { x = p[3 * ldp + j]; a30 += x * b0; a31 += x * b1; }
+        }
+        Y8STORE(o0, a00); Y8STORE(o0 + 8, a01);
+        if (R > 1) { Y8STORE(o1, a10); Y8STORE(o1 + 8, a11); }
+        if (R > 2) { Y8STORE(o2, a20); Y8STORE(o2 + 8, a21); }
+        if (R > 3) { Y8STORE(o3, a30); Y8STORE(o3 + 8, a31); }
+    }
+    for (; c < dv; c++) {
+        for (int r = 0; r < R; r++) {
+            float a = o[r * ldo + c];
+            for (long j = j0; j < j1; j++) a += p[r * ldp + j] * v[j * ldv + c];
+            o[r * ldo + c] = a;
+        }
+    }
+}
+
+static Y8_TARGET void rows_dot_keys_avx2(const float *q, long ldq, long rows, long d, const float *k, long ldk,
+                                         long w, float *s, long lds) {
+    for (long j0 = 0; j0 < w; j0 += KB) {
+        long j1 = j0 + KB < w ? j0 + KB : w;
+        for (long r = 0; r < rows; r += 4) {
+            long n = rows - r < 4 ? rows - r : 4;
+            const float *qr = q + r * ldq;
+            float *sr = s + r * lds;
+            switch (n) {   // constant R: the unused accumulators disappear
+            case 4: dot_keys_y8(qr, ldq, 4, d, k, ldk, j0, j1, sr, lds, r == 0); break;
+            case 3: dot_keys_y8(qr, ldq, 3, d, k, ldk, j0, j1, sr, lds, r == 0); break;
+            case 2: dot_keys_y8(qr, ldq, 2, d, k, ldk, j0, j1, sr, lds, r == 0); break;
+            default: dot_keys_1row(qr, d, k, ldk, j0, j1, sr); break;   // one row: four keys per reduction tree
+            }
+        }
+    }
+}
+
+static Y8_TARGET void rows_times_values_avx2(const float *p, long ldp, long rows, const float *v, long ldv, long w,
+                                             long dv, float *o, long ldo) {
+    for (long j0 = 0; j0 < w; j0 += KB) {
+        long j1 = j0 + KB < w ? j0 + KB : w;
+        for (long r = 0; r < rows; r += 4) {
+            long n = rows - r < 4 ? rows - r : 4;
+            const float *pr = p + r * ldp;
+            float *or_ = o + r * ldo;
+            switch (n) {
+            case 4: times_values_y8(pr, ldp, 4, v, ldv, j0, j1, dv, or_, ldo, r == 0); break;
+            case 3: times_values_y8(pr, ldp, 3, v, ldv, j0, j1, dv, or_, ldo, r == 0); break;
+            case 2: times_values_y8(pr, ldp, 2, v, ldv, j0, j1, dv, or_, ldo, r == 0); break;
+            default: times_values_1row(pr, v, ldv, j0, j1, dv, or_); break;   // one row: masked keys skipped
+            }
+        }
+    }
+}
+
+/// 1 when the CPU has AVX2 and FMA but not AVX-512 (the 8-lane kernels), else 0.
+static int use_avx2_kernels(void) {
+    static int cached = -1;
+    if (cached < 0) {
+#if defined(__x86_64__) && defined(__clang__) && !defined(AK_NO_CLONES)
+        cached = strcmp(ak_kernel_isa(), "x86-64-v3") == 0;
+#else
+        cached = 0;
+#endif
+    }
+    return cached;
+}
+
+void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk, long w, float *s, long lds) {
+    if (use_avx2_kernels()) rows_dot_keys_avx2(q, ldq, rows, d, k, ldk, w, s, lds);
+    else rows_dot_keys_wide(q, ldq, rows, d, k, ldk, w, s, lds);
+}
+
+void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w, long dv, float *o, long ldo) {
+    if (use_avx2_kernels()) rows_times_values_avx2(p, ldp, rows, v, ldv, w, dv, o, ldo);
+    else rows_times_values_wide(p, ldp, rows, v, ldv, w, dv, o, ldo);
 }

@@ -20,7 +20,7 @@ final class DecodeKernelTests: XCTestCase {
     }
 
     func testDotKeysAgainstFloat64() {
-        for rows in [1, 3, 4, 5, 8, 9, 13, 32] {
+        for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 32] {
             for d in [1, 7, 16, 33, 128, 129] {
                 for w in [1, 3, 4, 7, 33, 65] {
                     let ldq = d + 3, ldk = d + 5, lds = w + 2
@@ -45,7 +45,7 @@ final class DecodeKernelTests: XCTestCase {
     }
 
     func testTimesValuesAgainstFloat64() {
-        for rows in [1, 3, 4, 5, 8, 9, 13, 32] {
+        for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 32] {
             for dv in [1, 17, 64, 100, 128, 129] {
                 for w in [1, 3, 33, 65] {
                     let ldp = w + 1, ldv = dv + 7, ldo = dv + 2

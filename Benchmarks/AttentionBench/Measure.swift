@@ -201,3 +201,28 @@ func markdownTable(_ rows: [Row]) -> String {
     }
     return s
 }
+
+extension Row {
+    /// Rows written before `pass` existed (forward rows) decode too: `--charts-from` an older run.
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(variant: try c.decode(String.self, forKey: .variant), impl: try c.decode(String.self, forKey: .impl))
+        B = try c.decode(Int.self, forKey: .B); H = try c.decode(Int.self, forKey: .H); Hkv = try c.decode(Int.self, forKey: .Hkv)
+        N = try c.decode(Int.self, forKey: .N); M = try c.decode(Int.self, forKey: .M); d = try c.decode(Int.self, forKey: .d)
+        causal = try c.decode(Bool.self, forKey: .causal); threads = try c.decode(Int.self, forKey: .threads)
+        seconds = try c.decode(Double.self, forKey: .seconds); gflops = try c.decode(Double.self, forKey: .gflops)
+        peakFraction = try c.decodeIfPresent(Double.self, forKey: .peakFraction)
+        workspaceBytes = try c.decode(Int.self, forKey: .workspaceBytes)
+        relError = try c.decodeIfPresent(Double.self, forKey: .relError)
+        runs = try c.decodeIfPresent(Int.self, forKey: .runs) ?? 0
+        minSeconds = try c.decodeIfPresent(Double.self, forKey: .minSeconds) ?? 0
+        note = try c.decodeIfPresent(String.self, forKey: .note)
+        bytesPerSecond = try c.decodeIfPresent(Double.self, forKey: .bytesPerSecond)
+        bandwidthFraction = try c.decodeIfPresent(Double.self, forKey: .bandwidthFraction)
+        stateBytes = try c.decodeIfPresent(Int.self, forKey: .stateBytes)
+        peakResidentBytes = try c.decodeIfPresent(Int.self, forKey: .peakResidentBytes)
+        tokensPerSecond = try c.decodeIfPresent(Double.self, forKey: .tokensPerSecond)
+        pass = try c.decodeIfPresent(String.self, forKey: .pass) ?? "forward"
+        backwardForwardRatio = try c.decodeIfPresent(Double.self, forKey: .backwardForwardRatio)
+    }
+}

@@ -42,6 +42,12 @@ public struct Tensor: Sendable {
         storage.pointer.initialize(repeating: 0, count: storage.count)
     }
 
+    /// A contiguous tensor with every element `value`.
+    public init(filling value: Float, _ shape: [Int]) throws {
+        try self.init(uninitialized: shape)
+        storage.pointer.initialize(repeating: value, count: storage.count)
+    }
+
     /// A contiguous tensor holding `scalars` in row-major order.
     public init(shape: [Int], scalars: [Float]) throws {
         let n = try elementCount(of: shape)

@@ -115,6 +115,21 @@ final class ExactGradientTests: XCTestCase {
         }
     }
 
+    /// A zero-width output (dv = 0): L is identically 0, so every gradient is exactly zero (the
+    /// kept log-sum-exp is -inf, never uninitialised memory).
+    func testZeroWidthValuesGiveZeroGradients() throws {
+        let (q, k, _) = try Reference.inputs(B: 1, H: 2, Hkv: 1, N: 64, M: 64, d: 4, dv: 1, seed: 21)
+        let v = try Tensor(zeros: [1, 1, 64, 0]), dOut = try Tensor(zeros: [1, 2, 64, 0])
+        let f = try scaledDotProductAttentionForward(queries: q, keys: k, values: v, mask: .causal)
+        XCTAssertTrue(f.logSumExp.scalars.allSatisfy { $0 == -.infinity })
+        let g = try scaledDotProductAttentionBackward(queries: q, keys: k, values: v, forward: f, outputGradient: dOut, mask: .causal)
+        XCTAssertTrue(g.queries.scalars.allSatisfy { $0 == 0 } && g.keys.scalars.allSatisfy { $0 == 0 })
+        let plan = try BigBirdPlan(sequenceLength: 64, heads: 2, blockSize: 8)
+        let bf = try bigBirdAttentionForward(queries: q, keys: k, values: v, plan: plan)
+        let bg = try bigBirdAttentionBackward(queries: q, keys: k, values: v, plan: plan, forward: bf, outputGradient: dOut)
+        XCTAssertTrue(bg.queries.scalars.allSatisfy { $0 == 0 } && bg.keys.scalars.allSatisfy { $0 == 0 })
+    }
+
     func testBadOutputGradientsAreRefused() throws {
         let (q, k, v) = try Reference.inputs(B: 1, H: 4, Hkv: 2, N: 8, M: 8, d: 16, dv: 16, seed: 13)
         let f = try scaledDotProductAttentionForward(queries: q, keys: k, values: v)

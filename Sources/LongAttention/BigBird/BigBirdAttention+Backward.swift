@@ -31,7 +31,7 @@ public func bigBirdAttentionBackward(queries: Tensor, keys: Tensor, values: Tens
     let s = inputs.shape, N = s.N
     var grads = AttentionGradients(queries: try Tensor(zeros: [s.B, s.H, N, s.d]), keys: try Tensor(zeros: [s.B, s.Hkv, N, s.d]),
                                    values: try Tensor(zeros: [s.B, s.Hkv, N, s.dv]), beta: nil)
-    if s.B * s.H * N == 0 { return grads }
+    if s.B * s.H * N == 0 || s.dv == 0 { return grads }   // dv = 0: L is identically 0
     let middle = (0..<plan.blockCount).filter { !plan.isGlobalRow($0) }
     if !middle.isEmpty {
         let parts = AttentionBackwardPlan(shape: s, threads: inputs.threads).parts

@@ -59,7 +59,10 @@ func bigBirdForward(_ inputs: AttentionInputs, plan: BigBirdPlan, keepLSE: Bool)
     let shape = inputs.shape, N = shape.N
     var out = try inputs.makeOutput()
     var lse: Tensor? = keepLSE ? try Tensor(uninitialized: [shape.B, shape.H, N]) : nil
-    if out.count == 0 { return (out, lse) }
+    if out.count == 0 {   // dv = 0 (or nothing at all): no statistics, -inf
+        if keepLSE { lse = try Tensor(filling: -.infinity, [shape.B, shape.H, N]) }
+        return (out, lse)
+    }
     // Global query rows: full attention rows through the exact kernel, on row views.
     for range in bigBirdGlobalRanges(plan) {
         let rows = try inputs.restricted(rows: range, keyRows: plan.causal ? 0..<range.upperBound : 0..<N,

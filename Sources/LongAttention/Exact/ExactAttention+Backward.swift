@@ -52,7 +52,9 @@ func exactAttentionKeepingLSE(_ inputs: AttentionInputs, queryOffset: Int? = nil
     let s = inputs.shape
     let plan = ExactAttentionPlan(shape: s, implementation: .tiled, threads: inputs.threads)
     var out = try inputs.makeOutput()
-    var lse = try Tensor(uninitialized: [s.B, s.H, s.N])
+    // A zero-width output (dv = 0) keeps no statistics: its log-sum-exps are -inf and its
+    // gradients zero (L = Σ out ⊙ dOut is identically 0).
+    var lse = out.count > 0 ? try Tensor(uninitialized: [s.B, s.H, s.N]) : try Tensor(filling: -.infinity, [s.B, s.H, s.N])
     if out.count > 0 {
         try lse.withUnsafeMutableBufferPointer { lp in
             try inputs.withLayout(output: &out, queryOffset: queryOffset) { layout in
@@ -80,7 +82,7 @@ func exactBackward(_ inputs: AttentionInputs, forward: SoftmaxAttentionForward, 
     var grads = AttentionGradients(queries: try Tensor(uninitialized: [s.B, s.H, s.N, s.d]),
                                    keys: try Tensor(uninitialized: [s.B, s.Hkv, s.M, s.d]),
                                    values: try Tensor(uninitialized: [s.B, s.Hkv, s.M, s.dv]), beta: nil)
-    if s.B * s.H * s.N == 0 || s.M == 0 {
+    if s.B * s.H * s.N == 0 || s.M == 0 || s.dv == 0 {
         for t in [\AttentionGradients.queries, \.keys, \.values] { grads[keyPath: t].withUnsafeMutableBufferPointer { $0.update(repeating: 0) } }
         return grads
     }

@@ -137,12 +137,13 @@ func runLinearBackward(_ L: AttentionLayout, _ grad: LinearGradients, plan: Line
     try checkBudget(bytes: rowFloats * 4, purpose: "linear backward row normalisers")
     let rowStore: UnsafeMutablePointer<Float>? = keepRows ? .allocate(capacity: max(1, rowFloats)) : nil
     defer { rowStore?.deallocate() }
-    let floats = 2 * C * F + 2 * gq * F + 2 * gq * C + 3 * gq * dv + 2 * gq + 2 * F * dv + 4 * F + 2 * max(C, gq) + gq * d
+    // The intra-chunk score blocks A, A2 exist only in the causal form (non-causal chunks are 2048 rows).
+    let floats = 2 * C * F + 2 * gq * F + (plan.causal ? 2 * gq * C : 0) + 3 * gq * dv + 2 * gq + 2 * F * dv + 4 * F + 2 * max(C, gq) + gq * d
     try scaledW.withUnsafeBufferPointer { wbuf in
         try runWithScratch(items: L.B * L.Hkv * parts, threads: plan.threads, floats: floats, ints: gq, arrays: 24,
                            purpose: "linear attention backward chunks of \(C) rows") { ws, queue in
             let phiK = ws.floats(C * F), dPhiK = ws.floats(C * F), phiQ = ws.floats(gq * F), dPhiQ = ws.floats(gq * F)
-            let A = ws.floats(gq * C), A2 = ws.floats(gq * C)
+            let A = plan.causal ? ws.floats(gq * C) : phiQ, A2 = plan.causal ? ws.floats(gq * C) : dPhiQ
             let num = ws.floats(gq * dv), dnum = ws.floats(gq * dv), dOp = ws.floats(gq * dv)
             let den = ws.floats(gq), dden = ws.floats(gq)
             let state = LinearState(S: ws.floats(F * dv), z: ws.floats(F), F: F, dv: dv)

@@ -59,12 +59,21 @@ struct IOOptions: ParsableArguments {
     func load() throws -> (q: Tensor, k: Tensor, v: Tensor) { try inputs.load() }
 }
 
+/// The softmax variants' score scale, for `run` and `grad` of full and bigbird.
+struct ScaleOption: ParsableArguments {
+    @Option(help: "Score scale (default 1/sqrt(d)).")
+    var scale: Float?
+
+    func validate() throws {
+        if let scale, !scale.isFinite { throw ValidationError("--scale must be finite") }
+    }
+}
+
 /// Exact attention's options, shared by `run full` and `grad full`.
 struct FullOptions: ParsableArguments {
     @Flag(help: "Bottom-right causal mask: query i sees key j iff j <= i + M - N.")
     var causal = false
-    @Option(help: "Score scale (default 1/sqrt(d)).")
-    var scale: Float?
+    @OptionGroup var scaleOption: ScaleOption
     @Flag(exclusivity: .exclusive, help: "Implementation (default: chosen by size; the backward is always tiled).")
     var implementation: Implementation = .automatic
 
@@ -73,10 +82,7 @@ struct FullOptions: ParsableArguments {
         static func name(for value: Self) -> NameSpecification { value == .automatic ? .customLong("auto") : .long }
     }
 
-    func validate() throws {
-        if let scale, !scale.isFinite { throw ValidationError("--scale must be finite") }
-    }
-
+    var scale: Float? { scaleOption.scale }
     var mask: AttentionMask { causal ? .causal : .none }
 }
 

@@ -44,12 +44,8 @@ struct RunBigBird: ParsableCommand {
         abstract: "BigBird block-sparse attention (window + global + random blocks).")
     @OptionGroup var io: IOOptions
     @OptionGroup var bigbird: BigBirdOptions
-    @Option(help: "Score scale (default 1/sqrt(d)).")
-    var scale: Float?
-
-    func validate() throws {
-        if let scale, !scale.isFinite { throw ValidationError("--scale must be finite") }
-    }
+    @OptionGroup var scaleOption: ScaleOption
+    var scale: Float? { scaleOption.scale }
 
     func run() throws {
         let (q, k, v) = try io.load()

@@ -87,12 +87,8 @@ struct GradBigBird: ParsableCommand {
         commandName: "bigbird", abstract: "BigBird's gradients (the plan fixed), on the attended blocks only.")
     @OptionGroup var io: GradIOOptions
     @OptionGroup var bigbird: BigBirdOptions
-    @Option(help: "Score scale (default 1/sqrt(d)).")
-    var scale: Float?
-
-    func validate() throws {
-        if let scale, !scale.isFinite { throw ValidationError("--scale must be finite") }
-    }
+    @OptionGroup var scaleOption: ScaleOption
+    var scale: Float? { scaleOption.scale }
 
     func run() throws {
         let (q, k, v, dout) = try io.load()

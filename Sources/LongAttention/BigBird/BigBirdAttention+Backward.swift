@@ -59,6 +59,7 @@ func runBigBirdBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: BigB
     let (G, b, d, dv, N) = (L.group, plan.blockSize, L.d, L.dv, L.N)
     let Gp = (G + parts - 1) / parts
     let R = Gp * b, ldS = bigBirdMaxColumns(plan: plan)
+    let runs = BigBirdRunTable(plan)
     let (scores, overflow) = R.multipliedReportingOverflow(by: 2 * ldS)
     guard !overflow else { throw AttentionError.tooLarge("BigBird score blocks of \(R) × \(ldS) overflow") }
     let kv = try HeadPartGradients(dk: grad.dk, dv: grad.dv, sequences: L.B * L.Hkv, parts: parts, M: N, d: d, dvWidth: dv,
@@ -78,18 +79,19 @@ func runBigBirdBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: BigB
                 let n = blk.rows, rows = blk.stacked
                 L.packQueries(blk, into: qp)
                 grad.pack(blk, L, dO: dO, D: D, lse: lse)
-                let cols = bigBirdScores(L, plan: plan, block: blk, queryBlock: i, packed: qp, scores: s, ldS: ldS, valid: valid)
+                let sharedColumns = bigBirdScores(L, runs: runs, block: blk, queryBlock: i, packed: qp, scores: s, ldS: ldS, valid: valid)
+                let shared = runs.shared[i]
                 ak_probs_from_lse(s, rows, ldS, ldS, valid, lse)
                 // dP over the same columns: shared runs for the stacked rows, random runs per head.
                 var col = 0
-                for run in cols.shared {
+                for run in shared {
                     BLAS.sgemm(.none, .transpose, m: rows, n: run.count, k: dv, a: dO, lda: dv,
                                b: L.vRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.vStride.m, c: dP + col, ldc: ldS)
                     col += run.count
                 }
                 for gi in 0..<heads.count {
-                    var c = cols.sharedColumns
-                    for run in cols.random[gi] {
+                    var c = sharedColumns
+                    for run in runs.random[blk.kvHead * G + heads.lowerBound + gi][i] {
                         BLAS.sgemm(.none, .transpose, m: n, n: run.count, k: dv, a: dO + gi * n * dv, lda: dv,
                                    b: L.vRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.vStride.m, c: dP + gi * n * ldS + c, ldc: ldS)
                         c += run.count
@@ -97,14 +99,14 @@ func runBigBirdBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: BigB
                 }
                 // dV += Pᵀ dO before P becomes dS.
                 col = 0
-                for run in cols.shared {
+                for run in shared {
                     BLAS.sgemm(.transpose, .none, m: run.count, n: dv, k: rows, a: s + col, lda: ldS, b: dO, ldb: dv,
                                beta: 1, c: dvBase + run.lowerBound * dv, ldc: dv)
                     col += run.count
                 }
                 for gi in 0..<heads.count {
-                    var c = cols.sharedColumns
-                    for run in cols.random[gi] {
+                    var c = sharedColumns
+                    for run in runs.random[blk.kvHead * G + heads.lowerBound + gi][i] {
                         BLAS.sgemm(.transpose, .none, m: run.count, n: dv, k: n, a: s + gi * n * ldS + c, lda: ldS,
                                    b: dO + gi * n * dv, ldb: dv, beta: 1, c: dvBase + run.lowerBound * dv, ldc: dv)
                         c += run.count
@@ -115,7 +117,7 @@ func runBigBirdBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: BigB
                 // dK += dSᵀ (scale·Q), dQ = Σ dS K, run by run.
                 dqAcc.update(repeating: 0, count: rows * d)
                 col = 0
-                for run in cols.shared {
+                for run in shared {
                     let k = L.kRow(blk.b, blk.kvHead, run.lowerBound)
                     BLAS.sgemm(.transpose, .none, m: run.count, n: d, k: rows, a: s + col, lda: ldS, b: qp, ldb: d,
                                beta: 1, c: dkBase + run.lowerBound * d, ldc: d)
@@ -124,8 +126,8 @@ func runBigBirdBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: BigB
                     col += run.count
                 }
                 for gi in 0..<heads.count {
-                    var c = cols.sharedColumns
-                    for run in cols.random[gi] {
+                    var c = sharedColumns
+                    for run in runs.random[blk.kvHead * G + heads.lowerBound + gi][i] {
                         let k = L.kRow(blk.b, blk.kvHead, run.lowerBound)
                         BLAS.sgemm(.transpose, .none, m: run.count, n: d, k: n, a: s + gi * n * ldS + c, lda: ldS,
                                    b: qp + gi * n * d, ldb: d, beta: 1, c: dkBase + run.lowerBound * d, ldc: d)

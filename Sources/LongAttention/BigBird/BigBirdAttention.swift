@@ -107,6 +107,19 @@ func bigBirdMaxColumns(plan: BigBirdPlan) -> Int {
     return most
 }
 
+/// The key ranges of every middle query block, built once per call (not per work item): the
+/// shared runs (global and window blocks) per query block and each head's random runs.
+struct BigBirdRunTable: Sendable {
+    /// `shared[i]`, `random[h][i]`: contiguous key ranges, consecutive blocks merged.
+    let shared: [[Range<Int>]], random: [[[Range<Int>]]]
+
+    init(_ plan: BigBirdPlan) {
+        let (b, N, nb) = (plan.blockSize, plan.sequenceLength, plan.blockCount)
+        shared = (0..<nb).map { plan.isGlobalRow($0) ? [] : blockRuns(plan.structuralBlocks($0), blockSize: b, N: N) }
+        random = plan.random.map { rows in rows.map { blockRuns($0, blockSize: b, N: N) } }
+    }
+}
+
 /// Contiguous key ranges covering sorted block indices (consecutive blocks merged).
 func blockRuns(_ blocks: [Int], blockSize b: Int, N: Int) -> [Range<Int>] {
     var runs = [Range<Int>]()
@@ -125,6 +138,7 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
     let G = L.group, b = plan.blockSize, d = L.d, dv = L.dv, N = L.N
     let R = G * b, ldS = bigBirdMaxColumns(plan: plan)
     let perSequence = middle.count
+    let runs = BigBirdRunTable(plan)
     let (scores, overflow) = R.multipliedReportingOverflow(by: ldS)
     guard !overflow else { throw AttentionError.tooLarge("BigBird score block of \(R) × \(ldS) overflows") }
     try runWithScratch(items: L.B * L.Hkv * perSequence, threads: threads, floats: R * (d + dv + 1) + scores, ints: R,
@@ -135,8 +149,8 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
             let blk = QueryBlock(b: bh / L.Hkv, kvHead: bh % L.Hkv, i0: i * b, rows: min(b, N - i * b), heads: 0..<G)
             let n = blk.rows, rows = G * n
             L.packQueries(blk, into: qp)
-            let cols = bigBirdScores(L, plan: plan, block: blk, queryBlock: i, packed: qp, scores: s, ldS: ldS, valid: valid)
-            let (shared, randomRuns, sharedColumns) = (cols.shared, cols.random, cols.sharedColumns)
+            let sharedColumns = bigBirdScores(L, runs: runs, block: blk, queryBlock: i, packed: qp, scores: s, ldS: ldS, valid: valid)
+            let shared = runs.shared[i]
             ak_softmax_rows_lse(s, rows, ldS, ldS, valid, rowLSE)
             if let lse = L.lse {
                 for gi in 0..<G { (lse + (blk.b * L.H + blk.kvHead * G + gi) * N + blk.i0).update(from: rowLSE + gi * n, count: n) }
@@ -151,7 +165,7 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
             }
             for gi in 0..<G {
                 var c = sharedColumns
-                for run in randomRuns[gi] {
+                for run in runs.random[blk.kvHead * G + gi][i] {
                     BLAS.sgemm(.none, .none, m: n, n: dv, k: run.count, a: s + gi * n * ldS + c, lda: ldS,
                                b: L.vRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.vStride.m,
                                beta: 1, c: o + gi * n * dv, ldc: dv)
@@ -163,45 +177,33 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
     }
 }
 
-/// The key columns of one middle query block: the shared runs (global and window blocks, the
-/// same for every head of the group) from column 0, then each head's random runs from
-/// `sharedColumns`.
-struct BigBirdColumns {
-    let shared: [Range<Int>]
-    let random: [[Range<Int>]]
-    let sharedColumns: Int
-}
-
 /// Scores `s = (scale·Q) Kᵀ` of the block's stacked rows (`blk.heads`, packed with the scale in
 /// `packed`) over its attended columns, with ALiBi and, when causal, the diagonal block's mask
 /// (-inf); `valid[r]` = the columns row r uses. One GEMM per shared run for the stacked heads,
-/// per head for its random runs.
-func bigBirdScores(_ L: AttentionLayout, plan: BigBirdPlan, block blk: QueryBlock, queryBlock i: Int,
+/// per head for its random runs. The shared runs fill columns `0 ..< sharedColumns` (returned),
+/// each head's random runs the columns after them.
+func bigBirdScores(_ L: AttentionLayout, runs: BigBirdRunTable, block blk: QueryBlock, queryBlock i: Int,
                    packed qp: UnsafePointer<Float>, scores s: UnsafeMutablePointer<Float>, ldS: Int,
-                   valid: UnsafeMutablePointer<Int32>) -> BigBirdColumns {
-    let (b, d, N, G) = (plan.blockSize, L.d, L.N, L.group)
+                   valid: UnsafeMutablePointer<Int32>) -> Int {
+    let (d, G) = (L.d, L.group)
     let n = blk.rows, rows = blk.stacked
-    let shared = blockRuns(plan.structuralBlocks(i), blockSize: b, N: N)
     var col = 0, diagonalColumn = -1
-    for run in shared {
+    for run in runs.shared[i] {
         BLAS.sgemm(.none, .transpose, m: rows, n: run.count, k: d, a: qp, lda: d,
                    b: L.kRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.kStride.m, c: s + col, ldc: ldS)
         L.addBias(blk, j0: run.lowerBound, width: run.count, s: s + col, lds: ldS)
         if run.contains(blk.i0) { diagonalColumn = col + blk.i0 - run.lowerBound }
         col += run.count
     }
-    var random = [[Range<Int>]]()
     for (gi, g) in blk.heads.enumerated() {
-        let runs = blockRuns(plan.random[blk.kvHead * G + g][i], blockSize: b, N: N)
         var c = col
-        for run in runs {
+        for run in runs.random[blk.kvHead * G + g][i] {
             BLAS.sgemm(.none, .transpose, m: n, n: run.count, k: d, a: qp + gi * n * d, lda: d,
                        b: L.kRow(blk.b, blk.kvHead, run.lowerBound), ldb: L.kStride.m, c: s + gi * n * ldS + c, ldc: ldS)
             L.addBias(blk, j0: run.lowerBound, width: run.count, s: s + c, lds: ldS, rows: (gi * n)..<((gi + 1) * n))
             c += run.count
         }
         for t in 0..<n { valid[gi * n + t] = Int32(c) }
-        random.append(runs)
     }
     // Causal: inside the diagonal block, query t sees keys up to t only.
     if L.causal, diagonalColumn >= 0 {
@@ -210,5 +212,5 @@ func bigBirdScores(_ L: AttentionLayout, plan: BigBirdPlan, block blk: QueryBloc
             if t + 1 < n { ak_fill(s + r * ldS + diagonalColumn + t + 1, n - t - 1, -.infinity) }
         }
     }
-    return BigBirdColumns(shared: shared, random: random, sharedColumns: col)
+    return col
 }

@@ -33,7 +33,6 @@ public func linearAttentionBackward(
     featureMap: LinearFeatureMap = .elu, causal: Bool = false, epsilon: Float = 1e-6, chunkSize: Int = 64, threads: Int? = nil
 ) throws -> AttentionGradients {
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: 1, threads: threads)
-    guard chunkSize >= 1 else { throw AttentionError.invalidArgument("chunk size must be at least 1, got \(chunkSize)") }
     guard epsilon.isFinite, epsilon >= 0 else { throw AttentionError.invalidArgument("epsilon must be finite and >= 0") }
     if causal, featureMap == .softmax {
         throw AttentionError.invalidArgument("the softmax feature map (Efficient Attention) is non-causal only")
@@ -50,7 +49,8 @@ public func linearAttentionBackward(
     let saved: LinearAttentionForward? = { if case .favor = featureMap { return nil } else { return forward } }()
     let savedOut = saved?.output.lastAxisContiguous(), savedDen = saved?.normalizers.contiguous()
     let s = inputs.shape
-    let plan = LinearAttentionPlan(shape: s, featureMap: featureMap, causal: causal, chunkSize: chunkSize, threads: inputs.threads)
+    let plan = try LinearAttentionPlan.checked(shape: s, featureMap: featureMap, causal: causal, chunkSize: chunkSize,
+                                               threads: inputs.threads)
     var favor: FavorFeatures?
     if case .favor(let m, let seed) = featureMap { favor = try FavorFeatures(dimension: s.d, features: m, seed: seed) }
     var grads = AttentionGradients(queries: try Tensor(zeros: [s.B, s.H, s.N, s.d]), keys: try Tensor(zeros: [s.B, s.Hkv, s.M, s.d]),
@@ -96,10 +96,8 @@ public func linearAttentionForward(
     epsilon: Float = 1e-6, chunkSize: Int = 64, threads: Int? = nil
 ) throws -> LinearAttentionForward {
     let shape = try AttentionShape(queries: queries, keys: keys, values: values)
-    if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
-    guard chunkSize >= 1 else { throw AttentionError.invalidArgument("chunk size must be at least 1, got \(chunkSize)") }
-    let plan = LinearAttentionPlan(shape: shape, featureMap: featureMap, causal: causal, chunkSize: chunkSize,
-                                   threads: threads ?? Parallel.defaultThreads)
+    let plan = try LinearAttentionPlan.checked(shape: shape, featureMap: featureMap, causal: causal, chunkSize: chunkSize,
+                                               threads: threads)
     var out = try Tensor(uninitialized: shape.outputShape)
     var normalizers = try Tensor(zeros: [shape.B, shape.H, shape.N])
     try normalizers.withUnsafeMutableBufferPointer { np in

@@ -44,10 +44,8 @@ public func linearAttention(
     causal: Bool = false, epsilon: Float = 1e-6, chunkSize: Int = 64, threads: Int? = nil
 ) throws -> Tensor {
     let shape = try AttentionShape(queries: queries, keys: keys, values: values)
-    if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
-    guard chunkSize >= 1 else { throw AttentionError.invalidArgument("chunk size must be at least 1, got \(chunkSize)") }
-    let plan = LinearAttentionPlan(shape: shape, featureMap: featureMap, causal: causal, chunkSize: chunkSize,
-                                   threads: threads ?? Parallel.defaultThreads)
+    let plan = try LinearAttentionPlan.checked(shape: shape, featureMap: featureMap, causal: causal, chunkSize: chunkSize,
+                                               threads: threads)
     return try linearAttention(queries: queries, keys: keys, values: values, epsilon: epsilon, plan: plan)
 }
 

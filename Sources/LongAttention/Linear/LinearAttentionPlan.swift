@@ -69,5 +69,13 @@ public struct LinearAttentionPlan: Sendable, Equatable {
         let sequences = shape.B * shape.Hkv
         self.parts = sequences >= 4 ? 1 : max(1, min(shape.group, (4 + sequences - 1) / sequences))
     }
-}
 
+    /// The plan the entry points build from their options, after checking them.
+    static func checked(shape: AttentionShape, featureMap: LinearFeatureMap, causal: Bool, chunkSize: Int,
+                        threads: Int?) throws -> LinearAttentionPlan {
+        if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
+        guard chunkSize >= 1 else { throw AttentionError.invalidArgument("chunk size must be at least 1, got \(chunkSize)") }
+        return LinearAttentionPlan(shape: shape, featureMap: featureMap, causal: causal, chunkSize: chunkSize,
+                                   threads: threads ?? Parallel.defaultThreads)
+    }
+}

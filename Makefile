@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build release test check bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps corpus build release test check bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -18,6 +18,15 @@ deps:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libopenblas-dev liblapacke-dev pkg-config; \
 	fi
+
+# The corpus: the King James Bible from Debian's bible-kjv (4.4 MB, 66 books, one verse per line).
+CORPUS := data/kjv.txt
+corpus: $(CORPUS)
+$(CORPUS):
+	@command -v bible >/dev/null || { echo "Installing bible-kjv (apt-get)"; $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bible-kjv; }
+	mkdir -p data
+	bible -f Gen1:1-Rev22:21 > $(CORPUS).tmp && mv $(CORPUS).tmp $(CORPUS)
 
 build: deps
 	$(SWIFT) build
@@ -36,14 +45,17 @@ test: deps
 
 # The benchmark's quick mode, and its JSON checked against the contract (every row finite).
 bench-smoke: release
-	.build/release/attention-bench --quick --passes forward,backward --out .build/bench-smoke --json .build/bench-smoke/quick.json > /dev/null
-	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json --expect-variants sgemm,full,bigbird,linear,infini,decode \
-		--expect-backward full,bigbird,linear,infini
+	.build/release/attention-bench --quick --passes forward,backward --kv-types f32,bf16,f16,int8 \
+		--variants sgemm,full,bigbird,linear,infini,decode,decode-kernel --out .build/bench-smoke --json .build/bench-smoke/quick.json > /dev/null
+	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json --expect-variants sgemm,full,bigbird,linear,infini,decode,decode-kernel \
+		--expect-backward full,bigbird,linear,infini --expect-kv-types f32,bf16,f16,int8
 
-# Families whose command exists: reference/ (attn run) and reference-grad/ (attn grad).
+# Families whose command exists: reference/ (attn run), reference-grad/ (attn grad), reference-model/
+# (attn lm eval; attn moe). Absolute paths: check.py runs each case in a temporary directory.
 check: release
 	@if [ -f $(SHARED)/reference/check.py ]; then \
-		cases=$$(ls -d $(SHARED)/reference/*/ $(SHARED)/reference-grad/*/ 2>/dev/null); \
+		cases=$$(ls -d $(abspath $(SHARED))/reference/*/ $(abspath $(SHARED))/reference-grad/*/ \
+			$(abspath $(SHARED))/reference-model/lm_llama_*/ 2>/dev/null); \
 		python3 $(SHARED)/reference/check.py --attn .build/release/attn $$cases; \
 	elif [ "$$CI" = true ]; then echo "CI=true but no $(SHARED)/reference/check.py" >&2; exit 1; \
 	else echo "no $(SHARED)/reference: skipping the reference cases"; fi
@@ -72,15 +84,17 @@ sanitize-thread: deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
 	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
 
-# libFuzzer over the .npy reader and over attn's argument handling, FUZZ_SECONDS each. New
+# libFuzzer over the .npy and .safetensors readers and over attn's argument handling, FUZZ_SECONDS each. New
 # inputs go to .build-fuzz/corpus-*; a crash leaves crash-* here: add it to Fuzz/corpus/ once fixed.
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -c release --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -D -Xswiftc FUZZING
 fuzz: deps
 	$(SWIFT) build $(FUZZ_FLAGS) --product NpyFuzzer
+	$(SWIFT) build $(FUZZ_FLAGS) --product SafeTensorsFuzzer
 	$(SWIFT) build $(FUZZ_FLAGS) --product ArgsFuzzer
-	mkdir -p .build-fuzz/corpus-npy .build-fuzz/corpus-args
+	mkdir -p .build-fuzz/corpus-npy .build-fuzz/corpus-safetensors .build-fuzz/corpus-args
 	.build-fuzz/release/NpyFuzzer -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 .build-fuzz/corpus-npy Fuzz/corpus/npy
+	.build-fuzz/release/SafeTensorsFuzzer -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 -dict=Fuzz/safetensors.dict .build-fuzz/corpus-safetensors Fuzz/corpus/safetensors
 	.build-fuzz/release/ArgsFuzzer -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 .build-fuzz/corpus-args Fuzz/corpus/args
 
 clean:

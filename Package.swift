@@ -31,12 +31,21 @@ let package = Package(
         .target(name: "LongAttention", dependencies: ["AttentionTensor", "COpenBLAS", "CAttentionKernels"]),
         // Applications of the engine that are not part of it: the needle-in-a-haystack evaluation.
         .target(name: "AttentionEvaluation", dependencies: ["LongAttention", "AttentionTensor"]),
+        // The mixture-of-experts layer (router, top-k, experts grouped by a counting sort, one GEMM
+        // chain per expert; forward and backward), on raw pointers and on Tensors.
+        .target(name: "MixtureOfExperts", dependencies: ["AttentionTensor", "COpenBLAS", "CAttentionKernels"]),
+        // The language-model layer: a Llama/Mixtral decoder on the attention variants, its
+        // checkpoints in Hugging Face's format, training, LoRA, generation, the byte-level corpus.
+        .target(
+            name: "LongContextModel",
+            dependencies: ["LongAttention", "AttentionTensor", "CAttentionKernels", "MixtureOfExperts"]
+        ),
         // The `attn` command line: its commands in a library (tests and the argument fuzzer use
         // them), and a thin executable.
         .target(
             name: "AttnCommands",
             dependencies: [
-                "LongAttention", "AttentionTensor", "AttentionEvaluation",
+                "LongAttention", "AttentionTensor", "AttentionEvaluation", "MixtureOfExperts", "LongContextModel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -48,13 +57,15 @@ let package = Package(
         // replay the files given on the command line.
         .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
         .executableTarget(name: "NpyFuzzer", dependencies: ["AttentionTensor", "FuzzSupport"], path: "Fuzz/NpyFuzzer"),
+        .executableTarget(name: "SafeTensorsFuzzer", dependencies: ["AttentionTensor", "FuzzSupport"], path: "Fuzz/SafeTensorsFuzzer"),
         .executableTarget(name: "ArgsFuzzer", dependencies: ["AttnCommands", "FuzzSupport"], path: "Fuzz/ArgsFuzzer"),
         // Fits and charts of the benchmark report (a library so that tests can reach them).
         .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),
         .executableTarget(
             name: "AttentionBench",
             dependencies: [
-                "LongAttention", "AttentionTensor", "COpenBLAS", "CAttentionKernels", "BenchmarkSupport",
+                "LongAttention", "AttentionTensor", "COpenBLAS", "CAttentionKernels", "BenchmarkSupport", "MixtureOfExperts",
+                "LongContextModel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/AttentionBench"
@@ -63,6 +74,8 @@ let package = Package(
         .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor", "AttentionEvaluation"]),
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
         .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),
+        .testTarget(name: "LongContextModelTests", dependencies: ["LongContextModel", "LongAttention", "AttentionTensor"]),
+        .testTarget(name: "MixtureOfExpertsTests", dependencies: ["MixtureOfExperts", "AttentionTensor"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -3,6 +3,7 @@
 required keys, every number finite, peakFraction and relError numbers or null.
 
 usage: validate_results.py RESULTS.json [--expect-variants sgemm,full,...] [--expect-backward full,...]
+                           [--expect-kv-types f32,bf16,f16,int8]
 Ends with the line 'N passed, N failed'."""
 import json, math, sys
 
@@ -34,10 +35,17 @@ for i, r in enumerate(rows):
     check(r.get("pass", "forward") in ("forward", "backward"), f"row {i} pass is forward or backward")
     if r.get("pass") == "backward":
         check(isinstance(r.get("backwardForwardRatio"), (int, float)), f"row {i} (backward) has backwardForwardRatio")
+    if r.get("variant") == "decode":
+        check(r.get("kvType", "f32") in ("f32", "bf16", "f16", "int8"), f"row {i} (decode) kvType is f32, bf16, f16 or int8")
+        if r.get("kvType", "f32") != "f32":
+            check(isinstance(r.get("relError"), (int, float)), f"row {i} (decode {r.get('kvType')}) has its error against the f32 cache")
 for v in expect:
     check(any(r.get("variant") == v for r in rows), f"variant {v} has rows")
 if "--expect-backward" in sys.argv:
     for v in sys.argv[sys.argv.index("--expect-backward") + 1].split(","):
         check(any(r.get("variant") == v and r.get("pass") == "backward" for r in rows), f"variant {v} has backward rows")
+if "--expect-kv-types" in sys.argv:
+    for t in sys.argv[sys.argv.index("--expect-kv-types") + 1].split(","):
+        check(any(r.get("variant") == "decode" and r.get("kvType") == t for r in rows), f"decode rows with a {t} cache")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -30,11 +30,13 @@ struct Row: Codable {
     var pass = "forward"
     /// Backward rows: the backward's time over the forward's (the forward that keeps what the backward needs).
     var backwardForwardRatio: Double?
+    /// Decode rows: the KV cache's storage type (`f32`, `bf16`, `f16`, `int8`).
+    var kvType: String?
 
     enum CodingKeys: String, CodingKey {
         case variant, impl, B, H, Hkv, N, M, d, causal, threads, seconds, gflops, peakFraction, workspaceBytes,
              relError, runs, minSeconds, note, bytesPerSecond, bandwidthFraction, stateBytes, peakResidentBytes,
-             tokensPerSecond, pass, backwardForwardRatio
+             tokensPerSecond, pass, backwardForwardRatio, kvType
     }
 
     func encode(to encoder: Encoder) throws {
@@ -56,8 +58,7 @@ struct Row: Codable {
         try c.encodeIfPresent(tokensPerSecond, forKey: .tokensPerSecond)
         try c.encode(pass, forKey: .pass)
         try c.encodeIfPresent(backwardForwardRatio, forKey: .backwardForwardRatio)
-        try c.encode(pass, forKey: .pass)
-        try c.encodeIfPresent(backwardForwardRatio, forKey: .backwardForwardRatio)
+        try c.encodeIfPresent(kvType, forKey: .kvType)
     }
 }
 
@@ -224,5 +225,6 @@ extension Row {
         tokensPerSecond = try c.decodeIfPresent(Double.self, forKey: .tokensPerSecond)
         pass = try c.decodeIfPresent(String.self, forKey: .pass) ?? "forward"
         backwardForwardRatio = try c.decodeIfPresent(Double.self, forKey: .backwardForwardRatio)
+        kvType = try c.decodeIfPresent(String.self, forKey: .kvType)
     }
 }

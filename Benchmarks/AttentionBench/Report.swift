@@ -88,18 +88,24 @@ func fitsTable(_ rows: [Row]) -> String {
 }
 
 /// Decode rows on their own terms: time per token, K/V bytes read per second, that against the
-/// copy bandwidth, and how much faster each KV-head count runs than the largest one at the same M.
+/// copy bandwidth, how much faster each KV-head count runs than the largest one at the same M and
+/// type, how much faster each type runs than the float32 cache, and its error against it.
 func decodeTable(_ rows: [Row]) -> String {
-    let decode = rows.filter { $0.variant == "decode" }.sorted { ($0.M, -$0.Hkv) < ($1.M, -$1.Hkv) }
+    let decode = rows.filter { $0.variant == "decode" }
+        .sorted { ($0.M, -$0.Hkv, $0.kvType ?? "f32") < ($1.M, -$1.Hkv, $1.kvType ?? "f32") }
     guard !decode.isEmpty else { return "" }
-    var s = "| M | Hkv | time per token | tokens/s | K/V read | of copy bandwidth | faster than Hkv = max |\n"
-    s += "|---|---|---|---|---|---|---|\n"
+    var s = "| M | Hkv | cache | time per token | tokens/s | K/V read | of copy bandwidth | faster than Hkv = max | faster than f32 | rel. error vs f32 |\n"
+    s += "|---|---|---|---|---|---|---|---|---|---|\n"
     for r in decode {
-        let widest = decode.filter { $0.M == r.M }.max { $0.Hkv < $1.Hkv }
+        let type = r.kvType ?? "f32"
+        let widest = decode.filter { $0.M == r.M && ($0.kvType ?? "f32") == type }.max { $0.Hkv < $1.Hkv }
         let ratio = widest.map { String(format: "%.2f×", $0.seconds / r.seconds) } ?? "–"
+        let f32 = decode.first { $0.M == r.M && $0.Hkv == r.Hkv && ($0.kvType ?? "f32") == "f32" }
+        let vsF32 = type == "f32" ? "–" : f32.map { String(format: "%.2f×", $0.seconds / r.seconds) } ?? "–"
+        let err = r.relError.map { String(format: "%.1e", $0) } ?? "–"
         let gbs = r.bytesPerSecond.map { String(format: "%.1f GB/s", $0 * 1e-9) } ?? "–"
         let frac = r.bandwidthFraction.map { String(format: "%.0f%%", $0 * 100) } ?? "–"
-        s += "| \(formatLength(r.M)) | \(r.Hkv) | \(String(format: "%.2f ms", r.seconds * 1e3)) | \(String(format: "%.0f", 1 / r.seconds)) | \(gbs) | \(frac) | \(ratio) |\n"
+        s += "| \(formatLength(r.M)) | \(r.Hkv) | \(type) | \(String(format: "%.2f ms", r.seconds * 1e3)) | \(String(format: "%.0f", 1 / r.seconds)) | \(gbs) | \(frac) | \(ratio) | \(vsF32) | \(err) |\n"
     }
     return s
 }

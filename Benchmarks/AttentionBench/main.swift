@@ -26,6 +26,8 @@ struct AttentionBench: ParsableCommand {
     var json: String?
     @Option(help: "Comma-separated passes: forward, backward (backward rows for full, bigbird, linear, infini).")
     var passes = "forward"
+    @Option(help: "Comma-separated KV cache types for the decode rows: f32, bf16, f16, int8 (q8_0). Each low-precision row's error is against the f32 cache on the same inputs.")
+    var kvTypes = "f32"
     @Option(help: ArgumentHelp("Redraw the charts and fits of an earlier results.json into --out, without measuring.", visibility: .hidden))
     var chartsFrom: String?
     @Option(help: ArgumentHelp("Tuning: stacked query rows per block (exact attention).", visibility: .hidden))
@@ -37,7 +39,8 @@ struct AttentionBench: ParsableCommand {
     @Option(help: ArgumentHelp("Tuning: implementations (tiled,materialized).", visibility: .hidden))
     var impls: String?
 
-    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode"]
+    /// `decode-kernel` (not in the default list): the decode kernels' two halves in isolation, per `--kv-types`.
+    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel"]
 
     func validate() throws {
         if let bad = variantList.first(where: { !Self.known.contains($0) }) {
@@ -45,12 +48,18 @@ struct AttentionBench: ParsableCommand {
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let lengths, parseLengths(lengths) == nil { throw ValidationError("--lengths must be positive integers, e.g. 1024,4K,1M") }
+        if let bad = kvTypeNames.first(where: { KVCacheType(rawValue: $0) == nil }) {
+            throw ValidationError("unknown KV cache type '\(bad)' (known: \(KVCacheType.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        if kvTypeNames.isEmpty { throw ValidationError("--kv-types needs at least one type") }
         if let bad = passList.first(where: { !["forward", "backward"].contains($0) }) {
             throw ValidationError("unknown pass '\(bad)' (known: forward, backward)")
         }
     }
 
     var variantList: [String] { variants.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+    var kvTypeNames: [String] { kvTypes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+    var kvTypeList: [KVCacheType] { kvTypeNames.compactMap(KVCacheType.init(rawValue:)) }
     var passList: [String] { passes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
 
     /// The lengths each variant's backward runs at (the targets: exact at 4K and 16K,
@@ -117,7 +126,11 @@ struct AttentionBench: ParsableCommand {
             return 2 * lengths.reduce(0) { $0 + 1.25 * $1 * (2 * 8 * 2048 * 64) / (0.5 * p) + $1 * 1536 * 3e-9 }
         case "decode":
             let cap = Double(plannedLengths("decode").max() ?? 0)
-            return (quick ? 8 : 41) * 2 * cap * 128 * 4e-9 + Double(lengths.count * (quick ? 1 : 3)) * 0.7 + 2
+            // Every type is filled and timed; a list without f32 also fills an f32 reference.
+            let caches = Double(kvTypeList.count + (kvTypeList.contains(.float32) ? 0 : 1))
+            return caches * ((quick ? 8 : 41) * 2 * cap * 128 * 4e-9 + Double(lengths.count * (quick ? 1 : 3)) * 0.7) + 2
+        case "decode-kernel":
+            return Double(kvTypeList.count * (quick ? 2 : 7)) * 1.2 + 1
         default: return 1
         }
     }
@@ -207,8 +220,13 @@ struct AttentionBench: ParsableCommand {
             let line = String(format: "copy bandwidth (%d threads, memcpy of 1 GiB, read + write): %.1f GB/s\n", threads, bandwidth * 1e-9)
             print(line)
             report += line + "\n"
-            rows += try benchDecode(lengths: plannedLengths("decode"), kvHeads: quick ? [8] : [32, 8, 1], threads: threads,
-                                    peak: peak, bandwidth: bandwidth)
+            rows += try benchDecode(lengths: plannedLengths("decode"), kvHeads: quick ? [8] : [32, 8, 1], types: kvTypeList,
+                                    threads: threads, peak: peak, bandwidth: bandwidth)
+        }
+        if forwardPass && wanted.contains("decode-kernel") {
+            tracker.begin(stage: "decode-kernel")
+            rows += try benchDecodeKernels(types: kvTypeList, groups: quick ? [1, 4] : [1, 2, 3, 4, 8, 16, 32],
+                                           keys: quick ? 16384 : 131072)
         }
         if passList.contains("backward") {
             tracker.begin(stage: "backward")
@@ -226,6 +244,12 @@ struct AttentionBench: ParsableCommand {
                 "with few KV heads, arithmetic; caches that fit in the last-level cache read faster than memory:\n\n"
             print(intro + decodeText)
             report += intro + decodeText + "\n"
+        }
+        let kernelText = decodeKernelTable(rows)
+        if !kernelText.isEmpty {
+            let intro = "Decode kernels in isolation (one thread, d = 128, 512-key tiles, path \(KVCacheType.kernelPath)):\n\n"
+            print(intro + kernelText)
+            report += intro + kernelText + "\n"
         }
         let fitText = fitsTable(rows)
         if fits(rows).count > 0 {

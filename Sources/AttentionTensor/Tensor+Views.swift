@@ -29,4 +29,17 @@ extension Tensor {
         view.strides.swapAt(rank - 1, rank - 2)
         return view
     }
+
+    /// The axes in the order `axes` (a permutation of `0 ..< rank`), as a view: axis i of the
+    /// result is axis `axes[i]` of this tensor. `[B, T, H, d]` permuted by `[0, 2, 1, 3]` is the
+    /// `[B, H, T, d]` view attention reads (last axis still contiguous).
+    public func permuted(_ axes: [Int]) throws -> Tensor {
+        guard axes.count == rank, Set(axes) == Set(0..<rank) else {
+            throw TensorError.outOfRange("\(axes) is not a permutation of the \(rank) axes")
+        }
+        var view = self
+        view.shape = axes.map { shape[$0] }
+        view.strides = axes.map { strides[$0] }
+        return view
+    }
 }

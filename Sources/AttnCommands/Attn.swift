@@ -1,6 +1,7 @@
 import ArgumentParser
 import AttentionTensor
 import LongAttention
+import LongContextModel
 
 /// `attn`: run the package's attention variants on NumPy files (the `attn run` contract of
 /// SPEC.md), so outside programs can check them.
@@ -9,15 +10,16 @@ public struct Attn: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "attn",
         abstract: "Long-context attention on the CPU (OpenBLAS), on NumPy .npy files.",
-        subcommands: [Run.self, Grad.self, Pattern.self, Needle.self, Info.self])
+        subcommands: [Run.self, Grad.self, LM.self, Pattern.self, Needle.self, Info.self, Moe.self])
 }
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print the OpenBLAS kernel (and why it was chosen), the elementwise kernel ISA and the thread count.")
+        abstract: "Print the OpenBLAS kernel (and why it was chosen), the elementwise and KV-cache kernel paths and the thread count.")
     func run() {
         print("OpenBLAS kernel: \(BLASKernelSelection.status)")
         print("elementwise kernels: \(VectorKernels.isa)")
+        print("KV cache kernels (bf16, f16, int8): \(KVCacheType.kernelPath)")
         print("threads: \(Parallel.defaultThreads)")
         if let warning = BLAS.kernelWarning { print("note: \(warning)") }
     }

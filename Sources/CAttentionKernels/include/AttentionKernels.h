@@ -3,7 +3,8 @@
 // Vectorised kernels for attention, one source file per family: elementwise.c (exp, scaled copies,
 // the finite-value scan), softmax.c (row softmax, FlashAttention's online softmax, normalisation),
 // merge.c (the (max, sum, output) merge of partial results), linear.c (feature maps and chunk
-// sums), decode.c (few query rows against streamed keys and values), infini.c (memory read blend,
+// sums), decode.c (few query rows against streamed keys and values), kvtypes.c (the same
+// products over bf16, f16 and q8_0 cache rows, and their conversions), infini.c (memory read blend,
 // delta rule), positions.c (RoPE, ALiBi); vector.h holds their private vector macros.
 //
 // Every kernel is compiled three times (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, baseline
@@ -124,6 +125,64 @@ void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *
 /// by 0 in the four-row one.
 void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w, long dv,
                           float *o, long ldo);
+
+// ---- Low-precision KV cache: bf16, f16 and ggml's q8_0 rows (kvtypes.c) ----
+//
+// A stored row holds d values: bf16 and f16 take 2·d bytes; q8_0 takes ceil(d / 32) blocks of
+// 34 bytes (an f16 scale, then 32 int8 values; the last block zero-padded). `ldb` arguments are
+// byte strides between stored rows. The product kernels read the stored type directly (F16C and
+// AVX2 conversions where the CPU has them, integer bit operations elsewhere): there is no float32
+// copy of the cache.
+
+enum { AK_KV_F32 = 0, AK_KV_BF16 = 1, AK_KV_F16 = 2, AK_KV_Q8_0 = 3 };
+
+/// The path the stored-type products take on this CPU: "f16c" (AVX2, FMA, F16C) or "portable".
+const char *ak_kv_kernel_path(void);
+
+/// Tests: nonzero forces the portable path, zero returns to the CPU's choice.
+void ak_kv_force_portable(int portable);
+
+/// Bytes of one stored row of d values.
+long ak_kv_row_bytes(int kind, long d);
+
+/// Stores rows × d floats (leading dimension lds) as `kind` rows (byte stride ldb): bf16 and f16
+/// round to nearest even; q8_0 as ggml's reference quantiser (d = max|x| / 127 rounded to f16,
+/// q = roundf(x · 127 / max|x|)). Values must be finite and representable (the caller checks).
+void ak_kv_encode_rows(int kind, const float *src, long lds, long rows, long d, void *dst, long ldb);
+
+/// Reads rows of `kind` back as floats (exact: every stored value is a float).
+void ak_kv_decode_rows(int kind, const void *src, long ldb, long rows, long d, float *dst, long ldd);
+
+/// ak_rows_dot_keys with keys stored as `kind` (byte stride ldkb): s[r·lds + j] = q_r · k_j.
+void ak_kv_rows_dot_keys(int kind, const float *q, long ldq, long rows, long d, const void *k, long ldkb, long w,
+                         float *s, long lds);
+
+/// ak_rows_times_values with values stored as `kind` (byte stride ldvb): o_r += Σ_j p_r[j] · v_j.
+void ak_kv_rows_times_values(int kind, const float *p, long ldp, long rows, const void *v, long ldvb, long w,
+                             long dv, float *o, long ldo);
+
+// ---- Language-model rows (model.c) ----
+
+/// RMSNorm (Hugging Face's LlamaRMSNorm): y_r = w ∘ x_r · s_r with s_r = 1/sqrt(mean(x_r²) + eps)
+/// (the mean accumulated in float64); rstd (may be NULL) receives s_r. Rows of n values.
+void ak_rmsnorm_rows(const float *x, long ldx, const float *w, float *y, long ldy, float *rstd, long rows, long n, float eps);
+
+/// RMSNorm's backward, accumulated into dx (a residual stream's gradient): dx_r += s_r (w ∘ dy_r)
+/// − s_r³/n · x_r · Σ(w ∘ dy_r ∘ x_r), and (dw may be NULL) dw += Σ_r dy_r ∘ x_r s_r. dx may not
+/// alias x or dy.
+void ak_rmsnorm_backward_rows(const float *x, long ldx, const float *w, const float *rstd, const float *dy, long lddy,
+                              float *dx, long lddx, float *dw, long rows, long n);
+
+/// SwiGLU's gate: h = silu(g) ∘ u = g σ(g) u, over n values.
+void ak_swiglu(const float *g, const float *u, float *h, long n);
+
+/// Its backward: du = dh ∘ g σ(g); dg = dh ∘ u ∘ σ(g)(1 + g(1 − σ(g))).
+void ak_swiglu_backward(const float *g, const float *u, const float *dh, float *dg, float *du, long n);
+
+/// Cross-entropy of rows of logits z (leading dimension ldz) against targets (−1: no target, no
+/// loss): returns Σ_r (logsumexp(z_r) − z_r[t_r]). With writeGradient, z_r is replaced by
+/// gradScale · (softmax(z_r) − onehot(t_r)) (zeros for rows without a target).
+double ak_cross_entropy_rows(float *z, long ldz, long rows, long vocab, const int *targets, float gradScale, int writeGradient);
 
 // ---- Softmax backward (FlashAttention-2's recomputation) ----
 

@@ -28,8 +28,9 @@ struct AttentionInputs {
     }
 
     init(queries: Tensor, keys: Tensor, values: Tensor, scale: Float? = nil, mask: AttentionMask = .none,
-         threads: Int? = nil, scan: Scan = .all) throws {
-        let shape = try AttentionShape(queries: queries, keys: keys, values: values)
+         threads: Int? = nil, scan: Scan = .all, shapeOverride: AttentionShape? = nil, maskOverride: AttentionMask? = nil) throws {
+        let shape = try shapeOverride ?? AttentionShape(queries: queries, keys: keys, values: values)
+        let mask = maskOverride ?? mask
         if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
         let scale = scale ?? 1 / Float(shape.d).squareRoot()
         guard scale.isFinite else { throw AttentionError.invalidArgument("scale must be finite, got \(scale)") }
@@ -56,6 +57,20 @@ struct AttentionInputs {
         self.bias = bias
         self.maxBias = maxBias
         self.threads = threads ?? Parallel.defaultThreads
+    }
+
+    /// Keys and values in a low-precision cache (then `keys` and `values` are placeholders).
+    private(set) var stored: StoredKV? = nil
+
+    /// Queries against keys and values stored in a ``KVCache`` of a low-precision type, scanned
+    /// when appended (largest magnitudes `maxK`, `maxV`): `keys`/`values` are 1-element
+    /// placeholders and the layout carries the stored rows.
+    init(queries: Tensor, stored: StoredKV, shape: AttentionShape, scale: Float?, mask: AttentionMask, threads: Int?,
+         maxK: Float, maxV: Float) throws {
+        let placeholder = try Tensor(zeros: [1, 1, 1, 1])
+        try self.init(queries: queries, keys: placeholder, values: placeholder, scale: scale, mask: .none, threads: threads,
+                      scan: .queries(maxK: maxK, maxV: maxV), shapeOverride: shape, maskOverride: mask)
+        self.stored = stored
     }
 
     private init(_ base: AttentionInputs, queries: Tensor, keys: Tensor, values: Tensor, mask: AttentionMask) throws {
@@ -130,6 +145,7 @@ struct AttentionInputs {
                                 bias: pb, biasStride: bias?.strides ?? (0, 0, 0))
                             layout.alibi = pa
                             layout.queryOffsetOverride = queryOffset
+                            layout.stored = stored
                             return try body(layout)
                         }
                     }

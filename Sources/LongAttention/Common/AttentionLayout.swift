@@ -25,6 +25,9 @@ struct AttentionLayout {
     /// Linear attention: each query row's normaliser `φ(q)·z + ε`, `[B, H, N]` contiguous, written by
     /// the forward for the backward (nil: not kept).
     var normalizers: UnsafeMutablePointer<Float>? = nil
+    /// Keys and values held in a low-precision KV cache: when set, the tiled kernel reads these
+    /// rows (and `k`, `v` point nowhere useful).
+    var stored: StoredKV? = nil
     /// Position of query row 0 among the keys; nil means bottom-right alignment, `M - N`.
     /// (BigBird's global rows are row views of a longer sequence and pass their own.)
     var queryOffsetOverride: Int? = nil
@@ -54,6 +57,21 @@ struct AttentionLayout {
         if causal { limit = min(limit, i + queryOffset + 1) }
         if let keyLengths { limit = min(limit, keyLengths[b]) }
         return max(0, limit)
+    }
+}
+
+/// Key and value rows stored as bf16, f16 or q8_0 (``KVCacheType``): raw rows the decode kernels
+/// read in place, with byte strides of (batch, head, position).
+struct StoredKV {
+    let kind: Int32
+    let keys: UnsafeRawPointer, values: UnsafeRawPointer
+    let keyStride: (b: Int, h: Int, m: Int), valueStride: (b: Int, h: Int, m: Int)
+
+    @inline(__always) func keyRow(_ b: Int, _ h: Int, _ j: Int) -> UnsafeRawPointer {
+        keys + b * keyStride.b + h * keyStride.h + j * keyStride.m
+    }
+    @inline(__always) func valueRow(_ b: Int, _ h: Int, _ j: Int) -> UnsafeRawPointer {
+        values + b * valueStride.b + h * valueStride.h + j * valueStride.m
     }
 }
 

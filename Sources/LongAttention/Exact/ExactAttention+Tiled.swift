@@ -39,16 +39,39 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
         partial = .allocate(capacity: count)
     }
     defer { partial?.deallocate() }
-    let (floats, ints) = plan.workerScratch
+    var (floats, ints) = plan.workerScratch
+    // A low-precision cache: many-row tiles (a prefill against the cache) convert their key and
+    // value tile to float32 here for the GEMMs; few-row tiles read the stored rows directly.
+    let converted = L.stored != nil && R > smallRows ? Bc * max(d, dv) : 0
+    floats += converted
     try runWithScratch(items: blocks * splits, threads: plan.threads, floats: floats, ints: ints,
                        purpose: "tiled attention") { ws, queue in
         let qp = ws.floats(R * d), s = ws.floats(R * Bc), o = ws.floats(R * dv)
         let m = ws.floats(R), l = ws.floats(R), valid = ws.ints(R)
+        let tileBuffer = ws.floats(converted)
         var blk = QueryBlock(b: 0, kvHead: 0, i0: 0, rows: 0, heads: 0..<G)
         /// One key tile `j0 ..< j0 + w` for the stacked rows `rs`: scores, online softmax, P·V.
         func tile(rows rs: Range<Int>, j0: Int, w: Int, masked: Bool) {
             let r0 = rs.lowerBound, n = rs.count
             let sr = s + r0 * Bc
+            if let kv = L.stored {
+                let k = kv.keyRow(blk.b, blk.kvHead, j0), v = kv.valueRow(blk.b, blk.kvHead, j0)
+                if n <= smallRows {
+                    ak_kv_rows_dot_keys(kv.kind, qp + r0 * d, d, n, d, k, kv.keyStride.m, w, sr, Bc)
+                } else {
+                    ak_kv_decode_rows(kv.kind, k, kv.keyStride.m, w, d, tileBuffer, d)
+                    BLAS.sgemm(.none, .transpose, m: n, n: w, k: d, a: qp + r0 * d, lda: d, b: tileBuffer, ldb: d, c: sr, ldc: Bc)
+                }
+                L.addBias(blk, j0: j0, width: w, s: s, lds: Bc, rows: rs)
+                ak_online_softmax_tile(sr, n, w, Bc, masked ? valid + r0 : nil, m + r0, l + r0, o + r0 * dv, dv, dv)
+                if n <= smallRows {
+                    ak_kv_rows_times_values(kv.kind, sr, Bc, n, v, kv.valueStride.m, w, dv, o + r0 * dv, dv)
+                } else {
+                    ak_kv_decode_rows(kv.kind, v, kv.valueStride.m, w, dv, tileBuffer, dv)
+                    BLAS.sgemm(.none, .none, m: n, n: dv, k: w, a: sr, lda: Bc, b: tileBuffer, ldb: dv, beta: 1, c: o + r0 * dv, ldc: dv)
+                }
+                return
+            }
             let k = L.kRow(blk.b, blk.kvHead, j0), v = L.vRow(blk.b, blk.kvHead, j0)
             if n <= smallRows {
                 ak_rows_dot_keys(qp + r0 * d, d, n, d, k, L.kStride.m, w, sr, Bc)

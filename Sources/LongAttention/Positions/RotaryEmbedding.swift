@@ -26,6 +26,8 @@ public struct RotaryEmbedding: Sendable {
     /// Positions the tables cover.
     public let maxPositions: Int
     let cos: [Float], sin: [Float]   // [maxPositions, d/2]
+    /// −sin: the inverse rotation (RoPE's backward pass).
+    let negatedSin: [Float]
 
     public init(dimension d: Int, maxPositions: Int, base: Double = 10000, scaling: Scaling = .none) throws {
         guard d > 0, d % 2 == 0 else { throw AttentionError.invalidArgument("RoPE needs an even head dimension, got \(d)") }
@@ -59,6 +61,7 @@ public struct RotaryEmbedding: Sendable {
         }
         cos = c
         sin = s
+        negatedSin = s.map { -$0 }
     }
 
     /// Rotates `x [B, H, N, d]` in place, position `positionOffset + n` for row `n` (the offset is
@@ -80,6 +83,25 @@ public struct RotaryEmbedding: Sendable {
                                      c.baseAddress! + positionOffset * h, s.baseAddress! + positionOffset * h, h)
                     }
                 }
+            }
+        }
+    }
+
+    /// Rotates `rows` rows of `dimension` floats in place, `stride` floats apart (a head of a
+    /// `[tokens, heads · d]` projection: stride `heads · d`), row r at position `firstPosition + r`.
+    /// `inverse` rotates by the negated angles: RoPE is orthogonal, so that is its transpose, the
+    /// backward pass of ``apply(to:positionOffset:)``.
+    public func rotate(_ x: UnsafeMutablePointer<Float>, rows: Int, stride: Int, firstPosition: Int, inverse: Bool = false) throws {
+        guard rows >= 0, stride >= dimension else {
+            throw AttentionError.invalidArgument("RoPE rows \(rows) with stride \(stride) < d = \(dimension)")
+        }
+        guard firstPosition >= 0, firstPosition + rows <= maxPositions else {
+            throw AttentionError.invalidArgument("positions \(firstPosition)..<\(firstPosition + rows) exceed the table's \(maxPositions)")
+        }
+        let h = dimension / 2
+        cos.withUnsafeBufferPointer { c in
+            (inverse ? negatedSin : sin).withUnsafeBufferPointer { s in
+                ak_rope_rows(x, rows, dimension, stride, c.baseAddress! + firstPosition * h, s.baseAddress! + firstPosition * h, h)
             }
         }
     }

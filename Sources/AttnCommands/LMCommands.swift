@@ -1,0 +1,234 @@
+import ArgumentParser
+import AttentionTensor
+import Foundation
+import LongAttention
+import LongContextModel
+
+/// `attn lm …`: the language-model layer (SPEC.md § Language models).
+struct LM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lm",
+        abstract: "Language models in Hugging Face's format: evaluate, train, generate, Temp-LoRA.",
+        subcommands: [LMEval.self, LMTrain.self, LMGenerate.self])
+}
+
+/// Token ids `[B, T]` from an int32/int64 .npy (a 1-D array is one sequence).
+func readTokens(_ path: String) throws -> (tokens: [Int32], batch: Int, length: Int) {
+    let (shape, values) = try Numpy.readIntegers(path)
+    guard shape.count == 1 || shape.count == 2 else {
+        throw ModelError.invalidTokens("\(path): tokens must be [B, T] (or [T]), got shape \(shape)")
+    }
+    let (B, T) = shape.count == 2 ? (shape[0], shape[1]) : (1, shape[0])
+    guard B >= 1, T >= 1 else { throw ModelError.invalidTokens("\(path): an empty batch \(shape)") }
+    if let bad = values.first(where: { $0 < Int(Int32.min) || $0 > Int(Int32.max) }) {
+        throw ModelError.invalidTokens("\(path): id \(bad) is outside the vocabulary")
+    }
+    return (values.map { Int32($0) }, B, T)
+}
+
+struct LMEval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Logits, mean next-token loss and gradients of a checkpoint (optionally with a PEFT LoRA adapter) on tokens [B, T].")
+    @Option(help: "Checkpoint directory (config.json + model.safetensors, transformers' names).")
+    var model: String
+    @Option(help: "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")
+    var adapter: String?
+    @Option(help: "Token ids, int32/int64 .npy [B, T].")
+    var tokens: String
+    @Option(help: "Output: logits float32 .npy [B, T, V].")
+    var logits: String?
+    @Option(help: "Output: the mean next-token cross-entropy, a 0-d float32 .npy.")
+    var loss: String?
+    @Option(help: "Output: the loss's gradient of every parameter (with --adapter: of the adapter's A and B), safetensors.")
+    var grads: String?
+    @Option(help: "Worker threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        let outs = [logits, loss, grads].compactMap { $0 }
+        if outs.isEmpty { throw ValidationError("nothing to compute: give --logits, --loss or --grads") }
+        if Set(outs).count != outs.count { throw ValidationError("output files must differ") }
+    }
+
+    func run() throws {
+        let base = try CausalLM(directory: model)
+        let (ids, B, T) = try readTokens(tokens)
+        let lora = try adapter.map { try LoRAAdapter(directory: $0, model: base) }
+        let net = try lora.map { try $0.mergedModel(base) } ?? base
+        let g = grads != nil ? try ParameterSet(zerosLike: net.parameters) : nil
+        let result = try net.loss(tokens: ids, batch: B, length: T, gradients: g, keepLogits: logits != nil, threads: threads)
+        // Everything is computed before the first file is written.
+        var named: [(name: String, tensor: Tensor)]? = nil
+        if let g {
+            if let lora {
+                let ga = try ParameterSet(zerosLike: lora.parameters)
+                lora.gradients(fromMerged: g, into: ga)
+                named = try ga.namedTensors()
+            } else {
+                named = try g.namedTensors()
+            }
+            guard named!.allSatisfy({ $0.tensor.scanValues().invalidIndex == nil }) else {
+                throw ModelError.nonFinite("a gradient is not finite")
+            }
+        }
+        if let logits, let l = result.logits { try Numpy.write(l, to: logits) }
+        if let loss { try Numpy.write(try Tensor(shape: [], scalars: [Float(result.loss)]), to: loss) }
+        if let grads, let named { try SafeTensors.write(named, to: grads) }
+    }
+}
+
+struct LMTrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a byte-level model on the corpus (make corpus): a new model, a checkpoint to fine-tune (--from), or a run to resume (--resume).",
+        discussion: "Checkpoints (config.json, model.safetensors, optimizer.safetensors, trainer_state.json) go to --out every --checkpoint-every steps, at the end and on Ctrl-C; they load in transformers.")
+    @Option(help: "Output directory for checkpoints.")
+    var out: String
+    @Option(help: "The corpus: bible's output (make corpus writes data/kjv.txt).")
+    var corpus = "data/kjv.txt"
+    @Option(help: "Start from this checkpoint (fine-tuning) instead of a new model.")
+    var from: String?
+    @Flag(help: "Resume the run in --out (model, optimizer and step).")
+    var resume = false
+    @Option(help: "New model: layers.") var layers = 4
+    @Option(help: "New model: hidden size D.") var hidden = 256
+    @Option(help: "New model: query heads H.") var heads = 8
+    @Option(help: "New model: key/value heads Hkv.") var kvHeads = 4
+    @Option(help: "New model: SwiGLU intermediate size F.") var intermediate = 704
+    @Option(help: "New model: positions, rope or alibi.") var positions = "rope"
+    @Option(help: "Attention of every layer: exact, bigbird, linear, infini (a checkpoint's own variant is kept unless given).")
+    var attention: String?
+    @Option(help: "Infini segment length / BigBird block size (with --attention).") var segment = 256
+    @Option(help: "RoPE scaling for a fine-tune at a longer window: none, linear:F, ntk:F.") var ropeScaling: String?
+    @Option(help: "Sequences per micro-batch.") var batch = 8
+    @Option(help: "Tokens per sequence (the training window).") var length = 256
+    @Option(help: "Micro-batches per step (gradient accumulation).") var accumulation = 1
+    @Option(help: "Optimizer steps.") var steps = 1000
+    @Option(help: "Peak learning rate.") var lr = 3e-3
+    @Option(help: "Warm-up steps.") var warmup = 50
+    @Option(help: "Global gradient-norm clip (0: none).") var clip = 1.0
+    @Option(help: "AdamW weight decay.") var weightDecay: Float = 0.1
+    @Option(help: "Data order and initialisation seed.") var seed: UInt64 = 1
+    @Option(help: "Checkpoint interval in steps.") var checkpointEvery = 100
+    @Option(help: "Validation interval in steps (0: never).") var evalEvery = 100
+    @Option(help: "Worker threads (default: all cores).") var threads: Int?
+
+    func options() -> TrainingOptions {
+        var o = TrainingOptions()
+        (o.batch, o.length, o.accumulation, o.steps) = (batch, length, accumulation, steps)
+        (o.learningRate, o.warmupSteps, o.clipNorm, o.weightDecay) = (lr, warmup, clip, weightDecay)
+        (o.seed, o.checkpointEvery, o.evalEvery, o.threads) = (seed, checkpointEvery, evalEvery, threads)
+        return o
+    }
+
+    func run() throws {
+        try options().validate()
+        let text = try TextCorpus(path: corpus)
+        let model: CausalLM
+        if resume {
+            model = try CausalLM(directory: out)
+        } else if let from {
+            let base = try CausalLM(directory: from)
+            model = try CausalLM(config: try adjusted(base.config), parameters: try carry(base))
+        } else {
+            guard ["rope", "alibi"].contains(positions) else { throw ValidationError("--positions must be rope or alibi") }
+            let config = try ModelConfig(vocabSize: ByteTokenizer.vocabSize, hiddenSize: hidden, intermediateSize: intermediate,
+                                         layers: layers, heads: heads, kvHeads: kvHeads, rmsNormEps: 1e-5,
+                                         positions: positions == "alibi" ? .alibi : .rope(theta: 10000, scaling: .none),
+                                         maxPositionEmbeddings: max(length, 2048), bosTokenId: Int(ByteTokenizer.bos),
+                                         eosTokenId: Int(ByteTokenizer.eos))
+            model = try CausalLM(config: try adjusted(config), seed: seed)
+        }
+        let trainer = try Trainer(model: model, options: options(), train: TextCorpus.tokens(text.training),
+                                  validation: TextCorpus.tokens(text.validation), directory: out)
+        if resume { try trainer.resume() }
+        let params = model.parameters.count
+        FileHandle.standardError.write("training \(params) parameters (\(model.config.layers) layers, D = \(model.config.hiddenSize)) from step \(trainer.step) to \(steps); \(batch)×\(length)×\(accumulation) tokens per step\n".data(using: .utf8)!)
+        let finished = try trainer.run { p in
+            var line = String(format: "step %d/%d  loss %.4f (%.3f bits/byte)  lr %.2e  |g| %.2f  %.0f tokens/s  %@ left",
+                              p.step, p.steps, p.loss, p.loss / M_LN2, p.learningRate, p.gradientNorm, p.tokensPerSecond,
+                              formatDuration(p.secondsLeft))
+            if let v = p.validationLoss { line += String(format: "  validation %.4f (%.3f bits/byte)", v, v / M_LN2) }
+            FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
+        }
+        if !finished { FileHandle.standardError.write("interrupted: checkpoint saved at step \(trainer.step) in \(out)\n".data(using: .utf8)!) }
+    }
+
+    /// The config with this run's attention variant, RoPE scaling and window applied.
+    func adjusted(_ c: ModelConfig) throws -> ModelConfig {
+        var c = c
+        if let attention {
+            let variant: LayerAttention
+            switch attention {
+            case "exact": variant = .exact
+            case "bigbird": variant = .bigbird(blockSize: segment, windowBlocks: 3, randomBlocks: 2, seed: seed)
+            case "linear": variant = .linear(featureMap: .elu)
+            case "infini": variant = .infini(segment: segment, update: .linear)
+            case "infini-delta": variant = .infini(segment: segment, update: .delta)
+            default: throw ValidationError("--attention must be exact, bigbird, linear, infini or infini-delta")
+            }
+            c.attention = Array(repeating: variant, count: c.layers)
+        }
+        if let ropeScaling {
+            guard case .rope(let theta, _) = c.positions else { throw ValidationError("--rope-scaling needs a RoPE model") }
+            let parts = ropeScaling.split(separator: ":")
+            let factor = parts.count == 2 ? Double(parts[1]) : nil
+            switch (parts.first.map(String.init), factor) {
+            case ("none", _): c.positions = .rope(theta: theta, scaling: .none)
+            case ("linear", let f?): c.positions = .rope(theta: theta, scaling: .linear(factor: f))
+            case ("ntk", let f?): c.positions = .rope(theta: theta, scaling: .ntk(factor: f))
+            default: throw ValidationError("--rope-scaling must be none, linear:F or ntk:F")
+            }
+        }
+        c.maxPositionEmbeddings = max(c.maxPositionEmbeddings, length)
+        try c.validate()
+        return c
+    }
+
+    /// The base's weights in the adjusted layout (new Infini gates start at 0).
+    func carry(_ base: CausalLM) throws -> ParameterSet {
+        let p = try ParameterSet(layout: CausalLM.layout(try adjusted(base.config)))
+        for e in p.entries {
+            if let b = base.parameters.entry(e.name), b.shape == e.shape {
+                (p.scalars + e.offset).update(from: base.parameters.scalars + b.offset, count: e.count)
+            }
+        }
+        return p
+    }
+}
+
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite else { return "?" }
+    let t = Int(s.rounded())
+    return t >= 3600 ? String(format: "%dh%02dm", t / 3600, t / 60 % 60) : String(format: "%dm%02ds", t / 60, t % 60)
+}
+
+struct LMGenerate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Continue a prompt with a byte-level checkpoint: prefill, then token-by-token decoding through the KV cache.")
+    @Option(help: "Checkpoint directory.") var model: String
+    @Option(help: "The prompt (text; bytes are the tokens).") var prompt: String
+    @Option(help: "Tokens to generate at most.") var maxTokens = 200
+    @Option(help: "0: greedy; otherwise the sampling temperature.") var temperature = 0.0
+    @Option(help: "Sample among the k most likely tokens (0: all).") var topK = 0
+    @Option(help: "Sample among the most likely tokens up to probability p.") var topP = 1.0
+    @Option(help: "Sampling seed.") var seed: UInt64 = 0
+    @Option(help: "KV cache storage: f32, bf16, f16, int8.") var kvType = "f32"
+    @Option(help: "Worker threads (default: all cores).") var threads: Int?
+
+    func run() throws {
+        guard let type = KVCacheType(rawValue: kvType) else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
+        let net = try CausalLM(directory: model)
+        let start = Date()
+        let ids = try net.generate(prompt: [ByteTokenizer.bos] + ByteTokenizer.encode(prompt), maxTokens: maxTokens,
+                                   sampling: SamplingOptions(temperature: temperature, topK: topK, topP: topP, seed: seed),
+                                   eos: ByteTokenizer.eos, cacheType: type, threads: threads)
+        let seconds = Date().timeIntervalSince(start)
+        print(prompt + ByteTokenizer.decode(ids))
+        FileHandle.standardError.write(String(format: "%d tokens in %.2f s (%.1f tokens/s, prefill included)\n", ids.count, seconds,
+                                              Double(ids.count) / max(seconds, 1e-9)).data(using: .utf8)!)
+    }
+}

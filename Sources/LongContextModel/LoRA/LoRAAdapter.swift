@@ -1,0 +1,156 @@
+import AttentionTensor
+import Foundation
+
+/// A LoRA adapter (Hu et al. 2021) in PEFT's format: on each targeted projection `W [out, in]`,
+/// `W x + s · B A x` with `A [r, in]`, `B [out, r]`, `s = α / r` (rsLoRA: `α / sqrt(r)`). Only A
+/// and B train.
+///
+/// Applied by merging: the model runs with `W' = W + s·B·A`, whose gradient `dW'` the model's
+/// backward already computes; the adapter's gradients follow exactly as `dB = s · dW' Aᵀ` and
+/// `dA = s · Bᵀ dW'`. (Dropout on the adapter's input, which needs the unmerged form, is not
+/// supported: `lora_dropout` must be 0.)
+public final class LoRAAdapter: @unchecked Sendable {
+    /// PEFT's `target_modules` names this implementation can adapt.
+    public static let supportedModules: Set<String> = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    public let rank: Int
+    public let alpha: Double
+    public let useRSLoRA: Bool
+    public let targetModules: [String]
+    /// A and B of every adapted projection, under PEFT's names
+    /// (`base_model.model.<module>.lora_A.weight`, `…lora_B.weight`).
+    public let parameters: ParameterSet
+    /// The adapted projections' weight names in the base model (`model.layers.0.self_attn.q_proj.weight`).
+    public let adaptedWeights: [String]
+
+    /// Scale `s` of `B A`.
+    public var scale: Float { Float(useRSLoRA ? alpha / Double(rank).squareRoot() : alpha / Double(rank)) }
+
+    static func peftName(_ weight: String, _ ab: String) -> String {
+        "base_model.model." + weight.dropLast(".weight".count) + ".lora_\(ab).weight"
+    }
+
+    /// A new adapter for `model`: A ~ Kaiming-uniform as PEFT initialises it (bound 1/sqrt(in)),
+    /// B = 0, so the adapted model starts equal to the base.
+    public init(model: CausalLM, rank: Int, alpha: Double, targetModules: [String], useRSLoRA: Bool = false, seed: UInt64) throws {
+        guard rank >= 1, rank <= 1 << 16 else { throw ModelError.invalidArgument("LoRA rank must be 1...65536, got \(rank)") }
+        guard alpha > 0, alpha.isFinite else { throw ModelError.invalidArgument("lora_alpha must be positive, got \(alpha)") }
+        if let bad = targetModules.first(where: { !Self.supportedModules.contains($0) }) {
+            throw ModelError.invalidArgument("LoRA target module \(bad) is not supported (\(Self.supportedModules.sorted().joined(separator: ", ")))")
+        }
+        guard !targetModules.isEmpty else { throw ModelError.invalidArgument("LoRA needs at least one target module") }
+        (self.rank, self.alpha, self.useRSLoRA, self.targetModules) = (rank, alpha, useRSLoRA, targetModules)
+        let weights = Self.targets(model, targetModules)
+        guard !weights.isEmpty else { throw ModelError.invalidArgument("no projection of this model matches \(targetModules)") }
+        adaptedWeights = weights
+        parameters = try ParameterSet(layout: Self.layout(model, weights, rank))
+        var rng = SplitMix64(seed: seed)
+        for w in weights {
+            let e = model.parameters.entry(w)!, a = parameters.pointer(Self.peftName(w, "A"))
+            let bound = 1 / Double(e.shape[1]).squareRoot()
+            for i in 0..<(rank * e.shape[1]) { a[i] = Float((2 * rng.nextUnitOpen() - 1) * bound) }
+        }
+    }
+
+    /// Loads PEFT's `adapter_config.json` and `adapter_model.safetensors` from `directory` for `model`.
+    public convenience init(directory: String, model: CausalLM) throws {
+        guard let data = FileManager.default.contents(atPath: directory + "/adapter_config.json"),
+              let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw ModelError.invalidCheckpoint("\(directory)/adapter_config.json is missing or not a JSON object")
+        }
+        if let t = o["peft_type"] as? String, t != "LORA" { throw ModelError.invalidCheckpoint("peft_type \(t) is not LORA") }
+        guard let r = o["r"] as? Int, let alpha = (o["lora_alpha"] as? NSNumber)?.doubleValue else {
+            throw ModelError.invalidCheckpoint("adapter_config.json needs integer r and numeric lora_alpha")
+        }
+        guard let modules = o["target_modules"] as? [String] else {
+            throw ModelError.invalidCheckpoint("adapter_config.json: target_modules must be a list of names")
+        }
+        for (key, ok) in [("use_dora", (o["use_dora"] as? Bool) != true), ("fan_in_fan_out", (o["fan_in_fan_out"] as? Bool) != true),
+                          ("bias", (o["bias"] as? String ?? "none") == "none"),
+                          ("lora_dropout", ((o["lora_dropout"] as? NSNumber)?.doubleValue ?? 0) == 0),
+                          ("rank_pattern", (o["rank_pattern"] as? [String: Any] ?? [:]).isEmpty),
+                          ("alpha_pattern", (o["alpha_pattern"] as? [String: Any] ?? [:]).isEmpty),
+                          ("layers_to_transform", o["layers_to_transform"] == nil || o["layers_to_transform"] is NSNull),
+                          ("modules_to_save", o["modules_to_save"] == nil || o["modules_to_save"] is NSNull)] where !ok {
+            throw ModelError.invalidCheckpoint("adapter_config.json: \(key) other than PEFT's default is not supported")
+        }
+        try self.init(model: model, rank: r, alpha: alpha, targetModules: modules, useRSLoRA: (o["use_rslora"] as? Bool) ?? false, seed: 0)
+        let archive = try SafeTensors.read(directory + "/adapter_model.safetensors")
+        var found = Set<String>()
+        for name in archive.names {
+            guard let e = parameters.entry(name) else {
+                throw ModelError.invalidCheckpoint("adapter tensor \(name) does not match a targeted projection of this model")
+            }
+            guard archive.entry(name)?.shape == e.shape else {
+                throw ModelError.invalidCheckpoint("adapter tensor \(name) has shape \(archive.entry(name)?.shape ?? []), expected \(e.shape)")
+            }
+            let t = try archive.tensor(name)
+            guard t.scanValues().invalidIndex == nil else { throw ModelError.invalidCheckpoint("\(name) holds NaN or Inf") }
+            try parameters.set(name, t)
+            found.insert(name)
+        }
+        if let missing = parameters.names.first(where: { !found.contains($0) }) {
+            throw ModelError.invalidCheckpoint("adapter tensor \(missing) is missing")
+        }
+    }
+
+    /// Writes PEFT's two files into `directory` (each through a temporary name).
+    public func save(to directory: String, baseModel: String? = nil) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try SafeTensors.write(parameters.namedTensors(), metadata: ["format": "pt"], to: directory + "/adapter_model.safetensors")
+        let config: [String: Any] = [
+            "peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": targetModules, "lora_dropout": 0.0,
+            "bias": "none", "use_rslora": useRSLoRA, "use_dora": false, "fan_in_fan_out": false, "task_type": "CAUSAL_LM",
+            "inference_mode": true, "init_lora_weights": true, "base_model_name_or_path": baseModel ?? NSNull(),
+            "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](),
+        ]
+        try writeAtomically(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
+                            to: directory + "/adapter_config.json")
+    }
+
+    static func targets(_ model: CausalLM, _ modules: [String]) -> [String] {
+        model.parameters.names.filter { name in
+            modules.contains { name.hasSuffix(".\($0).weight") && (name.contains(".self_attn.") || name.contains(".mlp.")) }
+        }
+    }
+
+    static func layout(_ model: CausalLM, _ weights: [String], _ r: Int) -> [(name: String, shape: [Int])] {
+        weights.flatMap { w -> [(name: String, shape: [Int])] in
+            let s = model.parameters.entry(w)!.shape
+            return [(peftName(w, "A"), [r, s[1]]), (peftName(w, "B"), [s[0], r])]
+        }
+    }
+
+    /// `W' = W + s·B·A` for every adapted projection, written into `merged` (a copy of the base's
+    /// parameters, or the base's own to merge for inference).
+    public func merge(base: ParameterSet, into merged: ParameterSet) {
+        for w in adaptedWeights {
+            let e = base.entry(w)!, (out, inn) = (e.shape[0], e.shape[1])
+            let dst = merged.pointer(w)
+            if dst != base.pointer(w) { dst.update(from: base.pointer(w), count: e.count) }
+            BLAS.sgemm(.none, .none, m: out, n: inn, k: rank, alpha: scale, a: parameters.pointer(Self.peftName(w, "B")), lda: rank,
+                       b: parameters.pointer(Self.peftName(w, "A")), ldb: inn, beta: 1, c: dst, ldc: inn)
+        }
+    }
+
+    /// The adapter's gradients from the merged weights' gradients `dW'` (in `mergedGradients`),
+    /// accumulated into `gradients` (this adapter's layout): `dB += s·dW' Aᵀ`, `dA += s·Bᵀ dW'`.
+    public func gradients(fromMerged mergedGradients: ParameterSet, into gradients: ParameterSet) {
+        for w in adaptedWeights {
+            let e = mergedGradients.entry(w)!, (out, inn) = (e.shape[0], e.shape[1])
+            let dW = mergedGradients.pointer(w)
+            let a = parameters.pointer(Self.peftName(w, "A")), b = parameters.pointer(Self.peftName(w, "B"))
+            BLAS.sgemm(.none, .transpose, m: out, n: rank, k: inn, alpha: scale, a: dW, lda: inn, b: a, ldb: inn, beta: 1,
+                       c: gradients.pointer(Self.peftName(w, "B")), ldc: rank)
+            BLAS.sgemm(.transpose, .none, m: rank, n: inn, k: out, alpha: scale, a: b, lda: rank, b: dW, ldb: inn, beta: 1,
+                       c: gradients.pointer(Self.peftName(w, "A")), ldc: inn)
+        }
+    }
+
+    /// `model` with this adapter merged into a copy of its weights (the base is not changed).
+    public func mergedModel(_ model: CausalLM) throws -> CausalLM {
+        let merged = try ParameterSet(copying: model.parameters)
+        merge(base: model.parameters, into: merged)
+        return try CausalLM(config: model.config, parameters: merged)
+    }
+}

@@ -1,0 +1,186 @@
+import AttentionTensor
+import CAttentionKernels
+import Foundation
+import LongAttention
+
+/// The loss of one batch: the mean next-token cross-entropy over the positions that have a target.
+public struct LossResult: Sendable {
+    /// Mean cross-entropy in nats over `positions` targets (transformers' `labels = input_ids` loss).
+    public let loss: Double
+    public let positions: Int
+    /// Logits `[B, T, V]` (before the gradient overwrote them), when asked for.
+    public let logits: Tensor?
+    /// MoE models: the load-balancing and z-losses summed over layers (not in `loss`).
+    public let loadBalancingLoss: Double, routerZLoss: Double
+}
+
+extension CausalLM {
+    /// Next-token targets of `tokens [B, T]`: position t predicts token t + 1; the last position
+    /// of each sequence has none (−1).
+    public static func nextTokenTargets(_ tokens: [Int32], batch B: Int, length T: Int) -> [Int32] {
+        var t = [Int32](repeating: -1, count: B * T)
+        for b in 0..<B {
+            for i in 0..<(T - 1) { t[b * T + i] = tokens[b * T + i + 1] }
+        }
+        return t
+    }
+
+    /// The mean cross-entropy of `tokens [B, T]` against `targets` (default: the next tokens; −1
+    /// marks a position without a target, as context-only positions in Temp-LoRA), and with
+    /// `gradients` its gradient accumulated (+=) into them, times `gradientScale` (1/steps under
+    /// gradient accumulation). MoE layers add `routerAuxLossCoef` × their load-balancing loss to the
+    /// gradient (not to the reported loss, as transformers reports them apart).
+    public func loss(tokens: [Int32], batch B: Int, length T: Int, targets: [Int32]? = nil, gradients: ParameterSet? = nil,
+                     gradientScale: Float = 1, keepLogits: Bool = false, threads: Int? = nil) throws -> LossResult {
+        try checkTokens(tokens, batch: B, length: T)
+        let targets = targets ?? Self.nextTokenTargets(tokens, batch: B, length: T)
+        guard targets.count == B * T else { throw ModelError.invalidTokens("\(targets.count) targets for \(B * T) positions") }
+        if let bad = targets.first(where: { $0 < -1 || Int($0) >= config.vocabSize }) {
+            throw ModelError.invalidTokens("target \(bad) is outside the vocabulary 0..<\(config.vocabSize)")
+        }
+        let count = targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
+        let pass = try forward(tokens: tokens, batch: B, length: T, keepForBackward: gradients != nil, threads: threads)
+        let logits = keepLogits ? pass.logits.contiguous().copy() : nil
+        let (N, V) = (B * T, config.vocabSize)
+        // Cross-entropy over row blocks, summed in a fixed order (the same for any thread count).
+        let parts = max(1, min(16, N / 64))
+        var sums = [Double](repeating: 0, count: parts)
+        let zp = pass.logits.unsafeMutableBaseAddress()
+        let scale = count > 0 ? gradientScale / Float(count) : 0
+        let write: Int32 = gradients != nil ? 1 : 0
+        targets.withUnsafeBufferPointer { tp in
+            sums.withUnsafeMutableBufferPointer { sp in
+                let sp = sp.baseAddress!
+                Parallel.run(items: parts, threads: min(parts, threads ?? Parallel.defaultThreads)) { _, queue in
+                    while let p = queue.next() {
+                        let r0 = N * p / parts, r1 = N * (p + 1) / parts
+                        sp[p] = ak_cross_entropy_rows(zp + r0 * V, V, r1 - r0, V, tp.baseAddress! + r0, scale, write)
+                    }
+                }
+            }
+        }
+        let loss = count > 0 ? sums.reduce(0, +) / Double(count) : 0
+        guard loss.isFinite else { throw ModelError.nonFinite("the loss is \(loss)") }
+        if let gradients { try backward(pass, gradients: gradients, gradientScale: gradientScale, threads: threads) }
+        return LossResult(loss: loss, positions: count, logits: logits, loadBalancingLoss: pass.loadBalancingLoss,
+                          routerZLoss: pass.routerZLoss)
+    }
+
+    /// Backward from `pass.logits`, which hold dLoss/dlogits; accumulates into `G`.
+    func backward(_ pass: ForwardPass, gradients G: ParameterSet, gradientScale: Float, threads: Int?) throws {
+        let c = config, P = parameters
+        let (B, T) = (pass.batch, pass.length)
+        let (N, D, V, H, Hkv, hd) = (B * T, c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
+        guard let xOut = pass.xOut, let hF = pass.hF, pass.layers.count == c.layers else {
+            preconditionFailure("backward needs a forward that kept its activations")
+        }
+        let threads = threads ?? Parallel.defaultThreads
+        // LM head and final norm.
+        var dh = try Tensor(uninitialized: [N, D])
+        projectBackward(hF.unsafeBaseAddress, P.pointer(headName), pass.logits.unsafeBaseAddress, dx: dh.unsafeMutableBaseAddress(),
+                        dW: G.pointer(headName), rows: N, in: D, out: V, accumulateDx: false)
+        var dx = try Tensor(zeros: [N, D])
+        ak_rmsnorm_backward_rows(xOut.unsafeBaseAddress, D, P.pointer("model.norm.weight"), pass.rstdF, dh.unsafeBaseAddress, D,
+                                 dx.unsafeMutableBaseAddress(), D, G.pointer("model.norm.weight"), N, D)
+        for layer in stride(from: c.layers - 1, through: 0, by: -1) {
+            let a = pass.layers[layer], pre = "model.layers.\(layer)."
+            // MLP block: x_out = x_mid + MLP(RMSNorm(x_mid)); dx is dL/dx_out, and stays the
+            // residual path's gradient; dh collects dL/dh2.
+            try mlpBackward(layer: layer, a, dOut: dx, dh: &dh, rows: N, pass: pass, gradients: G, threads: threads)
+            ak_rmsnorm_backward_rows(a.xMid.unsafeBaseAddress, D, P.pointer(pre + "post_attention_layernorm.weight"), a.rstd2,
+                                     dh.unsafeBaseAddress, D, dx.unsafeMutableBaseAddress(), D,
+                                     G.pointer(pre + "post_attention_layernorm.weight"), N, D)
+            // Attention block: x_mid = x_in + o_proj(attention(RoPE(q), RoPE(k), v)).
+            var dAtt = try Tensor(uninitialized: [N, H * hd])
+            projectBackward(a.attCat.unsafeBaseAddress, P.pointer(pre + "self_attn.o_proj.weight"), dx.unsafeBaseAddress,
+                            dx: dAtt.unsafeMutableBaseAddress(), dW: G.pointer(pre + "self_attn.o_proj.weight"),
+                            rows: N, in: H * hd, out: D, accumulateDx: false)
+            let grads = try attentionBackward(layer: layer, a, dOutRows: dAtt, batch: B, length: T, threads: threads)
+            if let beta = grads.beta {
+                let gb = G.pointer(pre + "self_attn.infini_beta")
+                for h in 0..<H { gb[h] += beta[h] }
+            }
+            var dq = try grads.queries.permuted([0, 2, 1, 3]).contiguous().reshaped([N, H * hd])
+            var dk = try grads.keys.permuted([0, 2, 1, 3]).contiguous().reshaped([N, Hkv * hd])
+            let dv = try grads.values.permuted([0, 2, 1, 3]).contiguous().reshaped([N, Hkv * hd])
+            try applyRoPE(dq.unsafeMutableBaseAddress(), batch: B, length: T, heads: H, inverse: true)
+            try applyRoPE(dk.unsafeMutableBaseAddress(), batch: B, length: T, heads: Hkv, inverse: true)
+            let dhp = dh.unsafeMutableBaseAddress()
+            projectBackward(a.h1.unsafeBaseAddress, P.pointer(pre + "self_attn.q_proj.weight"), dq.unsafeBaseAddress, dx: dhp,
+                            dW: G.pointer(pre + "self_attn.q_proj.weight"), rows: N, in: D, out: H * hd, accumulateDx: false)
+            projectBackward(a.h1.unsafeBaseAddress, P.pointer(pre + "self_attn.k_proj.weight"), dk.unsafeBaseAddress, dx: dhp,
+                            dW: G.pointer(pre + "self_attn.k_proj.weight"), rows: N, in: D, out: Hkv * hd, accumulateDx: true)
+            projectBackward(a.h1.unsafeBaseAddress, P.pointer(pre + "self_attn.v_proj.weight"), dv.unsafeBaseAddress, dx: dhp,
+                            dW: G.pointer(pre + "self_attn.v_proj.weight"), rows: N, in: D, out: Hkv * hd, accumulateDx: true)
+            ak_rmsnorm_backward_rows(a.xIn.unsafeBaseAddress, D, P.pointer(pre + "input_layernorm.weight"), a.rstd1,
+                                     dh.unsafeBaseAddress, D, dx.unsafeMutableBaseAddress(), D,
+                                     G.pointer(pre + "input_layernorm.weight"), N, D)
+        }
+        // Embedding: each token's row receives its position's gradient.
+        let dE = G.pointer("model.embed_tokens.weight"), dxp = dx.unsafeBaseAddress
+        for (n, t) in pass.tokens.enumerated() {
+            let row = dE + Int(t) * D, g = dxp + n * D
+            for i in 0..<D { row[i] += g[i] }
+        }
+    }
+
+    /// One layer's attention backward from `dOutRows [N, H·hd]`: gradients of q, k, v (as
+    /// `[B, heads, T, hd]`) and of Infini's β.
+    func attentionBackward(layer: Int, _ a: LayerActivations, dOutRows: Tensor, batch B: Int, length T: Int,
+                           threads: Int) throws -> AttentionGradients {
+        let c = config, (H, Hkv, hd) = (c.heads, c.kvHeads, c.headDim)
+        let qv = try a.q.reshaped([B, T, H, hd]).permuted([0, 2, 1, 3])
+        let kv = try a.k.reshaped([B, T, Hkv, hd]).permuted([0, 2, 1, 3])
+        let vv = try a.v.reshaped([B, T, Hkv, hd]).permuted([0, 2, 1, 3])
+        let dOut = try dOutRows.reshaped([B, T, H, hd]).permuted([0, 2, 1, 3]).contiguous()
+        switch (c.attention[layer], a.attention) {
+        case (.exact, .softmax(let f)):
+            return try scaledDotProductAttentionBackward(queries: qv, keys: kv, values: vv, forward: f, outputGradient: dOut,
+                                                         mask: attentionMask, threads: threads)
+        case (.bigbird, .softmax(let f)):
+            return try bigBirdAttentionBackward(queries: qv, keys: kv, values: vv, plan: try bigBirdPlan(layer: layer, length: T),
+                                                forward: f, outputGradient: dOut, alibi: attentionMask.alibi, threads: threads)
+        case (.linear(let map), .linear(let f)):
+            return try linearAttentionBackward(queries: qv, keys: kv, values: vv, forward: f, outputGradient: dOut,
+                                               featureMap: map, causal: true, threads: threads)
+        case (.infini, .infini):
+            return try infiniAttention(layer: layer).backward(queries: qv, keys: kv, values: vv, outputGradient: dOut, threads: threads)
+        default:
+            preconditionFailure("layer \(layer): the forward did not keep what the backward needs")
+        }
+    }
+
+    /// The MLP's backward: from `dOut [N, D]` (dL/dx_out) into `dh` (dL/dh2, overwritten) and the weights' gradients.
+    func mlpBackward(layer: Int, _ a: LayerActivations, dOut: Tensor, dh: inout Tensor, rows N: Int, pass: ForwardPass,
+                     gradients G: ParameterSet, threads: Int) throws {
+        let c = config, D = c.hiddenSize, P = parameters, pre = "model.layers.\(layer)."
+        switch a.mlp {
+        case .dense(let g, let u, let m):
+            let F = c.intermediateSize
+            var dm = try Tensor(uninitialized: [N, F]), dg = try Tensor(uninitialized: [N, F]), du = try Tensor(uninitialized: [N, F])
+            projectBackward(m.unsafeBaseAddress, P.pointer(pre + "mlp.down_proj.weight"), dOut.unsafeBaseAddress,
+                            dx: dm.unsafeMutableBaseAddress(), dW: G.pointer(pre + "mlp.down_proj.weight"), rows: N, in: F, out: D,
+                            accumulateDx: false)
+            ak_swiglu_backward(g.unsafeBaseAddress, u.unsafeBaseAddress, dm.unsafeBaseAddress, dg.unsafeMutableBaseAddress(),
+                               du.unsafeMutableBaseAddress(), N * F)
+            let dhp = dh.unsafeMutableBaseAddress()
+            projectBackward(a.h2.unsafeBaseAddress, P.pointer(pre + "mlp.gate_proj.weight"), dg.unsafeBaseAddress, dx: dhp,
+                            dW: G.pointer(pre + "mlp.gate_proj.weight"), rows: N, in: D, out: F, accumulateDx: false)
+            projectBackward(a.h2.unsafeBaseAddress, P.pointer(pre + "mlp.up_proj.weight"), du.unsafeBaseAddress, dx: dhp,
+                            dW: G.pointer(pre + "mlp.up_proj.weight"), rows: N, in: D, out: F, accumulateDx: true)
+        case .moe(let state):
+            try moeBackward(layer: layer, a, state: state, dOut: dOut, dh: &dh, rows: N, gradients: G, threads: threads)
+        case .none:
+            preconditionFailure("layer \(layer): the forward did not keep the MLP's activations")
+        }
+    }
+}
+
+extension Tensor {
+    /// A copy with its own storage.
+    func copy() -> Tensor {
+        var c = self
+        _ = c.unsafeMutableBaseAddress()   // shared storage: copied here
+        return c
+    }
+}

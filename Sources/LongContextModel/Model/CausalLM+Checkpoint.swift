@@ -1,0 +1,76 @@
+import AttentionTensor
+import Foundation
+
+/// Checkpoints in Hugging Face's format: a directory with `config.json` and `model.safetensors`
+/// (float32, transformers' tensor names), or a sharded `model.safetensors.index.json`.
+extension CausalLM {
+    /// Loads a checkpoint directory written by transformers' `save_pretrained` or by ``save(to:)``.
+    /// Float16, bfloat16 and float64 tensors are converted to float32. Every tensor the config
+    /// needs must be present with its shape; unknown tensors are refused by name (rotary tables
+    /// some older checkpoints carry, `rotary_emb.inv_freq`, and an untied-looking `lm_head.weight`
+    /// in a tied model are ignored, as transformers does).
+    public convenience init(directory: String) throws {
+        let config = try ModelConfig(contentsOf: directory + "/config.json")
+        let layout = Self.layout(config)
+        let p = try ParameterSet(layout: layout)
+        let fm = FileManager.default
+        var archives = [SafeTensorsArchive]()
+        let single = directory + "/model.safetensors", index = directory + "/model.safetensors.index.json"
+        if fm.fileExists(atPath: single) {
+            archives = [try SafeTensors.read(single)]
+        } else if let data = fm.contents(atPath: index) {
+            guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let map = o["weight_map"] as? [String: String] else {
+                throw ModelError.invalidCheckpoint("\(index) has no weight_map")
+            }
+            for file in Set(map.values).sorted() {
+                guard !file.contains("/"), file.hasSuffix(".safetensors") else {
+                    throw ModelError.invalidCheckpoint("\(index) names a shard outside the directory: \(file)")
+                }
+                archives.append(try SafeTensors.read(directory + "/" + file))
+            }
+        } else {
+            throw ModelError.invalidCheckpoint("\(directory) has neither model.safetensors nor model.safetensors.index.json")
+        }
+        var found = Set<String>()
+        for archive in archives {
+            for name in archive.names {
+                if p.entry(name) == nil {
+                    if name.hasSuffix("rotary_emb.inv_freq") || (name == "lm_head.weight" && config.tieWordEmbeddings) { continue }
+                    throw ModelError.invalidCheckpoint("\(archive.path): tensor \(name) is not part of a \(config.architecture.rawValue) model with this config")
+                }
+                guard found.insert(name).inserted else { throw ModelError.invalidCheckpoint("tensor \(name) appears in two shards") }
+                guard let e = archive.entry(name), e.shape == p.entry(name)!.shape else {
+                    throw ModelError.invalidCheckpoint("\(archive.path): \(name) has shape \(archive.entry(name)?.shape ?? []), the config needs \(p.entry(name)!.shape)")
+                }
+                let t = try archive.tensor(name)
+                guard t.scanValues().invalidIndex == nil else { throw ModelError.invalidCheckpoint("\(name) holds NaN or Inf") }
+                try p.set(name, t)
+            }
+        }
+        if let missing = layout.first(where: { !found.contains($0.name) }) {
+            throw ModelError.invalidCheckpoint("\(directory): tensor \(missing.name) \(missing.shape) is missing")
+        }
+        try self.init(config: config, parameters: p)
+    }
+
+    /// Writes `config.json` and `model.safetensors` into `directory` (created if needed), each to a
+    /// temporary name first and renamed, so a reader never sees half a checkpoint file.
+    public func save(to directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try SafeTensors.write(parameters.namedTensors(), metadata: ["format": "pt"], to: directory + "/model.safetensors")
+        try writeAtomically(try config.jsonData(), to: directory + "/config.json")
+    }
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory and a rename.
+func writeAtomically(_ data: Data, to path: String) throws {
+    let tmp = path + ".tmp-\(getpid())"
+    guard FileManager.default.createFile(atPath: tmp, contents: data) else {
+        throw ModelError.invalidArgument("cannot write \(tmp)")
+    }
+    guard rename(tmp, path) == 0 else {
+        unlink(tmp)
+        throw ModelError.invalidArgument("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))")
+    }
+}

@@ -1,0 +1,102 @@
+import AttentionTensor
+import Foundation
+
+/// Named float32 tensors in one flat buffer, in a fixed order: a model's weights, their gradients,
+/// an optimizer's moments (llm.c's layout: the optimizer, the gradient norm and zeroing are single
+/// loops over `scalars`). Names are Hugging Face's (`model.layers.3.self_attn.q_proj.weight`), so
+/// a set saves as a safetensors file transformers and PEFT read, and sets of the same layout line
+/// up scalar by scalar.
+///
+/// A reference type: the model, the trainer and the optimizer update one buffer in place. Not for
+/// concurrent mutation.
+public final class ParameterSet: @unchecked Sendable {
+    public struct Entry: Sendable, Equatable {
+        public let name: String
+        public let shape: [Int]
+        /// Offset of the first scalar in ``ParameterSet/scalars``.
+        public let offset: Int
+        public var count: Int { shape.reduce(1, *) }
+    }
+
+    public let entries: [Entry]
+    private let index: [String: Int]
+    /// Every scalar, entry after entry.
+    public let scalars: UnsafeMutablePointer<Float>
+    public let count: Int
+
+    /// Uninitialised storage for `layout` (names and shapes), through the memory budget.
+    public init(layout: [(name: String, shape: [Int])]) throws {
+        var entries = [Entry](), index = [String: Int](), total = 0
+        for (name, shape) in layout {
+            guard index[name] == nil else { throw ModelError.invalidCheckpoint("duplicate parameter \(name)") }
+            let n = try elementCount(of: shape)
+            index[name] = entries.count
+            entries.append(Entry(name: name, shape: shape, offset: total))
+            let (t, o) = total.addingReportingOverflow(n)
+            guard !o else { throw ModelError.invalidConfig("parameter count overflows") }
+            total = t
+        }
+        try MemoryBudget.check(total * 4)
+        self.entries = entries
+        self.index = index
+        count = total
+        scalars = .allocate(capacity: max(1, total))
+        scalars.initialize(repeating: 0, count: max(1, total))
+    }
+
+    /// Zeros in the layout of `other`.
+    public convenience init(zerosLike other: ParameterSet) throws {
+        try self.init(layout: other.entries.map { ($0.name, $0.shape) })
+    }
+
+    /// A copy of `other`.
+    public convenience init(copying other: ParameterSet) throws {
+        try self.init(zerosLike: other)
+        scalars.update(from: other.scalars, count: count)
+    }
+
+    deinit { scalars.deallocate() }
+
+    public var names: [String] { entries.map(\.name) }
+
+    public func entry(_ name: String) -> Entry? { index[name].map { entries[$0] } }
+
+    /// Pointer to the first scalar of `name` (a programming error if absent).
+    public func pointer(_ name: String) -> UnsafeMutablePointer<Float> {
+        guard let e = entry(name) else { preconditionFailure("no parameter \(name)") }
+        return scalars + e.offset
+    }
+
+    /// The tensor `name`, copied out.
+    public func tensor(_ name: String) throws -> Tensor {
+        guard let e = entry(name) else { throw ModelError.invalidCheckpoint("no parameter \(name)") }
+        return try Tensor(shape: e.shape, scalars: Array(UnsafeBufferPointer(start: scalars + e.offset, count: e.count)))
+    }
+
+    /// Copies `tensor` (same shape) into `name`.
+    public func set(_ name: String, _ tensor: Tensor) throws {
+        guard let e = entry(name) else { throw ModelError.invalidCheckpoint("unexpected tensor \(name)") }
+        guard tensor.shape == e.shape else {
+            throw ModelError.invalidCheckpoint("\(name) has shape \(tensor.shape), the config needs \(e.shape)")
+        }
+        let c = tensor.contiguous()
+        c.withUnsafePointer { (scalars + e.offset).update(from: $0, count: e.count) }
+    }
+
+    public func zero() { scalars.update(repeating: 0, count: count) }
+
+    /// Σ of squares of every scalar, in float64 (the global norm for gradient clipping).
+    public func squaredNorm() -> Double {
+        var s = 0.0
+        for i in 0..<count { s += Double(scalars[i]) * Double(scalars[i]) }
+        return s
+    }
+
+    /// Whether every scalar is finite.
+    public var isFinite: Bool { (0..<count).allSatisfy { scalars[$0].isFinite } }
+
+    /// Every entry as a tensor, in order (for saving).
+    public func namedTensors() throws -> [(name: String, tensor: Tensor)] {
+        try entries.map { ($0.name, try tensor($0.name)) }
+    }
+}

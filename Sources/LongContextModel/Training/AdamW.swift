@@ -1,0 +1,81 @@
+import Foundation
+
+/// AdamW (Loshchilov & Hutter 2019), PyTorch's `torch.optim.AdamW` update, one loop over the flat
+/// parameter buffer:
+///
+///     θ ← θ − lr·λ·θ                       (decoupled weight decay, matrices only)
+///     m ← β₁m + (1 − β₁)g,   v ← β₂v + (1 − β₂)g²
+///     θ ← θ − lr · (m / (1 − β₁ᵗ)) / (sqrt(v / (1 − β₂ᵗ)) + ε)
+///
+/// Weight decay applies to rank-2 tensors (projections, embeddings, experts), not to norms or
+/// Infini's gates, as GPT-2/llm.c and most Llama recipes do.
+public final class AdamW: @unchecked Sendable {
+    public var beta1: Float, beta2: Float, epsilon: Float, weightDecay: Float
+    /// First and second moments, in the parameters' layout.
+    public let m: ParameterSet, v: ParameterSet
+    /// Steps taken (t of the bias correction).
+    public private(set) var step: Int = 0
+    /// Per scalar: 1 where weight decay applies.
+    private let decayMask: [Bool]
+
+    public init(parameters: ParameterSet, beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8,
+                weightDecay: Float = 0.1) throws {
+        guard (0..<1).contains(beta1), (0..<1).contains(beta2), epsilon > 0, weightDecay >= 0 else {
+            throw ModelError.invalidArgument("AdamW needs 0 <= β < 1, ε > 0, weight decay >= 0")
+        }
+        (self.beta1, self.beta2, self.epsilon, self.weightDecay) = (beta1, beta2, epsilon, weightDecay)
+        m = try ParameterSet(zerosLike: parameters)
+        v = try ParameterSet(zerosLike: parameters)
+        decayMask = parameters.entries.map { $0.shape.count == 2 }
+    }
+
+    /// Restores moments and the step count saved by a checkpoint.
+    public func restore(step: Int, m: ParameterSet, v: ParameterSet) throws {
+        guard m.entries == self.m.entries, v.entries == self.v.entries, step >= 0 else {
+            throw ModelError.invalidCheckpoint("optimizer state does not match the model")
+        }
+        self.m.scalars.update(from: m.scalars, count: m.count)
+        self.v.scalars.update(from: v.scalars, count: v.count)
+        self.step = step
+    }
+
+    /// One update of `parameters` with `gradients` at learning rate `lr`.
+    public func update(_ parameters: ParameterSet, gradients g: ParameterSet, lr: Float) {
+        step += 1
+        let c1 = 1 - Foundation.pow(Double(beta1), Double(step)), c2 = 1 - Foundation.pow(Double(beta2), Double(step))
+        let stepSize = lr / Float(c1), rc2 = Float(1 / c2.squareRoot())
+        let (b1, b2, eps) = (beta1, beta2, epsilon)
+        for (k, e) in parameters.entries.enumerated() {
+            let p = parameters.scalars + e.offset, gp = g.scalars + e.offset
+            let mp = m.scalars + e.offset, vp = v.scalars + e.offset
+            let decay = decayMask[k] ? 1 - lr * weightDecay : 1
+            for i in 0..<e.count {
+                let gi = gp[i]
+                let mi = b1 * mp[i] + (1 - b1) * gi, vi = b2 * vp[i] + (1 - b2) * gi * gi
+                mp[i] = mi
+                vp[i] = vi
+                p[i] = p[i] * decay - stepSize * mi / ((vi.squareRoot() * rc2) + eps)
+            }
+        }
+    }
+}
+
+/// Linear warm-up to the peak, then cosine decay to `minFraction` of it at `totalSteps`.
+public struct LearningRateSchedule: Sendable, Equatable {
+    public var peak: Double, warmupSteps: Int, totalSteps: Int, minFraction: Double
+
+    public init(peak: Double, warmupSteps: Int, totalSteps: Int, minFraction: Double = 0.1) throws {
+        guard peak > 0, peak.isFinite, warmupSteps >= 0, totalSteps >= 1, (0...1).contains(minFraction) else {
+            throw ModelError.invalidArgument("learning rate schedule: peak > 0, warm-up >= 0, steps >= 1, 0 <= min fraction <= 1")
+        }
+        (self.peak, self.warmupSteps, self.totalSteps, self.minFraction) = (peak, warmupSteps, totalSteps, minFraction)
+    }
+
+    /// The rate at step `s` (0-based).
+    public func rate(at s: Int) -> Double {
+        if s < warmupSteps { return peak * Double(s + 1) / Double(warmupSteps) }
+        let span = max(1, totalSteps - warmupSteps)
+        let progress = min(1, Double(s - warmupSteps) / Double(span))
+        return peak * (minFraction + (1 - minFraction) * 0.5 * (1 + Foundation.cos(Double.pi * progress)))
+    }
+}

@@ -1,0 +1,194 @@
+import AttentionTensor
+import Foundation
+
+/// Options of a training run.
+public struct TrainingOptions: Sendable, Equatable {
+    /// Sequences per micro-batch, tokens per sequence, micro-batches per step (gradient accumulation).
+    public var batch = 8, length = 256, accumulation = 1
+    public var steps = 1000
+    public var learningRate = 3e-3, warmupSteps = 50, minLearningRateFraction = 0.1
+    public var weightDecay: Float = 0.1, beta2: Float = 0.95
+    /// Global gradient norm above which gradients are scaled down to it (0: no clipping).
+    public var clipNorm: Double = 1
+    /// The data order is a function of the seed and the step only (a resumed run sees the same batches).
+    public var seed: UInt64 = 1
+    /// Checkpoint every this many steps (and at the end, and on Ctrl-C).
+    public var checkpointEvery = 100
+    /// Validation loss every this many steps, on `evalWindows` fixed windows (0: never).
+    public var evalEvery = 100, evalWindows = 32
+    public var threads: Int? = nil
+
+    public init() {}
+
+    public func validate() throws {
+        for (name, v) in [("batch", batch), ("length", length), ("accumulation", accumulation), ("steps", steps),
+                          ("checkpoint interval", checkpointEvery)] where v < 1 {
+            throw ModelError.invalidArgument("\(name) must be at least 1, got \(v)")
+        }
+        guard learningRate > 0, learningRate.isFinite, warmupSteps >= 0, clipNorm >= 0, evalEvery >= 0, evalWindows >= 1 else {
+            throw ModelError.invalidArgument("learning rate > 0, warm-up >= 0, clip norm >= 0, eval windows >= 1")
+        }
+    }
+}
+
+/// One step's report.
+public struct TrainingProgress: Sendable {
+    public let step: Int, steps: Int
+    public let loss: Double, learningRate: Double, gradientNorm: Double
+    public let tokensPerSecond: Double, secondsLeft: Double
+    /// Validation loss (nats per byte) when measured at this step.
+    public let validationLoss: Double?
+}
+
+nonisolated(unsafe) private var interruptRequested: Int32 = 0
+
+/// Next-token training of a ``CausalLM`` on a token stream: AdamW, warm-up + cosine schedule,
+/// global-norm clipping, gradient accumulation, deterministic batches, resumable checkpoints
+/// (`config.json`, `model.safetensors`, `optimizer.safetensors`, `trainer_state.json`) saved every
+/// K steps, at the end, and when Ctrl-C interrupts (the step in flight finishes first).
+public final class Trainer {
+    public let model: CausalLM
+    public let options: TrainingOptions
+    public let optimizer: AdamW
+    let train: [Int32], validation: [Int32]
+    let directory: String?
+    public private(set) var step = 0
+    /// Validation losses measured, by step.
+    public private(set) var validationLosses: [(step: Int, loss: Double)] = []
+
+    public init(model: CausalLM, options: TrainingOptions, train: [Int32], validation: [Int32], directory: String?) throws {
+        try options.validate()
+        guard train.count > options.length + 1 else {
+            throw ModelError.invalidArgument("the training stream (\(train.count) tokens) is shorter than one window of \(options.length + 1)")
+        }
+        guard validation.isEmpty || validation.count > options.length + 1 else {
+            throw ModelError.invalidArgument("the validation stream (\(validation.count) tokens) is shorter than one window")
+        }
+        if let bad = (train + validation).first(where: { $0 < 0 || Int($0) >= model.config.vocabSize }) {
+            throw ModelError.invalidTokens("id \(bad) outside the vocabulary 0..<\(model.config.vocabSize)")
+        }
+        (self.model, self.options, self.train, self.validation, self.directory) = (model, options, train, validation, directory)
+        optimizer = try AdamW(parameters: model.parameters, beta2: options.beta2, weightDecay: options.weightDecay)
+    }
+
+    /// Resumes from `directory`'s `optimizer.safetensors` and `trainer_state.json` (the model was
+    /// loaded from the same directory).
+    public func resume() throws {
+        guard let directory else { return }
+        guard let data = FileManager.default.contents(atPath: directory + "/trainer_state.json"),
+              let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let s = o["step"] as? Int else {
+            throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json is missing or malformed")
+        }
+        let archive = try SafeTensors.read(directory + "/optimizer.safetensors")
+        let m = try ParameterSet(zerosLike: model.parameters), v = try ParameterSet(zerosLike: model.parameters)
+        for e in model.parameters.entries {
+            try m.set(e.name, try archive.tensor("exp_avg." + e.name))
+            try v.set(e.name, try archive.tensor("exp_avg_sq." + e.name))
+        }
+        try optimizer.restore(step: s, m: m, v: v)
+        step = s
+        if let log = o["validation"] as? [[Any]] {
+            validationLosses = log.compactMap { e in
+                guard e.count == 2, let st = e[0] as? Int, let l = (e[1] as? NSNumber)?.doubleValue else { return nil }
+                return (st, l)
+            }
+        }
+    }
+
+    /// Micro-batch `a` of step `s`: `B` windows of `T + 1` tokens at offsets drawn from (seed, s, a).
+    func batch(step s: Int, micro a: Int) -> (tokens: [Int32], targets: [Int32]) {
+        let (B, T) = (options.batch, options.length)
+        var rng = SplitMix64(seed: options.seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(s) &* 1_000_003 &+ UInt64(a))
+        var tokens = [Int32](), targets = [Int32]()
+        tokens.reserveCapacity(B * T)
+        targets.reserveCapacity(B * T)
+        for _ in 0..<B {
+            let o = Int(rng.next() % UInt64(train.count - T))
+            tokens += train[o..<(o + T)]
+            targets += train[(o + 1)..<(o + T + 1)]
+        }
+        return (tokens, targets)
+    }
+
+    /// Mean loss (nats per token) on `windows` evenly spaced windows of the validation stream.
+    public func validationLoss() throws -> Double {
+        guard !validation.isEmpty else { return .nan }
+        let T = options.length, n = min(options.evalWindows, max(1, (validation.count - 1) / T))
+        var total = 0.0, count = 0
+        for w in 0..<n {
+            let o = (validation.count - T - 1) * w / max(1, n - 1)
+            let r = try model.loss(tokens: Array(validation[o..<(o + T)]), batch: 1, length: T,
+                                   targets: Array(validation[(o + 1)..<(o + T + 1)]), threads: options.threads)
+            total += r.loss * Double(r.positions)
+            count += r.positions
+        }
+        return total / Double(max(1, count))
+    }
+
+    /// Trains until `options.steps` (or `until`, a step before it: the run can be continued with
+    /// the same schedule), reporting each step. Returns whether it ran to the end (false:
+    /// interrupted by Ctrl-C or stopped at `until`, after saving a checkpoint).
+    @discardableResult
+    public func run(until: Int? = nil, progress: (TrainingProgress) -> Void) throws -> Bool {
+        let schedule = try LearningRateSchedule(peak: options.learningRate, warmupSteps: options.warmupSteps,
+                                                totalSteps: options.steps, minFraction: options.minLearningRateFraction)
+        let grads = try ParameterSet(zerosLike: model.parameters)
+        interruptRequested = 0
+        let previous = signal(SIGINT) { _ in interruptRequested = 1 }
+        defer { signal(SIGINT, previous) }
+        let start = Date()
+        let firstStep = step
+        let tokensPerStep = Double(options.batch * options.length * options.accumulation)
+        while step < options.steps {
+            grads.zero()
+            var loss = 0.0
+            for a in 0..<options.accumulation {
+                let (tokens, targets) = batch(step: step, micro: a)
+                let r = try model.loss(tokens: tokens, batch: options.batch, length: options.length, targets: targets,
+                                       gradients: grads, gradientScale: 1 / Float(options.accumulation), threads: options.threads)
+                loss += r.loss / Double(options.accumulation)
+            }
+            let norm = grads.squaredNorm().squareRoot()
+            guard norm.isFinite else { throw ModelError.nonFinite("gradient norm at step \(step) is \(norm)") }
+            if options.clipNorm > 0, norm > options.clipNorm {
+                let s = Float(options.clipNorm / norm)
+                for i in 0..<grads.count { grads.scalars[i] *= s }
+            }
+            let lr = schedule.rate(at: step)
+            optimizer.update(model.parameters, gradients: grads, lr: Float(lr))
+            step += 1
+            var val: Double? = nil
+            if options.evalEvery > 0, step % options.evalEvery == 0 || step == options.steps, !validation.isEmpty {
+                val = try validationLoss()
+                validationLosses.append((step, val!))
+            }
+            let elapsed = Date().timeIntervalSince(start), done = Double(step - firstStep)
+            progress(TrainingProgress(step: step, steps: options.steps, loss: loss, learningRate: lr, gradientNorm: norm,
+                                      tokensPerSecond: done * tokensPerStep / max(elapsed, 1e-9),
+                                      secondsLeft: elapsed / max(done, 1) * Double(options.steps - step), validationLoss: val))
+            let interrupted = interruptRequested != 0 || step == until
+            if step % options.checkpointEvery == 0 || step == options.steps || interrupted { try saveCheckpoint() }
+            if interrupted { return false }
+        }
+        return true
+    }
+
+    /// Model, optimizer moments and the step, each file written to a temporary name and renamed.
+    public func saveCheckpoint() throws {
+        guard let directory else { return }
+        try model.save(to: directory)
+        var moments = [(name: String, tensor: Tensor)]()
+        for e in model.parameters.entries {
+            moments.append(("exp_avg." + e.name, try optimizer.m.tensor(e.name)))
+            moments.append(("exp_avg_sq." + e.name, try optimizer.v.tensor(e.name)))
+        }
+        try SafeTensors.write(moments, to: directory + "/optimizer.safetensors")
+        let state: [String: Any] = [
+            "step": step, "steps": options.steps, "seed": Int(truncatingIfNeeded: options.seed), "batch": options.batch,
+            "length": options.length, "accumulation": options.accumulation, "learning_rate": options.learningRate,
+            "warmup_steps": options.warmupSteps, "validation": validationLosses.map { [$0.step, $0.loss] },
+        ]
+        try writeAtomically(try JSONSerialization.data(withJSONObject: state, options: [.prettyPrinted, .sortedKeys]),
+                            to: directory + "/trainer_state.json")
+    }
+}

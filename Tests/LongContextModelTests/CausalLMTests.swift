@@ -1,0 +1,195 @@
+import AttentionTensor
+import Foundation
+import LongAttention
+@testable import LongContextModel
+import XCTest
+
+/// The decoder against a float64 reference (logits, loss) and its gradients against float64
+/// central finite differences of that reference, for RoPE (plain, linear, NTK) and ALiBi, GQA and
+/// MHA, tied and separate heads, odd sizes.
+final class CausalLMTests: XCTestCase {
+    func tinyConfig(positions: ModelConfig.PositionEncoding = .rope(theta: 10000, scaling: .none), tied: Bool = false,
+                    heads: Int = 4, kvHeads: Int = 2, attention: LayerAttention = .exact) throws -> ModelConfig {
+        try ModelConfig(vocabSize: 13, hiddenSize: 12, intermediateSize: 7, layers: 2, heads: heads, kvHeads: kvHeads, headDim: 4,
+                        rmsNormEps: 1e-5, positions: positions, tieWordEmbeddings: tied, attention: Array(repeating: attention, count: 2))
+    }
+
+    /// A model with weights large enough that every path matters (std 0.3; norms around 1).
+    func model(_ c: ModelConfig, seed: UInt64 = 3) throws -> CausalLM {
+        let m = try CausalLM(config: c, seed: seed)
+        var rng = SplitMix64(seed: seed &+ 100)
+        for e in m.parameters.entries {
+            let p = m.parameters.scalars + e.offset
+            let norm = e.name.hasSuffix("norm.weight")
+            for i in 0..<e.count { p[i] = norm ? Float(1 + 0.3 * rng.nextNormal()) : Float(0.3 * rng.nextNormal()) }
+        }
+        return m
+    }
+
+    let tokens: [Int32] = [1, 5, 12, 0, 7, 7, 3, 2, 9, 11, 4, 6, 8, 10]   // B = 2, T = 7
+
+    func configs() throws -> [(String, ModelConfig)] {
+        [("rope gqa", try tinyConfig()),
+         ("rope linear ×4, tied, mha", try tinyConfig(positions: .rope(theta: 10000, scaling: .linear(factor: 4)), tied: true, kvHeads: 4)),
+         ("rope ntk ×4, mqa", try tinyConfig(positions: .rope(theta: 500, scaling: .ntk(factor: 4)), kvHeads: 1)),
+         ("alibi", try tinyConfig(positions: .alibi))]
+    }
+
+    func testLogitsAndLossAgainstFloat64() throws {
+        for (name, c) in try configs() {
+            let m = try model(c)
+            let ref = ReferenceLlama(m)
+            let r = try m.loss(tokens: tokens, batch: 2, length: 7, keepLogits: true)
+            let expected = ref.logits(tokens, B: 2, T: 7)
+            let got = r.logits!.scalars
+            var err = 0.0, mag = 0.0
+            for (i, row) in expected.enumerated() {
+                for (j, e) in row.enumerated() { err = max(err, abs(Double(got[i * c.vocabSize + j]) - e)); mag = max(mag, abs(e)) }
+            }
+            XCTAssertLessThan(err / mag, 2e-6, name)
+            let loss = ref.loss(tokens, B: 2, T: 7, targets: CausalLM.nextTokenTargets(tokens, batch: 2, length: 7))
+            XCTAssertEqual(r.loss, loss, accuracy: 2e-6 * loss, name)
+            XCTAssertEqual(r.positions, 12)
+        }
+    }
+
+    /// dL/dθ of every parameter tensor, at a few scalars each, against float64 central differences.
+    func testGradientsAgainstFiniteDifferences() throws {
+        for (name, c) in try configs() {
+            let m = try model(c)
+            let g = try ParameterSet(zerosLike: m.parameters)
+            _ = try m.loss(tokens: tokens, batch: 2, length: 7, gradients: g)
+            var ref = ReferenceLlama(m)
+            let targets = CausalLM.nextTokenTargets(tokens, batch: 2, length: 7)
+            var rng = SplitMix64(seed: 9)
+            var worst = 0.0
+            for e in m.parameters.entries {
+                for _ in 0..<3 {
+                    let i = Int(rng.next() % UInt64(e.count))
+                    let h = 1e-5, saved = ref.w[e.name]![i]
+                    ref.w[e.name]![i] = saved + h
+                    let up = ref.loss(tokens, B: 2, T: 7, targets: targets)
+                    ref.w[e.name]![i] = saved - h
+                    let down = ref.loss(tokens, B: 2, T: 7, targets: targets)
+                    ref.w[e.name]![i] = saved
+                    let fd = (up - down) / (2 * h), got = Double(g.scalars[e.offset + i])
+                    worst = max(worst, abs(got - fd) / max(1e-2, abs(fd)))
+                    XCTAssertEqual(got, fd, accuracy: 2e-4 * max(1e-1, abs(fd)) + 2e-6, "\(name): d\(e.name)[\(i)]")
+                }
+            }
+            XCTAssertLessThan(worst, 1e-2, name)
+        }
+    }
+
+    /// Gradients accumulate: two calls with scale ½ equal one call; and the sum over a batch equals
+    /// the batch's.
+    func testGradientAccumulation() throws {
+        let m = try model(try tinyConfig())
+        let one = try ParameterSet(zerosLike: m.parameters), two = try ParameterSet(zerosLike: m.parameters)
+        _ = try m.loss(tokens: tokens, batch: 2, length: 7, gradients: one)
+        _ = try m.loss(tokens: tokens, batch: 2, length: 7, gradients: two, gradientScale: 0.5)
+        _ = try m.loss(tokens: tokens, batch: 2, length: 7, gradients: two, gradientScale: 0.5)
+        for i in 0..<one.count { XCTAssertEqual(one.scalars[i], two.scalars[i], accuracy: 1e-6 * max(1, abs(one.scalars[i]))) }
+    }
+
+    /// Other attention variants: the model's gradients against finite differences of its own float32
+    /// forward (the kernels themselves are checked against float64 in LongAttentionTests).
+    func testVariantGradientsAgainstFiniteDifferences() throws {
+        let variants: [LayerAttention] = [.bigbird(blockSize: 2, windowBlocks: 1, randomBlocks: 1, seed: 1),
+                                          .linear(featureMap: .elu), .infini(segment: 3, update: .delta)]
+        for v in variants {
+            let m = try model(try tinyConfig(attention: v))
+            if v.hasBeta {   // non-zero gates, so both branches matter
+                for l in 0..<2 { let b = m.parameters.pointer("model.layers.\(l).self_attn.infini_beta"); for h in 0..<4 { b[h] = Float(h) - 1.5 } }
+            }
+            let g = try ParameterSet(zerosLike: m.parameters)
+            let base = try m.loss(tokens: tokens, batch: 2, length: 7, gradients: g).loss
+            XCTAssertTrue(base.isFinite)
+            var rng = SplitMix64(seed: 4)
+            for e in m.parameters.entries {
+                let i = Int(rng.next() % UInt64(e.count)), p = m.parameters.scalars + e.offset + i, saved = p.pointee
+                let h: Float = 2e-2
+                p.pointee = saved + h
+                let up = try m.loss(tokens: tokens, batch: 2, length: 7).loss
+                p.pointee = saved - h
+                let down = try m.loss(tokens: tokens, batch: 2, length: 7).loss
+                p.pointee = saved
+                let fd = (up - down) / Double(2 * h), got = Double(g.scalars[e.offset + i])
+                XCTAssertEqual(got, fd, accuracy: 2e-2 * max(0.1, abs(fd)), "\(v.name): d\(e.name)[\(i)]")
+            }
+        }
+    }
+
+    func testCheckpointRoundTrip() throws {
+        let dir = NSTemporaryDirectory() + "lm-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (name, c) in try configs() + [("infini", try tinyConfig(attention: .infini(segment: 4, update: .linear)))] {
+            let m = try model(c)
+            try m.save(to: dir)
+            let back = try CausalLM(directory: dir)
+            XCTAssertEqual(back.config, c, name)
+            XCTAssertEqual(back.parameters.entries, m.parameters.entries, name)
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: back.parameters.scalars, count: back.parameters.count)),
+                           Array(UnsafeBufferPointer(start: m.parameters.scalars, count: m.parameters.count)), name)
+        }
+    }
+
+    func testBadCheckpointsAreRefused() throws {
+        let dir = NSTemporaryDirectory() + "lm-bad-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let m = try model(try tinyConfig())
+        try m.save(to: dir)
+        let good = try String(contentsOfFile: dir + "/config.json", encoding: .utf8)
+        func refuses(_ config: String, _ what: String) {
+            try? config.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try CausalLM(directory: dir), what) { error in
+                XCTAssertTrue(error is ModelError || error is SafeTensorsError, "\(what): \(error)")
+            }
+        }
+        refuses(good.replacingOccurrences(of: "\"silu\"", with: "\"gelu\""), "hidden_act gelu")
+        refuses(good.replacingOccurrences(of: "\"default\"", with: "\"yarn\""), "rope_type yarn")
+        refuses(good.replacingOccurrences(of: "\"num_key_value_heads\" : 2", with: "\"num_key_value_heads\" : 3"), "heads not grouped")
+        refuses(good.replacingOccurrences(of: "\"intermediate_size\" : 7", with: "\"intermediate_size\" : 8"), "shapes differ")
+        refuses(good.replacingOccurrences(of: "\"num_hidden_layers\" : 2", with: "\"num_hidden_layers\" : 1"), "an extra layer's tensors")
+        refuses(good.replacingOccurrences(of: "\"num_hidden_layers\" : 2", with: "\"num_hidden_layers\" : 3"), "a missing layer")
+        refuses("{\"model_type\": \"gpt2\"}", "another architecture")
+        refuses("[1, 2]", "not an object")
+        try good.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        XCTAssertNoThrow(try CausalLM(directory: dir))
+        // A truncated weights file.
+        let data = FileManager.default.contents(atPath: dir + "/model.safetensors")!
+        try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: dir + "/model.safetensors"))
+        XCTAssertThrowsError(try CausalLM(directory: dir))
+    }
+
+    func testBadTokensAreRefused() throws {
+        let m = try model(try tinyConfig())
+        XCTAssertThrowsError(try m.loss(tokens: [1, 2, 13], batch: 1, length: 3))
+        XCTAssertThrowsError(try m.loss(tokens: [1, -1, 2], batch: 1, length: 3))
+        XCTAssertThrowsError(try m.loss(tokens: [1, 2], batch: 1, length: 3))
+        XCTAssertThrowsError(try m.loss(tokens: [1, 2, 3], batch: 1, length: 3, targets: [1, 2, 99]))
+    }
+
+    /// Token-by-token generation through the KV cache equals recomputing the prefix each time
+    /// (greedy), for float32 and int8 caches' first tokens.
+    func testCachedGenerationMatchesRecompute() throws {
+        for c in [try tinyConfig(), try tinyConfig(positions: .alibi)] {
+            let m = try model(c)
+            let prompt: [Int32] = [3, 1, 4, 1, 5]
+            let cached = try m.generate(prompt: prompt, maxTokens: 12)
+            var context = prompt, slow = [Int32]()
+            for _ in 0..<12 {
+                let r = try m.loss(tokens: context, batch: 1, length: context.count, keepLogits: true)
+                let row = Array(r.logits!.scalars.suffix(c.vocabSize))
+                let next = Int32(row.indices.max { row[$0] < row[$1] || (row[$0] == row[$1] && $0 > $1) }!)
+                slow.append(next)
+                context.append(next)
+            }
+            XCTAssertEqual(cached, slow)
+            XCTAssertEqual(try m.generate(prompt: prompt, maxTokens: 12, cacheType: .bfloat16).count, 12)
+            // Sampling is seeded.
+            let s = SamplingOptions(temperature: 1, topK: 5, topP: 0.9, seed: 7)
+            XCTAssertEqual(try m.generate(prompt: prompt, maxTokens: 8, sampling: s), try m.generate(prompt: prompt, maxTokens: 8, sampling: s))
+        }
+    }
+}

@@ -75,7 +75,11 @@ let package = Package(
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
         .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),
         .testTarget(name: "LongContextModelTests", dependencies: ["LongContextModel", "LongAttention", "AttentionTensor"]),
-        .testTarget(name: "MixtureOfExpertsTests", dependencies: ["MixtureOfExperts", "AttentionTensor"]),
+        .testTarget(
+            name: "MixtureOfExpertsTests",
+            dependencies: ["MixtureOfExperts", "AttentionTensor", "AttnCommands",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

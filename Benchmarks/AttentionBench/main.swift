@@ -12,8 +12,8 @@ struct AttentionBench: ParsableCommand {
         abstract: "Measure sgemm and every attention variant on this machine.",
         discussion: "Without options: the full report (about 5–10 minutes on 2 cores). --quick: a smoke test under a minute.")
 
-    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode.")
-    var variants = "sgemm,full,bigbird,linear,infini,decode"
+    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe.")
+    var variants = "sgemm,full,bigbird,linear,infini,decode,moe"
     @Option(help: "Comma-separated sequence lengths N for every variant (K and M suffixes allowed; default: per variant).")
     var lengths: String?
     @Option(help: "Threads (default: all cores).")
@@ -40,7 +40,7 @@ struct AttentionBench: ParsableCommand {
     var impls: String?
 
     /// `decode-kernel` (not in the default list): the decode kernels' two halves in isolation, per `--kv-types`.
-    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel"]
+    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel", "moe"]
 
     func validate() throws {
         if let bad = variantList.first(where: { !Self.known.contains($0) }) {
@@ -129,6 +129,9 @@ struct AttentionBench: ParsableCommand {
             // Every type is filled and timed; a list without f32 also fills an f32 reference.
             let caches = Double(kvTypeList.count + (kvTypeList.contains(.float32) ? 0 : 1))
             return caches * ((quick ? 8 : 41) * 2 * cap * 128 * 4e-9 + Double(lengths.count * (quick ? 1 : 3)) * 0.7) + 2
+        case "moe":
+            // Three routed shapes and the dense MLP two ways (~35 GFLOP each at T = 4K); backward rows with --passes backward.
+            return (quick ? 3 : 20) * (passList.contains("backward") ? 3 : 1)
         case "decode-kernel":
             return Double(kvTypeList.count * (quick ? 2 : 7)) * 1.2 + 1
         default: return 1
@@ -227,6 +230,10 @@ struct AttentionBench: ParsableCommand {
             tracker.begin(stage: "decode-kernel")
             rows += try benchDecodeKernels(types: kvTypeList, groups: quick ? [1, 4] : [1, 2, 3, 4, 8, 16, 32],
                                            keys: quick ? 16384 : 131072)
+        }
+        if wanted.contains("moe") {
+            tracker.begin(stage: "moe")
+            rows += try benchMoE(threads: threads, peak: peak, quick: quick, backward: passList.contains("backward"))
         }
         if passList.contains("backward") {
             tracker.begin(stage: "backward")

@@ -40,7 +40,7 @@ struct LMEval: ParsableCommand {
     var logits: String?
     @Option(help: "Output: the mean next-token cross-entropy, a 0-d float32 .npy.")
     var loss: String?
-    @Option(help: "Output: the loss's gradient of every parameter (with --adapter: of the adapter's A and B), safetensors.")
+    @Option(help: "Output: the loss's gradient of every parameter under transformers' parameter names (Mixtral: experts fused as gate_up_proj/down_proj); with --adapter: of the adapter's A and B, PEFT's names. Safetensors.")
     var grads: String?
     @Option(help: "Worker threads (default: all cores).")
     var threads: Int?
@@ -67,7 +67,8 @@ struct LMEval: ParsableCommand {
                 lora.gradients(fromMerged: g, into: ga)
                 named = try ga.namedTensors()
             } else {
-                named = try g.namedTensors()
+                // transformers' parameter names (Mixtral's experts fused, as its models hold them).
+                named = try net.transformersParameterLayout(g)
             }
             guard named!.allSatisfy({ $0.tensor.scanValues().invalidIndex == nil }) else {
                 throw ModelError.nonFinite("a gradient is not finite")

@@ -68,16 +68,29 @@ struct Float64MoE {
         return Routing(choices: choices, kept: kept, selected: selected)
     }
 
-    /// Expert e on one token row.
+    /// Expert e on one token row (plain loops over buffers: the gradient tests call this a lot).
     func expert(_ e: Int, _ x: ArraySlice<Double>) -> [Double] {
-        let F = sizes[e], x = Array(x)
-        var h = [Double](repeating: 0, count: F)
-        for f in 0..<F {
-            var g = 0.0, u = 0.0
-            for d in 0..<D { g += w1[e][f * D + d] * x[d]; u += w3[e][f * D + d] * x[d] }
-            h[f] = g / (1 + exp(-g)) * u
+        let F = sizes[e], D = D
+        var h = [Double](repeating: 0, count: F), y = [Double](repeating: 0, count: D)
+        x.withUnsafeBufferPointer { x in
+            w1[e].withUnsafeBufferPointer { w1 in
+                w3[e].withUnsafeBufferPointer { w3 in
+                    for f in 0..<F {
+                        var g = 0.0, u = 0.0
+                        for d in 0..<D { g += w1[f * D + d] * x[d]; u += w3[f * D + d] * x[d] }
+                        h[f] = g / (1 + exp(-g)) * u
+                    }
+                }
+            }
         }
-        return (0..<D).map { d in (0..<F).reduce(0.0) { $0 + w2[e][d * F + $1] * h[$1] } }
+        w2[e].withUnsafeBufferPointer { w2 in
+            for d in 0..<D {
+                var acc = 0.0
+                for f in 0..<F { acc += w2[d * F + f] * h[f] }
+                y[d] = acc
+            }
+        }
+        return y
     }
 
     /// The combine weights of each token's choices (raw, or over their sum).
@@ -115,15 +128,81 @@ struct Float64MoE {
         return (Double(E) * lb, lse.reduce(0.0) { $0 + $1 * $1 } / Double(T))
     }
 
-    /// L = Σ out ⊙ dout + λ_lb · loadBalancing + λ_z · z, routing fixed.
-    func loss(_ x: [Double], tokens T: Int, renormalize: Bool, routing: Routing, dout: [Double], lb: Double, z: Double) -> Double {
-        let out = forward(x, tokens: T, renormalize: renormalize, routing: routing)
-        var l = zip(out, dout).reduce(0.0) { $0 + $1.0 * $1.1 }
-        if lb != 0 || z != 0 {
-            let a = auxiliaryLosses(x, tokens: T, routing: routing)
-            l += lb * a.loadBalancing + z * a.z
+    /// Token t's share of L = Σ out ⊙ dout + λ_lb · loadBalancing + λ_z · z (routing fixed), a sum over
+    /// tokens (P_e and the z-loss are means over tokens, f_e is fixed by the routing): so a
+    /// finite difference in token t's row, or in an expert none of whose tokens reach it, needs
+    /// only the tokens it touches.
+    func tokenLoss(_ t: Int, _ x: ArraySlice<Double>, tokens T: Int, renormalize: Bool, routing: Routing, dout: [Double],
+                   lb: Double, z: Double) -> Double {
+        let (p, lse) = router(Array(x), tokens: 1)
+        let k = routing.choices[t].count
+        let tokenRouting = Routing(choices: [routing.choices[t]], kept: [routing.kept[t]], selected: routing.selected)
+        let w = weights(p, tokenRouting, renormalize: renormalize)[0]
+        var l = 0.0
+        for (j, e) in routing.choices[t].enumerated() where routing.kept[t][j] {
+            let y = expert(e, x)
+            for d in 0..<D { l += w[j] * y[d] * dout[t * D + d] }
         }
-        return l
+        for e in 0..<E { l += lb * Double(E) * Double(routing.selected[e]) / Double(T * k) * p[0][e] / Double(T) }
+        return l + z * lse[0] * lse[0] / Double(T)
+    }
+
+    /// Adds `h` to parameter `i` of ``flat``'s order.
+    mutating func perturb(_ i: Int, by h: Double) {
+        var o = i
+        if o < E * D { gate[o] += h; return }
+        o -= E * D
+        for e in 0..<E {
+            let n = sizes[e] * D
+            if o < n { w1[e][o] += h; return }
+            o -= n
+            if o < n { w2[e][o] += h; return }
+            o -= n
+            if o < n { w3[e][o] += h; return }
+            o -= n
+        }
+        preconditionFailure("parameter \(i) out of range")
+    }
+
+    /// The expert parameter `i` belongs to (nil: the gate).
+    func expertOf(_ i: Int) -> Int? {
+        var o = i - E * D
+        if o < 0 { return nil }
+        for e in 0..<E {
+            o -= 3 * sizes[e] * D
+            if o < 0 { return e }
+        }
+        preconditionFailure("parameter \(i) out of range")
+    }
+
+    /// dL/d(parameters) in ``flat``'s order by central differences (step h), each parameter
+    /// through the tokens it reaches.
+    mutating func parameterGradient(_ x: [Double], tokens T: Int, renormalize: Bool, routing: Routing, dout: [Double],
+                                    lb: Double, z: Double, h: Double = 1e-5) -> [Double] {
+        var reaching = [[Int]](repeating: [], count: E)
+        for t in 0..<T { for (j, e) in routing.choices[t].enumerated() where routing.kept[t][j] { reaching[e].append(t) } }
+        let count = flat.count
+        return (0..<count).map { i in
+            let tokens = expertOf(i).map { reaching[$0] } ?? Array(0..<T)
+            func f() -> Double {
+                tokens.reduce(0.0) { $0 + tokenLoss($1, x[($1 * D)..<(($1 + 1) * D)], tokens: T, renormalize: renormalize,
+                                                    routing: routing, dout: dout, lb: lb, z: z) }
+            }
+            perturb(i, by: h); let a = f()
+            perturb(i, by: -2 * h); let b = f()
+            perturb(i, by: h)
+            return (a - b) / (2 * h)
+        }
+    }
+
+    /// dL/dx by central differences (step h), each row through its own token.
+    func inputGradient(_ x: [Double], tokens T: Int, renormalize: Bool, routing: Routing, dout: [Double],
+                       lb: Double, z: Double) -> [Double] {
+        (0..<T).flatMap { t in
+            numericGradient(Array(x[(t * D)..<((t + 1) * D)])) {
+                tokenLoss(t, $0[...], tokens: T, renormalize: renormalize, routing: routing, dout: dout, lb: lb, z: z)
+            }
+        }
     }
 }
 

@@ -28,10 +28,12 @@ extension CausalLM {
     /// The mean cross-entropy of `tokens [B, T]` against `targets` (default: the next tokens; −1
     /// marks a position without a target, as context-only positions in Temp-LoRA), and with
     /// `gradients` its gradient accumulated (+=) into them, times `gradientScale` (1/steps under
-    /// gradient accumulation). MoE layers add `routerAuxLossCoef` × their load-balancing loss to the
-    /// gradient (not to the reported loss, as transformers reports them apart).
+    /// gradient accumulation). With `routerAuxLoss`, MoE layers add `routerAuxLossCoef` × their mean
+    /// load-balancing loss (`E·Σ f_e·P_e`, per layer; transformers pools the layers' tokens instead)
+    /// to the gradient, not to the reported loss (reported apart, as transformers does).
     public func loss(tokens: [Int32], batch B: Int, length T: Int, targets: [Int32]? = nil, gradients: ParameterSet? = nil,
-                     gradientScale: Float = 1, keepLogits: Bool = false, threads: Int? = nil) throws -> LossResult {
+                     gradientScale: Float = 1, keepLogits: Bool = false, routerAuxLoss: Bool = false,
+                     threads: Int? = nil) throws -> LossResult {
         try checkTokens(tokens, batch: B, length: T)
         let targets = targets ?? Self.nextTokenTargets(tokens, batch: B, length: T)
         guard targets.count == B * T else { throw ModelError.invalidTokens("\(targets.count) targets for \(B * T) positions") }
@@ -61,13 +63,16 @@ extension CausalLM {
         }
         let loss = count > 0 ? sums.reduce(0, +) / Double(count) : 0
         guard loss.isFinite else { throw ModelError.nonFinite("the loss is \(loss)") }
-        if let gradients { try backward(pass, gradients: gradients, gradientScale: gradientScale, threads: threads) }
+        // Training a Mixtral: the load-balancing loss, averaged over layers, weighted by router_aux_loss_coef.
+        let auxWeight = routerAuxLoss && config.architecture == .mixtral
+            ? Float(config.routerAuxLossCoef) / Float(config.layers) * gradientScale : 0
+        if let gradients { try backward(pass, gradients: gradients, gradientScale: gradientScale, auxWeight: auxWeight, threads: threads) }
         return LossResult(loss: loss, positions: count, logits: logits, loadBalancingLoss: pass.loadBalancingLoss,
                           routerZLoss: pass.routerZLoss)
     }
 
     /// Backward from `pass.logits`, which hold dLoss/dlogits; accumulates into `G`.
-    func backward(_ pass: ForwardPass, gradients G: ParameterSet, gradientScale: Float, threads: Int?) throws {
+    func backward(_ pass: ForwardPass, gradients G: ParameterSet, gradientScale: Float, auxWeight: Float, threads: Int?) throws {
         let c = config, P = parameters
         let (B, T) = (pass.batch, pass.length)
         let (N, D, V, H, Hkv, hd) = (B * T, c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
@@ -86,7 +91,7 @@ extension CausalLM {
             let a = pass.layers[layer], pre = "model.layers.\(layer)."
             // MLP block: x_out = x_mid + MLP(RMSNorm(x_mid)); dx is dL/dx_out, and stays the
             // residual path's gradient; dh collects dL/dh2.
-            try mlpBackward(layer: layer, a, dOut: dx, dh: &dh, rows: N, pass: pass, gradients: G, threads: threads)
+            try mlpBackward(layer: layer, a, dOut: dx, dh: &dh, rows: N, pass: pass, gradients: G, auxWeight: auxWeight, threads: threads)
             ak_rmsnorm_backward_rows(a.xMid.unsafeBaseAddress, D, P.pointer(pre + "post_attention_layernorm.weight"), a.rstd2,
                                      dh.unsafeBaseAddress, D, dx.unsafeMutableBaseAddress(), D,
                                      G.pointer(pre + "post_attention_layernorm.weight"), N, D)
@@ -152,7 +157,7 @@ extension CausalLM {
 
     /// The MLP's backward: from `dOut [N, D]` (dL/dx_out) into `dh` (dL/dh2, overwritten) and the weights' gradients.
     func mlpBackward(layer: Int, _ a: LayerActivations, dOut: Tensor, dh: inout Tensor, rows N: Int, pass: ForwardPass,
-                     gradients G: ParameterSet, threads: Int) throws {
+                     gradients G: ParameterSet, auxWeight: Float, threads: Int) throws {
         let c = config, D = c.hiddenSize, P = parameters, pre = "model.layers.\(layer)."
         switch a.mlp {
         case .dense(let g, let u, let m):
@@ -169,7 +174,8 @@ extension CausalLM {
             projectBackward(a.h2.unsafeBaseAddress, P.pointer(pre + "mlp.up_proj.weight"), du.unsafeBaseAddress, dx: dhp,
                             dW: G.pointer(pre + "mlp.up_proj.weight"), rows: N, in: D, out: F, accumulateDx: true)
         case .moe(let state):
-            try moeBackward(layer: layer, a, state: state, dOut: dOut, dh: &dh, rows: N, gradients: G, threads: threads)
+            try mixtureBackward(layer: layer, a, state: state, dOut: dOut, dh: &dh, rows: N, gradients: G, auxWeight: auxWeight,
+                            threads: threads)
         case .none:
             preconditionFailure("layer \(layer): the forward did not keep the MLP's activations")
         }

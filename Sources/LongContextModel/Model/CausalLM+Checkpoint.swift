@@ -74,3 +74,35 @@ func writeAtomically(_ data: Data, to path: String) throws {
         throw ModelError.invalidArgument("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))")
     }
 }
+
+extension CausalLM {
+    /// `set` (this model's layout: weights or their gradients) under the names and shapes the
+    /// parameters have inside transformers 5 once loaded. They equal the on-disk names except for
+    /// Mixtral's experts, which transformers fuses per layer: `mlp.gate.weight [E, D]` (the
+    /// router), `mlp.experts.gate_up_proj [E, 2F, D]` (each expert's w1 then w3) and
+    /// `mlp.experts.down_proj [E, D, F]` (w2). Heterogeneous experts have no such layout and keep
+    /// their on-disk names.
+    public func transformersParameterLayout(_ set: ParameterSet) throws -> [(name: String, tensor: Tensor)] {
+        guard config.architecture == .mixtral, config.expertSizes.map({ Set($0).count == 1 }) ?? true else {
+            return try set.namedTensors()
+        }
+        let (E, D, F) = (config.experts, config.hiddenSize, config.expertSize(0))
+        var out = [(name: String, tensor: Tensor)]()
+        for e in set.entries where !e.name.contains(".block_sparse_moe.") { out.append((e.name, try set.tensor(e.name))) }
+        for layer in 0..<config.layers {
+            let p = "model.layers.\(layer).block_sparse_moe.", q = "model.layers.\(layer).mlp."
+            out.append((q + "gate.weight", try set.tensor(p + "gate.weight")))
+            var gateUp = [Float](), down = [Float]()
+            gateUp.reserveCapacity(E * 2 * F * D)
+            down.reserveCapacity(E * D * F)
+            for x in 0..<E {
+                gateUp += try set.tensor(p + "experts.\(x).w1.weight").scalars
+                gateUp += try set.tensor(p + "experts.\(x).w3.weight").scalars
+                down += try set.tensor(p + "experts.\(x).w2.weight").scalars
+            }
+            out.append((q + "experts.gate_up_proj", try Tensor(shape: [E, 2 * F, D], scalars: gateUp)))
+            out.append((q + "experts.down_proj", try Tensor(shape: [E, D, F], scalars: down)))
+        }
+        return out
+    }
+}

@@ -220,7 +220,7 @@ extension CausalLM {
                     threads: Int) throws -> MLPActivations {
         let c = config, D = c.hiddenSize, pre = "model.layers.\(layer)."
         if c.architecture == .mixtral {
-            return try moeForward(layer: layer, h: h, into: &x, rows: N, keep: keep, pass: pass, threads: threads)
+            return try mixtureForward(layer: layer, h: h, into: &x, rows: N, keep: keep, pass: pass, threads: threads)
         }
         let F = c.intermediateSize, P = parameters
         var g = try Tensor(uninitialized: [N, F]), u = try Tensor(uninitialized: [N, F]), m = try Tensor(uninitialized: [N, F])

@@ -145,7 +145,8 @@ public final class Trainer {
             for a in 0..<options.accumulation {
                 let (tokens, targets) = batch(step: step, micro: a)
                 let r = try model.loss(tokens: tokens, batch: options.batch, length: options.length, targets: targets,
-                                       gradients: grads, gradientScale: 1 / Float(options.accumulation), threads: options.threads)
+                                       gradients: grads, gradientScale: 1 / Float(options.accumulation), routerAuxLoss: true,
+                                       threads: options.threads)
                 loss += r.loss / Double(options.accumulation)
             }
             let norm = grads.squaredNorm().squareRoot()

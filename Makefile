@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps corpus build release test check bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps corpus build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -71,6 +71,20 @@ bench-backward: release
 compare: release
 	.build/release/attention-bench --variants sgemm,full,bigbird --lengths 4096,16384 --passes forward,backward --out results/compare
 	python3 Benchmarks/compare.py results/compare/results.json
+	$(MAKE) --no-print-directory compare-lm
+
+# Checkpoints both ways with transformers (when torch and transformers import): a Llama and a
+# Mixtral this project trains for a few steps load there with the same logits, and transformers'
+# own random Llama and Mixtral load here.
+compare-lm: release corpus
+	@if python3 -c "import torch, transformers" 2>/dev/null; then \
+		rm -rf .build/interop && \
+		.build/release/attn lm train --out .build/interop/llama --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 96 \
+			--steps 3 --batch 2 --length 64 --eval-every 0 2>/dev/null && \
+		.build/release/attn lm train --out .build/interop/mixtral --experts 4 --layers 2 --hidden 64 --heads 4 --kv-heads 1 \
+			--intermediate 96 --steps 3 --batch 2 --length 64 --eval-every 0 2>/dev/null && \
+		python3 Tools/transformers_interop.py .build/release/attn .build/interop/llama .build/interop/mixtral; \
+	else echo "torch/transformers not importable: skipping the checkpoint interop check"; fi
 
 # The XCTest suite under AddressSanitizer (with LeakSanitizer; XCTest's own bookkeeping is
 # suppressed) and under ThreadSanitizer, each in its own build folder.

@@ -1,6 +1,7 @@
 import AttentionTensor
 import CAttentionKernels
 import MixtureOfExperts
+import Foundation
 
 /// Mixture-of-experts rows (variant `moe`): T tokens of width D = 512 through E experts, top-2.
 /// `routed` (E = 8, F = 1408, Mixtral's shape scaled down; and E = 32 at the same F: time should
@@ -230,4 +231,35 @@ func denseSwiGLUBackward(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, w1: 
     BLAS.sgemm(.transpose, .none, m: F, n: D, k: T, a: dg, lda: F, b: x, ldb: D, beta: 1, c: dw1, ldc: D)
     BLAS.sgemm(.transpose, .none, m: F, n: D, k: T, a: du, lda: F, b: x, ldb: D, beta: 1, c: dw3, ldc: D)
     BLAS.sgemm(.transpose, .none, m: D, n: F, k: T, a: dy, lda: D, b: h, ldb: F, beta: 1, c: dw2, ldc: F)
+}
+
+// TEMPORARY A/B harness
+func moeAB() throws {
+    let T = 4096, D = 512
+    let x = try Tensor.randomNormal([T, D], seed: 1)
+    let env = ProcessInfo.processInfo.environment
+    let threads = Int(env["MOE_THREADS"] ?? "2")!
+    let layer = try MixtureOfExperts.random(hidden: D, expertSizes: Array(repeating: 1408, count: Int(env["MOE_E"] ?? "8")!), seed: 3)
+    let config = try layer.config(topK: 2, renormalize: true)
+    let dense = try MixtureOfExperts.random(hidden: D, expertSizes: [2816], seed: 4)
+    let dconfig = try dense.config(topK: 1, renormalize: true)
+    var out = try Tensor(zeros: [T, D])
+    var tr = [Double](), td = [Double]()
+    for _ in 0..<Int(env["MOE_REPS"] ?? "8")! {
+        for (l, c, isDense) in [(layer, config, false), (dense, dconfig, true)] {
+            try l.withWeights { w in
+                try x.withUnsafePointer { px in
+                    try out.withUnsafeMutableBufferPointer { po in
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        _ = try moeForward(c, weights: w, x: px, tokens: T, output: po.baseAddress!, keepForBackward: false, threads: threads)
+                        let s = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+                        if isDense { td.append(s) } else { tr.append(s) }
+                    }
+                }
+            }
+        }
+    }
+    tr.sort(); td.sort()
+    print(String(format: "routed min %.1f med %.1f | dense(E=1 via moe) min %.1f med %.1f | ratio(min) %.3f ratio(med) %.3f",
+                 tr[0]*1e3, tr[tr.count/2]*1e3, td[0]*1e3, td[td.count/2]*1e3, td[0]/tr[0], td[td.count/2]/tr[tr.count/2]))
 }

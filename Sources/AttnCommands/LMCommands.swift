@@ -99,6 +99,8 @@ struct LMTrain: ParsableCommand {
     @Option(help: "New model: key/value heads Hkv.") var kvHeads = 4
     @Option(help: "New model: SwiGLU intermediate size F.") var intermediate = 704
     @Option(help: "New model: positions, rope or alibi.") var positions = "rope"
+    @Option(help: "New model: Mixtral experts per layer (0: a dense Llama MLP).") var experts = 0
+    @Option(help: "New model: experts per token (Mixtral's top-k).") var expertsPerToken = 2
     @Option(help: "Attention of every layer: exact, bigbird, linear, infini (a checkpoint's own variant is kept unless given).")
     var attention: String?
     @Option(help: "Infini segment length / BigBird block size (with --attention).") var segment = 256
@@ -135,11 +137,12 @@ struct LMTrain: ParsableCommand {
             model = try CausalLM(config: try adjusted(base.config), parameters: try carry(base))
         } else {
             guard ["rope", "alibi"].contains(positions) else { throw ValidationError("--positions must be rope or alibi") }
-            let config = try ModelConfig(vocabSize: ByteTokenizer.vocabSize, hiddenSize: hidden, intermediateSize: intermediate,
+            let config = try ModelConfig(architecture: experts > 0 ? .mixtral : .llama,
+                                         vocabSize: ByteTokenizer.vocabSize, hiddenSize: hidden, intermediateSize: intermediate,
                                          layers: layers, heads: heads, kvHeads: kvHeads, rmsNormEps: 1e-5,
                                          positions: positions == "alibi" ? .alibi : .rope(theta: 10000, scaling: .none),
                                          maxPositionEmbeddings: max(length, 2048), bosTokenId: Int(ByteTokenizer.bos),
-                                         eosTokenId: Int(ByteTokenizer.eos))
+                                         eosTokenId: Int(ByteTokenizer.eos), experts: experts, expertsPerToken: expertsPerToken)
             model = try CausalLM(config: try adjusted(config), seed: seed)
         }
         let trainer = try Trainer(model: model, options: options(), train: TextCorpus.tokens(text.training),

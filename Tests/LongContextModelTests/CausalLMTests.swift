@@ -32,7 +32,10 @@ final class CausalLMTests: XCTestCase {
         [("rope gqa", try tinyConfig()),
          ("rope linear ×4, tied, mha", try tinyConfig(positions: .rope(theta: 10000, scaling: .linear(factor: 4)), tied: true, kvHeads: 4)),
          ("rope ntk ×4, mqa", try tinyConfig(positions: .rope(theta: 500, scaling: .ntk(factor: 4)), kvHeads: 1)),
-         ("alibi", try tinyConfig(positions: .alibi))]
+         ("alibi", try tinyConfig(positions: .alibi)),
+         ("mixtral top-2 of 3, experts of 5, 7 and 9", try ModelConfig(architecture: .mixtral, vocabSize: 13, hiddenSize: 12,
+                                                                        intermediateSize: 7, layers: 2, heads: 4, kvHeads: 2, headDim: 4,
+                                                                        experts: 3, expertsPerToken: 2, expertSizes: [5, 7, 9]))]
     }
 
     func testLogitsAndLossAgainstFloat64() throws {
@@ -148,10 +151,10 @@ final class CausalLMTests: XCTestCase {
         }
         refuses(good.replacingOccurrences(of: "\"silu\"", with: "\"gelu\""), "hidden_act gelu")
         refuses(good.replacingOccurrences(of: "\"default\"", with: "\"yarn\""), "rope_type yarn")
-        refuses(good.replacingOccurrences(of: "\"num_key_value_heads\" : 2", with: "\"num_key_value_heads\" : 3"), "heads not grouped")
-        refuses(good.replacingOccurrences(of: "\"intermediate_size\" : 7", with: "\"intermediate_size\" : 8"), "shapes differ")
-        refuses(good.replacingOccurrences(of: "\"num_hidden_layers\" : 2", with: "\"num_hidden_layers\" : 1"), "an extra layer's tensors")
-        refuses(good.replacingOccurrences(of: "\"num_hidden_layers\" : 2", with: "\"num_hidden_layers\" : 3"), "a missing layer")
+        refuses(good.replacingOccurrences(of: "\"num_key_value_heads\": 2", with: "\"num_key_value_heads\": 3"), "heads not grouped")
+        refuses(good.replacingOccurrences(of: "\"intermediate_size\": 7", with: "\"intermediate_size\": 8"), "shapes differ")
+        refuses(good.replacingOccurrences(of: "\"num_hidden_layers\": 2", with: "\"num_hidden_layers\": 1"), "an extra layer's tensors")
+        refuses(good.replacingOccurrences(of: "\"num_hidden_layers\": 2", with: "\"num_hidden_layers\": 3"), "a missing layer")
         refuses("{\"model_type\": \"gpt2\"}", "another architecture")
         refuses("[1, 2]", "not an object")
         try good.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)

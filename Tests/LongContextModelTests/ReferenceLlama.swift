@@ -86,6 +86,21 @@ struct ReferenceLlama {
                     let o = linear(p + "self_attn.o_proj.weight", att[t], out: D)
                     for i in 0..<D { x[t][i] += o[i] }
                     let h2 = rmsNorm(x[t], w[p + "post_attention_layernorm.weight"]!)
+                    if c.architecture == .mixtral {
+                        // Router softmax, top-k (ties to the lower index), weights renormalised over the k.
+                        let logits = linear(p + "block_sparse_moe.gate.weight", h2, out: c.experts)
+                        let mx = logits.max()!
+                        let pr = logits.map { Foundation.exp($0 - mx) }, z = pr.reduce(0, +)
+                        let top = Array(pr.indices.sorted { pr[$0] != pr[$1] ? pr[$0] > pr[$1] : $0 < $1 }.prefix(c.expertsPerToken))
+                        let norm = top.reduce(0.0) { $0 + pr[$1] / z }
+                        for e in top {
+                            let q = p + "block_sparse_moe.experts.\(e)."
+                            let g = linear(q + "w1.weight", h2, out: c.expertSize(e)), u = linear(q + "w3.weight", h2, out: c.expertSize(e))
+                            let y = linear(q + "w2.weight", zip(g, u).map { $0 / (1 + Foundation.exp(-$0)) * $1 }, out: D)
+                            for i in 0..<D { x[t][i] += pr[e] / z / norm * y[i] }
+                        }
+                        continue
+                    }
                     let g = linear(p + "mlp.gate_proj.weight", h2, out: c.intermediateSize)
                     let u = linear(p + "mlp.up_proj.weight", h2, out: c.intermediateSize)
                     let m = zip(g, u).map { $0 / (1 + Foundation.exp(-$0)) * $1 }

@@ -55,7 +55,7 @@ public enum LayerAttention: Sendable, Equatable {
         switch self {
         case .exact: return ["type": "exact"]
         case .bigbird(let b, let w, let r, let seed):
-            return ["type": "bigbird", "block_size": b, "window_blocks": w, "random_blocks": r, "seed": Int(seed)]
+            return ["type": "bigbird", "block_size": b, "window_blocks": w, "random_blocks": r, "seed": Int(truncatingIfNeeded: seed)]
         case .linear(let map): return ["type": "linear", "feature_map": map.name]
         case .infini(let s, let u): return ["type": "infini", "segment": s, "update": u.rawValue]
         }

@@ -169,7 +169,7 @@ extension ModelConfig {
             if let expertSizes { own["expert_sizes"] = expertSizes }
         }
         o["long_attention"] = own
-        return try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys])
+        return Data((jsonText(o) + "\n").utf8)
     }
 }
 

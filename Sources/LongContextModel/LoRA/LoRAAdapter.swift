@@ -104,8 +104,7 @@ public final class LoRAAdapter: @unchecked Sendable {
             "inference_mode": true, "init_lora_weights": true, "base_model_name_or_path": baseModel ?? NSNull(),
             "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](),
         ]
-        try writeAtomically(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
-                            to: directory + "/adapter_config.json")
+        try writeAtomically(Data((jsonText(config) + "\n").utf8), to: directory + "/adapter_config.json")
     }
 
     static func targets(_ model: CausalLM, _ modules: [String]) -> [String] {

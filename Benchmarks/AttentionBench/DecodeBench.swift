@@ -62,8 +62,9 @@ func benchDecode(lengths: [Int], kvHeads: [Int], types: [KVCacheType], threads: 
                 let bytes = Double(2 * hkv * m * type.rowBytes(d))
                 let g = 4.0 * Double(H) * Double(m) * Double(d) / t.median * 1e-9
                 let error = type == .float32 ? nil : reference[m].map { relativeError(out, $0) }
-                // Low-precision types convert a key tile for many-row GEMMs: never at one query.
-                let workspace = plan.workspaceBytes
+                // Low-precision types with more than 4 query heads per KV head convert each key
+                // and value tile once (one tile-sized float32 buffer per worker).
+                let workspace = plan.workspaceBytes + (type != .float32 && H / hkv > 4 ? plan.keyTile * d * 4 * threads : 0)
                 var row = Row(variant: "decode", impl: "tiled", B: 1, H: H, Hkv: hkv, N: 1, M: m, d: d, causal: true,
                               threads: threads, seconds: t.median, gflops: g, peakFraction: peak.map { g / $0 },
                               workspaceBytes: workspace, relError: error, runs: t.runs, minSeconds: t.min,

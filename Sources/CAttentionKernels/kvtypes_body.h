@@ -5,9 +5,15 @@
 // The kind K and the row count R are constants at every call of the inline bodies, so each
 // (K, R) pair compiles to its own loop with the other branches and accumulators gone.
 
-/// Eight values of stored row `r` (kind K) from column c, a multiple of 8; q8_0 values unscaled.
-#define KV_LOAD8(K, r, c) ((K) == AK_KV_BF16 ? KV_BF16X8((r) + 2 * (c)) : (K) == AK_KV_F16 ? KV_F16X8((r) + 2 * (c)) \
-                           : KV_I8X8((r) + (c) / KV_BLOCK * KV_BLOCK_BYTES + 2 + (c) % KV_BLOCK))
+/// Where the values of the 32-column block starting at column cb (a multiple of 32) of stored
+/// row `r` begin: past the f16 scale for q8_0. Loads inside a block then address from this
+/// pointer, so the loop does no division per load.
+#define KV_BLOCKPTR(K, r, cb) ((K) == AK_KV_Q8_0 ? (r) + (cb) / KV_BLOCK * KV_BLOCK_BYTES + 2 : (r) + 2 * (cb))
+/// Eight values at offset i (a multiple of 8) inside a block starting at `bp`; q8_0 values unscaled.
+#define KV_LOAD8_AT(K, bp, i) ((K) == AK_KV_BF16 ? KV_BF16X8((bp) + 2 * (i)) : (K) == AK_KV_F16 ? KV_F16X8((bp) + 2 * (i)) \
+                               : KV_I8X8((bp) + (i)))
+/// Eight values of stored row `r` from column c, a multiple of 8 (outside the block loops).
+#define KV_LOAD8(K, r, c) KV_LOAD8_AT(K, KV_BLOCKPTR(K, r, (c) / KV_BLOCK * KV_BLOCK), (c) % KV_BLOCK)
 /// The scale of the 32-value block holding column c: q8_0's f16 `d`, 1 for bf16 and f16 (folded away).
 #define KV_SCALE(K, r, c) ((K) == AK_KV_Q8_0 ? KV_H2F(load_u16((r) + (c) / KV_BLOCK * KV_BLOCK_BYTES)) : 1.0f)
 
@@ -31,12 +37,13 @@ void KV_FN(kv_dot_keys)(const int K, const float *q, long ldq, const int R, long
         y8 e00 = 0, e01 = 0, e10 = 0, e11 = 0;
         for (long cb = 0; cb < d8; cb += KV_BLOCK) {
             const float sc0 = KV_SCALE(K, k0, cb), sc1 = KV_SCALE(K, k1, cb);
+            const uint8_t *p0 = KV_BLOCKPTR(K, k0, cb), *p1 = KV_BLOCKPTR(K, k1, cb);
             const long ce = cb + KV_BLOCK < d8 ? cb + KV_BLOCK : d8;
             long c = cb;
             if (R <= 2) {
                 for (; c + 16 <= ce; c += 16) {
-                    y8 b0 = KV_LOAD8(K, k0, c) * sc0, b1 = KV_LOAD8(K, k1, c) * sc1;
-                    y8 f0 = KV_LOAD8(K, k0, c + 8) * sc0, f1 = KV_LOAD8(K, k1, c + 8) * sc1, x, y;
+                    y8 b0 = KV_LOAD8_AT(K, p0, c - cb) * sc0, b1 = KV_LOAD8_AT(K, p1, c - cb) * sc1;
+                    y8 f0 = KV_LOAD8_AT(K, p0, c - cb + 8) * sc0, f1 = KV_LOAD8_AT(K, p1, c - cb + 8) * sc1, x, y;
                     x = Y8LOAD(q + c); y = Y8LOAD(q + c + 8);
                     a00 += x * b0; a01 += x * b1; e00 += y * f0; e01 += y * f1;
                     if (R > 1) {
@@ -46,7 +53,7 @@ void KV_FN(kv_dot_keys)(const int K, const float *q, long ldq, const int R, long
                 }
             }
             for (; c < ce; c += 8) {
-                y8 b0 = KV_LOAD8(K, k0, c) * sc0, b1 = KV_LOAD8(K, k1, c) * sc1, x;
+                y8 b0 = KV_LOAD8_AT(K, p0, c - cb) * sc0, b1 = KV_LOAD8_AT(K, p1, c - cb) * sc1, x;
                 x = Y8LOAD(q + c); a00 += x * b0; a01 += x * b1;
                 if (R > 1) { x = Y8LOAD(q + ldq + c); a10 += x * b0; a11 += x * b1; }
                 if (R > 2) { x = Y8LOAD(q + 2 * ldq + c); a20 += x * b0; a21 += x * b1; }
@@ -72,8 +79,9 @@ void KV_FN(kv_dot_keys)(const int K, const float *q, long ldq, const int R, long
             y8 acc = 0;
             for (long cb = 0; cb < d8; cb += KV_BLOCK) {
                 const float sc = KV_SCALE(K, kj, cb);
+                const uint8_t *pj = KV_BLOCKPTR(K, kj, cb);
                 const long ce = cb + KV_BLOCK < d8 ? cb + KV_BLOCK : d8;
-                for (long c = cb; c < ce; c += 8) acc += Y8LOAD(q + r * ldq + c) * (KV_LOAD8(K, kj, c) * sc);
+                for (long c = cb; c < ce; c += 8) acc += Y8LOAD(q + r * ldq + c) * (KV_LOAD8_AT(K, pj, c - cb) * sc);
             }
             float t = 0;
             for (long c = d8; c < d; c++) t += q[r * ldq + c] * kv_value(K, kj, c);
@@ -101,10 +109,12 @@ void KV_FN(kv_times_values)(const int K, const float *p, long ldp, const int R, 
         }
         for (long cb = 0; cb < dv8; cb += KV_BLOCK) {
             const float s0 = KV_SCALE(K, v0, cb), s1 = KV_SCALE(K, v1, cb), s2 = KV_SCALE(K, v2, cb), s3 = KV_SCALE(K, v3, cb);
+            const uint8_t *p0 = KV_BLOCKPTR(K, v0, cb), *p1 = KV_BLOCKPTR(K, v1, cb);
+            const uint8_t *p2 = KV_BLOCKPTR(K, v2, cb), *p3 = KV_BLOCKPTR(K, v3, cb);
             const long ce = cb + KV_BLOCK < dv8 ? cb + KV_BLOCK : dv8;
             for (long c = cb; c < ce; c += 8) {
-                y8 b0 = KV_LOAD8(K, v0, c) * s0, b1 = KV_LOAD8(K, v1, c) * s1;
-                y8 b2 = KV_LOAD8(K, v2, c) * s2, b3 = KV_LOAD8(K, v3, c) * s3;
+                y8 b0 = KV_LOAD8_AT(K, p0, c - cb) * s0, b1 = KV_LOAD8_AT(K, p1, c - cb) * s1;
+                y8 b2 = KV_LOAD8_AT(K, p2, c - cb) * s2, b3 = KV_LOAD8_AT(K, p3, c - cb) * s3;
                 for (int r = 0; r < R; r++) {
                     y8 a = Y8LOAD(o + r * ldo + c);
                     a += x[r][0] * b0; a += x[r][1] * b1; a += x[r][2] * b2; a += x[r][3] * b3;
@@ -126,8 +136,9 @@ void KV_FN(kv_times_values)(const int K, const float *p, long ldp, const int R, 
             y8 x = p[r * ldp + j];
             for (long cb = 0; cb < dv8; cb += KV_BLOCK) {
                 const float sc = KV_SCALE(K, vj, cb);
+                const uint8_t *pj = KV_BLOCKPTR(K, vj, cb);
                 const long ce = cb + KV_BLOCK < dv8 ? cb + KV_BLOCK : dv8;
-                for (long c = cb; c < ce; c += 8) Y8STORE(o + r * ldo + c, Y8LOAD(o + r * ldo + c) + x * (KV_LOAD8(K, vj, c) * sc));
+                for (long c = cb; c < ce; c += 8) Y8STORE(o + r * ldo + c, Y8LOAD(o + r * ldo + c) + x * (KV_LOAD8_AT(K, pj, c - cb) * sc));
             }
             for (long c = dv8; c < dv; c++) o[r * ldo + c] += p[r * ldp + j] * kv_value(K, vj, c);
         }
@@ -175,4 +186,6 @@ static KV_TARGET void KV_FN(kv_rows_times_values)(int kind, const float *p, long
 
 #undef KV_ROW_GROUPS
 #undef KV_LOAD8
+#undef KV_LOAD8_AT
+#undef KV_BLOCKPTR
 #undef KV_SCALE

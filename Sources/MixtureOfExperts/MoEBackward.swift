@@ -13,7 +13,8 @@ public struct MoEBackwardReport: Sendable, Equatable {
 
 /// Rows of a weight gradient per work item (each item owns its rows: no two items add into the
 /// same element, and each element's sum over tokens runs in one GEMM, in a fixed order).
-let weightRowBlock = 128
+let weightRowBlock = Int(ProcessInfo.processInfo.environment["MOE_WROWS"] ?? "") ?? 128  // TEMPORARY
+import Foundation
 
 /// The backward of ``moeForward(_:weights:x:tokens:output:keepForBackward:threads:)``: the
 /// gradients of `L = Σ output ⊙ outputGradient + λ_lb · loadBalancingLoss + λ_z · zLoss` with the
@@ -66,7 +67,7 @@ public func moeBackward(_ config: MoEConfig, weights: MoEWeights, x: UnsafePoint
     expertItems = expertItems.largestFirst()
     let workers = max(1, min(threads, max(1, expertItems.count)))
     let maxF = sizes.max()!
-    let block = min(expertRowBlock, max(1, counts.max() ?? 1))
+    let block = max(1, expertItems.map { $0.end - $0.start }.max() ?? 1)   // the largest row block
 
     var plan = MoEScratch.Plan()
     let xAllAt = plan.reserve(rows * D), dyAllAt = plan.reserve(rows * D), dxAllAt = plan.reserve(rows * D)

@@ -68,7 +68,7 @@ public struct MoEForward: Sendable {
 /// Tokens per router work item, and rows per expert work item (a fixed partition: the results
 /// do not depend on the thread count).
 let routerTokenBlock = 256
-let expertRowBlock = 256
+let expertRowBlock = Int(ProcessInfo.processInfo.environment["MOE_ROWS"] ?? "") ?? 256  // TEMPORARY
 
 /// The mixture-of-experts layer's forward: `output[t] = Σ_j w_tj · E_{e_tj}(x_t)` over the top-k
 /// experts of each token (SPEC.md § Mixture of experts).
@@ -150,7 +150,7 @@ public func moeForward(_ config: MoEConfig, weights: MoEWeights, x: UnsafePointe
     items = items.largestFirst()
     let workers = max(1, min(threads, items.count))
     let maxF = sizes.max()!
-    let block = min(expertRowBlock, max(1, counts.max() ?? 1))
+    let block = max(1, items.map { $0.end - $0.start }.max() ?? 1)   // the largest row block
     var plan = MoEScratch.Plan()
     let yAt = plan.reserve(rows * D)
     var perWorker = [(x: Int, h: Int, g: Int, u: Int)]()

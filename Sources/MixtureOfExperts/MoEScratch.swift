@@ -55,7 +55,11 @@ extension Array where Element == MoEWorkItem {
     }
 }
 
-/// `[start, end)` blocks of `count` rows, `block` at a time.
-func rowBlocks(_ count: Int, _ block: Int) -> [(Int, Int)] {
-    stride(from: 0, to: count, by: block).map { ($0, Swift.min($0 + block, count)) }
+/// `count` rows in `[start, end)` blocks of nearly equal size close to `target` (between about
+/// 2/3 and 3/2 of it, or all rows when fewer than that): no small remainder block, whose GEMMs
+/// would cost almost as much as a full one. A function of `count` and `target` only.
+func rowBlocks(_ count: Int, _ target: Int) -> [(Int, Int)] {
+    guard count > 0 else { return [] }
+    let blocks = max(1, Int((Double(count) / Double(target)).rounded()))
+    return (0..<blocks).map { (count * $0 / blocks, count * ($0 + 1) / blocks) }
 }

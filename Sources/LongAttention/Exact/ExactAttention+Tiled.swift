@@ -40,9 +40,12 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
     }
     defer { partial?.deallocate() }
     var (floats, ints) = plan.workerScratch
-    // A low-precision cache: many-row tiles (a prefill against the cache) convert their key and
-    // value tile to float32 here for the GEMMs; few-row tiles read the stored rows directly.
-    let converted = L.stored != nil && R > smallRows ? Bc * max(d, dv) : 0
+    // A low-precision cache: tiles of up to `storedRows` stacked rows read the stored rows directly
+    // (each converted value feeds at most 4 rows); larger ones (MQA's 32 query heads, a prefill
+    // against the cache) convert their key and value tile to float32 here, once, for the f32
+    // kernels or the GEMMs: converting a 512-key tile costs what one 4-row pass over it does.
+    let storedRows = 4
+    let converted = L.stored != nil && R > storedRows ? Bc * max(d, dv) : 0
     floats += converted
     try runWithScratch(items: blocks * splits, threads: plan.threads, floats: floats, ints: ints,
                        purpose: "tiled attention") { ws, queue in
@@ -56,19 +59,27 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
             let sr = s + r0 * Bc
             if let kv = L.stored {
                 let k = kv.keyRow(blk.b, blk.kvHead, j0), v = kv.valueRow(blk.b, blk.kvHead, j0)
-                if n <= smallRows {
+                if n <= storedRows {
                     ak_kv_rows_dot_keys(kv.kind, qp + r0 * d, d, n, d, k, kv.keyStride.m, w, sr, Bc)
                 } else {
                     ak_kv_decode_rows(kv.kind, k, kv.keyStride.m, w, d, tileBuffer, d)
-                    BLAS.sgemm(.none, .transpose, m: n, n: w, k: d, a: qp + r0 * d, lda: d, b: tileBuffer, ldb: d, c: sr, ldc: Bc)
+                    if n <= smallRows {
+                        ak_rows_dot_keys(qp + r0 * d, d, n, d, tileBuffer, d, w, sr, Bc)
+                    } else {
+                        BLAS.sgemm(.none, .transpose, m: n, n: w, k: d, a: qp + r0 * d, lda: d, b: tileBuffer, ldb: d, c: sr, ldc: Bc)
+                    }
                 }
                 L.addBias(blk, j0: j0, width: w, s: s, lds: Bc, rows: rs)
                 ak_online_softmax_tile(sr, n, w, Bc, masked ? valid + r0 : nil, m + r0, l + r0, o + r0 * dv, dv, dv)
-                if n <= smallRows {
+                if n <= storedRows {
                     ak_kv_rows_times_values(kv.kind, sr, Bc, n, v, kv.valueStride.m, w, dv, o + r0 * dv, dv)
                 } else {
                     ak_kv_decode_rows(kv.kind, v, kv.valueStride.m, w, dv, tileBuffer, dv)
-                    BLAS.sgemm(.none, .none, m: n, n: dv, k: w, a: sr, lda: Bc, b: tileBuffer, ldb: dv, beta: 1, c: o + r0 * dv, ldc: dv)
+                    if n <= smallRows {
+                        ak_rows_times_values(sr, Bc, n, tileBuffer, dv, w, dv, o + r0 * dv, dv)
+                    } else {
+                        BLAS.sgemm(.none, .none, m: n, n: dv, k: w, a: sr, lda: Bc, b: tileBuffer, ldb: dv, beta: 1, c: o + r0 * dv, ldc: dv)
+                    }
                 }
                 return
             }

@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps corpus build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps corpus train build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -59,6 +59,17 @@ check: release
 		python3 $(SHARED)/reference/check.py --attn .build/release/attn $$cases; \
 	elif [ "$$CI" = true ]; then echo "CI=true but no $(SHARED)/reference/check.py" >&2; exit 1; \
 	else echo "no $(SHARED)/reference: skipping the reference cases"; fi
+
+# The base model of the long-context experiments (about 25 minutes on 2 cores): 2.9M parameters,
+# 4 layers, D = 256, 8 heads over 2 KV heads, SwiGLU 688, RoPE; 2,000 steps of 8 × 256 bytes of
+# the KJV's training books; validation on held-out books every 250 steps. TRAIN_ARGS adds options.
+TRAIN_DIR ?= models/kjv-base
+TRAIN_ARGS ?=
+train: release corpus
+	.build/release/attn lm train --out $(TRAIN_DIR) --layers 4 --hidden 256 --heads 8 --kv-heads 2 --intermediate 688 \
+		--batch 8 --length 256 --steps 2000 --lr 3e-3 --warmup 100 --eval-every 250 --checkpoint-every 250 $(TRAIN_ARGS)
+	python3 Tools/plot_training.py $(TRAIN_DIR)/training_log.csv $(TRAIN_DIR)/loss.svg
+	.build/release/attn lm generate --model $(TRAIN_DIR) --prompt "And God said" --max-tokens 300 --temperature 0.8 --top-k 40 --seed 1
 
 bench: release
 	.build/release/attention-bench $(BENCH_ARGS)

@@ -55,5 +55,26 @@ with tempfile.TemporaryDirectory() as tmp:
         with torch.no_grad():
             theirs = model(torch.tensor(tokens)).logits.numpy()
         report(name + " in attn", attn_logits(d, tokens, tmp), theirs)
+    # 3. An adapter this project writes loads in PEFT on the same base and gives our logits.
+    try:
+        import peft
+    except ImportError:
+        peft = None
+    if peft is not None and checkpoints:
+        base = checkpoints[0]
+        adir = os.path.join(tmp, "adapter")
+        subprocess.run([attn, "lm", "lora-init", "--model", base, "--out", adir, "--rank", "4", "--alpha", "8",
+                        "--targets", "q_proj,v_proj,down_proj", "--random-b", "--seed", "3"], check=True, stdout=subprocess.DEVNULL)
+        cfg = json.load(open(os.path.join(base, "config.json")))
+        tokens = rng.integers(0, cfg["vocab_size"], size=(2, 40))
+        m = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        m = peft.PeftModel.from_pretrained(m, adir).eval()
+        with torch.no_grad():
+            theirs = m(torch.tensor(tokens)).logits.numpy()
+        np.save(os.path.join(tmp, "tokens.npy"), tokens.astype(np.int32))
+        out = os.path.join(tmp, "logits.npy")
+        subprocess.run([attn, "lm", "eval", "--model", base, "--adapter", adir, "--tokens", os.path.join(tmp, "tokens.npy"),
+                        "--logits", out], check=True)
+        report("our LoRA adapter in PEFT", np.load(out), theirs)
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

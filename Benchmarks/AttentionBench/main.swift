@@ -12,8 +12,8 @@ struct AttentionBench: ParsableCommand {
         abstract: "Measure sgemm and every attention variant on this machine.",
         discussion: "Without options: the full report (about 5–10 minutes on 2 cores). --quick: a smoke test under a minute.")
 
-    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe.")
-    var variants = "sgemm,full,bigbird,linear,infini,decode,moe"
+    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate (and decode-kernel).")
+    var variants = "sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate"
     @Option(help: "Comma-separated sequence lengths N for every variant (K and M suffixes allowed; default: per variant).")
     var lengths: String?
     @Option(help: "Threads (default: all cores).")
@@ -40,7 +40,7 @@ struct AttentionBench: ParsableCommand {
     var impls: String?
 
     /// `decode-kernel` (not in the default list): the decode kernels' two halves in isolation, per `--kv-types`.
-    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel", "moe"]
+    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel", "moe", "lm-train", "lm-generate"]
 
     func validate() throws {
         if let bad = variantList.first(where: { !Self.known.contains($0) }) {
@@ -132,6 +132,8 @@ struct AttentionBench: ParsableCommand {
         case "moe":
             // Three routed shapes and the dense MLP two ways (~35 GFLOP each at T = 4K); backward rows with --passes backward.
             return (quick ? 3 : 20) * (passList.contains("backward") ? 3 : 1)
+        case "lm-train": return quick ? 6 : 15
+        case "lm-generate": return quick ? 3 : 8
         case "decode-kernel":
             return Double(kvTypeList.count * (quick ? 2 : 7)) * 1.2 + 1
         default: return 1
@@ -225,6 +227,10 @@ struct AttentionBench: ParsableCommand {
             report += line + "\n"
             rows += try benchDecode(lengths: plannedLengths("decode"), kvHeads: quick ? [8] : [32, 8, 1], types: kvTypeList,
                                     threads: threads, peak: peak, bandwidth: bandwidth)
+        }
+        for lm in ["lm-train", "lm-generate"] where forwardPass && wanted.contains(lm) {
+            tracker.begin(stage: lm)
+            rows += try benchLM(variants: [lm], threads: threads, peak: peak, quick: quick)
         }
         if forwardPass && wanted.contains("decode-kernel") {
             tracker.begin(stage: "decode-kernel")

@@ -9,7 +9,7 @@ struct LM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lm",
         abstract: "Language models in Hugging Face's format: evaluate, train, generate, Temp-LoRA.",
-        subcommands: [LMEval.self, LMTrain.self, LMGenerate.self])
+        subcommands: [LMInit.self, LMEval.self, LMTrain.self, LMGenerate.self, LMLoRAInit.self])
 }
 
 /// Token ids `[B, T]` from an int32/int64 .npy (a 1-D array is one sequence).
@@ -24,6 +24,48 @@ func readTokens(_ path: String) throws -> (tokens: [Int32], batch: Int, length: 
         throw ModelError.invalidTokens("\(path): id \(bad) is outside the vocabulary")
     }
     return (values.map { Int32($0) }, B, T)
+}
+
+/// The shape of a new model, shared by `lm init` and `lm train`.
+struct ModelShapeOptions: ParsableArguments {
+    @Option(help: "New model: vocabulary size (default: bytes and three special ids).") var vocab = ByteTokenizer.vocabSize
+    @Option(help: "New model: layers.") var layers = 4
+    @Option(help: "New model: hidden size D.") var hidden = 256
+    @Option(help: "New model: query heads H.") var heads = 8
+    @Option(help: "New model: key/value heads Hkv.") var kvHeads = 4
+    @Option(help: "New model: SwiGLU intermediate size F.") var intermediate = 704
+    @Option(help: "New model: positions, rope or alibi.") var positions = "rope"
+    @Option(help: "New model: RoPE base θ.") var ropeTheta = 10000.0
+    @Option(help: "New model: Mixtral experts per layer (0: a dense Llama MLP).") var experts = 0
+    @Option(help: "New model: experts per token (Mixtral's top-k).") var expertsPerToken = 2
+    @Flag(help: "New model: tie the LM head to the embedding.") var tied = false
+    @Option(help: "New model: max_position_embeddings.") var maxPositions = 2048
+
+    func config() throws -> ModelConfig {
+        guard ["rope", "alibi"].contains(positions) else { throw ValidationError("--positions must be rope or alibi") }
+        let bytes = vocab >= ByteTokenizer.vocabSize
+        return try ModelConfig(architecture: experts > 0 ? .mixtral : .llama, vocabSize: vocab, hiddenSize: hidden,
+                               intermediateSize: intermediate, layers: layers, heads: heads, kvHeads: kvHeads, rmsNormEps: 1e-5,
+                               positions: positions == "alibi" ? .alibi : .rope(theta: ropeTheta, scaling: .none),
+                               tieWordEmbeddings: tied, maxPositionEmbeddings: maxPositions,
+                               bosTokenId: bytes ? Int(ByteTokenizer.bos) : nil, eosTokenId: bytes ? Int(ByteTokenizer.eos) : nil,
+                               experts: experts, expertsPerToken: expertsPerToken)
+    }
+}
+
+struct LMInit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init",
+        abstract: "Write a freshly initialised checkpoint (config.json + model.safetensors, transformers' names).")
+    @Option(help: "Output checkpoint directory.") var out: String
+    @OptionGroup var shape: ModelShapeOptions
+    @Option(help: "Initialisation seed.") var seed: UInt64 = 1
+
+    func run() throws {
+        let model = try CausalLM(config: try shape.config(), seed: seed)
+        try model.save(to: out)
+        print("\(out): \(model.parameters.count) parameters")
+    }
 }
 
 struct LMEval: ParsableCommand {
@@ -93,14 +135,7 @@ struct LMTrain: ParsableCommand {
     var from: String?
     @Flag(help: "Resume the run in --out (model, optimizer and step).")
     var resume = false
-    @Option(help: "New model: layers.") var layers = 4
-    @Option(help: "New model: hidden size D.") var hidden = 256
-    @Option(help: "New model: query heads H.") var heads = 8
-    @Option(help: "New model: key/value heads Hkv.") var kvHeads = 4
-    @Option(help: "New model: SwiGLU intermediate size F.") var intermediate = 704
-    @Option(help: "New model: positions, rope or alibi.") var positions = "rope"
-    @Option(help: "New model: Mixtral experts per layer (0: a dense Llama MLP).") var experts = 0
-    @Option(help: "New model: experts per token (Mixtral's top-k).") var expertsPerToken = 2
+    @OptionGroup var shape: ModelShapeOptions
     @Option(help: "Attention of every layer: exact, bigbird, linear, infini (a checkpoint's own variant is kept unless given).")
     var attention: String?
     @Option(help: "Infini segment length / BigBird block size (with --attention).") var segment = 256
@@ -136,13 +171,8 @@ struct LMTrain: ParsableCommand {
             let base = try CausalLM(directory: from)
             model = try CausalLM(config: try adjusted(base.config), parameters: try carry(base))
         } else {
-            guard ["rope", "alibi"].contains(positions) else { throw ValidationError("--positions must be rope or alibi") }
-            let config = try ModelConfig(architecture: experts > 0 ? .mixtral : .llama,
-                                         vocabSize: ByteTokenizer.vocabSize, hiddenSize: hidden, intermediateSize: intermediate,
-                                         layers: layers, heads: heads, kvHeads: kvHeads, rmsNormEps: 1e-5,
-                                         positions: positions == "alibi" ? .alibi : .rope(theta: 10000, scaling: .none),
-                                         maxPositionEmbeddings: max(length, 2048), bosTokenId: Int(ByteTokenizer.bos),
-                                         eosTokenId: Int(ByteTokenizer.eos), experts: experts, expertsPerToken: expertsPerToken)
+            var config = try shape.config()
+            config.maxPositionEmbeddings = max(config.maxPositionEmbeddings, length)
             model = try CausalLM(config: try adjusted(config), seed: seed)
         }
         let trainer = try Trainer(model: model, options: options(), train: TextCorpus.tokens(text.training),
@@ -150,7 +180,17 @@ struct LMTrain: ParsableCommand {
         if resume { try trainer.resume() }
         let params = model.parameters.count
         FileHandle.standardError.write("training \(params) parameters (\(model.config.layers) layers, D = \(model.config.hiddenSize)) from step \(trainer.step) to \(steps); \(batch)×\(length)×\(accumulation) tokens per step\n".data(using: .utf8)!)
+        // The curve, one row per step (appended across resumed runs): step, loss, learning rate, validation.
+        let logPath = out + "/training_log.csv"
+        if !FileManager.default.fileExists(atPath: logPath) {
+            FileManager.default.createFile(atPath: logPath, contents: Data("step,loss,learning_rate,gradient_norm,validation_loss\n".utf8))
+        }
+        let log = FileHandle(forWritingAtPath: logPath)
+        log?.seekToEndOfFile()
+        defer { try? log?.close() }
         let finished = try trainer.run { p in
+            log?.write(Data(String(format: "%d,%.6f,%.6g,%.4f,%@\n", p.step, p.loss, p.learningRate, p.gradientNorm,
+                                   p.validationLoss.map { String(format: "%.6f", $0) } ?? "").utf8))
             var line = String(format: "step %d/%d  loss %.4f (%.3f bits/byte)  lr %.2e  |g| %.2f  %.0f tokens/s  %@ left",
                               p.step, p.steps, p.loss, p.loss / M_LN2, p.learningRate, p.gradientNorm, p.tokensPerSecond,
                               formatDuration(p.secondsLeft))
@@ -234,5 +274,35 @@ struct LMGenerate: ParsableCommand {
         print(prompt + ByteTokenizer.decode(ids))
         FileHandle.standardError.write(String(format: "%d tokens in %.2f s (%.1f tokens/s, prefill included)\n", ids.count, seconds,
                                               Double(ids.count) / max(seconds, 1e-9)).data(using: .utf8)!)
+    }
+}
+
+struct LMLoRAInit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lora-init",
+        abstract: "Write a new LoRA adapter for a checkpoint in PEFT's format (adapter_config.json + adapter_model.safetensors).")
+    @Option(help: "Base checkpoint directory.") var model: String
+    @Option(help: "Output adapter directory.") var out: String
+    @Option(help: "Rank r.") var rank = 8
+    @Option(help: "lora_alpha (the update is scaled by alpha / r).") var alpha = 16.0
+    @Option(help: "Comma-separated target modules (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).")
+    var targets = "q_proj,v_proj"
+    @Flag(help: "Draw B at random too (PEFT's init_lora_weights=False), so the adapter changes the model: for interoperability checks.")
+    var randomB = false
+    @Option(help: "Seed.") var seed: UInt64 = 1
+
+    func run() throws {
+        let base = try CausalLM(directory: model)
+        let adapter = try LoRAAdapter(model: base, rank: rank, alpha: alpha,
+                                      targetModules: targets.split(separator: ",").map(String.init), seed: seed)
+        if randomB {
+            var rng = SplitMix64(seed: seed &+ 1)
+            for e in adapter.parameters.entries where e.name.hasSuffix("lora_B.weight") {
+                let p = adapter.parameters.scalars + e.offset
+                for i in 0..<e.count { p[i] = Float((2 * rng.nextUnitOpen() - 1) * 0.1) }
+            }
+        }
+        try adapter.save(to: out, baseModel: model)
+        print("\(out): \(adapter.parameters.count) adapter parameters on \(adapter.adaptedWeights.count) projections")
     }
 }

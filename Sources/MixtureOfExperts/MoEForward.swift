@@ -193,7 +193,7 @@ public func moeForward(_ config: MoEConfig, weights: MoEWeights, x: UnsafePointe
     var kept: Tensor? = nil
     if keepForBackward {
         var activations: Tensor
-        do { activations = try Tensor(uninitialized: [activationOffsets[E]]) } catch {
+        do { activations = try Tensor(uninitialized: [activationOffsets[E]], hugePages: true) } catch {
             throw MoEError.allocationFailed(bytes: activationOffsets[E] * 4)
         }
         activations.withUnsafeMutableBufferPointer { runExperts($0.baseAddress) }

@@ -1,4 +1,5 @@
 import AttentionTensor
+import Foundation
 
 /// One call's scratch: a single 64-byte aligned allocation, checked against ``MemoryBudget``
 /// first, carved into float and int regions by a ``Plan`` sized before anything is allocated.
@@ -25,12 +26,22 @@ final class MoEScratch {
 
     init(_ plan: Plan) throws {
         guard !plan.overflow else { throw MoEError.tooLarge("the scratch size overflows") }
-        bytes = max(plan.bytes, 64)
+        // Scratch of a large call is hundreds of MiB touched once: transparent huge pages (2 MiB
+        // aligned, MADV_HUGEPAGE) fault it in 512 times fewer page faults.
+        let huge = plan.bytes >= Self.hugePageBytes
+        bytes = huge ? (plan.bytes + Self.hugePageBytes - 1) / Self.hugePageBytes * Self.hugePageBytes : max(plan.bytes, 64)
         do { try MemoryBudget.check(bytes) } catch { throw MoEError.allocationFailed(bytes: bytes) }
-        base = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, huge ? Self.hugePageBytes : 64, bytes) == 0, let raw else { throw MoEError.allocationFailed(bytes: bytes) }
+        #if os(Linux)
+        if huge { _ = madvise(raw, bytes, Int32(MADV_HUGEPAGE)) }   // advice only
+        #endif
+        base = raw
     }
 
-    deinit { base.deallocate() }
+    static let hugePageBytes = 2 << 20
+
+    deinit { free(base) }
 
     func floats(_ offset: Int) -> UnsafeMutablePointer<Float> { (base + offset).assumingMemoryBound(to: Float.self) }
     func ints(_ offset: Int) -> UnsafeMutablePointer<Int32> { (base + offset).assumingMemoryBound(to: Int32.self) }

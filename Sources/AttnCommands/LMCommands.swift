@@ -181,6 +181,7 @@ struct LMTrain: ParsableCommand {
         let params = model.parameters.count
         FileHandle.standardError.write("training \(params) parameters (\(model.config.layers) layers, D = \(model.config.hiddenSize)) from step \(trainer.step) to \(steps); \(batch)×\(length)×\(accumulation) tokens per step\n".data(using: .utf8)!)
         // The curve, one row per step (appended across resumed runs): step, loss, learning rate, validation.
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let logPath = out + "/training_log.csv"
         if !FileManager.default.fileExists(atPath: logPath) {
             FileManager.default.createFile(atPath: logPath, contents: Data("step,loss,learning_rate,gradient_norm,validation_loss\n".utf8))

@@ -87,7 +87,9 @@ extension CausalLM {
             let qh = try q.reshaped([1, n, H, hd]).permuted([0, 2, 1, 3]).contiguous()
             try cache.append(layer: layer, keys: try k.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]),
                              values: try v.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]))
-            let out = try decodeAttention(queries: qh, cache: cache, layer: layer, alibi: attentionMask.alibi, threads: threads)
+            // A short cache is not worth waking a second worker for (a few microseconds of work per head).
+            let attentionThreads = cache.lengths[layer] * n < 4096 ? 1 : threads
+            let out = try decodeAttention(queries: qh, cache: cache, layer: layer, alibi: attentionMask.alibi, threads: attentionThreads)
             let att = try out.permuted([0, 2, 1, 3]).contiguous().reshaped([n, H * hd])
             project(att.unsafeBaseAddress, P.pointer(pre + "self_attn.o_proj.weight"), x.unsafeMutableBaseAddress(),
                     rows: n, in: H * hd, out: D, accumulate: true)

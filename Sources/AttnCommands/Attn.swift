@@ -19,6 +19,7 @@ struct Info: ParsableCommand {
     func run() {
         print("OpenBLAS kernel: \(BLASKernelSelection.status)")
         print("elementwise kernels: \(VectorKernels.isa)")
+        print("decode kernels (f32): \(KVCacheType.float32KernelPath)")
         print("KV cache kernels (bf16, f16, int8): \(KVCacheType.kernelPath)")
         print("threads: \(Parallel.defaultThreads)")
         if let warning = BLAS.kernelWarning { print("note: \(warning)") }

@@ -184,6 +184,10 @@ void ak_swiglu_backward(const float *g, const float *u, const float *dh, float *
 /// gradScale · (softmax(z_r) − onehot(t_r)) (zeros for rows without a target).
 double ak_cross_entropy_rows(float *z, long ldz, long rows, long vocab, const int *targets, float gradScale, int writeGradient);
 
+/// Which float32 decode kernels run here: "8-lane (AVX2)" (AVX2 CPUs, and AMD's AVX-512, which
+/// executes 512-bit operations as two halves) or "16-lane" (Intel's AVX-512, and the portable clones).
+const char *ak_decode_kernel_path(void);
+
 // ---- Softmax backward (FlashAttention-2's recomputation) ----
 
 /// Scores to probabilities with a known log-sum-exp: s[r, c] = exp(s[r, c] - lse[r]) for

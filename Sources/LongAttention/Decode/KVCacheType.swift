@@ -51,4 +51,8 @@ public enum KVCacheType: String, Sendable, CaseIterable, CustomStringConvertible
     /// The path the stored-type kernels take on this CPU: `"f16c"` (AVX2, FMA and F16C
     /// conversions) or `"portable"` (integer bit operations).
     public static var kernelPath: String { String(cString: ak_kv_kernel_path()) }
+
+    /// The float32 decode kernels this CPU runs: `"8-lane (AVX2)"` (AVX2 CPUs, and AMD's AVX-512,
+    /// which executes 512-bit operations as two halves) or `"16-lane"` (Intel's AVX-512, baseline).
+    public static var float32KernelPath: String { String(cString: ak_decode_kernel_path()) }
 }

@@ -46,8 +46,10 @@ test: deps
 # The benchmark's quick mode, and its JSON checked against the contract (every row finite).
 bench-smoke: release
 	.build/release/attention-bench --quick --passes forward,backward --kv-types f32,bf16,f16,int8 \
-		--variants sgemm,full,bigbird,linear,infini,decode,decode-kernel --out .build/bench-smoke --json .build/bench-smoke/quick.json > /dev/null
-	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json --expect-variants sgemm,full,bigbird,linear,infini,decode,decode-kernel \
+		--variants sgemm,full,bigbird,linear,infini,decode,decode-kernel,moe,lm-train,lm-generate \
+		--out .build/bench-smoke --json .build/bench-smoke/quick.json > /dev/null
+	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json \
+		--expect-variants sgemm,full,bigbird,linear,infini,decode,decode-kernel,moe,lm-train,lm-generate \
 		--expect-backward full,bigbird,linear,infini --expect-kv-types f32,bf16,f16,int8
 
 # Families whose command exists: reference/ (attn run), reference-grad/ (attn grad), reference-model/

@@ -35,6 +35,8 @@ for i, r in enumerate(rows):
     check(r.get("pass", "forward") in ("forward", "backward"), f"row {i} pass is forward or backward")
     if r.get("pass") == "backward":
         check(isinstance(r.get("backwardForwardRatio"), (int, float)), f"row {i} (backward) has backwardForwardRatio")
+    if r.get("variant") in ("lm-train", "lm-generate"):
+        check(isinstance(r.get("tokensPerSecond"), (int, float)) and r["tokensPerSecond"] > 0, f"row {i} ({r['variant']}) has tokensPerSecond")
     if r.get("variant") == "decode":
         check(r.get("kvType", "f32") in ("f32", "bf16", "f16", "int8"), f"row {i} (decode) kvType is f32, bf16, f16 or int8")
         if r.get("kvType", "f32") != "f32":

@@ -57,7 +57,7 @@ bench-smoke: release
 check: release
 	@if [ -f $(SHARED)/reference/check.py ]; then \
 		cases=$$(ls -d $(abspath $(SHARED))/reference/*/ $(abspath $(SHARED))/reference-grad/*/ \
-			$(abspath $(SHARED))/reference-model/lm_*/ 2>/dev/null); \
+			$(abspath $(SHARED))/reference-model/lm_*/ $(abspath $(SHARED))/reference-model/moe_*/ 2>/dev/null); \
 		python3 $(SHARED)/reference/check.py --attn .build/release/attn $$cases; \
 	elif [ "$$CI" = true ]; then echo "CI=true but no $(SHARED)/reference/check.py" >&2; exit 1; \
 	else echo "no $(SHARED)/reference: skipping the reference cases"; fi

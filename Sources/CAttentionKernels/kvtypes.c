@@ -109,7 +109,7 @@ void ak_kv_encode_rows(int kind, const float *src, long lds, long rows, long d, 
     }
 }
 
-void ak_kv_decode_rows(int kind, const void *src, long ldb, long rows, long d, float *dst, long ldd) {
+static void kv_decode_rows_scalar(int kind, const void *src, long ldb, long rows, long d, float *dst, long ldd) {
     for (long r = 0; r < rows; r++) {
         const uint8_t *x = (const uint8_t *)src + r * ldb;
         float *o = dst + r * ldd;
@@ -213,6 +213,14 @@ void ak_kv_force_portable(int portable) {
 }
 
 const char *ak_kv_kernel_path(void) { return use_f16c_path() ? "f16c" : "portable"; }
+
+void ak_kv_decode_rows(int kind, const void *src, long ldb, long rows, long d, float *dst, long ldd) {
+    if (kind == AK_KV_F32) { kv_decode_rows_scalar(kind, src, ldb, rows, d, dst, ldd); return; }
+#ifdef KV_HAVE_F16C_PATH
+    if (use_f16c_path()) { kv_decode_rows_f16c(kind, (const uint8_t *)src, ldb, rows, d, dst, ldd); return; }
+#endif
+    kv_decode_rows_portable(kind, (const uint8_t *)src, ldb, rows, d, dst, ldd);
+}
 
 void ak_kv_rows_dot_keys(int kind, const float *q, long ldq, long rows, long d, const void *k, long ldkb, long w,
                          float *s, long lds) {

@@ -184,6 +184,30 @@ static KV_TARGET void KV_FN(kv_rows_times_values)(int kind, const float *p, long
 #undef KV_PV
 }
 
+/// Rows of `kind` to floats (a tile of a many-row product): the same conversions as the products.
+static KV_TARGET void KV_FN(kv_decode_rows)(int kind, const uint8_t *src, long ldb, long rows, long d, float *dst, long ldd) {
+    const long d8 = d & ~7L;
+#define KV_DECODE(K) do {                                                                          \
+        for (long r = 0; r < rows; r++) {                                                          \
+            const uint8_t *x = src + r * ldb;                                                      \
+            float *o = dst + r * ldd;                                                              \
+            for (long cb = 0; cb < d8; cb += KV_BLOCK) {                                           \
+                const float sc = KV_SCALE(K, x, cb);                                               \
+                const uint8_t *p = KV_BLOCKPTR(K, x, cb);                                          \
+                const long ce = cb + KV_BLOCK < d8 ? cb + KV_BLOCK : d8;                           \
+                for (long c = cb; c < ce; c += 8) Y8STORE(o + c, KV_LOAD8_AT(K, p, c - cb) * sc);   \
+            }                                                                                      \
+            for (long c = d8; c < d; c++) o[c] = kv_value(K, x, c);                                \
+        }                                                                                          \
+    } while (0)
+    switch (kind) {
+    case AK_KV_BF16: KV_DECODE(AK_KV_BF16); break;
+    case AK_KV_F16: KV_DECODE(AK_KV_F16); break;
+    default: KV_DECODE(AK_KV_Q8_0); break;
+    }
+#undef KV_DECODE
+}
+
 #undef KV_ROW_GROUPS
 #undef KV_LOAD8
 #undef KV_LOAD8_AT

@@ -65,8 +65,16 @@ final class KVTypeKernelTests: XCTestCase {
         XCTAssertEqual(ak_kv_row_bytes(Int32(AK_KV_Q8_0), 1), 34)
     }
 
-    /// Special values: zeros, ties, the edges of f16's normal and subnormal ranges, bf16's largest.
+    /// Special values: zeros, ties, the edges of f16's normal and subnormal ranges, bf16's largest;
+    /// decoded by the F16C path and by the portable one.
     func testHalfConversionsAgainstDefinitions() {
+        for portable in [false, true] {
+            ak_kv_force_portable(portable ? 1 : 0)
+            checkHalfConversions()
+        }
+    }
+
+    func checkHalfConversions() {
         var xs: [Float] = [0, -0.0, 1, -1, 1 + 0x1p-11, 1 + 3 * 0x1p-11, 1 + 0x1p-8, 1 + 3 * 0x1p-8, 65504, 65519.99,
                            -65504, 0x1p-14, 0x1p-24, 0x1p-25, 0x1.8p-25, 0x1p-26, 1e-8, -3e-6, 6.1e-5, 1e-30, 3.3e38,
                            Float.leastNonzeroMagnitude, .leastNormalMagnitude, 0.1, -2.5, 1000.3]
@@ -88,8 +96,16 @@ final class KVTypeKernelTests: XCTestCase {
         }
     }
 
-    /// q8_0 bytes equal ggml's formula byte for byte, padding included; decoding is q · f16(d).
+    /// q8_0 bytes equal ggml's formula byte for byte, padding included; decoding is q · f16(d) on
+    /// both paths.
     func testQ8ZeroBlocksAgainstGGMLFormula() {
+        for portable in [false, true] {
+            ak_kv_force_portable(portable ? 1 : 0)
+            checkQ8()
+        }
+    }
+
+    func checkQ8() {
         for d in [1, 7, 31, 32, 33, 64, 80, 128, 129] {
             for (seed, bound) in [(UInt64(d), Float(1)), (UInt64(d + 500), 1e-6), (UInt64(d + 900), 3000)] {
                 var x = values(d, seed: seed, bound: bound)

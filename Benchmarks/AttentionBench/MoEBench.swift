@@ -1,7 +1,6 @@
 import AttentionTensor
 import CAttentionKernels
 import MixtureOfExperts
-import Foundation
 
 /// Mixture-of-experts rows (variant `moe`): T tokens of width D = 512 through E experts, top-2.
 /// `routed` (E = 8, F = 1408, Mixtral's shape scaled down; and E = 32 at the same F: time should
@@ -233,54 +232,3 @@ func denseSwiGLUBackward(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, w1: 
     BLAS.sgemm(.transpose, .none, m: D, n: F, k: T, a: dy, lda: D, b: h, ldb: F, beta: 1, c: dw2, ldc: F)
 }
 
-// TEMPORARY A/B harness
-func moeAB() throws {
-    let T = 4096, D = 512
-    let x = try Tensor.randomNormal([T, D], seed: 1)
-    let env = ProcessInfo.processInfo.environment
-    let threads = Int(env["MOE_THREADS"] ?? "2")!
-    let layer = try MixtureOfExperts.random(hidden: D, expertSizes: Array(repeating: 1408, count: Int(env["MOE_E"] ?? "8")!), seed: 3)
-    let config = try layer.config(topK: 2, renormalize: true)
-    let dense = try MixtureOfExperts.random(hidden: D, expertSizes: [2816], seed: 4)
-    let dconfig = try dense.config(topK: 1, renormalize: true)
-    var out = try Tensor(zeros: [T, D])
-    var tr = [Double](), td = [Double]()
-    for _ in 0..<Int(env["MOE_REPS"] ?? "8")! {
-        for (l, c, isDense) in [(layer, config, false), (dense, dconfig, true)] {
-            try l.withWeights { w in
-                try x.withUnsafePointer { px in
-                    try out.withUnsafeMutableBufferPointer { po in
-                        let t0 = DispatchTime.now().uptimeNanoseconds
-                        _ = try moeForward(c, weights: w, x: px, tokens: T, output: po.baseAddress!, keepForBackward: false, threads: threads)
-                        let s = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
-                        if isDense { td.append(s) } else { tr.append(s) }
-                    }
-                }
-            }
-        }
-    }
-    if env["MOE_AB"] == "2" {
-        // backward: homogeneous vs heterogeneous, min and median of REPS
-        let hetero = try MixtureOfExperts.random(hidden: D, expertSizes: [352, 528, 704, 1056, 1408, 2112, 2288, 2816], seed: 3)
-        let dout = try Tensor.randomNormal([T, D], seed: 2)
-        var tb: [[Double]] = [[], [], [], []]
-        for _ in 0..<Int(env["MOE_REPS"] ?? "8")! {
-            for (i, l) in [layer, hetero].enumerated() {
-                let c = try l.config(topK: 2, renormalize: true)
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                let (_, r) = try l.forward(x, config: c, keepForBackward: true, threads: threads)
-                let t1 = DispatchTime.now().uptimeNanoseconds
-                _ = try l.backward(x, config: c, forward: r, outputGradient: dout, threads: threads)
-                let t2 = DispatchTime.now().uptimeNanoseconds
-                tb[2 * i].append(Double(t1 - t0) * 1e-6); tb[2 * i + 1].append(Double(t2 - t1) * 1e-6)
-            }
-        }
-        for i in 0..<4 { tb[i].sort() }
-        print(String(format: "fwd-keep homo %.0f/%.0f  bwd homo %.0f/%.0f | fwd-keep hetero %.0f/%.0f  bwd hetero %.0f/%.0f (min/med ms)",
-                     tb[0][0], tb[0][tb[0].count / 2], tb[1][0], tb[1][tb[1].count / 2], tb[2][0], tb[2][tb[2].count / 2], tb[3][0], tb[3][tb[3].count / 2]))
-        return
-    }
-    tr.sort(); td.sort()
-    print(String(format: "routed min %.1f med %.1f | dense(E=1 via moe) min %.1f med %.1f | ratio(min) %.3f ratio(med) %.3f",
-                 tr[0]*1e3, tr[tr.count/2]*1e3, td[0]*1e3, td[td.count/2]*1e3, td[0]/tr[0], td[td.count/2]/tr[tr.count/2]))
-}

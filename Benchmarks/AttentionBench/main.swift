@@ -317,5 +317,4 @@ struct AttentionBench: ParsableCommand {
 // OpenBLAS's generic kernel on an AVX2/AVX-512 CPU: restart once with the matching kernel (probed
 // first; a value the user set is never overridden). The report's meta records the choice.
 BLASKernelSelection.selectKernel()
-if ProcessInfo.processInfo.environment["MOE_AB"] != nil { try! moeAB(); exit(0) }   // TEMPORARY
 AttentionBench.main()

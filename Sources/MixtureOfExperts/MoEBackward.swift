@@ -13,8 +13,7 @@ public struct MoEBackwardReport: Sendable, Equatable {
 
 /// Rows of a weight gradient per work item (each item owns its rows: no two items add into the
 /// same element, and each element's sum over tokens runs in one GEMM, in a fixed order).
-let weightRowBlock = Int(ProcessInfo.processInfo.environment["MOE_WROWS"] ?? "") ?? 128  // TEMPORARY
-import Foundation
+let weightRowBlock = 256
 
 /// The backward of ``moeForward(_:weights:x:tokens:output:keepForBackward:threads:)``: the
 /// gradients of `L = Σ output ⊙ outputGradient + λ_lb · loadBalancingLoss + λ_z · zLoss` with the

@@ -37,7 +37,7 @@ release: deps
 
 # XCTest, then the reference cases (computed by PyTorch, transformers, numpy) for the variants
 # that exist, through the release `attn` binary.
-test: deps
+test: deps corpus
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory bench-smoke

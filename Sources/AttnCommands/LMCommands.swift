@@ -9,7 +9,7 @@ struct LM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lm",
         abstract: "Language models in Hugging Face's format: evaluate, train, generate, Temp-LoRA.",
-        subcommands: [LMInit.self, LMEval.self, LMTrain.self, LMGenerate.self, LMLoRAInit.self])
+        subcommands: [LMInit.self, LMEval.self, LMTrain.self, LMGenerate.self, LMLoRAInit.self, LMTempLoRA.self])
 }
 
 /// Token ids `[B, T]` from an int32/int64 .npy (a 1-D array is one sequence).
@@ -305,5 +305,59 @@ struct LMLoRAInit: ParsableCommand {
         }
         try adapter.save(to: out, baseModel: model)
         print("\(out): \(adapter.parameters.count) adapter parameters on \(adapter.adaptedWeights.count) projections")
+    }
+}
+
+struct LMTempLoRA: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "temp-lora",
+        abstract: "Temp-LoRA (Wang et al. 2024) over a long text: score each chunk with the adapter trained on the chunks before it, then train on it; reports bits per byte with and without.")
+    @Option(help: "Checkpoint directory (the base, never changed).") var model: String
+    @Option(help: "A text file to read (bytes are the tokens).") var text: String?
+    @Option(help: "A book of the corpus instead (its abbreviation, e.g. Luke).") var book: String?
+    @Option(help: "The corpus, for --book.") var corpus = "data/kjv.txt"
+    @Option(help: "Read at most this many tokens of the text (0: all).") var maxTokens = 0
+    @Option(help: "Tokens per chunk.") var chunk = 256
+    @Option(help: "Preceding tokens of context.") var window = 768
+    @Option(help: "Training epochs per chunk.") var epochs = 2
+    @Option(help: "LoRA rank.") var rank = 8
+    @Option(help: "lora_alpha.") var alpha = 16.0
+    @Option(help: "Comma-separated target modules.") var targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    @Option(help: "Constant learning rate.") var lr = 1e-3
+    @Option(help: "Seed of the adapter's A.") var seed: UInt64 = 1
+    @Option(help: "Worker threads (default: all cores).") var threads: Int?
+
+    func run() throws {
+        guard (text == nil) != (book == nil) else { throw ValidationError("give exactly one of --text and --book") }
+        var ids: [Int32]
+        if let text {
+            guard let data = FileManager.default.contents(atPath: text) else { throw ValidationError("cannot read \(text)") }
+            ids = [ByteTokenizer.bos] + data.map { Int32($0) }
+        } else {
+            let docs = try TextCorpus(path: corpus).documents.filter { $0.name == book }
+            guard let doc = docs.first else { throw ValidationError("no book \(book!) in \(corpus)") }
+            ids = [ByteTokenizer.bos] + ByteTokenizer.encode(doc.text)
+        }
+        if maxTokens > 0 { ids = Array(ids.prefix(maxTokens)) }
+        var o = TempLoRAOptions()
+        (o.chunk, o.window, o.epochs, o.rank, o.alpha, o.learningRate, o.seed, o.threads) =
+            (chunk, window, epochs, rank, alpha, lr, seed, threads)
+        o.targetModules = targets.split(separator: ",").map(String.init)
+        let base = try CausalLM(directory: model)
+        print("| chunk | tokens | bits/byte with Temp-LoRA | without | training s |")
+        print("|---|---|---|---|---|")
+        let chunks = try runTempLoRA(model: base, tokens: ids, options: o) { c in
+            print(String(format: "| %d | %d | %.4f | %.4f | %.2f |", c.index, c.tokens, c.adaptedLoss / M_LN2, c.baseLoss / M_LN2,
+                         c.trainingSeconds))
+        }
+        func mean(_ cs: ArraySlice<TempLoRAChunk>, _ f: (TempLoRAChunk) -> Double) -> Double {
+            cs.reduce(0) { $0 + f($1) * Double($1.tokens) } / Double(max(1, cs.reduce(0) { $0 + $1.tokens })) / M_LN2
+        }
+        let all = chunks[...], second = chunks[(chunks.count / 2)...]
+        for (name, part) in [("all chunks", all), ("second half", second)] {
+            let a = mean(part, \.adaptedLoss), b = mean(part, \.baseLoss)
+            print(String(format: "%@: %.4f bits/byte with Temp-LoRA, %.4f without (%.1f%% lower)", name, a, b, (1 - a / b) * 100))
+        }
+        print(String(format: "training added %.1f s over %d chunks", chunks.reduce(0) { $0 + $1.trainingSeconds }, chunks.count))
     }
 }

@@ -68,7 +68,7 @@ public struct MoEForward: Sendable {
 /// Tokens per router work item, and rows per expert work item (a fixed partition: the results
 /// do not depend on the thread count).
 let routerTokenBlock = 256
-let expertRowBlock = 256
+let expertRowBlock = 512
 
 /// The mixture-of-experts layer's forward: `output[t] = Σ_j w_tj · E_{e_tj}(x_t)` over the top-k
 /// experts of each token (SPEC.md § Mixture of experts).

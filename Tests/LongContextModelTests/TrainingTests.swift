@@ -173,3 +173,31 @@ final class TrainingTests: XCTestCase {
         }
     }
 }
+
+/// Temp-LoRA on a text that repeats: the adapter learns the earlier chunks, so later chunks score
+/// better with it than without; the base model never changes.
+final class TempLoRATests: XCTestCase {
+    func testTempLoRALearnsTheTextAndLeavesTheBase() throws {
+        let model = try CausalLM(config: try ModelConfig(vocabSize: ByteTokenizer.vocabSize, hiddenSize: 16, intermediateSize: 24,
+                                                         layers: 2, heads: 4, kvHeads: 2), seed: 3)
+        // Weights of a size that carries signal (a freshly initialised model is nearly uniform).
+        var rng = SplitMix64(seed: 8)
+        for e in model.parameters.entries where !e.name.hasSuffix("norm.weight") {
+            for i in 0..<e.count { model.parameters.scalars[e.offset + i] = Float(0.3 * rng.nextNormal()) }
+        }
+        let before = Array(UnsafeBufferPointer(start: model.parameters.scalars, count: model.parameters.count))
+        let text = ByteTokenizer.encode(String(repeating: "Blessed are the meek: for they shall inherit the earth. ", count: 12))
+        var o = TempLoRAOptions()
+        (o.chunk, o.window, o.epochs, o.rank, o.learningRate) = (64, 64, 4, 4, 1e-2)
+        let chunks = try runTempLoRA(model: model, tokens: text, options: o)
+        XCTAssertEqual(chunks.count, (text.count + 63) / 64)
+        XCTAssertEqual(chunks.reduce(0) { $0 + $1.tokens }, text.count - 1, "every token after the first is scored once")
+        XCTAssertEqual(chunks[0].adaptedLoss, chunks[0].baseLoss, accuracy: 1e-6, "B = 0 before any training")
+        let late = chunks.suffix(4)
+        XCTAssertLessThan(late.map(\.adaptedLoss).reduce(0, +), 0.8 * late.map(\.baseLoss).reduce(0, +))
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: model.parameters.scalars, count: model.parameters.count)), before)
+        var bad = o
+        bad.chunk = 1
+        XCTAssertThrowsError(try runTempLoRA(model: model, tokens: text, options: bad))
+    }
+}

@@ -1,0 +1,86 @@
+import AttentionTensor
+import Foundation
+
+/// Options of a Temp-LoRA pass (Wang et al. 2024, arXiv 2401.11504). The paper's settings for 7B
+/// models: chunks of 1,024 tokens, 2 epochs per chunk, r = 64, α = 64 on every linear layer,
+/// learning rate 5e-5 constant, up to 3,072 tokens of preceding context.
+public struct TempLoRAOptions: Sendable, Equatable {
+    /// Tokens scored and then trained on per step.
+    public var chunk = 256
+    /// Preceding tokens given as context (scored against, never trained on as targets).
+    public var window = 768
+    public var epochs = 2
+    public var rank = 8
+    public var alpha = 16.0
+    public var targetModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    /// Constant learning rate of the adapter's AdamW (no weight decay).
+    public var learningRate = 1e-3
+    public var seed: UInt64 = 1
+    public var threads: Int? = nil
+
+    public init() {}
+
+    public func validate() throws {
+        guard chunk >= 2, window >= 0, epochs >= 0, rank >= 1, alpha > 0, learningRate > 0, learningRate.isFinite else {
+            throw ModelError.invalidArgument("Temp-LoRA needs chunk >= 2, window >= 0, epochs >= 0, rank >= 1, alpha > 0, lr > 0")
+        }
+    }
+}
+
+/// One chunk's scores: mean next-token loss on its tokens (nats) with the adapter trained on the
+/// chunks before it, and with the base model at the same window.
+public struct TempLoRAChunk: Sendable {
+    public let index: Int
+    public let tokens: Int
+    public let adaptedLoss: Double, baseLoss: Double
+    /// Seconds spent training the adapter on this chunk (after scoring it).
+    public let trainingSeconds: Double
+}
+
+/// Temp-LoRA: a long text is taken chunk by chunk; each chunk is first scored with the current
+/// adapter, then the adapter trains on it (its tokens as targets, up to `window` preceding tokens
+/// as context) before the next chunk. The adapter is discarded at the end; the base never changes.
+public func runTempLoRA(model: CausalLM, tokens: [Int32], options o: TempLoRAOptions,
+                        progress: (TempLoRAChunk) -> Void = { _ in }) throws -> [TempLoRAChunk] {
+    try o.validate()
+    guard tokens.count >= 2 else { throw ModelError.invalidTokens("Temp-LoRA needs a text of at least 2 tokens") }
+    try model.checkTokens(tokens, batch: 1, length: tokens.count)
+    let adapter = try LoRAAdapter(model: model, rank: o.rank, alpha: o.alpha, targetModules: o.targetModules, seed: o.seed)
+    let optimizer = try AdamW(parameters: adapter.parameters, beta2: 0.999, weightDecay: 0)
+    let merged = try ParameterSet(copying: model.parameters)
+    let mergedModel = try CausalLM(config: model.config, parameters: merged)
+    let mergedGradients = try ParameterSet(zerosLike: merged), adapterGradients = try ParameterSet(zerosLike: adapter.parameters)
+    var results = [TempLoRAChunk]()
+    var start = 0, index = 0
+    while start < tokens.count {
+        let end = min(tokens.count, start + o.chunk)
+        let from = max(0, start - o.window)
+        // Positions from..<end; position p predicts token p + 1, so the chunk's tokens
+        // start..<end are the targets of positions start - 1 ..< end - 1 (the first chunk's
+        // first token has nothing before it).
+        let sequence = Array(tokens[from..<end])
+        var targets = [Int32](repeating: -1, count: sequence.count)
+        for p in max(from, start - 1)..<(end - 1) { targets[p - from] = tokens[p + 1] }
+        guard targets.contains(where: { $0 >= 0 }) else { start = end; continue }
+        adapter.merge(base: model.parameters, into: merged)
+        let adapted = try mergedModel.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets, threads: o.threads)
+        let base = try model.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets, threads: o.threads)
+        let t0 = Date()
+        for _ in 0..<o.epochs {
+            mergedGradients.zero()
+            adapterGradients.zero()
+            _ = try mergedModel.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets,
+                                     gradients: mergedGradients, threads: o.threads)
+            adapter.gradients(fromMerged: mergedGradients, into: adapterGradients)
+            optimizer.update(adapter.parameters, gradients: adapterGradients, lr: Float(o.learningRate))
+            adapter.merge(base: model.parameters, into: merged)
+        }
+        let r = TempLoRAChunk(index: index, tokens: adapted.positions, adaptedLoss: adapted.loss, baseLoss: base.loss,
+                              trainingSeconds: Date().timeIntervalSince(t0))
+        results.append(r)
+        progress(r)
+        start = end
+        index += 1
+    }
+    return results
+}

@@ -82,7 +82,8 @@ public func moeBackward(_ config: MoEConfig, weights: MoEWeights, x: UnsafePoint
     // Phase 1: per block of an expert's rows, H again from the kept G and U; dH = w · (dout · w2);
     // each slot's weight gradient dw = (dout · w2) · h; dG, dU through SwiGLU; the rows' input
     // gradients dG · w1 + dU · w3.
-    activations.withUnsafePointer { act in
+    do {
+        let act = UnsafePointer(activations.floats(0))
         forward.groupedSlots.withUnsafeBufferPointer { gsb in
             forward.routingWeights.withUnsafeBufferPointer { rwb in
                 let groupedSlots = gsb.baseAddress!, routingWeights = rwb.baseAddress!

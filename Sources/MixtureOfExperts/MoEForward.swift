@@ -54,7 +54,7 @@ public struct MoEForward: Sendable {
     // Kept activations: expert e's gate pre-activations G = X·w1ᵀ [n_e, F_e] at
     // activationOffsets[e], then its up projections U = X·w3ᵀ [n_e, F_e].
     let activationOffsets: [Int]
-    let activations: Tensor?
+    let activations: MoEScratch?
 
     /// All FLOPs spent: router and experts.
     public var flops: Int { expertFlops + routerFlops }
@@ -118,7 +118,7 @@ public func moeForward(_ config: MoEConfig, weights: MoEWeights, x: UnsafePointe
         }
     }
     if let t = lse.firstIndex(where: { !$0.isFinite }) {
-        throw MoEError.nonFinite(name: "router logits (x · gateᵀ overflows)", index: t)
+        throw MoEError.nonFinite(name: "router logits x · gateᵀ (overflow, or a non-finite gate weight)", index: t)
     }
 
     // Grouping by expert (a counting sort over the slots in priority order: choice, then token).
@@ -190,13 +190,12 @@ public func moeForward(_ config: MoEConfig, weights: MoEWeights, x: UnsafePointe
             }
         }
     }
-    var kept: Tensor? = nil
+    var kept: MoEScratch? = nil
     if keepForBackward {
-        var activations: Tensor
-        do { activations = try Tensor(uninitialized: [activationOffsets[E]], hugePages: true) } catch {
-            throw MoEError.allocationFailed(bytes: activationOffsets[E] * 4)
-        }
-        activations.withUnsafeMutableBufferPointer { runExperts($0.baseAddress) }
+        var keptPlan = MoEScratch.Plan()
+        _ = keptPlan.reserve(activationOffsets[E])
+        let activations = try MoEScratch(keptPlan)
+        runExperts(activations.floats(0))
         kept = activations
     } else {
         runExperts(nil)
@@ -229,7 +228,7 @@ public func moeForward(_ config: MoEConfig, weights: MoEWeights, x: UnsafePointe
         routerLogSumExp: lse, expertTokenCounts: counts, selectedTokenCounts: grouping.selected,
         droppedSlots: slots - rows, capacity: config.capacity(tokens: T), expertFlops: expertFlops,
         routerFlops: 2 * T * D * E, loadBalancingLoss: loadBalancing, zLoss: zLoss,
-        workspaceBytes: scratch.bytes + routingBytes + (kept?.count ?? 0) * 4, keptForBackward: keepForBackward,
+        workspaceBytes: scratch.bytes + routingBytes + (kept?.bytes ?? 0), keptForBackward: keepForBackward,
         slotRows: grouping.slotRows, groupedSlots: grouping.groupedSlots, rowOffsets: grouping.rowOffsets,
         activationOffsets: activationOffsets, activations: kept)
 }

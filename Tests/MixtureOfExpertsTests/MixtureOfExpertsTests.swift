@@ -1,6 +1,6 @@
 import AttentionTensor
 import Foundation
-import MixtureOfExperts
+@testable import MixtureOfExperts
 import XCTest
 
 /// The mixture-of-experts layer against the float64 reference (Float64Reference.swift): outputs,
@@ -245,6 +245,42 @@ final class MixtureOfExpertsTests: XCTestCase {
             XCTAssertTrue(grads[0] == grads[1], "backward, 1 vs 2 threads")
             XCTAssertTrue(grads[0] == grads[2], "backward, 1 vs 3 threads")
         }
+    }
+
+    /// Scratch reused from the workspace cache (here full of NaN) gives what fresh memory gives:
+    /// no call relies on zero-filled or earlier contents.
+    func testReusedScratchGivesTheSameResults() throws {
+        let sizes = [16, 300, 24, 140, 8, 32, 200, 24], D = 64, T = 2000
+        let layer = try MixtureOfExperts.random(hidden: D, expertSizes: sizes, seed: 750)
+        let x = tensor(randomRows(T * D, seed: 751), [T, D]), dout = tensor(randomRows(T * D, seed: 752), [T, D])
+        let saved = MoEWorkspace.maximumBytes
+        defer { MoEWorkspace.maximumBytes = saved }
+        func run() throws -> [Float] {
+            var all = [Float]()
+            for capacity in [nil, 0.9] as [Double?] {
+                let config = try layer.config(topK: 2, renormalize: capacity == nil, capacityFactor: capacity)
+                let (out, r) = try layer.forward(x, config: config, keepForBackward: true, threads: 2)
+                let g = try layer.backward(x, config: config, forward: r, outputGradient: dout, loadBalancingWeight: 0.01, threads: 2)
+                all += out.scalars + g.input.scalars + g.parameters.scalars
+            }
+            return all
+        }
+        MoEWorkspace.maximumBytes = 0
+        XCTAssertEqual(MoEWorkspace.cachedBytes, 0)
+        let fresh = try run()
+        MoEWorkspace.maximumBytes = 1 << 30
+        for size in [1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20] {
+            let b = try MoEWorkspace.take(bytes: size)
+            let f = b.base.bindMemory(to: Float.self, capacity: b.capacity / 4)
+            f.update(repeating: .nan, count: b.capacity / 4)
+            MoEWorkspace.give(b)
+        }
+        XCTAssertGreaterThanOrEqual(MoEWorkspace.cachedBytes, 63 << 20)
+        let reused = try run()
+        XCTAssertTrue(fresh == reused, "results from reused scratch differ")
+        XCTAssertGreaterThan(MoEWorkspace.cachedBytes, 0)
+        MoEWorkspace.releaseCache()
+        XCTAssertEqual(MoEWorkspace.cachedBytes, 0)
     }
 
     // MARK: Edge cases and errors

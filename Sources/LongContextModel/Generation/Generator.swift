@@ -62,28 +62,11 @@ extension CausalLM {
         let c = config, P = parameters
         let (n, D, V, H, Hkv, hd) = (tokens.count, c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
         let start = cache.lengths[0], eps = Float(c.rmsNormEps), threads = threads ?? Parallel.defaultThreads
-        var x = try Tensor(uninitialized: [n, D])
-        let emb = P.pointer("model.embed_tokens.weight")
-        do {
-            let xp = x.unsafeMutableBaseAddress()
-            for (i, t) in tokens.enumerated() { (xp + i * D).update(from: emb + Int(t) * D, count: D) }
-        }
+        var x = try embed(tokens)
         let pass = ForwardPass(batch: 1, length: n, tokens: tokens, logits: try Tensor(zeros: [1]))
-        let rotary = try rope?.embedding(positions: start + n)
         for layer in 0..<c.layers {
             let pre = "model.layers.\(layer)."
-            var h = try Tensor(uninitialized: [n, D])
-            rmsNorm(x.unsafeBaseAddress, P.pointer(pre + "input_layernorm.weight"), h.unsafeMutableBaseAddress(), rstd: nil,
-                    rows: n, width: D, eps: eps)
-            var q = try Tensor(uninitialized: [n, H * hd]), k = try Tensor(uninitialized: [n, Hkv * hd])
-            var v = try Tensor(uninitialized: [n, Hkv * hd])
-            project(h.unsafeBaseAddress, P.pointer(pre + "self_attn.q_proj.weight"), q.unsafeMutableBaseAddress(), rows: n, in: D, out: H * hd)
-            project(h.unsafeBaseAddress, P.pointer(pre + "self_attn.k_proj.weight"), k.unsafeMutableBaseAddress(), rows: n, in: D, out: Hkv * hd)
-            project(h.unsafeBaseAddress, P.pointer(pre + "self_attn.v_proj.weight"), v.unsafeMutableBaseAddress(), rows: n, in: D, out: Hkv * hd)
-            if let rotary {
-                for head in 0..<H { try rotary.rotate(q.unsafeMutableBaseAddress() + head * hd, rows: n, stride: H * hd, firstPosition: start) }
-                for head in 0..<Hkv { try rotary.rotate(k.unsafeMutableBaseAddress() + head * hd, rows: n, stride: Hkv * hd, firstPosition: start) }
-            }
+            let (_, q, k, v) = try attentionInputs(layer: layer, x: x, batch: 1, length: n, firstPosition: start, rstd: nil)
             let qh = try q.reshaped([1, n, H, hd]).permuted([0, 2, 1, 3]).contiguous()
             try cache.append(layer: layer, keys: try k.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]),
                              values: try v.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]))

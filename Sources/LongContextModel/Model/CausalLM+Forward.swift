@@ -111,16 +111,47 @@ extension CausalLM {
         return .causal
     }
 
-    /// Rotates rows of `x [B·T, heads·hd]` in place (positions `0 ..< T` within each sequence).
-    func applyRoPE(_ x: UnsafeMutablePointer<Float>, batch B: Int, length T: Int, heads: Int, inverse: Bool = false) throws {
+    /// Rotates rows of `x [B·T, heads·hd]` in place: positions `firstPosition ..< firstPosition + T`
+    /// within each sequence (`inverse`: the backward's rotation by the negated angles).
+    func applyRoPE(_ x: UnsafeMutablePointer<Float>, batch B: Int, length T: Int, heads: Int, firstPosition: Int = 0,
+                   inverse: Bool = false) throws {
         guard let rope else { return }
-        let table = try rope.embedding(positions: T)
+        let table = try rope.embedding(positions: firstPosition + T)
         let hd = config.headDim, ld = heads * hd
         for b in 0..<B {
             for h in 0..<heads {
-                try table.rotate(x + b * T * ld + h * hd, rows: T, stride: ld, firstPosition: 0, inverse: inverse)
+                try table.rotate(x + b * T * ld + h * hd, rows: T, stride: ld, firstPosition: firstPosition, inverse: inverse)
             }
         }
+    }
+
+    /// The embedding rows of `tokens`: `[tokens.count, D]`.
+    func embed(_ tokens: [Int32]) throws -> Tensor {
+        let D = config.hiddenSize, emb = parameters.pointer("model.embed_tokens.weight")
+        var x = try Tensor(uninitialized: [tokens.count, D])
+        let xp = x.unsafeMutableBaseAddress()
+        for (n, t) in tokens.enumerated() { (xp + n * D).update(from: emb + Int(t) * D, count: D) }
+        return x
+    }
+
+    /// The start of `layer`'s attention block on the stream `x [B·T, D]`: `h = RMSNorm(x)` (each
+    /// row's scale into `rstd` when given), the q, k, v projections, and RoPE on q and k at
+    /// positions `firstPosition ..<` of each sequence.
+    func attentionInputs(layer: Int, x: Tensor, batch B: Int, length T: Int, firstPosition: Int = 0,
+                         rstd: UnsafeMutablePointer<Float>?) throws -> (h: Tensor, q: Tensor, k: Tensor, v: Tensor) {
+        let c = config, P = parameters, pre = "model.layers.\(layer)."
+        let (N, D, H, Hkv, hd) = (B * T, c.hiddenSize, c.heads, c.kvHeads, c.headDim)
+        var h = try Tensor(uninitialized: [N, D])
+        rmsNorm(x.unsafeBaseAddress, P.pointer(pre + "input_layernorm.weight"), h.unsafeMutableBaseAddress(), rstd: rstd,
+                rows: N, width: D, eps: Float(c.rmsNormEps))
+        var q = try Tensor(uninitialized: [N, H * hd]), k = try Tensor(uninitialized: [N, Hkv * hd])
+        var v = try Tensor(uninitialized: [N, Hkv * hd])
+        project(h.unsafeBaseAddress, P.pointer(pre + "self_attn.q_proj.weight"), q.unsafeMutableBaseAddress(), rows: N, in: D, out: H * hd)
+        project(h.unsafeBaseAddress, P.pointer(pre + "self_attn.k_proj.weight"), k.unsafeMutableBaseAddress(), rows: N, in: D, out: Hkv * hd)
+        project(h.unsafeBaseAddress, P.pointer(pre + "self_attn.v_proj.weight"), v.unsafeMutableBaseAddress(), rows: N, in: D, out: Hkv * hd)
+        try applyRoPE(q.unsafeMutableBaseAddress(), batch: B, length: T, heads: H, firstPosition: firstPosition)
+        try applyRoPE(k.unsafeMutableBaseAddress(), batch: B, length: T, heads: Hkv, firstPosition: firstPosition)
+        return (h, q, k, v)
     }
 
     /// The forward pass over `tokens` (`[B, T]` row-major ids). With `keepForBackward`, every
@@ -129,30 +160,16 @@ extension CausalLM {
                         threads: Int? = nil) throws -> ForwardPass {
         try checkTokens(tokens, batch: B, length: T)
         let c = config, P = parameters
-        let (N, D, V, H, Hkv, hd) = (B * T, c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
+        let (N, D, V, H, hd) = (B * T, c.hiddenSize, c.vocabSize, c.heads, c.headDim)
         let eps = Float(c.rmsNormEps)
         let threads = threads ?? Parallel.defaultThreads
-        // Embedding lookup.
-        var x = try Tensor(uninitialized: [N, D])
-        let emb = P.pointer("model.embed_tokens.weight")
-        do {
-            let xp = x.unsafeMutableBaseAddress()
-            for (n, t) in tokens.enumerated() { (xp + n * D).update(from: emb + Int(t) * D, count: D) }
-        }
+        var x = try embed(tokens)
         let pass = ForwardPass(batch: B, length: T, tokens: tokens, logits: try Tensor(uninitialized: [B, T, V]))
         for layer in 0..<c.layers {
             let pre = "model.layers.\(layer)."
             // Attention block: h1 = RMSNorm(x); q, k, v projections; RoPE; attention; o_proj.
-            var h1 = try Tensor(uninitialized: [N, D]), rstd1 = [Float](repeating: 0, count: N)
-            rmsNorm(x.unsafeBaseAddress, P.pointer(pre + "input_layernorm.weight"), h1.unsafeMutableBaseAddress(), rstd: &rstd1,
-                    rows: N, width: D, eps: eps)
-            var q = try Tensor(uninitialized: [N, H * hd]), k = try Tensor(uninitialized: [N, Hkv * hd])
-            var v = try Tensor(uninitialized: [N, Hkv * hd])
-            project(h1.unsafeBaseAddress, P.pointer(pre + "self_attn.q_proj.weight"), q.unsafeMutableBaseAddress(), rows: N, in: D, out: H * hd)
-            project(h1.unsafeBaseAddress, P.pointer(pre + "self_attn.k_proj.weight"), k.unsafeMutableBaseAddress(), rows: N, in: D, out: Hkv * hd)
-            project(h1.unsafeBaseAddress, P.pointer(pre + "self_attn.v_proj.weight"), v.unsafeMutableBaseAddress(), rows: N, in: D, out: Hkv * hd)
-            try applyRoPE(q.unsafeMutableBaseAddress(), batch: B, length: T, heads: H)
-            try applyRoPE(k.unsafeMutableBaseAddress(), batch: B, length: T, heads: Hkv)
+            var rstd1 = [Float](repeating: 0, count: N)
+            let (h1, q, k, v) = try attentionInputs(layer: layer, x: x, batch: B, length: T, rstd: &rstd1)
             let (out, state) = try attend(layer: layer, q: q, k: k, v: v, batch: B, length: T, keep: keepForBackward, threads: threads)
             // [B, H, T, hd] → rows [N, H·hd].
             let attCat = try out.permuted([0, 2, 1, 3]).contiguous().reshaped([N, H * hd])

@@ -50,6 +50,8 @@ public final class Trainer {
     public let model: CausalLM
     public let options: TrainingOptions
     public let optimizer: AdamW
+    /// The gradients' buffer, allocated once (a run continued with `run(until:)` reuses it).
+    let gradients: ParameterSet
     let train: [Int32], validation: [Int32]
     let directory: String?
     public private(set) var step = 0
@@ -69,6 +71,7 @@ public final class Trainer {
         }
         (self.model, self.options, self.train, self.validation, self.directory) = (model, options, train, validation, directory)
         optimizer = try AdamW(parameters: model.parameters, beta2: options.beta2, weightDecay: options.weightDecay)
+        gradients = try ParameterSet(zerosLike: model.parameters)
     }
 
     /// Resumes from `directory`'s `optimizer.safetensors` and `trainer_state.json` (the model was
@@ -132,7 +135,7 @@ public final class Trainer {
     public func run(until: Int? = nil, progress: (TrainingProgress) -> Void) throws -> Bool {
         let schedule = try LearningRateSchedule(peak: options.learningRate, warmupSteps: options.warmupSteps,
                                                 totalSteps: options.steps, minFraction: options.minLearningRateFraction)
-        let grads = try ParameterSet(zerosLike: model.parameters)
+        let grads = gradients
         interruptRequested = 0
         let previous = signal(SIGINT) { _ in interruptRequested = 1 }
         defer { signal(SIGINT, previous) }

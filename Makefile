@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps corpus train build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -72,6 +72,27 @@ train: release corpus
 		--batch 8 --length 256 --steps 2000 --lr 3e-3 --warmup 100 --eval-every 250 --checkpoint-every 250 $(TRAIN_ARGS)
 	python3 Tools/plot_training.py $(TRAIN_DIR)/training_log.csv $(TRAIN_DIR)/loss.svg
 	.build/release/attn lm generate --model $(TRAIN_DIR) --prompt "And God said" --max-tokens 300 --temperature 0.8 --top-k 40 --seed 1
+
+# The same recipe with ALiBi instead of RoPE (the project's own config option; transformers has no
+# ALiBi Llama): the long-context experiments' ALiBi model.
+ALIBI_DIR ?= models/kjv-alibi
+train-alibi: release corpus
+	.build/release/attn lm train --out $(ALIBI_DIR) --positions alibi --layers 4 --hidden 256 --heads 8 --kv-heads 2 \
+		--intermediate 688 --batch 8 --length 256 --steps 2000 --lr 3e-3 --warmup 100 --eval-every 250 --checkpoint-every 250 $(TRAIN_ARGS)
+
+# The long-context recipe measured (Tools/experiments.py): context extension, Infini fine-tuning,
+# passkey retrieval, Temp-LoRA; writes results/experiments/. The full run reuses make train's and
+# make train-alibi's checkpoints (training them first when missing, about 28 minutes each);
+# QUICK=1 pretrains a small model of its own and finishes in under 10 minutes.
+EXPERIMENTS_DIR ?= results/experiments
+experiments: release corpus
+ifeq ($(QUICK),1)
+	python3 Tools/experiments.py --quick --out $(EXPERIMENTS_DIR)-quick
+else
+	@[ -f $(TRAIN_DIR)/model.safetensors ] || $(MAKE) --no-print-directory train
+	@[ -f $(ALIBI_DIR)/model.safetensors ] || $(MAKE) --no-print-directory train-alibi
+	python3 Tools/experiments.py --out $(EXPERIMENTS_DIR) --base $(TRAIN_DIR) --alibi $(ALIBI_DIR)
+endif
 
 bench: release
 	.build/release/attention-bench $(BENCH_ARGS)

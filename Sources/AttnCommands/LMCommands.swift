@@ -9,7 +9,8 @@ struct LM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lm",
         abstract: "Language models in Hugging Face's format: evaluate, train, generate, Temp-LoRA.",
-        subcommands: [LMInit.self, LMEval.self, LMTrain.self, LMGenerate.self, LMLoRAInit.self, LMTempLoRA.self])
+        subcommands: [LMInit.self, LMEval.self, LMTrain.self, LMGenerate.self, LMLoRAInit.self, LMTempLoRA.self,
+                      LMProfile.self, LMPasskey.self])
 }
 
 /// Token ids `[B, T]` from an int32/int64 .npy (a 1-D array is one sequence).
@@ -136,10 +137,7 @@ struct LMTrain: ParsableCommand {
     @Flag(help: "Resume the run in --out (model, optimizer and step).")
     var resume = false
     @OptionGroup var shape: ModelShapeOptions
-    @Option(help: "Attention of every layer: exact, bigbird, linear, infini (a checkpoint's own variant is kept unless given).")
-    var attention: String?
-    @Option(help: "Infini segment length / BigBird block size (with --attention).") var segment = 256
-    @Option(help: "RoPE scaling for a fine-tune at a longer window: none, linear:F, ntk:F.") var ropeScaling: String?
+    @OptionGroup var variant: ModelVariantOptions
     @Option(help: "Sequences per micro-batch.") var batch = 8
     @Option(help: "Tokens per sequence (the training window).") var length = 256
     @Option(help: "Micro-batches per step (gradient accumulation).") var accumulation = 1
@@ -202,46 +200,10 @@ struct LMTrain: ParsableCommand {
     }
 
     /// The config with this run's attention variant, RoPE scaling and window applied.
-    func adjusted(_ c: ModelConfig) throws -> ModelConfig {
-        var c = c
-        if let attention {
-            let variant: LayerAttention
-            switch attention {
-            case "exact": variant = .exact
-            case "bigbird": variant = .bigbird(blockSize: segment, windowBlocks: 3, randomBlocks: 2, seed: seed)
-            case "linear": variant = .linear(featureMap: .elu)
-            case "infini": variant = .infini(segment: segment, update: .linear)
-            case "infini-delta": variant = .infini(segment: segment, update: .delta)
-            default: throw ValidationError("--attention must be exact, bigbird, linear, infini or infini-delta")
-            }
-            c.attention = Array(repeating: variant, count: c.layers)
-        }
-        if let ropeScaling {
-            guard case .rope(let theta, _) = c.positions else { throw ValidationError("--rope-scaling needs a RoPE model") }
-            let parts = ropeScaling.split(separator: ":")
-            let factor = parts.count == 2 ? Double(parts[1]) : nil
-            switch (parts.first.map(String.init), factor) {
-            case ("none", _): c.positions = .rope(theta: theta, scaling: .none)
-            case ("linear", let f?): c.positions = .rope(theta: theta, scaling: .linear(factor: f))
-            case ("ntk", let f?): c.positions = .rope(theta: theta, scaling: .ntk(factor: f))
-            default: throw ValidationError("--rope-scaling must be none, linear:F or ntk:F")
-            }
-        }
-        c.maxPositionEmbeddings = max(c.maxPositionEmbeddings, length)
-        try c.validate()
-        return c
-    }
+    func adjusted(_ c: ModelConfig) throws -> ModelConfig { try variant.apply(to: c, length: length, seed: seed) }
 
     /// The base's weights in the adjusted layout (new Infini gates start at 0).
-    func carry(_ base: CausalLM) throws -> ParameterSet {
-        let p = try ParameterSet(layout: CausalLM.layout(try adjusted(base.config)))
-        for e in p.entries {
-            if let b = base.parameters.entry(e.name), b.shape == e.shape {
-                (p.scalars + e.offset).update(from: base.parameters.scalars + b.offset, count: e.count)
-            }
-        }
-        return p
-    }
+    func carry(_ base: CausalLM) throws -> ParameterSet { try variant.carry(base, into: try adjusted(base.config)) }
 }
 
 func formatDuration(_ s: Double) -> String {
@@ -311,12 +273,13 @@ struct LMLoRAInit: ParsableCommand {
 struct LMTempLoRA: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "temp-lora",
-        abstract: "Temp-LoRA (Wang et al. 2024) over a long text: score each chunk with the adapter trained on the chunks before it, then train on it; reports bits per byte with and without.")
+        abstract: "Temp-LoRA (Wang et al. 2024) over a long text: score each chunk with the adapter trained on the chunks before it, then train on it; reports bits per byte with and without.",
+        discussion: "Each text gets a fresh adapter; the base never changes. With --epochs 0 it scores the base alone at the window.")
     @Option(help: "Checkpoint directory (the base, never changed).") var model: String
     @Option(help: "A text file to read (bytes are the tokens).") var text: String?
-    @Option(help: "A book of the corpus instead (its abbreviation, e.g. Luke).") var book: String?
+    @Option(help: "Books of the corpus instead (comma-separated abbreviations, e.g. Job,Luke,Heb; or long).") var book: String?
     @Option(help: "The corpus, for --book.") var corpus = "data/kjv.txt"
-    @Option(help: "Read at most this many tokens of the text (0: all).") var maxTokens = 0
+    @Option(help: "Read at most this many tokens of each text (0: all).") var maxTokens = 0
     @Option(help: "Tokens per chunk.") var chunk = 256
     @Option(help: "Preceding tokens of context.") var window = 768
     @Option(help: "Training epochs per chunk.") var epochs = 2
@@ -325,39 +288,80 @@ struct LMTempLoRA: ParsableCommand {
     @Option(help: "Comma-separated target modules.") var targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     @Option(help: "Constant learning rate.") var lr = 1e-3
     @Option(help: "Seed of the adapter's A.") var seed: UInt64 = 1
+    @Option(help: "Write every chunk's scores and the summary as JSON here.") var json: String?
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
+    @Flag(help: "Print only the summary, not a line per chunk.") var quiet = false
+
+    struct Summary: Codable {
+        let chunks: Int, tokens: Int
+        let adaptedBitsPerByte: Double, baseBitsPerByte: Double
+        /// 1 − adapted/base perplexity: 1 − 2^(adapted − base) in bits per byte.
+        let perplexityReduction: Double
+    }
+    struct TextResult: Codable {
+        let name: String, chunks: [TempLoRAChunk], all: Summary, secondHalf: Summary, trainingSeconds: Double, scoringSeconds: Double
+    }
+    struct Output: Codable {
+        let model: String, chunk: Int, window: Int, epochs: Int, rank: Int, alpha: Double, learningRate: Double, targets: [String]
+        let texts: [TextResult], all: Summary, secondHalf: Summary, trainingSeconds: Double, scoringSeconds: Double
+    }
+
+    static func summary(_ cs: [TempLoRAChunk]) -> Summary {
+        let n = cs.reduce(0) { $0 + $1.tokens }
+        let a = cs.reduce(0) { $0 + $1.adaptedLoss * Double($1.tokens) } / Double(max(1, n)) / M_LN2
+        let b = cs.reduce(0) { $0 + $1.baseLoss * Double($1.tokens) } / Double(max(1, n)) / M_LN2
+        return Summary(chunks: cs.count, tokens: n, adaptedBitsPerByte: a, baseBitsPerByte: b, perplexityReduction: 1 - exp2(a - b))
+    }
 
     func run() throws {
         guard (text == nil) != (book == nil) else { throw ValidationError("give exactly one of --text and --book") }
-        var ids: [Int32]
+        var texts: [(name: String, tokens: [Int32])]
         if let text {
             guard let data = FileManager.default.contents(atPath: text) else { throw ValidationError("cannot read \(text)") }
-            ids = [ByteTokenizer.bos] + data.map { Int32($0) }
+            texts = [(text, [ByteTokenizer.bos] + data.map { Int32($0) })]
         } else {
-            let docs = try TextCorpus(path: corpus).documents.filter { $0.name == book }
-            guard let doc = docs.first else { throw ValidationError("no book \(book!) in \(corpus)") }
-            ids = [ByteTokenizer.bos] + ByteTokenizer.encode(doc.text)
+            // The book without its EOS: nothing follows the last chunk.
+            texts = try corpusDocuments(book!, corpus: corpus).map { ($0.name, Array($0.tokens.dropLast())) }
         }
-        if maxTokens > 0 { ids = Array(ids.prefix(maxTokens)) }
+        if maxTokens > 0 { texts = texts.map { ($0.name, Array($0.tokens.prefix(maxTokens))) } }
         var o = TempLoRAOptions()
         (o.chunk, o.window, o.epochs, o.rank, o.alpha, o.learningRate, o.seed, o.threads) =
             (chunk, window, epochs, rank, alpha, lr, seed, threads)
         o.targetModules = targets.split(separator: ",").map(String.init)
         let base = try CausalLM(directory: model)
-        print("| chunk | tokens | bits/byte with Temp-LoRA | without | training s |")
-        print("|---|---|---|---|---|")
-        let chunks = try runTempLoRA(model: base, tokens: ids, options: o) { c in
-            print(String(format: "| %d | %d | %.4f | %.4f | %.2f |", c.index, c.tokens, c.adaptedLoss / M_LN2, c.baseLoss / M_LN2,
-                         c.trainingSeconds))
+        if !quiet {
+            print("| text | chunk | tokens | bits/byte with Temp-LoRA | without | training s |")
+            print("|---|---|---|---|---|---|")
         }
-        func mean(_ cs: ArraySlice<TempLoRAChunk>, _ f: (TempLoRAChunk) -> Double) -> Double {
-            cs.reduce(0) { $0 + f($1) * Double($1.tokens) } / Double(max(1, cs.reduce(0) { $0 + $1.tokens })) / M_LN2
+        var results = [TextResult]()
+        for (name, ids) in texts {
+            let t0 = Date()
+            let chunks = try runTempLoRA(model: base, tokens: ids, options: o) { c in
+                if !quiet {
+                    print(String(format: "| %@ | %d | %d | %.4f | %.4f | %.2f |", name, c.index, c.tokens, c.adaptedLoss / M_LN2,
+                                 c.baseLoss / M_LN2, c.trainingSeconds))
+                }
+            }
+            let total = Date().timeIntervalSince(t0), training = chunks.reduce(0) { $0 + $1.trainingSeconds }
+            results.append(TextResult(name: name, chunks: chunks, all: Self.summary(chunks),
+                                      secondHalf: Self.summary(Array(chunks[(chunks.count / 2)...])),
+                                      trainingSeconds: training, scoringSeconds: total - training))
         }
-        let all = chunks[...], second = chunks[(chunks.count / 2)...]
-        for (name, part) in [("all chunks", all), ("second half", second)] {
-            let a = mean(part, \.adaptedLoss), b = mean(part, \.baseLoss)
-            print(String(format: "%@: %.4f bits/byte with Temp-LoRA, %.4f without (%.1f%% lower)", name, a, b, (1 - a / b) * 100))
+        let all = Self.summary(results.flatMap(\.chunks))
+        let second = Self.summary(results.flatMap { Array($0.chunks[($0.chunks.count / 2)...]) })
+        let training = results.reduce(0) { $0 + $1.trainingSeconds }, scoring = results.reduce(0) { $0 + $1.scoringSeconds }
+        for r in results + [TextResult(name: "all texts", chunks: [], all: all, secondHalf: second, trainingSeconds: training,
+                                       scoringSeconds: scoring)] {
+            for (part, s) in [("all chunks", r.all), ("second half", r.secondHalf)] {
+                print(String(format: "%@, %@: %.4f bits/byte with Temp-LoRA, %.4f without (perplexity %.1f%% lower)",
+                             r.name, part, s.adaptedBitsPerByte, s.baseBitsPerByte, s.perplexityReduction * 100))
+            }
         }
-        print(String(format: "training added %.1f s over %d chunks", chunks.reduce(0) { $0 + $1.trainingSeconds }, chunks.count))
+        print(String(format: "training added %.1f s to %.1f s of scoring", training, scoring))
+        if let json {
+            try writeJSON(Output(model: model, chunk: chunk, window: window, epochs: epochs, rank: rank, alpha: alpha,
+                                 learningRate: lr, targets: o.targetModules, texts: results, all: all, secondHalf: second,
+                                 trainingSeconds: training, scoringSeconds: scoring), to: json)
+        }
     }
 }

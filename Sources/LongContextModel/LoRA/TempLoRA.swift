@@ -29,7 +29,7 @@ public struct TempLoRAOptions: Sendable, Equatable {
 
 /// One chunk's scores: mean next-token loss on its tokens (nats) with the adapter trained on the
 /// chunks before it, and with the base model at the same window.
-public struct TempLoRAChunk: Sendable {
+public struct TempLoRAChunk: Sendable, Codable {
     public let index: Int
     public let tokens: Int
     public let adaptedLoss: Double, baseLoss: Double
@@ -62,9 +62,13 @@ public func runTempLoRA(model: CausalLM, tokens: [Int32], options o: TempLoRAOpt
         var targets = [Int32](repeating: -1, count: sequence.count)
         for p in max(from, start - 1)..<(end - 1) { targets[p - from] = tokens[p + 1] }
         guard targets.contains(where: { $0 >= 0 }) else { start = end; continue }
-        adapter.merge(base: model.parameters, into: merged)
-        let adapted = try mergedModel.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets, threads: o.threads)
         let base = try model.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets, threads: o.threads)
+        // Without training (epochs 0) the adapter stays zero: the adapted score is the base's.
+        var adapted = base
+        if o.epochs > 0 {
+            adapter.merge(base: model.parameters, into: merged)
+            adapted = try mergedModel.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets, threads: o.threads)
+        }
         let t0 = Date()
         for _ in 0..<o.epochs {
             mergedGradients.zero()

@@ -1,0 +1,91 @@
+import AttentionTensor
+import CAttentionKernels
+import Foundation
+
+extension CausalLM {
+    /// The next-token loss (nats) of every position of `tokens [B, T]`: entry `b·T + t` is
+    /// `−log p(tokens[b, t + 1] | tokens[b, ...t])`; the last position of each sequence has no
+    /// target and gets NaN. A forward pass only (no activations kept).
+    public func tokenLosses(tokens: [Int32], batch B: Int, length T: Int, threads: Int? = nil) throws -> [Float] {
+        try checkTokens(tokens, batch: B, length: T)
+        let pass = try forward(tokens: tokens, batch: B, length: T, threads: threads)
+        let V = config.vocabSize, zp = pass.logits.unsafeMutableBaseAddress()
+        var losses = [Float](repeating: .nan, count: B * T)
+        for b in 0..<B {
+            for t in 0..<(T - 1) {
+                var target = tokens[b * T + t + 1]
+                losses[b * T + t] = Float(ak_cross_entropy_rows(zp + (b * T + t) * V, V, 1, V, &target, 0, 0))
+            }
+        }
+        return losses
+    }
+}
+
+/// Bits per byte against position in the window: the mean next-token loss at each position over
+/// non-overlapping windows of a token stream. Position t's loss is that of predicting token t + 1
+/// from the t + 1 tokens before it, so the curve shows how much each extra token of context is worth
+/// (and where a model stops using it, or breaks, beyond its training window).
+public struct PositionProfile: Sendable, Codable {
+    /// Tokens per window.
+    public let window: Int
+    /// Windows averaged.
+    public let windows: Int
+    /// Mean loss in bits per byte at each position `0..<window − 1`.
+    public let bitsPerByte: [Double]
+
+    /// The mean over every scored position of every window.
+    public var mean: Double { bitsPerByte.reduce(0, +) / Double(max(1, bitsPerByte.count)) }
+
+    /// The mean over positions `range` (clamped to the window).
+    public func mean(positions range: Range<Int>) -> Double {
+        let r = max(0, range.lowerBound)..<min(bitsPerByte.count, range.upperBound)
+        guard !r.isEmpty else { return .nan }
+        return bitsPerByte[r].reduce(0, +) / Double(r.count)
+    }
+
+    /// Means over consecutive bins of `width` positions (the last may be shorter): a chartable curve.
+    public func binned(_ width: Int) -> [(start: Int, bitsPerByte: Double)] {
+        stride(from: 0, to: bitsPerByte.count, by: max(1, width)).map { s in
+            (s, mean(positions: s..<(s + width)))
+        }
+    }
+
+    /// Profiles `model` over the first `maxWindows` (0: all) non-overlapping windows of `window`
+    /// tokens cut from each document of `documents` in turn (a window never spans two documents),
+    /// `batch` windows per forward pass.
+    public init(model: CausalLM, documents: [[Int32]], window: Int, maxWindows: Int = 0, batch: Int = 4,
+                threads: Int? = nil) throws {
+        guard window >= 2, batch >= 1, maxWindows >= 0 else {
+            throw ModelError.invalidArgument("a position profile needs window >= 2, batch >= 1, max windows >= 0")
+        }
+        var starts = [(doc: Int, start: Int)]()
+        for (d, doc) in documents.enumerated() {
+            for s in stride(from: 0, through: doc.count - window, by: window) { starts.append((d, s)) }
+        }
+        if maxWindows > 0 && starts.count > maxWindows {
+            // Spread evenly over the documents rather than the first few.
+            starts = (0..<maxWindows).map { starts[$0 * starts.count / maxWindows] }
+        }
+        let count = starts.count
+        guard count >= 1 else {
+            throw ModelError.invalidArgument("no document fills one window of \(window) tokens")
+        }
+        var sums = [Double](repeating: 0, count: window - 1)
+        var w = 0
+        while w < count {
+            let b = min(batch, count - w)
+            var slice = [Int32]()
+            slice.reserveCapacity(b * window)
+            for (d, s) in starts[w..<(w + b)] { slice += documents[d][s..<(s + window)] }
+            let losses = try model.tokenLosses(tokens: slice, batch: b, length: window, threads: threads)
+            for i in 0..<b {
+                for t in 0..<(window - 1) { sums[t] += Double(losses[i * window + t]) }
+            }
+            w += b
+        }
+        self.window = window
+        self.windows = count
+        self.bitsPerByte = sums.map { $0 / Double(count) / M_LN2 }
+        guard bitsPerByte.allSatisfy(\.isFinite) else { throw ModelError.nonFinite("a position's loss is not finite") }
+    }
+}

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""The report of `make experiments`: Markdown tables and SVG charts (no plotting library needed)
+from experiments.json.
+
+usage: experiments_report.py experiments.json OUTDIR"""
+import json, math, os, sys
+
+R = json.load(open(sys.argv[1]))
+OUT = sys.argv[2]
+P = R["parameters"]
+W0 = P["W0"]
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
+
+
+def write(name, text):
+    tmp = os.path.join(OUT, name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(OUT, name))
+
+
+def binned(curve, width):
+    return [(s + width / 2, sum(curve[s:s + width]) / len(curve[s:s + width])) for s in range(0, len(curve), width)]
+
+
+def line_chart(title, series, xlabel, ylabel, vlines=(), ymax=None, width=760, height=420):
+    """series: [(label, [(x, y)…])]; vlines: [(x, label)]."""
+    L, Rm, T, B = 64, 190, 34, 48
+    xs = [x for _, pts in series for x, _ in pts]
+    ys = [y for _, pts in series for _, y in pts if math.isfinite(y)]
+    x0, x1 = 0, max(xs)
+    y0 = math.floor(min(ys) * 10) / 10
+    y1 = ymax if ymax else math.ceil(max(ys) * 10) / 10
+    if y1 <= y0:
+        y1 = y0 + 1
+    X = lambda x: L + (width - L - Rm) * (x - x0) / (x1 - x0)
+    Y = lambda y: T + (height - T - B) * (1 - (min(max(y, y0), y1) - y0) / (y1 - y0))
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+         '<rect width="100%" height="100%" fill="white"/>',
+         f'<text x="{(L + width - Rm) / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>']
+    for i in range(6):
+        v = y0 + (y1 - y0) * i / 5
+        s.append(f'<line x1="{L}" x2="{width - Rm}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#e4e4e4"/>')
+        s.append(f'<text x="{L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+    for i in range(5):
+        v = x0 + (x1 - x0) * i / 4
+        s.append(f'<text x="{X(v):.1f}" y="{height - B + 16}" text-anchor="middle">{v:.0f}</text>')
+    for x, label in vlines:
+        s.append(f'<line x1="{X(x):.1f}" x2="{X(x):.1f}" y1="{T}" y2="{height - B}" stroke="#999" stroke-dasharray="4,3"/>')
+        s.append(f'<text x="{X(x) + 3:.1f}" y="{T + 12}" fill="#666">{label}</text>')
+    s.append(f'<text x="{(L + width - Rm) / 2}" y="{height - 10}" text-anchor="middle">{xlabel}</text>')
+    s.append(f'<text x="14" y="{(T + height - B) / 2}" transform="rotate(-90 14 {(T + height - B) / 2})" text-anchor="middle">{ylabel}</text>')
+    for i, (label, pts) in enumerate(series):
+        c = COLOURS[i % len(COLOURS)]
+        path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in pts if math.isfinite(y))
+        s.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.8" points="{path}"/>')
+        s.append(f'<line x1="{width - Rm + 10}" x2="{width - Rm + 30}" y1="{T + 10 + 18 * i}" y2="{T + 10 + 18 * i}" stroke="{c}" stroke-width="2.5"/>')
+        s.append(f'<text x="{width - Rm + 35}" y="{T + 14 + 18 * i}">{label}</text>')
+    return "\n".join(s + ["</svg>\n"])
+
+
+def colour(t):
+    t = max(0.0, min(1.0, t))
+    r, g = (220.0, 60 + 2 * t * 160) if t < 0.5 else (220 - (t - 0.5) * 2 * 180, 220.0)
+    return f"rgb({int(r)},{int(g)},70)"
+
+
+def heatmaps(pk):
+    """One heatmap per model, in the style of `attn needle`: length across, depth down."""
+    cw, ch, gap = 52, 24, 36
+    names = list(pk)
+    cols = 3
+    first = pk[names[0]]
+    gw = 70 + cw * len(first["lengths"])
+    gh = 40 + ch * len(first["depths"]) + 30
+    width = cols * gw + (cols - 1) * gap + 40
+    height = 70 + math.ceil(len(names) / cols) * (gh + 20)
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+         '<rect width="100%" height="100%" fill="white"/>',
+         f'<text x="20" y="22" font-size="15">Passkey retrieval: accuracy of the first generated number, by prompt length (bytes) and depth</text>',
+         f'<text x="20" y="40" fill="#555">each model after the same {P["passkey_steps"]}-step fine-tune on prompts of {P["passkey_lengths"]} bytes; {first["trials"]} keys per cell; chance 2e-5</text>']
+    for n, name in enumerate(names):
+        r = pk[name]
+        ox = 20 + (n % cols) * (gw + gap)
+        oy = 60 + (n // cols) * (gh + 20)
+        s.append(f'<text x="{ox}" y="{oy + 14}" font-size="12">{name} (mean {r["mean"]:.2f})</text>')
+        for j, d in enumerate(r["depths"]):
+            s.append(f'<text x="{ox + 62}" y="{oy + 40 + ch * j + 16}" text-anchor="end">{int(round(d * 100))}%</text>')
+            for i, L in enumerate(r["lengths"]):
+                a = r["accuracy"][i][j]
+                x, y = ox + 66 + cw * i, oy + 24 + ch * j + 0
+                s.append(f'<rect x="{x}" y="{y + 16}" width="{cw - 1}" height="{ch - 1}" fill="{colour(a)}"/>')
+                s.append(f'<text x="{x + cw / 2}" y="{y + 32}" text-anchor="middle">{a:.2f}</text>')
+        for i, L in enumerate(r["lengths"]):
+            s.append(f'<text x="{ox + 66 + cw * (i + 0.5)}" y="{oy + 40 + ch * len(r["depths"]) + 14}" text-anchor="middle">{L}</text>')
+    return "\n".join(s + ["</svg>\n"])
+
+
+md = []
+run = R["run"]
+md.append(f"Run {run['date']}, commit {run['commit']}, {run['cpu']} ({run['cores']} cores), "
+          f"{'QUICK' if R['quick'] else 'full'} mode, {R['seconds'] / 60:.1f} minutes. W0 = {W0} bytes.\n")
+
+if "extension" in R:
+    E = R["extension"]
+    base = E["base@W0"]["mean"]
+    md.append(f"### Context extension: pretrained at W0 = {W0}, evaluated at 4·W0 = {4 * W0}\n")
+    md.append(f"Bits per byte on the held-out validation books (windows of the given length, every position scored). "
+              f"Fine-tunes: {P['ext_steps']} steps of {P['ext_batch']} × {4 * W0} bytes "
+              f"({100 * P['ext_steps'] / P['pretrain_steps']:.0f}% of the pretraining steps, the same bytes per step).\n")
+    md.append("| model | window | bits/byte | vs RoPE base at W0 | last quarter of the window |")
+    md.append("|---|---|---|---|---|")
+    for k, v in E.items():
+        c = v["curve"]
+        q = len(c) // 4
+        md.append(f"| {k} | {v['window']} | {v['mean']:.4f} | {v['mean'] - base:+.4f} | {sum(c[-q:]) / q:.4f} |")
+    md.append("")
+    series = []
+    for k in ["base@W0", "extrapolation", "extrapolation + fine-tune", "linear x4", "linear x4 + fine-tune", "ntk x4",
+              "ntk x4 + fine-tune", "alibi@W0", "alibi@4W0"]:
+        if k in E:
+            series.append((k, binned(E[k]["curve"], max(8, W0 // 8))))
+    write("context-extension.svg", line_chart(f"Bits per byte against position: pretrained at {W0}, read at {4 * W0}",
+                                              series, "position in the window (bytes)", "bits per byte",
+                                              vlines=[(W0, "W0")], ymax=min(6.0, max(y for _, p in series for _, y in p))))
+    md.append("![context extension](context-extension.svg)\n")
+
+if "infini" in R:
+    I = R["infini"]
+    md.append(f"### Infini-Attention fine-tuning over 8 segments of W0 = {W0}\n")
+    md.append(f"Each from the RoPE base, {P['infini_steps']} steps of 1 × {8 * W0} bytes. BigBird: blocks of "
+              f"{P['bigbird_block']}, 3 window blocks, 2 random, 1 global; BigBird and exact with RoPE interpolation ×8. "
+              "One segment: the same model on windows of W0 (its memory empty).\n")
+    md.append("| model | window | bits/byte |")
+    md.append("|---|---|---|")
+    for k, v in I.items():
+        md.append(f"| {k} | {v['window']} | {v['mean']:.4f} |")
+    md.append("")
+    series = [(k, binned(v["curve"], max(16, W0 // 4))) for k, v in I.items() if v["window"] > W0]
+    write("infini.svg", line_chart(f"Bits per byte against position over 8 segments of {W0}", series,
+                                   "position (bytes)", "bits per byte", vlines=[(W0 * i, "") for i in range(1, 8)]))
+    md.append("![infini](infini.svg)\n")
+
+if "passkey" in R:
+    K = R["passkey"]
+    first = next(iter(K.values()))
+    md.append("### Passkey retrieval\n")
+    md.append(f"Accuracy of the first generated number, after {P['passkey_steps']} fine-tune steps on prompts of "
+              f"{P['passkey_lengths']} bytes; {first['trials']} keys per (length, depth), depths {P['passkey_depths']}.\n")
+    md.append("| model | " + " | ".join(f"{L} bytes" for L in first["lengths"]) + " | mean |")
+    md.append("|---|" + "---|" * (len(first["lengths"]) + 1))
+    for k, v in K.items():
+        rows = [sum(r) / len(r) for r in v["accuracy"]]
+        md.append(f"| {k} | " + " | ".join(f"{a:.2f}" for a in rows) + f" | {v['mean']:.2f} |")
+    md.append("")
+    write("passkey.svg", heatmaps(K))
+    md.append("![passkey](passkey.svg)\n")
+
+if "templora" in R:
+    T = R["templora"]
+    md.append("### Temp-LoRA on the held-out long books\n")
+    md.append(f"Chunks of {P['temp_chunk']} bytes, {P['temp_epochs']} epochs per chunk, r = {P['temp_rank']}, "
+              f"α = {2 * P['temp_rank']} on every linear layer, learning rate {P['temp_lr']} constant. "
+              "Perplexity reduction = 1 − 2^(bits/byte with − without).\n")
+    md.append("| run | text | context window | bits/byte with Temp-LoRA | without | perplexity lower (all) | second half: with | without | lower |")
+    md.append("|---|---|---|---|---|---|---|---|---|")
+    for k, v in T.items():
+        for t in v["texts"] + [dict(name="all", all=v["all"], secondHalf=v["secondHalf"])]:
+            a, s = t["all"], t["secondHalf"]
+            md.append(f"| {k} | {t['name']} | {v['window']} | {a['adaptedBitsPerByte']:.4f} | {a['baseBitsPerByte']:.4f} | "
+                      f"{100 * a['perplexityReduction']:.1f}% | {s['adaptedBitsPerByte']:.4f} | {s['baseBitsPerByte']:.4f} | "
+                      f"{100 * s['perplexityReduction']:.1f}% |")
+    md.append("")
+    md.append("| run | training added | scoring | ratio |")
+    md.append("|---|---|---|---|")
+    for k, v in T.items():
+        ratio = v["trainingSeconds"] / v["scoringSeconds"] if v["scoringSeconds"] > 0 else float("nan")
+        md.append(f"| {k} | {v['trainingSeconds']:.0f} s | {v['scoringSeconds']:.0f} s | {ratio:.1f}× |")
+    md.append("")
+    main = T.get("temp-lora")
+    if main:
+        series = []
+        for t in main["texts"]:
+            g = [b - a for a, b in zip(t["adapted"], t["base"])]
+            w = max(1, len(g) // 40)
+            series.append((t["name"], [(i + w / 2, sum(g[i:i + w]) / len(g[i:i + w])) for i in range(0, len(g), w)]))
+        write("temp-lora.svg", line_chart("Temp-LoRA: bits per byte saved per chunk (moving mean)", series,
+                                          "chunk", "bits/byte without − with"))
+        md.append("![temp-lora](temp-lora.svg)\n")
+
+write("results.md", "\n".join(md) + "\n")
+print(f"wrote {OUT}/results.md and its charts")

@@ -67,7 +67,8 @@ check: release
 # the KJV's training books; validation on held-out books every 250 steps. TRAIN_ARGS adds options.
 TRAIN_DIR ?= models/kjv-base
 TRAIN_ARGS ?=
-train: release corpus
+train: deps corpus
+	$(SWIFT) build -c release --product attn
 	.build/release/attn lm train --out $(TRAIN_DIR) --layers 4 --hidden 256 --heads 8 --kv-heads 2 --intermediate 688 \
 		--batch 8 --length 256 --steps 2000 --lr 3e-3 --warmup 100 --eval-every 250 --checkpoint-every 250 $(TRAIN_ARGS)
 	python3 Tools/plot_training.py $(TRAIN_DIR)/training_log.csv $(TRAIN_DIR)/loss.svg
@@ -76,7 +77,8 @@ train: release corpus
 # The same recipe with ALiBi instead of RoPE (the project's own config option; transformers has no
 # ALiBi Llama): the long-context experiments' ALiBi model.
 ALIBI_DIR ?= models/kjv-alibi
-train-alibi: release corpus
+train-alibi: deps corpus
+	$(SWIFT) build -c release --product attn
 	.build/release/attn lm train --out $(ALIBI_DIR) --positions alibi --layers 4 --hidden 256 --heads 8 --kv-heads 2 \
 		--intermediate 688 --batch 8 --length 256 --steps 2000 --lr 3e-3 --warmup 100 --eval-every 250 --checkpoint-every 250 $(TRAIN_ARGS)
 
@@ -85,7 +87,8 @@ train-alibi: release corpus
 # make train-alibi's checkpoints (training them first when missing, about 28 minutes each);
 # QUICK=1 pretrains a small model of its own and finishes in under 10 minutes.
 EXPERIMENTS_DIR ?= results/experiments
-experiments: release corpus
+experiments: deps corpus
+	$(SWIFT) build -c release --product attn
 ifeq ($(QUICK),1)
 	python3 Tools/experiments.py --quick --out $(EXPERIMENTS_DIR)-quick
 else

@@ -7,6 +7,7 @@ import json, math, os, sys
 
 R = json.load(open(sys.argv[1]))
 OUT = sys.argv[2]
+os.makedirs(OUT, exist_ok=True)
 P = R["parameters"]
 W0 = P["W0"]
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
@@ -99,7 +100,7 @@ def heatmaps(pk):
 md = []
 run = R["run"]
 md.append(f"Run {run['date']}, commit {run['commit']}, {run['cpu']} ({run['cores']} cores), "
-          f"{'QUICK' if R['quick'] else 'full'} mode, {R['seconds'] / 60:.1f} minutes. W0 = {W0} bytes.\n")
+          f"{'QUICK' if R['quick'] else 'full'} mode, {R['seconds'] / 60:.1f} minutes (the sum of its steps). W0 = {W0} bytes.\n")
 
 if "extension" in R:
     E = R["extension"]
@@ -177,7 +178,13 @@ if "templora" in R:
         ratio = v["trainingSeconds"] / v["scoringSeconds"] if v["scoringSeconds"] > 0 else float("nan")
         md.append(f"| {k} | {v['trainingSeconds']:.0f} s | {v['scoringSeconds']:.0f} s | {ratio:.1f}× |")
     md.append("")
-    main = T.get("temp-lora")
+    main, short = T.get("temp-lora"), T.get("temp-lora-short")
+    if main and short:
+        a, b = short["secondHalf"]["adaptedBitsPerByte"], main["secondHalf"]["baseBitsPerByte"]
+        md.append(f"The cheaper setting (second halves): a {short['window']}-byte window with Temp-LoRA reads at {a:.4f} "
+                  f"bits/byte, a {main['window']}-byte window without it at {b:.4f} (perplexity {100 * (1 - 2 ** (a - b)):+.1f}% "
+                  f"lower with the short window and Temp-LoRA).\n")
+
     if main:
         series = []
         for t in main["texts"]:

@@ -85,8 +85,8 @@ final class TrainingTests: XCTestCase {
     /// the merged model's loss; B = 0 at the start gives the base's loss exactly.
     func testLoRAGradients() throws {
         let base = try tiny()
-        let lora = try LoRAAdapter(model: base, rank: 2, alpha: 4, targetModules: ["q_proj", "v_proj", "down_proj"], seed: 1)
-        XCTAssertEqual(lora.adaptedWeights.count, 6)
+        let lora = try LoRAAdapter(model: base, rank: 2, alpha: 4, targetModules: ["q_proj", "v_proj", "down_proj", "lm_head"], seed: 1)
+        XCTAssertEqual(lora.adaptedWeights.count, 7)
         let tokens = ByteTokenizer.encode("Let there be light: and there was")
         let T = tokens.count
         XCTAssertEqual(try lora.mergedModel(base).loss(tokens: tokens, batch: 1, length: T).loss,
@@ -114,7 +114,9 @@ final class TrainingTests: XCTestCase {
         let back = try LoRAAdapter(directory: dir, model: base)
         XCTAssertEqual(back.parameters.names, lora.parameters.names)
         XCTAssertEqual(back.scale, lora.scale)
-        XCTAssertTrue(back.parameters.names.allSatisfy { $0.hasPrefix("base_model.model.model.layers.") })
+        XCTAssertTrue(back.parameters.names.allSatisfy {
+            $0.hasPrefix("base_model.model.model.layers.") || $0.hasPrefix("base_model.model.lm_head.lora_")
+        })
     }
 
     func testCorpusSplitsByBook() throws {

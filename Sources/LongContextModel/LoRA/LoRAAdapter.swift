@@ -10,8 +10,9 @@ import Foundation
 /// `dA = s · Bᵀ dW'`. (Dropout on the adapter's input, which needs the unmerged form, is not
 /// supported: `lora_dropout` must be 0.)
 public final class LoRAAdapter: @unchecked Sendable {
-    /// PEFT's `target_modules` names this implementation can adapt.
-    public static let supportedModules: Set<String> = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    /// PEFT's `target_modules` names this implementation can adapt (`lm_head`: an untied output layer).
+    public static let supportedModules: Set<String> = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                                       "lm_head"]
 
     public let rank: Int
     public let alpha: Double
@@ -110,6 +111,7 @@ public final class LoRAAdapter: @unchecked Sendable {
     static func targets(_ model: CausalLM, _ modules: [String]) -> [String] {
         model.parameters.names.filter { name in
             modules.contains { name.hasSuffix(".\($0).weight") && (name.contains(".self_attn.") || name.contains(".mlp.")) }
+                || (name == "lm_head.weight" && modules.contains("lm_head"))
         }
     }
 

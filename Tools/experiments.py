@@ -50,7 +50,7 @@ if args.quick:
              temp_windows=(16, 64), temp_rank=8, temp_lr=1e-3, temp_epochs=2)
 else:
     P = dict(W0=256, pretrain_steps=2000,
-             ext_steps=100, ext_batch=2, infini_steps=150, bigbird_block=64,
+             ext_steps=150, ext_batch=2, infini_steps=150, bigbird_block=64,
              profile_windows=0, passkey_steps=100, passkey_lengths="128,192,256", passkey_scored=[256, 512, 1024, 2048],
              passkey_depths="0,0.25,0.5,0.75,1", passkey_trials=4, temp_books="Job,Luke,Heb", temp_max=0, temp_chunk=128,
              temp_windows=(32, 128), temp_rank=8, temp_lr=1e-3, temp_epochs=2)
@@ -161,10 +161,13 @@ if want("extension") or want("passkey"):
 # ---- 2. Infini fine-tuning over 8 segments, against one segment, BigBird and exact ----
 if want("infini") or want("passkey"):
     inf = {}
-    long_models = [("infini linear", ["--attention", "infini", "--segment", str(W0)]),
-                   ("infini delta", ["--attention", "infini-delta", "--segment", str(W0)]),
-                   ("bigbird", ["--attention", "bigbird", "--segment", str(P["bigbird_block"]), "--rope-scaling", "linear:8"]),
-                   ("exact", ["--rope-scaling", "linear:8"])]
+    # Infini's gates learn at 100× the rate (a gate must move by units; Adam moves it by about lr
+    # per step). BigBird and exact read 8·W0 positions with NTK-aware RoPE ×8.
+    gates = ["--gate-lr-multiplier", "100"]
+    long_models = [("infini linear", ["--attention", "infini", "--segment", str(W0)] + gates),
+                   ("infini delta", ["--attention", "infini-delta", "--segment", str(W0)] + gates),
+                   ("bigbird", ["--attention", "bigbird", "--segment", str(P["bigbird_block"]), "--rope-scaling", "ntk:8"]),
+                   ("exact", ["--rope-scaling", "ntk:8"])]
     for label, opts in long_models:
         key = label.replace(" ", "-")
         d = finetune(f"{key}-8W0", base, L8, 1, P["infini_steps"], opts)

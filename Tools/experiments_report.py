@@ -130,7 +130,7 @@ if "infini" in R:
     I = R["infini"]
     md.append(f"### Infini-Attention fine-tuning over 8 segments of W0 = {W0}\n")
     md.append(f"Each from the RoPE base, {P['infini_steps']} steps of 1 × {8 * W0} bytes. BigBird: blocks of "
-              f"{P['bigbird_block']}, 3 window blocks, 2 random, 1 global; BigBird and exact with RoPE interpolation ×8. "
+              f"{P['bigbird_block']}, 3 window blocks, 2 random, 1 global; BigBird and exact with NTK-aware RoPE ×8; Infini's gates β at 100× the learning rate. "
               "One segment: the same model on windows of W0 (its memory empty).\n")
     md.append("| model | window | bits/byte |")
     md.append("|---|---|---|")

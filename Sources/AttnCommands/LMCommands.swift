@@ -146,6 +146,8 @@ struct LMTrain: ParsableCommand {
     @Option(help: "Warm-up steps.") var warmup = 50
     @Option(help: "Global gradient-norm clip (0: none).") var clip = 1.0
     @Option(help: "AdamW weight decay.") var weightDecay: Float = 0.1
+    @Option(help: "Infini's gates β learn at --lr times this (a gate must move by units, Adam moves it by about lr per step).")
+    var gateLrMultiplier: Float = 1
     @Option(help: "Data order and initialisation seed.") var seed: UInt64 = 1
     @Option(help: "Checkpoint interval in steps.") var checkpointEvery = 100
     @Option(help: "Validation interval in steps (0: never).") var evalEvery = 100
@@ -155,6 +157,7 @@ struct LMTrain: ParsableCommand {
         var o = TrainingOptions()
         (o.batch, o.length, o.accumulation, o.steps) = (batch, length, accumulation, steps)
         (o.learningRate, o.warmupSteps, o.clipNorm, o.weightDecay) = (lr, warmup, clip, weightDecay)
+        o.gateLearningRateMultiplier = gateLrMultiplier
         (o.seed, o.checkpointEvery, o.evalEvery, o.threads) = (seed, checkpointEvery, evalEvery, threads)
         return o
     }

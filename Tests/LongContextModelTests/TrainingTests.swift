@@ -32,6 +32,21 @@ final class TrainingTests: XCTestCase {
         XCTAssertEqual(Double(p.scalars[2]), Double(before) - 0.1 * m / (v.squareRoot() + 1e-8), accuracy: 1e-6)
     }
 
+    /// Infini's gates take `gateLearningRateMultiplier` times the step; other vectors do not.
+    func testAdamWGateMultiplier() throws {
+        let p = try ParameterSet(layout: [("model.layers.0.self_attn.infini_beta", [2]), ("model.layers.0.input_layernorm.weight", [2])])
+        let g = try ParameterSet(zerosLike: p)
+        for i in 0..<4 { g.scalars[i] = 0.25 }
+        let opt = try AdamW(parameters: p, weightDecay: 0.1)
+        opt.gateLearningRateMultiplier = 50
+        opt.update(p, gradients: g, lr: 1e-3)
+        XCTAssertEqual(Double(p.scalars[0]), -50e-3, accuracy: 1e-6)
+        XCTAssertEqual(Double(p.scalars[2]), -1e-3, accuracy: 1e-8)
+        var o = TrainingOptions()
+        o.gateLearningRateMultiplier = 0
+        XCTAssertThrowsError(try o.validate())
+    }
+
     func testScheduleWarmupAndCosine() throws {
         let s = try LearningRateSchedule(peak: 1, warmupSteps: 10, totalSteps: 110, minFraction: 0.1)
         XCTAssertEqual(s.rate(at: 0), 0.1, accuracy: 1e-12)

@@ -17,6 +17,12 @@ public final class AdamW: @unchecked Sendable {
     public private(set) var step: Int = 0
     /// Per scalar: 1 where weight decay applies.
     private let decayMask: [Bool]
+    /// Per entry: whether it is an Infini gate β (`…self_attn.infini_beta`).
+    private let gateMask: [Bool]
+    /// The learning rate of Infini's gates β is `lr` times this. A β decides a mixture and reaches
+    /// a useful value only after moving by several units, while Adam moves a parameter by about
+    /// `lr` per step: at a fine-tune's 1e-3 a gate would stay where it started (1 by default).
+    public var gateLearningRateMultiplier: Float = 1
 
     public init(parameters: ParameterSet, beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8,
                 weightDecay: Float = 0.1) throws {
@@ -27,6 +33,7 @@ public final class AdamW: @unchecked Sendable {
         m = try ParameterSet(zerosLike: parameters)
         v = try ParameterSet(zerosLike: parameters)
         decayMask = parameters.entries.map { $0.shape.count == 2 }
+        gateMask = parameters.entries.map { $0.name.hasSuffix(".infini_beta") }
     }
 
     /// Restores moments and the step count saved by a checkpoint.
@@ -43,12 +50,13 @@ public final class AdamW: @unchecked Sendable {
     public func update(_ parameters: ParameterSet, gradients g: ParameterSet, lr: Float) {
         step += 1
         let c1 = 1 - Foundation.pow(Double(beta1), Double(step)), c2 = 1 - Foundation.pow(Double(beta2), Double(step))
-        let stepSize = lr / Float(c1), rc2 = Float(1 / c2.squareRoot())
+        let baseStep = lr / Float(c1), rc2 = Float(1 / c2.squareRoot())
         let (b1, b2, eps) = (beta1, beta2, epsilon)
         for (k, e) in parameters.entries.enumerated() {
             let p = parameters.scalars + e.offset, gp = g.scalars + e.offset
             let mp = m.scalars + e.offset, vp = v.scalars + e.offset
             let decay = decayMask[k] ? 1 - lr * weightDecay : 1
+            let stepSize = gateMask[k] ? baseStep * gateLearningRateMultiplier : baseStep
             for i in 0..<e.count {
                 let gi = gp[i]
                 let mi = b1 * mp[i] + (1 - b1) * gi, vi = b2 * vp[i] + (1 - b2) * gi * gi

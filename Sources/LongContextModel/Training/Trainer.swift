@@ -8,6 +8,8 @@ public struct TrainingOptions: Sendable, Equatable {
     public var steps = 1000
     public var learningRate = 3e-3, warmupSteps = 50, minLearningRateFraction = 0.1
     public var weightDecay: Float = 0.1, beta2: Float = 0.95
+    /// Infini's gates β learn at `learningRate` times this (``AdamW/gateLearningRateMultiplier``).
+    public var gateLearningRateMultiplier: Float = 1
     /// Global gradient norm above which gradients are scaled down to it (0: no clipping).
     public var clipNorm: Double = 1
     /// The data order is a function of the seed and the step only (a resumed run sees the same batches).
@@ -25,8 +27,9 @@ public struct TrainingOptions: Sendable, Equatable {
                           ("checkpoint interval", checkpointEvery)] where v < 1 {
             throw ModelError.invalidArgument("\(name) must be at least 1, got \(v)")
         }
-        guard learningRate > 0, learningRate.isFinite, warmupSteps >= 0, clipNorm >= 0, evalEvery >= 0, evalWindows >= 1 else {
-            throw ModelError.invalidArgument("learning rate > 0, warm-up >= 0, clip norm >= 0, eval windows >= 1")
+        guard learningRate > 0, learningRate.isFinite, warmupSteps >= 0, gateLearningRateMultiplier > 0,
+              gateLearningRateMultiplier.isFinite, clipNorm >= 0, evalEvery >= 0, evalWindows >= 1 else {
+            throw ModelError.invalidArgument("learning rate > 0, gate multiplier > 0, warm-up >= 0, clip norm >= 0, eval windows >= 1")
         }
     }
 }
@@ -71,6 +74,7 @@ public final class Trainer {
         }
         (self.model, self.options, self.train, self.validation, self.directory) = (model, options, train, validation, directory)
         optimizer = try AdamW(parameters: model.parameters, beta2: options.beta2, weightDecay: options.weightDecay)
+        optimizer.gateLearningRateMultiplier = options.gateLearningRateMultiplier
         gradients = try ParameterSet(zerosLike: model.parameters)
     }
 

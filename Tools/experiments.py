@@ -76,9 +76,12 @@ def run(name, argv, outputs=()):
     if r.returncode != 0:
         sys.exit(f"{name} failed (exit {r.returncode}); see {LOGS}/{name}.log")
     TIMINGS[name] = time.time() - t
-    with open(TIMINGS_PATH + ".tmp", "w") as f:
+    # Merged with the file: runs of different parts (--only) may share one output directory.
+    if os.path.exists(TIMINGS_PATH):
+        TIMINGS.update({k: v for k, v in json.load(open(TIMINGS_PATH)).items() if k not in TIMINGS})
+    with open(TIMINGS_PATH + f".tmp{os.getpid()}", "w") as f:
         json.dump(TIMINGS, f, indent=1)
-    os.replace(TIMINGS_PATH + ".tmp", TIMINGS_PATH)
+    os.replace(TIMINGS_PATH + f".tmp{os.getpid()}", TIMINGS_PATH)
     log(f"{name}: done in {TIMINGS[name]:.0f} s")
 
 def load(path):
@@ -94,10 +97,13 @@ def train(name, argv, steps):
                           "--checkpoint-every", str(steps)] + argv, [os.path.join(d, "model.safetensors")])
     return d
 
-def profile(name, model, window, extra=()):
+def profile(name, model, window, extra=(), span=None):
+    """Bits per byte by position on the validation books; with `span`, the same text as a profile
+    at window `span`, read in independent windows of `window`."""
     path = os.path.join(OUT, "profiles", name + ".json")
+    spans = ["--span", str(span)] if span else []
     run("profile-" + name, ["lm", "profile", "--model", model, "--window", str(window), "--books", "validation",
-                            "--max-windows", str(P["profile_windows"]), "--json", path] + list(extra), [path])
+                            "--max-windows", str(P["profile_windows"]), "--json", path] + spans + list(extra), [path])
     return load(path)
 
 results = dict(quick=args.quick, parameters=P)
@@ -143,8 +149,9 @@ if want("templora"):
 models = {}   # name -> (checkpoint, variant options) for the passkey part
 if want("extension") or want("passkey"):
     ext = {}
-    ext["base@W0"] = profile("base-W0", base, W0)
-    ext["alibi@W0"] = profile("alibi-W0", alibi, W0)
+    # Every model of this part reads the same bytes: spans of 4·W0 (at W0, four windows each).
+    ext["base@W0"] = profile("base-W0-span4", base, W0, span=L4)
+    ext["alibi@W0"] = profile("alibi-W0-span4", alibi, W0, span=L4)
     variants = [("extrapolation", "none"), ("linear x4", "linear:4"), ("ntk x4", "ntk:4")]
     for label, scaling in variants:
         key = scaling.split(":")[0]
@@ -174,8 +181,8 @@ if want("infini") or want("passkey"):
         inf[label + " @8W0"] = profile(f"{key}-8W0", d, L8)
         models[label + " (8·W0 fine-tune)"] = d
         if label.startswith("infini"):
-            inf[label + " one segment"] = profile(f"{key}-one-segment", d, W0)
-    inf["base one segment"] = profile("base-W0", base, W0)
+            inf[label + " one segment"] = profile(f"{key}-one-segment-span8", d, W0, span=L8)
+    inf["base one segment"] = profile("base-W0-span8", base, W0, span=L8)
     results["infini"] = {k: dict(mean=v["meanBitsPerByte"], window=v["window"], windows=v["windows"], curve=v["bitsPerByte"])
                          for k, v in inf.items()}
 

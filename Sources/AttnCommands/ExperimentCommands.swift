@@ -99,6 +99,8 @@ struct LMProfile: ParsableCommand {
     @Option(help: "Checkpoint directory.") var model: String
     @OptionGroup var variant: ModelVariantOptions
     @Option(help: "Tokens per window.") var window = 256
+    @Option(help: "Read spans of this many tokens (a multiple of --window) as independent windows: the same text as a profile at --window SPAN.")
+    var span: Int?
     @Option(help: "Books: validation, long, or comma-separated names (Luke,Job).") var books = "validation"
     @Option(help: "The corpus (make corpus writes it).") var corpus = "data/kjv.txt"
     @Option(help: "Use at most this many windows, spread evenly over the books (0: all).") var maxWindows = 0
@@ -107,7 +109,7 @@ struct LMProfile: ParsableCommand {
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
 
     struct Output: Codable {
-        let model: String, books: String, window: Int, windows: Int, meanBitsPerByte: Double, bitsPerByte: [Double]
+        let model: String, books: String, window: Int, span: Int, windows: Int, meanBitsPerByte: Double, bitsPerByte: [Double]
         let attention: String, positions: String, seconds: Double
     }
 
@@ -115,17 +117,28 @@ struct LMProfile: ParsableCommand {
         let m = try variant.load(model, length: window)
         let docs = try corpusDocuments(books, corpus: corpus).map(\.tokens)
         let t0 = Date()
-        let p = try PositionProfile(model: m, documents: docs, window: window, maxWindows: maxWindows, batch: batch, threads: threads)
+        let p = try PositionProfile(model: m, documents: docs, window: window, span: span, maxWindows: maxWindows, batch: batch,
+                                    threads: threads)
         let seconds = Date().timeIntervalSince(t0)
         let quarter = max(1, (window - 1) / 4)
         print(String(format: "%@ at window %d: %.4f bits/byte over %d windows (positions 0–%d: %.4f; last %d: %.4f) in %.1f s",
                      model, window, p.mean, p.windows, quarter - 1, p.mean(positions: 0..<quarter), quarter,
                      p.mean(positions: (window - 1 - quarter)..<(window - 1)), seconds))
         if let json {
-            try writeJSON(Output(model: model, books: books, window: window, windows: p.windows, meanBitsPerByte: p.mean,
+            try writeJSON(Output(model: model, books: books, window: window, span: span ?? window, windows: p.windows, meanBitsPerByte: p.mean,
                                  bitsPerByte: p.bitsPerByte, attention: "\(m.config.attention[0])",
-                                 positions: "\(m.config.positions)", seconds: seconds), to: json)
+                                 positions: describe(m.config.positions), seconds: seconds), to: json)
         }
+    }
+}
+
+/// "rope θ=10000", "rope θ=10000 linear ×4", "alibi".
+func describe(_ p: ModelConfig.PositionEncoding) -> String {
+    switch p {
+    case .alibi: return "alibi"
+    case .rope(let theta, .none): return "rope θ=\(theta)"
+    case .rope(let theta, .linear(let f)): return "rope θ=\(theta) linear ×\(f)"
+    case .rope(let theta, .ntk(let f)): return "rope θ=\(theta) ntk ×\(f)"
     }
 }
 
@@ -140,6 +153,7 @@ struct LMPasskey: ParsableCommand {
     @Option(help: "Prompts per fine-tune step.") var tuneBatch = 8
     @Option(help: "Comma-separated prompt lengths of the fine-tune.") var tuneLengths = "128,256"
     @Option(help: "Fine-tune learning rate.") var tuneLr = 1e-3
+    @Flag(help: "Fine-tune with the loss on the answer only (default: on every token).") var answerOnly = false
     @Option(help: "Comma-separated prompt lengths scored.") var lengths = "256,512,1024,2048"
     @Option(help: "Comma-separated needle depths scored (0: first, 1: last).") var depths = "0,0.25,0.5,0.75,1"
     @Option(help: "Prompts per (length, depth).") var trials = 4
@@ -169,6 +183,7 @@ struct LMPasskey: ParsableCommand {
         var tuning = PasskeyTuning()
         (tuning.steps, tuning.batch, tuning.lengths, tuning.learningRate, tuning.seed, tuning.threads) =
             (tuneSteps, tuneBatch, tuned, tuneLr, seed, threads)
+        tuning.answerOnly = answerOnly
         let t0 = Date()
         let losses = try tuning.run(m) { step, loss in
             if step % 25 == 0 || step == tuneSteps - 1 {

@@ -64,6 +64,17 @@ final class EvaluationTests: XCTestCase {
         XCTAssertEqual(p.mean, p.bitsPerByte.reduce(0, +) / Double(W - 1), accuracy: 1e-12)
         XCTAssertEqual(p.binned(4).count, 4)
         XCTAssertEqual(p.binned(4)[3].bitsPerByte, p.mean(positions: 12..<15), accuracy: 1e-12)
+        // Spans of 32 read as two windows of 16: documents 70 → 2 spans, 20 → 0, 45 → 1; the
+        // same text a profile at window 32 reads.
+        let spanned = try PositionProfile(model: m, documents: docs, window: W, span: 32)
+        XCTAssertEqual(spanned.windows, 6)
+        var spanSums = [Double](repeating: 0, count: W - 1)
+        for (d, s) in [(0, 0), (0, 16), (0, 32), (0, 48), (2, 0), (2, 16)] {
+            let l = try m.tokenLosses(tokens: Array(docs[d][s..<(s + W)]), batch: 1, length: W)
+            for t in 0..<(W - 1) { spanSums[t] += Double(l[t]) }
+        }
+        for t in 0..<(W - 1) { XCTAssertEqual(spanned.bitsPerByte[t], spanSums[t] / 6 / M_LN2, accuracy: 1e-5) }
+        XCTAssertThrowsError(try PositionProfile(model: m, documents: docs, window: W, span: 24))
         let few = try PositionProfile(model: m, documents: docs, window: W, maxWindows: 2)
         XCTAssertEqual(few.windows, 2)
         XCTAssertThrowsError(try PositionProfile(model: m, documents: [[1, 2, 3]], window: W))

@@ -1,4 +1,5 @@
 import AttentionTensor
+import CAttentionKernels
 import Foundation
 
 /// Passkey retrieval (Mohtashami & Jaggi 2023, Landmark Attention's format): a number hidden at
@@ -66,7 +67,8 @@ public struct PasskeyTask: Sendable {
 }
 
 /// The short fine-tune on the task that every model gets before it is scored: prompts of the given
-/// short lengths, the key at a uniform depth, loss on the answer's tokens only.
+/// short lengths, the key at a uniform depth, the next-token loss on every token of prompt and
+/// answer (the needle repeats its key, so copying is taught at short range too), or on the answer only.
 public struct PasskeyTuning: Sendable {
     public var steps = 100
     public var batch = 8
@@ -74,11 +76,13 @@ public struct PasskeyTuning: Sendable {
     public var lengths = [128, 256]
     public var learningRate = 1e-3
     public var seed: UInt64 = 1
+    /// Loss on the answer's tokens only (otherwise on every token).
+    public var answerOnly = false
     public var threads: Int? = nil
     public init() {}
 
     /// Fine-tunes `model`'s parameters in place (AdamW, constant rate after 10 warm-up steps,
-    /// global-norm clip 1); returns the mean answer loss (nats) of each step.
+    /// global-norm clip 1); returns the mean loss (nats) on the answers' tokens at each step.
     public func run(_ model: CausalLM, progress: (Int, Double) -> Void = { _, _ in }) throws -> [Double] {
         guard steps >= 0, batch >= 1, !lengths.isEmpty, learningRate > 0 else {
             throw ModelError.invalidArgument("passkey tuning needs steps >= 0, batch >= 1, lengths and lr > 0")
@@ -93,7 +97,7 @@ public struct PasskeyTuning: Sendable {
         var losses = [Double]()
         for step in 0..<steps {
             let T = lengths[Int(rng.next() % UInt64(lengths.count))]
-            var tokens = [Int32](), targets = [Int32]()
+            var tokens = [Int32](), targets = [Int32](), answerPositions = [Int]()
             for _ in 0..<batch {
                 let key = Int(rng.next() % UInt64(PasskeyTask.maxKey)) + 1
                 let depth = Double(rng.next() % 1001) / 1000
@@ -102,14 +106,28 @@ public struct PasskeyTuning: Sendable {
                 let prompt = try PasskeyTask.prompt(length: T - answer.count, depth: depth, key: key)
                 let sequence = prompt + answer
                 var t = [Int32](repeating: -1, count: T)
+                if !answerOnly { for p in 0..<(T - 1) { t[p] = sequence[p + 1] } }
                 // Position p predicts token p + 1: the answer's tokens are the targets of the
                 // positions from the prompt's last token on.
                 for (i, a) in answer.enumerated() { t[prompt.count - 1 + i] = a }
+                answerPositions.append(contentsOf: (0..<answer.count).map { tokens.count + prompt.count - 1 + $0 })
                 tokens += sequence
                 targets += t
             }
             gradients.zero()
-            let r = try model.loss(tokens: tokens, batch: batch, length: T, targets: targets, gradients: gradients, threads: threads)
+            let r = try model.loss(tokens: tokens, batch: batch, length: T, targets: targets, gradients: gradients,
+                                   keepLogits: !answerOnly, threads: threads)
+            // The answers' own loss, from the logits (before the gradient overwrote them).
+            var answerLoss = r.loss
+            if let logits = r.logits {
+                let V = model.config.vocabSize, z = logits.unsafeBaseAddress
+                var sum = 0.0
+                for p in answerPositions {
+                    var target = targets[p]
+                    sum += ak_cross_entropy_rows(UnsafeMutablePointer(mutating: z + p * V), V, 1, V, &target, 0, 0)
+                }
+                answerLoss = sum / Double(answerPositions.count)
+            }
             let norm = gradients.squaredNorm().squareRoot()
             if norm > 1 {
                 let s = Float(1 / norm)
@@ -117,8 +135,8 @@ public struct PasskeyTuning: Sendable {
             }
             let lr = learningRate * min(1, Double(step + 1) / 10)
             optimizer.update(model.parameters, gradients: gradients, lr: Float(lr))
-            losses.append(r.loss)
-            progress(step, r.loss)
+            losses.append(answerLoss)
+            progress(step, answerLoss)
         }
         return losses
     }

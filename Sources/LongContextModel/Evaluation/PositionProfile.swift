@@ -50,22 +50,28 @@ public struct PositionProfile: Sendable, Codable {
         }
     }
 
-    /// Profiles `model` over the first `maxWindows` (0: all) non-overlapping windows of `window`
-    /// tokens cut from each document of `documents` in turn (a window never spans two documents),
-    /// `batch` windows per forward pass.
-    public init(model: CausalLM, documents: [[Int32]], window: Int, maxWindows: Int = 0, batch: Int = 4,
+    /// Profiles `model` over non-overlapping windows of `window` tokens cut from each document of
+    /// `documents` in turn (a window never spans two documents), `batch` windows per forward pass.
+    ///
+    /// With `span` (a multiple of `window`) the text is cut into spans of that length first and
+    /// each span read as `span / window` independent windows: exactly the bytes a profile at
+    /// window `span` reads, so a short window and a long one are compared on the same text.
+    /// `maxWindows` (0: all) keeps that many spans, spread evenly over the documents.
+    public init(model: CausalLM, documents: [[Int32]], window: Int, span: Int? = nil, maxWindows: Int = 0, batch: Int = 4,
                 threads: Int? = nil) throws {
-        guard window >= 2, batch >= 1, maxWindows >= 0 else {
-            throw ModelError.invalidArgument("a position profile needs window >= 2, batch >= 1, max windows >= 0")
+        let span = span ?? window
+        guard window >= 2, batch >= 1, maxWindows >= 0, span >= window, span % window == 0 else {
+            throw ModelError.invalidArgument("a position profile needs window >= 2, a span that is a multiple of it, batch >= 1, max windows >= 0")
         }
-        var starts = [(doc: Int, start: Int)]()
+        var spans = [(doc: Int, start: Int)]()
         for (d, doc) in documents.enumerated() {
-            for s in stride(from: 0, through: doc.count - window, by: window) { starts.append((d, s)) }
+            for s in stride(from: 0, through: doc.count - span, by: span) { spans.append((d, s)) }
         }
-        if maxWindows > 0 && starts.count > maxWindows {
+        if maxWindows > 0 && spans.count > maxWindows {
             // Spread evenly over the documents rather than the first few.
-            starts = (0..<maxWindows).map { starts[$0 * starts.count / maxWindows] }
+            spans = (0..<maxWindows).map { spans[$0 * spans.count / maxWindows] }
         }
+        let starts = spans.flatMap { s in (0..<(span / window)).map { (doc: s.doc, start: s.start + $0 * window) } }
         let count = starts.count
         guard count >= 1 else {
             throw ModelError.invalidArgument("no document fills one window of \(window) tokens")

@@ -8,7 +8,7 @@ single, ring = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 json.dump(single + ring, open(sys.argv[3], "w"), indent=1)
 def find(rows, **kw): return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
 for p in ("forward", "backward"):
-    base = find(single, variant="full", **{"pass": p}); rr = find(ring, variant="ring", **{"pass": p})
+    base = find(single, variant="full", **{"pass": p}); rr = [r for r in find(ring, variant="ring", **{"pass": p}) if r["impl"] != "decode"]
     if not base or not rr: continue
     b = base[0]; job = max(r["jobSeconds"] for r in rr)
     print(f"{p}: N={b['N']} causal={b['causal']} H={b['H']} d={b['d']}: single process {b['threads']} threads {b['seconds']:.2f} s, "

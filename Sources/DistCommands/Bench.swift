@@ -92,7 +92,7 @@ struct DistBench: ParsableCommand {
         }
         let s = Self.median(times)
         rows.append(row(["variant": "full", "impl": "tiled", "seconds": s, "gflops": forwardFlops / s / 1e9, "ranks": 1,
-                         "allSeconds": times]))
+                         "secondsMin": times.min()!, "secondsMax": times.max()!]))
         if passes.contains("backward"), let fwd {
             let dO = try Self.fill([1, heads, length, dim], positions: all, seed: 4)
             var bt: [Double] = []
@@ -103,7 +103,7 @@ struct DistBench: ParsableCommand {
             }
             let b = Self.median(bt)
             rows.append(row(["variant": "full", "impl": "tiled", "pass": "backward", "seconds": b, "gflops": backwardFlops / b / 1e9,
-                             "backwardForwardRatio": b / s, "ranks": 1, "allSeconds": bt]))
+                             "backwardForwardRatio": b / s, "ranks": 1, "secondsMin": bt.min()!, "secondsMax": bt.max()!]))
         }
         if decodeCache > 0 {
             let (dh, dkv, dd) = decodeDims
@@ -166,7 +166,9 @@ struct DistBench: ParsableCommand {
             }
             alone.append(MPI.wtime() - t0)
         }
-        let commAlone = Self.median(alone)
+        var jobAlone = [Self.median(alone)]
+        try comm.allreduce(&jobAlone, .max)
+        let commAlone = jobAlone[0]
 
         func emit(_ pass: String, _ stats: [RingStatistics], flops: Double, ratio: Double?) throws {
             let secs = stats.map(\.seconds)
@@ -174,16 +176,20 @@ struct DistBench: ParsableCommand {
             let pick = stats[secs.firstIndex(of: s)!]
             var job: [Double] = [s]
             try comm.allreduce(&job, .max)
-            // Communication not hidden: the rank's waits beyond what a slower peer explains are at
-            // most its wait; hidden = 1 - wait / (communication alone), clamped to [0, 1].
-            let hidden = commAlone > 0 ? max(0, min(1, 1 - pick.waitSeconds / (commAlone * (pass == "backward" ? 2 : 1)))) : 1
+            // Communication not hidden behind compute: at most the wait of each step, and at most
+            // that step's communication alone (a longer wait is a slower peer, not the link).
+            // hidden = 1 - Σ_steps min(wait, alone per step) / alone: a lower bound.
+            let perStep = commAlone / Double(max(1, P - 1)) * (pass == "backward" ? 2 : 1)
+            let total = perStep * Double(P - 1)
+            let exposed = pick.stepWaits.reduce(0) { $0 + min($1, perStep) }
+            let hidden = total > 0 ? max(0, min(1, 1 - exposed / total)) : 1
             var r = row(["impl": layout.rawValue, "pass": pass, "seconds": s, "gflops": flops * myPairs / pairs / s / 1e9,
                          "jobSeconds": job[0], "jobGflops": flops / job[0] / 1e9, "ranks": P, "rank": comm.rank,
                          "bytesSent": pick.bytesSent, "waitSeconds": pick.waitSeconds, "computeSeconds": pick.computeSeconds,
-                         "commSecondsAlone": commAlone * (pass == "backward" ? 2 : 1), "hiddenFraction": hidden,
+                         "commSecondsAlone": total, "hiddenFraction": hidden,
                          "workspaceBytes": pick.bufferBytes, "kvShardBytes": kvShardBytes, "kvWholeBytes": 2 * Hkv * length * dim * 4,
                          "imbalance": imbalance, "rankWorkFraction": myPairs / pairs, "blocksComputed": pick.blocksComputed,
-                         "blocksSkipped": pick.blocksSkipped, "allSeconds": secs])
+                         "blocksSkipped": pick.blocksSkipped, "secondsMin": secs.min()!, "secondsMax": secs.max()!])
             if let ratio { r["backwardForwardRatio"] = ratio }
             rows.append(r)
         }

@@ -19,6 +19,8 @@ public struct RingStatistics: Sendable, Codable {
     public var blocksComputed = 0, blocksSkipped = 0
     /// Bytes of the ring's K/V (and, backward, dK/dV) buffers this rank allocated.
     public var bufferBytes = 0
+    /// Seconds waited at the end of each step (after its computation), step by step.
+    public var stepWaits: [Double] = []
 
     public init() {}
 }
@@ -153,7 +155,9 @@ public struct RingAttention: Sendable {
                 }
             }
             stats.computeSeconds += MPI.wtime() - t0
-            stats.waitSeconds += try comm.wait(&requests, what: "ring step \(step)'s K/V block from rank \(comm.previous)")
+            let waited = try comm.wait(&requests, what: "ring step \(step)'s K/V block from rank \(comm.previous)")
+            stats.waitSeconds += waited
+            stats.stepWaits.append(waited)
             swap(&current, &arriving)
             swap(&pCurrent, &pArriving)
         }
@@ -235,15 +239,18 @@ public struct RingAttention: Sendable {
             }
             stats.computeSeconds += MPI.wtime() - t0
             withExtendedLifetime(gradBlock) {}
+            var waited = 0.0
             if step > 0 {
-                stats.waitSeconds += try comm.wait(&gradRecv, what: "ring step \(step)'s dK/dV accumulator from rank \(comm.previous)")
+                waited += try comm.wait(&gradRecv, what: "ring step \(step)'s dK/dV accumulator from rank \(comm.previous)")
                 accumulate(contribution, pGradIn, floats)
             }
             // On to the next rank; after the last step that is the block's owner.
             gradSends[slot] = try comm.isend(contribution, count: floats, to: comm.next, tag: 300 + step)
             stats.bytesSent += floats * 4
             stats.messages += 1
-            stats.waitSeconds += try comm.wait(&requests, what: "ring step \(step)'s K/V block from rank \(comm.previous)")
+            waited += try comm.wait(&requests, what: "ring step \(step)'s K/V block from rank \(comm.previous)")
+            stats.waitSeconds += waited
+            stats.stepWaits.append(waited)
             swap(&current, &arriving)
             swap(&pCurrent, &pArriving)
         }

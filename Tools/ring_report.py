@@ -14,7 +14,7 @@ for p in ("forward", "backward"):
     print(f"{p}: N={b['N']} causal={b['causal']} H={b['H']} d={b['d']}: single process {b['threads']} threads {b['seconds']:.2f} s, "
           f"ring {rr[0]['ranks']} ranks x {rr[0]['threads']} thread {job:.2f} s -> {b['seconds'] / job:.1%} of single-process throughput")
     for r in sorted(rr, key=lambda r: r["rank"]):
-        print(f"  rank {r['rank']}: {r['seconds']:.2f} s, compute {r['computeSeconds']:.2f} s, wait {r['waitSeconds'] * 1e3:.1f} ms, "
+        print(f"  rank {r['rank']}: {r['seconds']:.2f} s, compute {r['computeSeconds']:.2f} s, wait {r['waitSeconds'] * 1e3:.1f} ms, polls {r['progressSeconds'] * 1e3:.1f} ms, "
               f"sent {r['bytesSent'] / 2**20:.0f} MiB, communication alone {r['commSecondsAlone'] * 1e3:.1f} ms, hidden {r['hiddenFraction']:.1%}, "
               f"work share {r['rankWorkFraction']:.3f}, K/V shard {r['kvShardBytes'] / r['kvWholeBytes']:.2f} of the whole")
 bd = find(single, variant="decode"); rd = find(ring, variant="ring", impl="decode")

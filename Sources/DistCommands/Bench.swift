@@ -179,13 +179,20 @@ struct DistBench: ParsableCommand {
             // Communication not hidden behind compute: at most the wait of each step, and at most
             // that step's communication alone (a longer wait is a slower peer, not the link).
             // hidden = 1 - Σ_steps min(wait, alone per step) / alone: a lower bound.
-            let perStep = commAlone / Double(max(1, P - 1)) * (pass == "backward" ? 2 : 1)
-            let total = perStep * Double(P - 1)
-            let exposed = pick.stepWaits.reduce(0) { $0 + min($1, perStep) }
+            // The forward receives one K/V block in each step but the last; the backward a K/V
+            // block (steps 0 ..< P-1) and a dK/dV accumulator (steps 1 ..< P, and the last one home). Time polling MPI between pieces of compute
+            // (the shared-memory copy happens there) counts as exposed too.
+            let block = commAlone / Double(max(1, P - 1))
+            let caps = pass == "backward" ? [block] + Array(repeating: 2 * block, count: max(0, P - 2)) + [block, block] : Array(repeating: block, count: P - 1) + [0]
+            let total = caps.reduce(0, +)
+            var exposed = 0.0
+            for (i, w) in pick.stepWaits.enumerated() where i < caps.count {
+                exposed += min(w + (i < pick.stepProgress.count ? pick.stepProgress[i] : 0), caps[i])
+            }
             let hidden = total > 0 ? max(0, min(1, 1 - exposed / total)) : 1
             var r = row(["impl": layout.rawValue, "pass": pass, "seconds": s, "gflops": flops * myPairs / pairs / s / 1e9,
                          "jobSeconds": job[0], "jobGflops": flops / job[0] / 1e9, "ranks": P, "rank": comm.rank,
-                         "bytesSent": pick.bytesSent, "waitSeconds": pick.waitSeconds, "computeSeconds": pick.computeSeconds,
+                         "bytesSent": pick.bytesSent, "waitSeconds": pick.waitSeconds, "computeSeconds": pick.computeSeconds, "progressSeconds": pick.progressSeconds,
                          "commSecondsAlone": total, "hiddenFraction": hidden,
                          "workspaceBytes": pick.bufferBytes, "kvShardBytes": kvShardBytes, "kvWholeBytes": 2 * Hkv * length * dim * 4,
                          "imbalance": imbalance, "rankWorkFraction": myPairs / pairs, "blocksComputed": pick.blocksComputed,

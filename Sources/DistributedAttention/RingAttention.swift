@@ -19,8 +19,15 @@ public struct RingStatistics: Sendable, Codable {
     public var blocksComputed = 0, blocksSkipped = 0
     /// Bytes of the ring's K/V (and, backward, dK/dV) buffers this rank allocated.
     public var bufferBytes = 0
-    /// Seconds waited at the end of each step (after its computation), step by step.
+    /// Seconds waited at the end of each step (after its computation), step by step; the
+    /// backward adds one entry, the wait for this rank's own dK/dV coming home.
     public var stepWaits: [Double] = []
+    /// Seconds the computing thread spent stopping the step's background poller (included in
+    /// ``computeSeconds``; transfers progress on that thread while the step computes, see
+    /// ``SwiftMPI/BackgroundProgress``).
+    public var progressSeconds = 0.0
+    /// The same, step by step.
+    public var stepProgress: [Double] = []
 
     public init() {}
 }
@@ -29,8 +36,10 @@ public struct RingStatistics: Sendable, Codable {
 /// of the queries, keys and values (``ShardedTensor``; zigzag under a causal mask, see
 /// ``SequenceParallel/SequenceShards``). K/V blocks travel round the ring — each step the rank
 /// posts the non-blocking send of the block it holds and the receive of the next one, then
-/// computes its queries against the block it holds (``LongAttention/attentionBlockForward(queries:keys:values:scale:causal:queryPosition:keyPosition:keyLengths:threads:)``
-/// per pair of chunks, fully masked pairs skipped), polling the transfers between pieces, and
+/// computes its queries against the block it holds while a background thread progresses the
+/// transfers (``SwiftMPI/BackgroundProgress``; MPI calls one thread at a time), with
+/// ``LongAttention/attentionBlockForward(queries:keys:values:scale:causal:queryPosition:keyPosition:keyLengths:threads:)``
+/// per pair of chunks (fully masked pairs skipped), and
 /// merges the partial results with the (max, sum, output) rule. After `P` steps every rank has its
 /// queries' exact output, equal to single-process attention to float32 rounding.
 ///
@@ -139,6 +148,8 @@ public struct RingAttention: Sendable {
             }
             let block = try geo.block(owner: owner, in: current)
             let t0 = MPI.wtime()
+            var polled = 0.0
+            let poller = BackgroundProgress(comm: comm, requests: requests)
             for (a, qr) in queries.ranges.enumerated() {
                 for (b, kr) in block.ranges.enumerated() {
                     let qpos = qr.lowerBound + M - N
@@ -151,10 +162,14 @@ public struct RingAttention: Sendable {
                     try mergeAttentionBlock(output: &outputs[a], logSumExp: &lses[a], blockOutput: part.output,
                                             blockLogSumExp: part.logSumExp)
                     stats.blocksComputed += 1
-                    try comm.progress(&requests)
                 }
             }
+            let tp = MPI.wtime()
+            requests = try poller.finish()
+            polled += MPI.wtime() - tp
             stats.computeSeconds += MPI.wtime() - t0
+            stats.progressSeconds += polled
+            stats.stepProgress.append(polled)
             let waited = try comm.wait(&requests, what: "ring step \(step)'s K/V block from rank \(comm.previous)")
             stats.waitSeconds += waited
             stats.stepWaits.append(waited)
@@ -217,6 +232,8 @@ public struct RingAttention: Sendable {
             let block = try geo.block(owner: owner, in: current)
             let gradBlock = try geo.block(owner: owner, in: gradOut[slot])
             let t0 = MPI.wtime()
+            var polled = 0.0
+            let poller = BackgroundProgress(comm: comm, requests: requests + gradRecv)
             for (a, qr) in queries.ranges.enumerated() {
                 for (b, kr) in block.ranges.enumerated() {
                     let qpos = qr.lowerBound + M - N
@@ -233,11 +250,16 @@ public struct RingAttention: Sendable {
                     accumulate(UnsafeMutablePointer(mutating: gradBlock.values[b].unsafeBaseAddress), g.values.unsafeBaseAddress, g.values.count)
                     withExtendedLifetime(g) {}
                     stats.blocksComputed += 1
-                    try comm.progress(&requests)
-                    try comm.progress(&gradRecv)
                 }
             }
+            let tp = MPI.wtime()
+            let handedBack = try poller.finish()
+            requests = Array(handedBack.prefix(requests.count))
+            gradRecv = Array(handedBack.suffix(gradRecv.count))
+            polled += MPI.wtime() - tp
             stats.computeSeconds += MPI.wtime() - t0
+            stats.progressSeconds += polled
+            stats.stepProgress.append(polled)
             withExtendedLifetime(gradBlock) {}
             var waited = 0.0
             if step > 0 {
@@ -257,7 +279,10 @@ public struct RingAttention: Sendable {
         // This rank's own block comes home with every rank's contribution.
         let own = geo.floats(owner: comm.rank)
         var home = [try comm.irecv(pGradIn, count: own, from: comm.previous, tag: 300 + P - 1)]
-        stats.waitSeconds += try comm.wait(&home, what: "the dK/dV of this rank's keys from rank \(comm.previous)")
+        let homeWait = try comm.wait(&home, what: "the dK/dV of this rank's keys from rank \(comm.previous)")
+        stats.waitSeconds += homeWait
+        stats.stepWaits.append(homeWait)
+        stats.stepProgress.append(0)
         stats.waitSeconds += try comm.wait(&gradSends, what: "the last dK/dV sends to rank \(comm.next)")
         let finished = try geo.block(owner: comm.rank, in: gradIn)
         let dk = ShardedTensor(shards: keys.shards, rank: comm.rank, chunks: try finished.keys.map { try $0.contiguous().copied() })

@@ -35,15 +35,21 @@ public enum MPIError: Error, CustomStringConvertible, Equatable, Sendable {
 /// Process-wide MPI state: initialisation (threads: `MPI_THREAD_FUNNELED` — worker threads compute,
 /// only the thread that initialised MPI calls it), finalisation, abort and the clock.
 public enum MPI {
-    /// Initialises MPI once (`MPI_Init_thread`, funneled) and makes `MPI_COMM_WORLD` return errors.
+    /// Initialises MPI once (`MPI_Init_thread` asking for `MPI_THREAD_SERIALIZED`: one thread at a
+    /// time calls MPI — the caller, or a ``BackgroundProgress`` poller while the caller computes)
+    /// and makes `MPI_COMM_WORLD` return errors.
     public static func initialize() throws {
         var flag: Int32 = 0
         try check(MPI_Initialized(&flag), "MPI_Initialized")
         if flag != 0 { return }
         var provided: Int32 = 0
-        try check(MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided), "MPI_Init_thread")
+        try check(MPI_Init_thread(nil, nil, cmpi_thread_serialized(), &provided), "MPI_Init_thread")
+        serialized = provided >= cmpi_thread_serialized()
         try check(MPI_Comm_set_errhandler(cmpi_comm_world(), cmpi_errors_return()), "MPI_Comm_set_errhandler")
     }
+
+    /// Whether the library granted `MPI_THREAD_SERIALIZED` (else progress is polled in line).
+    nonisolated(unsafe) public private(set) static var serialized = false
 
     /// True between ``initialize()`` and ``finalize()``.
     public static var isInitialized: Bool {
@@ -255,5 +261,59 @@ public struct Communicator: @unchecked Sendable {
             }
         }
         return out
+    }
+}
+
+/// Progresses requests on a background thread while the caller computes: the shared-memory
+/// transport copies a message inside the receiver's MPI calls, and TCP needs MPI calls to move
+/// its fragments, so without polling a transfer posted before a long computation would only move
+/// after it. Under `MPI_THREAD_SERIALIZED` only this thread calls MPI until ``finish()``; the
+/// caller makes no MPI call in between. Without that thread level, ``finish()`` just returns the
+/// requests (they complete in the caller's bounded wait).
+public final class BackgroundProgress: @unchecked Sendable {
+    private var requests: [Request]
+    private let comm: Communicator
+    private let lock = NSLock()
+    private var stopping = false
+    private var failure: Error?
+    private let exited = DispatchSemaphore(value: 0)
+    private let running: Bool
+
+    public init(comm: Communicator, requests: [Request]) {
+        self.comm = comm
+        self.requests = requests
+        running = MPI.serialized && requests.contains { !$0.isNull }
+        guard running else { return }
+        let thread = Thread { [self] in
+            while true {
+                self.lock.lock()
+                if self.stopping { self.lock.unlock(); break }
+                var done = true
+                do {
+                    try self.comm.progress(&self.requests)
+                    done = self.requests.allSatisfy(\.isNull)
+                } catch {
+                    self.failure = error
+                }
+                self.lock.unlock()
+                if done || self.failure != nil { break }
+                usleep(50)
+            }
+            self.exited.signal()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    /// Stops polling and hands the requests back (some may still be pending).
+    public func finish() throws -> [Request] {
+        if running {
+            lock.lock()
+            stopping = true
+            lock.unlock()
+            exited.wait()
+        }
+        if let failure { throw failure }
+        return requests
     }
 }

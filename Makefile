@@ -64,7 +64,7 @@ bench-smoke: release
 # single-process results; `attn dist run|grad` against `attn run|grad` on the same .npy files, one
 # rank's bad input and a killed rank (every rank ends, no hang); the shared reference cases of the
 # families attn dist runs, through Tools/mpi_attn.sh.
-MPIRUN := mpirun --quiet --oversubscribe
+MPIRUN := mpirun --quiet --oversubscribe --bind-to none
 ROOT_MPI := $(shell [ "$$(id -u)" = 0 ] && echo "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
 DIST_CASES = $(wildcard $(abspath $(SHARED))/reference/full_*/ $(abspath $(SHARED))/reference/linear_elu*/ \
 	$(abspath $(SHARED))/reference/linear_relu*/ $(abspath $(SHARED))/reference-grad/grad_full_*/)
@@ -81,7 +81,7 @@ test-dist: release
 RING_ARGS ?=
 bench-ring: release
 	mkdir -p results/ring
-	.build/release/attn dist bench --baseline --causal --threads 2 --decode-cache 131072 --json results/ring/single.json $(RING_ARGS)
+	.build/release/attn dist bench --baseline --causal --threads 2 --decode-cache 131072 --passes forward --json results/ring/single.json $(RING_ARGS)
 	$(ROOT_MPI) $(MPIRUN) -np 2 .build/release/attn dist bench --causal --threads 1 --decode-cache 131072 --json results/ring/ring.json $(RING_ARGS)
 	python3 Tools/ring_report.py results/ring/single.json results/ring/ring.json results/ring/results.json
 	python3 Benchmarks/validate_results.py results/ring/results.json --expect-variants full,ring,decode

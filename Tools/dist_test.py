@@ -24,7 +24,7 @@ def report(ok, what):
     print(f"{'PASS' if ok else 'FAIL'} {what}", flush=True)
 
 def mpirun(P, args, timeout=300):
-    return subprocess.run(["mpirun", "--quiet", "--oversubscribe", "-np", str(P), attn, "dist", *args],
+    return subprocess.run(["mpirun", "--quiet", "--oversubscribe", "--bind-to", "none", "-np", str(P), attn, "dist", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 def single(args):

@@ -69,11 +69,13 @@ ROOT_MPI := $(shell [ "$$(id -u)" = 0 ] && echo "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_A
 DIST_CASES = $(wildcard $(abspath $(SHARED))/reference/full_*/ $(abspath $(SHARED))/reference/linear_elu*/ \
 	$(abspath $(SHARED))/reference/linear_relu*/ $(abspath $(SHARED))/reference-grad/grad_full_*/)
 test-dist: release
-	for P in 2 3 4; do $(ROOT_MPI) timeout 600 $(MPIRUN) -np $$P .build/release/attn dist selftest --timeout 120 | tail -1 || exit 1; done
+	@for P in 2 3 4; do \
+		$(ROOT_MPI) timeout 600 $(MPIRUN) -np $$P .build/release/attn dist selftest --timeout 120 > .build/dist-selftest.log 2>&1; \
+		rc=$$?; tail -1 .build/dist-selftest.log; [ $$rc = 0 ] || { cat .build/dist-selftest.log; exit 1; }; done
 	python3 Tools/dist_test.py --attn .build/release/attn --ranks 2,3,4
 	@if [ -f $(SHARED)/reference/check.py ]; then for P in 2 3 4; do echo "reference cases through attn dist, $$P ranks"; \
-		DIST_RANKS=$$P DIST_ATTN=$(CURDIR)/.build/release/attn python3 $(SHARED)/reference/check.py --attn Tools/mpi_attn.sh $(DIST_CASES) | tail -1 | \
-		tee /dev/stderr | grep -q " 0 failed" || exit 1; done; fi
+		DIST_RANKS=$$P DIST_ATTN=$(CURDIR)/.build/release/attn python3 $(SHARED)/reference/check.py --attn Tools/mpi_attn.sh $(DIST_CASES) \
+		> .build/dist-check.log 2>&1; rc=$$?; tail -1 .build/dist-check.log; [ $$rc = 0 ] || { cat .build/dist-check.log; exit 1; }; done; fi
 
 # Ring attention's rows (variant "ring", one per rank) against single-process attention at the
 # issue's shape: N = 32K causal, H = 8, d = 64, 2 ranks × 1 thread against 1 process × 2 threads,

@@ -77,8 +77,13 @@ public enum MPI {
         exit(code)
     }
 
-    /// Wall-clock seconds (`MPI_Wtime`).
-    public static func wtime() -> Double { MPI_Wtime() }
+    /// Monotonic wall-clock seconds. Not `MPI_Wtime`: under `MPI_THREAD_SERIALIZED` a thread may
+    /// not call MPI while a ``BackgroundProgress`` poller does, and the ring times its steps then.
+    public static func wtime() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
 }
 
 /// A pending non-blocking operation. Complete it with ``Communicator/wait(_:what:)`` (bounded).

@@ -83,5 +83,10 @@ with tempfile.TemporaryDirectory() as tmp:
                                         "-o", f"{c}/killed{P}.npy"], timeout=120); t = time.time() - t
         report(r.returncode != 0 and not os.path.exists(f"{c}/killed{P}.npy") and t < 60,
                f"P={P} a killed rank ends the job in {t:.1f} s (exit {r.returncode})")
+        # A rank that stops answering: the others' bounded waits give up after --timeout and abort the job.
+        t = time.time(); r = mpirun(P, ["run", "full", *io, "--causal", "--timeout", "3", "--debug-hang-rank", "0",
+                                        "-o", f"{c}/hung{P}.npy"], timeout=120); t = time.time() - t
+        report(r.returncode != 0 and not os.path.exists(f"{c}/hung{P}.npy") and "no progress for" in r.stderr and t < 30,
+               f"P={P} a hung rank ends the job in {t:.1f} s (exit {r.returncode}): {[l for l in r.stderr.splitlines() if 'no progress' in l][:1]}")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

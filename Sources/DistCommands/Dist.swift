@@ -25,6 +25,7 @@ struct MPIOptions: ParsableArguments {
     @Option(help: "Write this rank's ring statistics (JSON, one object per rank) here (rank 0 writes all).")
     var stats: String?
     @Option(help: .hidden) var debugKillRank: Int?
+    @Option(help: .hidden) var debugHangRank: Int?
 
     func validate() throws {
         if !(timeout > 0) { throw ValidationError("--timeout must be positive") }
@@ -157,8 +158,10 @@ func writeStats(_ stats: [RingStatistics], comm: Communicator, to path: String?)
     try data.write(to: URL(fileURLWithPath: path), options: .atomic)
 }
 
+/// Test hooks: a rank that dies (SIGKILL) or stops answering (sleeps) just before the ring.
 func killIfAsked(_ options: MPIOptions, _ comm: Communicator) {
     if options.debugKillRank == comm.rank { kill(getpid(), SIGKILL) }
+    if options.debugHangRank == comm.rank { while true { sleep(60) } }
 }
 
 struct DistRun: ParsableCommand {

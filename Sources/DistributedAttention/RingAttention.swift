@@ -170,7 +170,7 @@ public struct RingAttention: Sendable {
             stats.computeSeconds += MPI.wtime() - t0
             stats.progressSeconds += polled
             stats.stepProgress.append(polled)
-            let waited = try comm.wait(&requests, what: "ring step \(step)'s K/V block from rank \(comm.previous)")
+            let waited = try comm.wait(&requests, what: "ring step \(step)'s K/V exchange (block to rank \(comm.next), block from rank \(comm.previous))")
             stats.waitSeconds += waited
             stats.stepWaits.append(waited)
             swap(&current, &arriving)
@@ -270,7 +270,7 @@ public struct RingAttention: Sendable {
             gradSends[slot] = try comm.isend(contribution, count: floats, to: comm.next, tag: 300 + step)
             stats.bytesSent += floats * 4
             stats.messages += 1
-            waited += try comm.wait(&requests, what: "ring step \(step)'s K/V block from rank \(comm.previous)")
+            waited += try comm.wait(&requests, what: "ring step \(step)'s K/V exchange (block to rank \(comm.next), block from rank \(comm.previous))")
             stats.waitSeconds += waited
             stats.stepWaits.append(waited)
             swap(&current, &arriving)

@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps test-dist bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -17,6 +17,11 @@ deps:
 		echo "Installing libopenblas-dev liblapacke-dev pkg-config (apt-get)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libopenblas-dev liblapacke-dev pkg-config; \
+	fi
+	@if ! pkg-config --exists ompi-c 2>/dev/null || ! command -v mpirun >/dev/null; then \
+		echo "Installing libopenmpi-dev openmpi-bin (apt-get)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libopenmpi-dev openmpi-bin; \
 	fi
 
 # The corpus: the King James Bible from Debian's bible-kjv (4.4 MB, 66 books, one verse per line).
@@ -42,6 +47,7 @@ test: deps corpus
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory check
+	$(MAKE) --no-print-directory test-dist
 
 # The benchmark's quick mode, and its JSON checked against the contract (every row finite).
 bench-smoke: release
@@ -51,6 +57,39 @@ bench-smoke: release
 	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json \
 		--expect-variants sgemm,full,bigbird,linear,infini,decode,decode-kernel,moe,lm-train,lm-generate \
 		--expect-backward full,bigbird,linear,infini --expect-kv-types f32,bf16,f16,int8
+
+# The distributed commands (OpenMPI, several ranks on this machine; as root OpenMPI needs its two
+# ALLOW_RUN_AS_ROOT variables): for P = 2, 3, 4 the self-test (ring forward and backward, causal,
+# GQA, key lengths, odd and uneven shards, sharded decode, linear by exclusive scan) against
+# single-process results; `attn dist run|grad` against `attn run|grad` on the same .npy files, one
+# rank's bad input and a killed rank (every rank ends, no hang); the shared reference cases of the
+# families attn dist runs, through Tools/mpi_attn.sh.
+MPIRUN := mpirun --quiet --oversubscribe --bind-to none
+ROOT_MPI := $(shell [ "$$(id -u)" = 0 ] && echo "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
+# The tests copy through shared memory in two steps rather than by process_vm_readv, which
+# containers often forbid (the benchmark keeps OpenMPI's default).
+test-dist: export OMPI_MCA_btl_vader_single_copy_mechanism = none
+DIST_CASES = $(wildcard $(abspath $(SHARED))/reference/full_*/ $(abspath $(SHARED))/reference/linear_elu*/ \
+	$(abspath $(SHARED))/reference/linear_relu*/ $(abspath $(SHARED))/reference-grad/grad_full_*/)
+test-dist: release
+	@for P in 2 3 4; do \
+		$(ROOT_MPI) timeout 600 $(MPIRUN) -np $$P .build/release/attn dist selftest --timeout 120 > .build/dist-selftest.log 2>&1; \
+		rc=$$?; tail -1 .build/dist-selftest.log; [ $$rc = 0 ] || { cat .build/dist-selftest.log; exit 1; }; done
+	python3 Tools/dist_test.py --attn .build/release/attn --ranks 2,3,4
+	@if [ -f $(SHARED)/reference/check.py ]; then for P in 2 3 4; do echo "reference cases through attn dist, $$P ranks"; \
+		DIST_RANKS=$$P DIST_ATTN=$(CURDIR)/.build/release/attn python3 $(SHARED)/reference/check.py --attn Tools/mpi_attn.sh $(DIST_CASES) \
+		> .build/dist-check.log 2>&1; rc=$$?; tail -1 .build/dist-check.log; [ $$rc = 0 ] || { cat .build/dist-check.log; exit 1; }; done; fi
+
+# Ring attention's rows (variant "ring", one per rank) against single-process attention at the
+# issue's shape: N = 32K causal, H = 8, d = 64, 2 ranks × 1 thread against 1 process × 2 threads,
+# plus decoding at a 128K cache. RING_ARGS adds options (e.g. --length 8192).
+RING_ARGS ?=
+bench-ring: release
+	mkdir -p results/ring
+	.build/release/attn dist bench --baseline --causal --threads 2 --decode-cache 131072 --passes forward --json results/ring/single.json $(RING_ARGS)
+	$(ROOT_MPI) $(MPIRUN) -np 2 .build/release/attn dist bench --causal --threads 1 --decode-cache 131072 --json results/ring/ring.json $(RING_ARGS)
+	python3 Tools/ring_report.py results/ring/single.json results/ring/ring.json results/ring/results.json
+	python3 Benchmarks/validate_results.py results/ring/results.json --expect-variants full,ring,decode
 
 # Families whose command exists: reference/ (attn run), reference-grad/ (attn grad), reference-model/
 # (attn lm eval; attn moe). Absolute paths: check.py runs each case in a temporary directory.

@@ -8,6 +8,9 @@ let package = Package(
         .library(name: "AttentionTensor", targets: ["AttentionTensor"]),
         .executable(name: "attn", targets: ["attn"]),
         .executable(name: "attention-bench", targets: ["AttentionBench"]),
+        // Sequence-parallel attention over OpenMPI (ring attention, sharded decoding, linear
+        // attention by prefix scan): a separate product, so LongAttention does not depend on MPI.
+        .library(name: "DistributedAttention", targets: ["DistributedAttention", "SwiftMPI", "SequenceParallel"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -26,6 +29,31 @@ let package = Package(
         // (`target_clones`), so they run AVX-512/AVX2 code without unsafe compiler flags.
         .target(name: "CAttentionKernels"),
         .target(name: "AttentionTensor", dependencies: ["COpenBLAS", "CAttentionKernels"]),
+        // OpenMPI's C API (pkg-config ompi-c; Debian's libopenmpi-dev) and the Swift layer over
+        // what the distributed attention uses: errors thrown, every wait bounded.
+        .systemLibrary(
+            name: "CMPI",
+            path: "Modules/CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]
+        ),
+        .target(name: "SwiftMPI", dependencies: ["CMPI"]),
+        // How a sequence is split across ranks (contiguous, zigzag; striped decode positions): pure
+        // index maths, unit-tested without MPI.
+        .target(name: "SequenceParallel"),
+        // Ring attention (forward, backward), the position-sharded KV cache, distributed linear attention.
+        .target(
+            name: "DistributedAttention",
+            dependencies: ["SwiftMPI", "SequenceParallel", "LongAttention", "AttentionTensor", "CAttentionKernels"]
+        ),
+        // `attn dist ...` (run under mpirun): its own target, so AttnCommands stays MPI-free.
+        .target(
+            name: "DistCommands",
+            dependencies: [
+                "DistributedAttention", "SwiftMPI", "SequenceParallel", "LongAttention", "AttentionTensor",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // The attention variants, a folder per family: Common (the shared scaffold), Exact, BigBird,
         // Linear, Infini, Positions, Decode.
         .target(name: "LongAttention", dependencies: ["AttentionTensor", "COpenBLAS", "CAttentionKernels"]),
@@ -51,7 +79,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "attn",
-            dependencies: ["AttnCommands", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["AttnCommands", "DistCommands", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // libFuzzer entry points (`make fuzz` builds them with -sanitize=fuzzer); built normally they
         // replay the files given on the command line.
@@ -73,6 +101,7 @@ let package = Package(
         .testTarget(name: "AttentionTensorTests", dependencies: ["AttentionTensor", "CAttentionKernels"]),
         .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor", "AttentionEvaluation"]),
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
+        .testTarget(name: "SequenceParallelTests", dependencies: ["SequenceParallel"]),
         .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),
         .testTarget(name: "LongContextModelTests", dependencies: ["LongContextModel", "LongAttention", "AttentionTensor"]),
         .testTarget(

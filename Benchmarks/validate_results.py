@@ -37,6 +37,10 @@ for i, r in enumerate(rows):
         check(isinstance(r.get("backwardForwardRatio"), (int, float)), f"row {i} (backward) has backwardForwardRatio")
     if r.get("variant") in ("lm-train", "lm-generate"):
         check(isinstance(r.get("tokensPerSecond"), (int, float)) and r["tokensPerSecond"] > 0, f"row {i} ({r['variant']}) has tokensPerSecond")
+    if r.get("variant") == "ring":
+        for k in ("ranks", "rank", "bytesSent", "waitSeconds", "hiddenFraction"):
+            check(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool), f"row {i} (ring) has {k}")
+        check(0 <= r.get("hiddenFraction", -1) <= 1, f"row {i} (ring) hiddenFraction is in [0, 1]")
     if r.get("variant") == "decode":
         check(r.get("kvType", "f32") in ("f32", "bf16", "f16", "int8"), f"row {i} (decode) kvType is f32, bf16, f16 or int8")
         if r.get("kvType", "f32") != "f32":

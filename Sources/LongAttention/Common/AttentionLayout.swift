@@ -25,6 +25,9 @@ struct AttentionLayout {
     /// Linear attention: each query row's normaliser `φ(q)·z + ε`, `[B, H, N]` contiguous, written by
     /// the forward for the backward (nil: not kept).
     var normalizers: UnsafeMutablePointer<Float>? = nil
+    /// Linear attention: a state to start from, `[B, Hkv, F, dv + 1]` contiguous (S beside z per KV
+    /// head), instead of zeros (nil: zeros).
+    var linearInitialState: UnsafePointer<Float>? = nil
     /// Keys and values held in a low-precision KV cache: when set, the tiled kernel reads these
     /// rows (and `k`, `v` point nowhere useful).
     var stored: StoredKV? = nil

@@ -37,3 +37,31 @@ public func decodeAttention(queries: Tensor, cache: KVCache, layer: Int, scale: 
         return try exactAttention(inputs, plan: plan)
     }
 }
+
+/// ``decodeAttention(queries:cache:layer:scale:alibi:threads:)`` that also returns each query row's
+/// log-sum-exp over the cache's visible positions (`[B, H, n]`, -inf for a row that sees none, e.g.
+/// an empty cache): the partial result a cache sharded across processes merges with the
+/// (max, sum, output) rule (``mergeAttentionBlock(output:logSumExp:blockOutput:blockLogSumExp:)``).
+/// Shapes and masking as there (bottom-right causal against the cache's `length` positions).
+public func decodeAttentionKeepingLSE(queries: Tensor, cache: KVCache, layer: Int, scale: Float? = nil,
+                                      threads: Int? = nil) throws -> SoftmaxAttentionForward {
+    guard (0..<cache.layers).contains(layer) else {
+        throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(cache.layers)")
+    }
+    let (maxK, maxV) = (cache.maxKey[layer], cache.maxValue[layer])
+    if cache.type == .float32 {
+        let keys = try cache.keys(layer: layer), values = try cache.values(layer: layer)
+        let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: .causal,
+                                         threads: threads, scan: .queries(maxK: maxK, maxV: maxV))
+        return try exactAttentionKeepingLSE(inputs)
+    }
+    var shape = try AttentionShape(queries: queries,
+                                   keys: try Tensor(zeros: [cache.batch, cache.kvHeads, 0, cache.headDimension]),
+                                   values: try Tensor(zeros: [cache.batch, cache.kvHeads, 0, cache.valueDimension]))
+    shape.M = cache.lengths[layer]
+    return try cache.withStoredRows(layer: layer) { stored in
+        let inputs = try AttentionInputs(queries: queries, stored: stored, shape: shape, scale: scale, mask: .causal,
+                                         threads: threads, maxK: maxK, maxV: maxV)
+        return try exactAttentionKeepingLSE(inputs)
+    }
+}

@@ -37,6 +37,13 @@ func runLinear(_ L: AttentionLayout, plan: LinearAttentionPlan, favor: FavorFeat
                 var phi = FeatureMapper(map: plan.featureMap, d: d, F: F, w: wbuf.baseAddress, rowScratch: r1,
                                         rowScratch2: r2, colmax: colmax)
                 state.reset()
+                if let s0 = L.linearInitialState {
+                    let src = s0 + bh * F * (dv + 1)
+                    for f in 0..<F {
+                        (S + f * dv).update(from: src + f * (dv + 1), count: dv)
+                        z[f] = src[f * (dv + 1) + dv]
+                    }
+                }
                 if plan.featureMap == .softmax {
                     colmax.update(repeating: -.infinity, count: d)
                     ak_col_max(L.kRow(b, kvh, 0), M, d, L.kStride.m, colmax)

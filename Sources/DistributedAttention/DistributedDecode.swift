@@ -1,0 +1,102 @@
+import AttentionTensor
+import Foundation
+import LongAttention
+import SequenceParallel
+import SwiftMPI
+
+/// A KV cache sharded by position across the ranks of a communicator (position `p` on rank
+/// `p % P`, ``SequenceParallel/StripedPositions``), for decoding a context longer than one machine holds.
+/// Each rank keeps a local ``LongAttention/KVCache`` of about `capacity / P` positions.
+///
+/// A decode step: the new token's query is broadcast from `root`, every rank attends to its
+/// positions (``LongAttention/decodeAttentionKeepingLSE(queries:cache:layer:scale:threads:)``),
+/// and the partial results `(lse, output)` combine by the (max, sum, output) rule in two small
+/// all-reduces (the max of the log-sum-exps, then the sum of the rescaled outputs and weights).
+public struct DistributedKVCache: Sendable {
+    public let comm: Communicator
+    public let positions: StripedPositions
+    public private(set) var local: KVCache
+    /// Tokens in the whole (sharded) cache, per layer.
+    public private(set) var lengths: [Int]
+    /// Seconds this rank spent in the decode collectives (cumulative).
+    public private(set) var collectiveSeconds = 0.0
+
+    public init(comm: Communicator, layers: Int, batch: Int, kvHeads: Int, capacity: Int, headDimension d: Int,
+                valueDimension dv: Int? = nil, type: KVCacheType = .float32) throws {
+        self.comm = comm
+        positions = StripedPositions(ranks: comm.size)
+        local = try KVCache(layers: layers, batch: batch, kvHeads: kvHeads,
+                            capacity: max(1, (capacity + comm.size - 1) / comm.size), headDimension: d,
+                            valueDimension: dv, type: type)
+        lengths = Array(repeating: 0, count: layers)
+    }
+
+    /// Appends tokens at positions `length ..< length + n` of `layer`: `keys [B, Hkv, n, d]`,
+    /// `values [B, Hkv, n, dv]` (the same on every rank); each rank stores the positions it owns.
+    /// Every rank must call it.
+    public mutating func append(layer: Int, keys: Tensor, values: Tensor) throws {
+        guard (0..<lengths.count).contains(layer), keys.rank == 4, values.rank == 4 else {
+            throw AttentionError.invalidArgument("append to layer \(layer) of \(lengths.count) needs rank-4 keys and values")
+        }
+        let n = keys.shape[2]
+        let mine = positions.owned(rank: comm.rank, start: lengths[layer], count: n).map { $0 - lengths[layer] }
+        if !mine.isEmpty {
+            // Owned positions are every P-th from the first: gather them (a strided copy).
+            func pick(_ t: Tensor) throws -> Tensor {
+                if mine.count == n { return t }
+                let (B, Hh, w) = (t.shape[0], t.shape[1], t.shape[3])
+                let c = t.contiguous()
+                var out = try Tensor(uninitialized: [B, Hh, mine.count, w])
+                let dst = out.unsafeMutableBaseAddress(), src = c.unsafeBaseAddress
+                for bh in 0..<(B * Hh) {
+                    for (i, p) in mine.enumerated() {
+                        (dst + (bh * mine.count + i) * w).update(from: src + (bh * n + p) * w, count: w)
+                    }
+                }
+                withExtendedLifetime(c) {}
+                return out
+            }
+            try local.append(layer: layer, keys: try pick(keys), values: try pick(values))
+        }
+        lengths[layer] += n
+    }
+
+    /// One decode step: `queries [B, H, 1, d]` (read on `root`, broadcast) against every position
+    /// of `layer`; returns `[B, H, 1, dv]` on every rank, equal to single-process decoding to float32
+    /// rounding. Every rank must call it (non-root ranks' `queries` only give the shape).
+    public mutating func decode(queries: Tensor, layer: Int, scale: Float? = nil, root: Int = 0,
+                                threads: Int? = nil) throws -> Tensor {
+        guard queries.rank == 4, queries.shape[2] == 1 else {
+            throw AttentionError.invalidArgument("distributed decoding takes one new query per sequence, [B, H, 1, d]; got \(queries.shape)")
+        }
+        var q = queries.contiguous()
+        let t0 = MPI.wtime()
+        try comm.broadcast(q.unsafeMutableBaseAddress(), count: q.count, root: root)
+        var t = MPI.wtime() - t0
+        let part = try decodeAttentionKeepingLSE(queries: q, cache: local, layer: layer, scale: scale, threads: threads)
+        let (B, H, dv) = (q.shape[0], q.shape[1], local.valueDimension)
+        let rows = B * H
+        let t1 = MPI.wtime()
+        var maxima = part.logSumExp.contiguous().scalars
+        try comm.allreduce(&maxima, .max)
+        // Rescaled outputs and weights, summed over the ranks.
+        var packed = [Float](repeating: 0, count: rows * (dv + 1))
+        let o = part.output.contiguous(), l = part.logSumExp.contiguous()
+        for r in 0..<rows where l.unsafeBaseAddress[r] > -.infinity {
+            let w = Foundation.exp(l.unsafeBaseAddress[r] - maxima[r])
+            for c in 0..<dv { packed[r * dv + c] = w * o.unsafeBaseAddress[r * dv + c] }
+            packed[rows * dv + r] = w
+        }
+        try comm.allreduce(&packed, .sum)
+        t += MPI.wtime() - t1
+        collectiveSeconds += t
+        var out = try Tensor(uninitialized: [B, H, 1, dv])
+        let p = out.unsafeMutableBaseAddress()
+        for r in 0..<rows {
+            let w = packed[rows * dv + r]
+            for c in 0..<dv { p[r * dv + c] = w > 0 ? packed[r * dv + c] / w : 0 }
+        }
+        withExtendedLifetime((o, l)) {}
+        return out
+    }
+}

@@ -135,16 +135,18 @@ func loadShards(_ io: DistQKV, comm: Communicator, causal: Bool, layout: Sequenc
     }
 }
 
-/// Rank 0 writes the statistics of every rank.
-func writeStats(_ stats: [RingStatistics], comm: Communicator, to path: String?) throws {
-    guard let path else { return }
+/// Every rank's statistics, gathered (a collective: every rank calls it); rows on rank 0, nil
+/// elsewhere or without `path`. Written by ``writeStats(_:to:)`` inside the final agreement, so a
+/// file that cannot be written ends every rank cleanly.
+func gatherStats(_ stats: [RingStatistics], comm: Communicator, for path: String?) throws -> [[String: Double]]? {
+    guard path != nil else { return nil }
     var mine = [Double]()
     for s in stats {
         mine += [s.seconds, s.computeSeconds, s.waitSeconds, Double(s.bytesSent), Double(s.messages),
                  Double(s.blocksComputed), Double(s.blocksSkipped), Double(s.bufferBytes)]
     }
     let all = try comm.allgather(mine)
-    guard comm.rank == 0 else { return }
+    guard comm.rank == 0 else { return nil }
     let per = mine.count
     var rows: [[String: Double]] = []
     for r in 0..<comm.size {
@@ -154,6 +156,12 @@ func writeStats(_ stats: [RingStatistics], comm: Communicator, to path: String?)
                          "bytesSent": x[3], "messages": x[4], "blocksComputed": x[5], "blocksSkipped": x[6], "bufferBytes": x[7]])
         }
     }
+    return rows
+}
+
+/// Rank 0 writes the gathered statistics (no-op elsewhere).
+func writeStats(_ rows: [[String: Double]]?, to path: String?) throws {
+    guard let rows, let path else { return }
     let data = try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys])
     try data.write(to: URL(fileURLWithPath: path), options: .atomic)
 }
@@ -185,8 +193,11 @@ struct DistRunFull: ParsableCommand {
             let ring = RingAttention(comm: comm, threads: io.threads)
             let result = try ring.forward(queries: q, keys: k, values: v, scale: options.scale, causal: options.causal)
             let whole = try result.output.gather(on: comm)
-            try writeStats([result.statistics], comm: comm, to: mpi.stats)
-            try agree(comm) { if let whole { try Numpy.write(whole, to: output) } }
+            let rows = try gatherStats([result.statistics], comm: comm, for: mpi.stats)
+            try agree(comm) {
+                if let whole { try Numpy.write(whole, to: output) }
+                try writeStats(rows, to: mpi.stats)
+            }
         }
     }
 }
@@ -216,7 +227,7 @@ struct DistRunLinear: ParsableCommand {
                 let q = try Numpy.readTensor(io.q, rank: 4), k = try Numpy.readTensor(io.k, rank: 4), v = try Numpy.readTensor(io.v, rank: 4)
                 let shape = try AttentionShape(queries: q, keys: k, values: v)
                 let qs = SequenceShards(length: shape.N, ranks: comm.size, layout: .contiguous)
-                let kr = linearKeyRange(queries: qs, keys: shape.M, rank: comm.rank)
+                let kr = try linearKeyRange(queries: qs, keys: shape.M, rank: comm.rank)
                 let lq = try q.rows(qs.chunk(comm.rank)).contiguous(), lk = try k.rows(kr).contiguous(), lv = try v.rows(kr).contiguous()
                 for (n, t) in [("queries", lq), ("keys", lk), ("values", lv)] {
                     if let i = t.scanValues().invalidIndex { throw AttentionError.nonFinite(name: n, index: i) }
@@ -277,8 +288,9 @@ struct DistGradFull: ParsableCommand {
             let wq = try g.queries.gather(on: comm, tag: 7000), wk = try g.keys.gather(on: comm, tag: 7100)
             let wv = try g.values.gather(on: comm, tag: 7200)
             let wo = output == nil ? nil : try f.output.gather(on: comm, tag: 7300)
-            try writeStats([f.statistics, g.statistics], comm: comm, to: mpi.stats)
+            let rows = try gatherStats([f.statistics, g.statistics], comm: comm, for: mpi.stats)
             try agree(comm) {
+                try writeStats(rows, to: mpi.stats)
                 guard comm.rank == 0, let wq, let wk, let wv else { return }
                 try Numpy.write(wq, to: dq)
                 try Numpy.write(wk, to: dk)

@@ -15,6 +15,8 @@ import SwiftMPI
 public struct DistributedKVCache: Sendable {
     public let comm: Communicator
     public let positions: StripedPositions
+    /// Positions the whole (sharded) cache holds per layer.
+    public let capacity: Int
     public private(set) var local: KVCache
     /// Tokens in the whole (sharded) cache, per layer.
     public private(set) var lengths: [Int]
@@ -23,10 +25,13 @@ public struct DistributedKVCache: Sendable {
 
     public init(comm: Communicator, layers: Int, batch: Int, kvHeads: Int, capacity: Int, headDimension d: Int,
                 valueDimension dv: Int? = nil, type: KVCacheType = .float32) throws {
+        guard capacity >= 1 else { throw AttentionError.invalidArgument("KV cache capacity must be positive, got \(capacity)") }
         self.comm = comm
+        self.capacity = capacity
         positions = StripedPositions(ranks: comm.size)
+        // Rank r holds ⌈(L - r)/P⌉ <= ⌈capacity/P⌉ of L <= capacity positions.
         local = try KVCache(layers: layers, batch: batch, kvHeads: kvHeads,
-                            capacity: max(1, (capacity + comm.size - 1) / comm.size), headDimension: d,
+                            capacity: (capacity + comm.size - 1) / comm.size, headDimension: d,
                             valueDimension: dv, type: type)
         lengths = Array(repeating: 0, count: layers)
     }
@@ -34,30 +39,77 @@ public struct DistributedKVCache: Sendable {
     /// Appends tokens at positions `length ..< length + n` of `layer`: `keys [B, Hkv, n, d]`,
     /// `values [B, Hkv, n, dv]` (the same on every rank); each rank stores the positions it owns.
     /// Every rank must call it.
+    ///
+    /// All or nothing on every rank: the whole `keys`/`values` are checked on every rank (layer,
+    /// shapes, the global ``capacity``, NaN/Inf, the storage type's largest magnitude) and the
+    /// ranks agree on the outcome in one small all-reduce before any rank stores a position. If
+    /// any rank refuses (or cannot make its copy), every rank throws and no rank's cache or
+    /// ``lengths`` changes: the cache stays usable. (The ranks also check that they append the
+    /// same number of tokens to the same layer at the same length.)
     public mutating func append(layer: Int, keys: Tensor, values: Tensor) throws {
-        guard (0..<lengths.count).contains(layer), keys.rank == 4, values.rank == 4 else {
-            throw AttentionError.invalidArgument("append to layer \(layer) of \(lengths.count) needs rank-4 keys and values")
-        }
-        let n = keys.shape[2]
-        let mine = positions.owned(rank: comm.rank, start: lengths[layer], count: n).map { $0 - lengths[layer] }
-        if !mine.isEmpty {
-            // Owned positions are every P-th from the first: gather them (a strided copy).
-            func pick(_ t: Tensor) throws -> Tensor {
-                if mine.count == n { return t }
-                let (B, Hh, w) = (t.shape[0], t.shape[1], t.shape[3])
-                let c = t.contiguous()
-                var out = try Tensor(uninitialized: [B, Hh, mine.count, w])
-                let dst = out.unsafeMutableBaseAddress(), src = c.unsafeBaseAddress
-                for bh in 0..<(B * Hh) {
-                    for (i, p) in mine.enumerated() {
-                        (dst + (bh * mine.count + i) * w).update(from: src + (bh * n + p) * w, count: w)
-                    }
-                }
-                withExtendedLifetime(c) {}
-                return out
+        var localError: Error? = nil
+        var picked: (keys: Tensor, values: Tensor)? = nil
+        var n = 0, start = 0
+        do {
+            guard (0..<lengths.count).contains(layer) else {
+                throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(lengths.count)")
             }
-            try local.append(layer: layer, keys: try pick(keys), values: try pick(values))
+            let c = local
+            guard keys.rank == 4, values.rank == 4, keys.shape[0] == c.batch, keys.shape[1] == c.kvHeads,
+                  keys.shape[3] == c.headDimension, values.shape[0] == c.batch, values.shape[1] == c.kvHeads,
+                  values.shape[3] == c.valueDimension, keys.shape[2] == values.shape[2] else {
+                throw AttentionError.shapeMismatch("append \(keys.shape) / \(values.shape) to a cache of [B, Hkv, ·, d] = [\(c.batch), \(c.kvHeads), ·, \(c.headDimension)] / dv = \(c.valueDimension)")
+            }
+            n = keys.shape[2]
+            start = lengths[layer]
+            guard start + n <= capacity else {
+                throw AttentionError.cacheFull(capacity: capacity, length: start, appending: n)
+            }
+            let k = keys.scanValues(), v = values.scanValues()
+            if let i = k.invalidIndex { throw AttentionError.nonFinite(name: "keys", index: i) }
+            if let i = v.invalidIndex { throw AttentionError.nonFinite(name: "values", index: i) }
+            let limit = c.type.largestMagnitude
+            if k.maxMagnitude > limit || v.maxMagnitude > limit {
+                throw AttentionError.overflow("a \(c.type) KV cache stores magnitudes up to \(limit); the \(k.maxMagnitude > limit ? "keys reach \(k.maxMagnitude)" : "values reach \(v.maxMagnitude)")")
+            }
+            let mine = positions.owned(rank: comm.rank, start: start, count: n).map { $0 - start }
+            if !mine.isEmpty {
+                // Owned positions are every P-th from the first: gather them (a strided copy).
+                func pick(_ t: Tensor) throws -> Tensor {
+                    if mine.count == n { return t }
+                    let (B, Hh, w) = (t.shape[0], t.shape[1], t.shape[3])
+                    let c = t.contiguous()
+                    var out = try Tensor(uninitialized: [B, Hh, mine.count, w])
+                    let dst = out.unsafeMutableBaseAddress(), src = c.unsafeBaseAddress
+                    for bh in 0..<(B * Hh) {
+                        for (i, p) in mine.enumerated() {
+                            (dst + (bh * mine.count + i) * w).update(from: src + (bh * n + p) * w, count: w)
+                        }
+                    }
+                    withExtendedLifetime(c) {}
+                    return out
+                }
+                picked = (try pick(keys), try pick(values))
+            }
+        } catch {
+            localError = error
         }
+        // Agreement (min): the lowest refusing rank, and (layer, n, length) as x and -x pairs.
+        let ok = localError == nil
+        var packed: [Int64] = [Int64(ok ? comm.size : comm.rank),
+                               ok ? Int64(layer) : .max, ok ? -Int64(layer) : .max,
+                               ok ? Int64(n) : .max, ok ? -Int64(n) : .max,
+                               ok ? Int64(start) : .max, ok ? -Int64(start) : .max]
+        try comm.allreduce(&packed, .min)
+        if packed[0] < Int64(comm.size) {
+            if let localError, packed[0] == Int64(comm.rank) { throw localError }
+            throw AttentionError.invalidArgument("rank \(packed[0]) of \(comm.size) refused the append to the sharded KV cache (its error says why); no rank stored it")
+        }
+        guard packed[1] == -packed[2], packed[3] == -packed[4], packed[5] == -packed[6] else {
+            throw AttentionError.shapeMismatch("the ranks append different tokens: layers \(packed[1])...\(-packed[2]), counts \(packed[3])...\(-packed[4]), at lengths \(packed[5])...\(-packed[6]); no rank stored them")
+        }
+        // Checked above (a subset of the agreed tokens, within ⌈capacity/P⌉): cannot throw.
+        if let picked { try local.append(layer: layer, keys: picked.keys, values: picked.values) }
         lengths[layer] += n
     }
 

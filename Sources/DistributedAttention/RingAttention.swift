@@ -1,4 +1,5 @@
 import AttentionTensor
+import Foundation
 import LongAttention
 import SequenceParallel
 import SwiftMPI
@@ -100,32 +101,170 @@ public struct RingAttention: Sendable {
         }
     }
 
-    func geometry(_ keys: ShardedTensor, _ values: ShardedTensor) throws -> Geometry {
-        guard let k0 = keys.chunks.first, let v0 = values.chunks.first, k0.rank == 4, v0.rank == 4 else {
-            throw AttentionError.invalidArgument("ring attention needs rank-4 key and value chunks")
+    /// Message tags of a ring step: K/V blocks and dK/dV accumulators in disjoint sets (even and
+    /// odd) at every ring size.
+    static func keyValueTag(step: Int) -> Int { tagBase + 2 * step }
+    static func gradientTag(step: Int) -> Int { tagBase + 2 * step + 1 }
+    static let tagBase = 100
+
+    /// The backward's extra arguments, checked with the rest.
+    struct SavedForward {
+        let output: ShardedTensor, logSumExp: [Tensor], outputGradient: ShardedTensor
+    }
+
+    /// Checks one sharded argument against this communicator and its chunk shapes
+    /// `[B, heads, len, width]` (B, heads and width those of its first chunk).
+    func checkSharding(_ name: String, _ t: ShardedTensor) throws {
+        guard t.shards.ranks == comm.size, t.rank == comm.rank else {
+            throw AttentionError.shapeMismatch("\(name) are sharded for rank \(t.rank) of \(t.shards.ranks); this is rank \(comm.rank) of \(comm.size)")
         }
-        guard keys.shards == values.shards, keys.shards.ranks == comm.size, keys.rank == comm.rank else {
-            throw AttentionError.shapeMismatch("keys and values must be sharded alike over the \(comm.size) ranks")
+        let ranges = t.ranges
+        guard t.chunks.count == ranges.count else {
+            throw AttentionError.shapeMismatch("\(name) hold \(t.chunks.count) chunks; the \(t.shards.layout) sharding gives rank \(t.rank) \(ranges.count)")
         }
-        for (k, v, r) in zip(zip(keys.chunks, values.chunks), keys.ranges).map({ ($0.0, $0.1, $1) }) {
-            guard k.shape == [k0.shape[0], k0.shape[1], r.count, k0.shape[3]], v.shape == [k0.shape[0], k0.shape[1], r.count, v0.shape[3]] else {
-                throw AttentionError.shapeMismatch("key chunk \(k.shape) / value chunk \(v.shape) for positions \(r)")
+        guard let first = t.chunks.first, first.rank == 4 else {
+            throw AttentionError.wrongRank(name: name, expected: 4, shape: t.chunks.first?.shape ?? [])
+        }
+        for (c, r) in zip(t.chunks, ranges) where c.shape != [first.shape[0], first.shape[1], r.count, first.shape[3]] {
+            throw AttentionError.shapeMismatch("a chunk of \(name) is \(c.shape) for positions \(r) (\(r.count) rows of [\(first.shape[0]), \(first.shape[1]), ·, \(first.shape[3])])")
+        }
+    }
+
+    /// Largest magnitude of a sharded tensor's chunks; throws on NaN/Inf, naming the whole tensor's index.
+    func scan(_ name: String, _ t: ShardedTensor) throws -> Float {
+        var m: Float = 0
+        for (c, r) in zip(t.chunks, t.ranges) {
+            let s = c.scanValues()
+            if let i = s.invalidIndex { throw AttentionError.nonFinite(name: name, index: [i[0], i[1], i[2] + r.lowerBound, i[3]]) }
+            m = max(m, s.maxMagnitude)
+        }
+        return m
+    }
+
+    /// Everything a block call could refuse, checked on every rank before the first message, and
+    /// agreed on in one small all-reduce: if any rank refuses its inputs every rank throws (the
+    /// refusing rank its own error) and the communicator stays usable. Checks the shardings (this
+    /// communicator, chunk counts and shapes), the shapes (``LongAttention/AttentionShape``), key
+    /// lengths in `0...M`, a finite scale, NaN/Inf in every shard, that the ranks agree on the
+    /// problem (sizes, layouts, mask, scale, key lengths), and the float32 overflow bounds of the
+    /// whole problem (largest magnitudes over all ranks; they bound every block's).
+    func validate(queries: ShardedTensor, keys: ShardedTensor, values: ShardedTensor, scale: Float?, causal: Bool,
+                  keyLengths: [Int]?, saved: SavedForward? = nil) throws -> Geometry {
+        var shape = AttentionShape(B: 0, H: 0, Hkv: 0, N: 0, M: 0, d: 0, dv: 0)
+        var magnitudes: [Double] = [0, 0, 0, 0]
+        var localError: Error? = nil
+        do {
+            try checkSharding("queries", queries)
+            try checkSharding("keys", keys)
+            try checkSharding("values", values)
+            guard keys.shards == values.shards else {
+                throw AttentionError.shapeMismatch("keys and values must be sharded alike")
+            }
+            shape = try AttentionShape(queries: queries.chunks[0], keys: keys.chunks[0], values: values.chunks[0])
+            shape.N = queries.shards.length
+            shape.M = keys.shards.length
+            if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
+            if let scale, !scale.isFinite { throw AttentionError.invalidArgument("scale must be finite, got \(scale)") }
+            if let keyLengths {
+                guard keyLengths.count == shape.B else {
+                    throw AttentionError.shapeMismatch("\(keyLengths.count) key lengths for batch size \(shape.B)")
+                }
+                if let bad = keyLengths.first(where: { $0 < 0 || $0 > shape.M }) {
+                    throw AttentionError.invalidArgument("key length \(bad) outside 0...\(shape.M)")
+                }
+            }
+            magnitudes[0] = Double(try scan("queries", queries))
+            magnitudes[1] = Double(try scan("keys", keys))
+            magnitudes[2] = Double(try scan("values", values))
+            if let saved {
+                try checkSharding("output", saved.output)
+                try checkSharding("outputGradient", saved.outputGradient)
+                let outputShape = [shape.B, shape.H, shape.N, shape.dv]
+                for (name, t) in [("output", saved.output), ("outputGradient", saved.outputGradient)] {
+                    guard t.shards == queries.shards, t.chunks[0].shape[0] == shape.B, t.chunks[0].shape[1] == shape.H,
+                          t.chunks[0].shape[3] == shape.dv else {
+                        throw AttentionError.shapeMismatch("\(name) must be sharded as the queries with the output's shape \(outputShape); got chunks of \(t.chunks[0].shape) over \(t.shards.length) positions")
+                    }
+                }
+                guard saved.logSumExp.count == queries.ranges.count else {
+                    throw AttentionError.shapeMismatch("\(saved.logSumExp.count) log-sum-exp chunks for \(queries.ranges.count) query chunks")
+                }
+                for (l, r) in zip(saved.logSumExp, queries.ranges) where l.shape != [shape.B, shape.H, r.count] {
+                    throw AttentionError.shapeMismatch("a log-sum-exp chunk is \(l.shape) for query positions \(r); expected \([shape.B, shape.H, r.count])")
+                }
+                magnitudes[3] = Double(try scan("outputGradient", saved.outputGradient))
+            }
+        } catch {
+            localError = error
+        }
+        // One all-reduce (max): the lowest refusing rank, the largest magnitudes, and every value
+        // the ranks must share as (x, -x) pairs (equal on all ranks iff max(x) == -max(-x)).
+        let lengths = keyLengths ?? []
+        let shared: [(String, Double)] = [
+            ("B", Double(shape.B)), ("H", Double(shape.H)), ("Hkv", Double(shape.Hkv)), ("d", Double(shape.d)),
+            ("dv", Double(shape.dv)), ("N", Double(shape.N)), ("M", Double(shape.M)),
+            ("the query layout", queries.shards.layout == .zigzag ? 1 : 0),
+            ("the key layout", keys.shards.layout == .zigzag ? 1 : 0), ("causal", causal ? 1 : 0),
+            ("the scale", Double(scale ?? 0)), ("whether a scale is given", scale == nil ? 0 : 1),
+            ("the key lengths", keyLengths == nil ? -1 : Double(lengths.count)),
+            ("the key lengths", Double(lengths.reduce(0, +))),
+            ("the key lengths", lengths.enumerated().reduce(0.0) { $0 + Double($1.offset + 1) * Double($1.element) }),
+        ]
+        var packed = [localError == nil ? 0 : Double(comm.size - comm.rank)] + magnitudes
+        for (_, x) in shared { packed += localError == nil ? [x, -x] : [-.infinity, -.infinity] }
+        try comm.allreduce(&packed, .max)
+        if packed[0] > 0 {
+            let failing = comm.size - Int(packed[0])
+            if let localError, failing == comm.rank { throw localError }
+            throw AttentionError.invalidArgument("rank \(failing) of \(comm.size) refused its ring attention inputs (its error says why); no rank started the ring")
+        }
+        for (i, (name, _)) in shared.enumerated() where packed[5 + 2 * i] != -packed[6 + 2 * i] {
+            throw AttentionError.shapeMismatch("the ranks disagree on \(name) (from \(-packed[6 + 2 * i]) to \(packed[5 + 2 * i]))")
+        }
+        // The whole problem's float32 bounds (as the single-process call checks them).
+        let (maxQ, maxK, maxV, maxDO) = (packed[1], packed[2], packed[3], packed[4])
+        let s = shape
+        let effectiveScale = Double(abs(scale ?? 1 / Float(s.d).squareRoot()))
+        let limit = Double(sign: .plus, exponent: 124, significand: 1)
+        let scores = effectiveScale * Double(s.d) * maxQ * maxK
+        if scores > limit {
+            throw AttentionError.overflow("scores may reach |scale|·d·max|q|·max|k| = \(scores), over 2^124; rescale q or k")
+        }
+        if Double(s.M) * maxV > limit {
+            throw AttentionError.overflow("accumulated outputs may reach M·max|v| = \(Double(s.M) * maxV), over 2^124; rescale v")
+        }
+        if saved != nil {
+            let dS = 2 * Double(s.dv) * maxDO * maxV
+            let bound = max(effectiveScale * Double(s.M) * dS * Double(s.d) * maxK,
+                            Double(s.group) * Double(s.N) * dS * effectiveScale * Double(s.d) * maxQ,
+                            Double(s.group) * Double(s.N) * maxDO)
+            if bound > limit {
+                throw AttentionError.overflow("gradients may reach \(bound), over 2^124; rescale the inputs or the output gradient")
             }
         }
-        return Geometry(keyShards: keys.shards, B: k0.shape[0], Hkv: k0.shape[1], d: k0.shape[3], dv: v0.shape[3])
+        return Geometry(keyShards: keys.shards, B: s.B, Hkv: s.Hkv, d: s.d, dv: s.dv)
     }
 
     /// Exact attention of this rank's queries against every rank's keys (see the type's
     /// description). `queries` sharded over `N` positions, `keys`/`values` over `M`, all with
     /// ``SequenceParallel/SequenceShards`` of `P = comm.size` ranks; `causal` is bottom-right
-    /// (query `i` sees key `j` iff `j <= i + M - N`); `keyLengths` masks keys at positions
-    /// `>= keyLengths[b]`. Returns this rank's output chunks `[B, H, len, dv]`, their rows'
-    /// log-sum-exp `[B, H, len]` (for the backward) and the rank's statistics. Every rank must call it.
+    /// (query `i` sees key `j` iff `j <= i + M - N`); `keyLengths` (each in `0...M`) masks keys at
+    /// positions `>= keyLengths[b]`. A row that sees no key outputs zeros (log-sum-exp -inf).
+    /// Returns this rank's output chunks `[B, H, len, dv]`, their rows' log-sum-exp `[B, H, len]`
+    /// (for the backward) and the rank's statistics. Every rank must call it.
+    ///
+    /// Errors: inputs are checked on every rank and agreed on before the first message (see
+    /// `validate`), so a refused input throws the same way on every rank and the communicator
+    /// stays usable. An error after that — mid-ring (an allocation that failed, an MPI error, a
+    /// ``SwiftMPI/MPIError/timedOut(what:seconds:)`` because a peer died or failed) — leaves
+    /// transfers pending and peers waiting: the ring stops its progress thread and keeps its
+    /// buffers allocated for the rest of the process, but the communicator is unusable and the
+    /// caller must end the job with ``SwiftMPI/MPI/abort(_:code:)`` (as the `attn dist` commands do).
     public func forward(queries: ShardedTensor, keys: ShardedTensor, values: ShardedTensor, scale: Float? = nil,
                         causal: Bool = false, keyLengths: [Int]? = nil)
         throws -> (output: ShardedTensor, logSumExp: [Tensor], statistics: RingStatistics) {
         let start = MPI.wtime()
-        let geo = try geometry(keys, values)
+        let geo = try validate(queries: queries, keys: keys, values: values, scale: scale, causal: causal, keyLengths: keyLengths)
         let P = comm.size, N = queries.shards.length, M = keys.shards.length
         let H = queries.chunks[0].shape[1]
         var stats = RingStatistics()
@@ -136,45 +275,56 @@ public struct RingAttention: Sendable {
         var pCurrent = current.unsafeMutableBaseAddress(), pArriving = arriving.unsafeMutableBaseAddress()
         stats.bufferBytes = 2 * capacity * 4
         geo.pack(keys: keys.chunks, values: values.chunks, into: pCurrent)
-        for step in 0..<P {
-            let owner = (comm.rank - step + P) % P
-            var requests: [Request] = []
-            if step < P - 1 {
-                let sending = geo.floats(owner: owner), incoming = geo.floats(owner: (owner - 1 + P) % P)
-                requests.append(try comm.isend(pCurrent, count: sending, to: comm.next, tag: 100 + step))
-                requests.append(try comm.irecv(pArriving, count: incoming, from: comm.previous, tag: 100 + step))
-                stats.bytesSent += sending * 4
-                stats.messages += 1
-            }
-            let block = try geo.block(owner: owner, in: current)
-            let t0 = MPI.wtime()
-            var polled = 0.0
-            let poller = BackgroundProgress(comm: comm, requests: requests)
-            for (a, qr) in queries.ranges.enumerated() {
-                for (b, kr) in block.ranges.enumerated() {
-                    let qpos = qr.lowerBound + M - N
-                    let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
-                                                       keyPosition: kr.lowerBound, causal: causal)
-                    if vis == .none { stats.blocksSkipped += 1; continue }
-                    let part = try attentionBlockForward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
-                                                         scale: scale, causal: causal, queryPosition: qpos,
-                                                         keyPosition: kr.lowerBound, keyLengths: keyLengths, threads: threads)
-                    try mergeAttentionBlock(output: &outputs[a], logSumExp: &lses[a], blockOutput: part.output,
-                                            blockLogSumExp: part.logSumExp)
-                    stats.blocksComputed += 1
+        var poller: BackgroundProgress? = nil
+        do {
+            for step in 0..<P {
+                let owner = (comm.rank - step + P) % P
+                var requests: [Request] = []
+                if step < P - 1 {
+                    let sending = geo.floats(owner: owner), incoming = geo.floats(owner: (owner - 1 + P) % P)
+                    requests.append(try comm.isend(pCurrent, count: sending, to: comm.next, tag: Self.keyValueTag(step: step)))
+                    requests.append(try comm.irecv(pArriving, count: incoming, from: comm.previous, tag: Self.keyValueTag(step: step)))
+                    stats.bytesSent += sending * 4
+                    stats.messages += 1
                 }
+                let block = try geo.block(owner: owner, in: current)
+                let t0 = MPI.wtime()
+                var polled = 0.0
+                let stepPoller = BackgroundProgress(comm: comm, requests: requests)
+                poller = stepPoller
+                for (a, qr) in queries.ranges.enumerated() {
+                    for (b, kr) in block.ranges.enumerated() {
+                        let qpos = qr.lowerBound + M - N
+                        let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
+                                                           keyPosition: kr.lowerBound, causal: causal)
+                        if vis == .none { stats.blocksSkipped += 1; continue }
+                        let part = try attentionBlockForward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
+                                                             scale: scale, causal: causal, queryPosition: qpos,
+                                                             keyPosition: kr.lowerBound, keyLengths: keyLengths, threads: threads)
+                        try mergeAttentionBlock(output: &outputs[a], logSumExp: &lses[a], blockOutput: part.output,
+                                                blockLogSumExp: part.logSumExp)
+                        stats.blocksComputed += 1
+                    }
+                }
+                let tp = MPI.wtime()
+                requests = try stepPoller.finish()
+                poller = nil
+                polled += MPI.wtime() - tp
+                stats.computeSeconds += MPI.wtime() - t0
+                stats.progressSeconds += polled
+                stats.stepProgress.append(polled)
+                let waited = try comm.wait(&requests, what: "ring step \(step)'s K/V exchange (block to rank \(comm.next), block from rank \(comm.previous))")
+                stats.waitSeconds += waited
+                stats.stepWaits.append(waited)
+                swap(&current, &arriving)
+                swap(&pCurrent, &pArriving)
             }
-            let tp = MPI.wtime()
-            requests = try poller.finish()
-            polled += MPI.wtime() - tp
-            stats.computeSeconds += MPI.wtime() - t0
-            stats.progressSeconds += polled
-            stats.stepProgress.append(polled)
-            let waited = try comm.wait(&requests, what: "ring step \(step)'s K/V exchange (block to rank \(comm.next), block from rank \(comm.previous))")
-            stats.waitSeconds += waited
-            stats.stepWaits.append(waited)
-            swap(&current, &arriving)
-            swap(&pCurrent, &pArriving)
+        } catch {
+            // Transfers may be pending: no MPI call from the poller any more, and the buffers they
+            // read and write stay allocated until the process ends (the caller aborts).
+            poller?.stop()
+            RingBufferQuarantine.keep([current, arriving])
+            throw error
         }
         withExtendedLifetime((current, arriving)) {}
         stats.seconds = MPI.wtime() - start
@@ -186,13 +336,16 @@ public struct RingAttention: Sendable {
     /// with the same inputs; `outputGradient` is sharded as the queries. K/V blocks travel as in the
     /// forward; each block's dK/dV accumulator travels one step behind it, gathering every rank's
     /// contribution (computed into a fresh buffer while the accumulator is in flight), and returns to
-    /// the block's owner after `P` steps. Every rank must call it.
+    /// the block's owner after `P` steps. Rows that see no key get zero dq. Every rank must call it;
+    /// errors as in the forward (inputs agreed on before the ring; an error mid-ring leaves the
+    /// communicator unusable and the caller must abort).
     public func backward(queries: ShardedTensor, keys: ShardedTensor, values: ShardedTensor, output: ShardedTensor,
                          logSumExp: [Tensor], outputGradient: ShardedTensor, scale: Float? = nil, causal: Bool = false,
                          keyLengths: [Int]? = nil)
         throws -> (queries: ShardedTensor, keys: ShardedTensor, values: ShardedTensor, statistics: RingStatistics) {
         let start = MPI.wtime()
-        let geo = try geometry(keys, values)
+        let geo = try validate(queries: queries, keys: keys, values: values, scale: scale, causal: causal, keyLengths: keyLengths,
+                               saved: SavedForward(output: output, logSumExp: logSumExp, outputGradient: outputGradient))
         let P = comm.size, N = queries.shards.length, M = keys.shards.length
         var stats = RingStatistics()
         var dq = try queries.chunks.map { try Tensor(zeros: $0.shape) }
@@ -208,88 +361,111 @@ public struct RingAttention: Sendable {
         stats.bufferBytes = 5 * capacity * 4
         geo.pack(keys: keys.chunks, values: values.chunks, into: pCurrent)
         var gradSends: [Request] = [.completed, .completed]
-        for step in 0..<P {
-            let owner = (comm.rank - step + P) % P
-            let floats = geo.floats(owner: owner)
-            var requests: [Request] = []
-            if step < P - 1 {
-                let incoming = geo.floats(owner: (owner - 1 + P) % P)
-                requests.append(try comm.isend(pCurrent, count: floats, to: comm.next, tag: 100 + step))
-                requests.append(try comm.irecv(pArriving, count: incoming, from: comm.previous, tag: 100 + step))
+        var poller: BackgroundProgress? = nil
+        do {
+            for step in 0..<P {
+                let owner = (comm.rank - step + P) % P
+                let floats = geo.floats(owner: owner)
+                var requests: [Request] = []
+                if step < P - 1 {
+                    let incoming = geo.floats(owner: (owner - 1 + P) % P)
+                    requests.append(try comm.isend(pCurrent, count: floats, to: comm.next, tag: Self.keyValueTag(step: step)))
+                    requests.append(try comm.irecv(pArriving, count: incoming, from: comm.previous, tag: Self.keyValueTag(step: step)))
+                    stats.bytesSent += floats * 4
+                    stats.messages += 1
+                }
+                var gradRecv: [Request] = []
+                if step > 0 {
+                    gradRecv.append(try comm.irecv(pGradIn, count: floats, from: comm.previous, tag: Self.gradientTag(step: step - 1)))
+                }
+                // This step's contribution to the block's dK/dV, in the outgoing buffer of this parity
+                // (its send from two steps ago must be done).
+                let slot = step % 2
+                stats.waitSeconds += try comm.wait(&gradSends[slot], what: "an earlier dK/dV send to rank \(comm.next)")
+                let contribution = pGradOut[slot]
+                contribution.update(repeating: 0, count: floats)
+                let block = try geo.block(owner: owner, in: current)
+                let gradBlock = try geo.block(owner: owner, in: gradOut[slot])
+                let t0 = MPI.wtime()
+                var polled = 0.0
+                let stepPoller = BackgroundProgress(comm: comm, requests: requests + gradRecv)
+                poller = stepPoller
+                for (a, qr) in queries.ranges.enumerated() {
+                    for (b, kr) in block.ranges.enumerated() {
+                        let qpos = qr.lowerBound + M - N
+                        let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
+                                                           keyPosition: kr.lowerBound, causal: causal)
+                        if vis == .none { stats.blocksSkipped += 1; continue }
+                        let g = try attentionBlockBackward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
+                                                           output: output.chunks[a], logSumExp: logSumExp[a],
+                                                           outputGradient: outputGradient.chunks[a], scale: scale, causal: causal,
+                                                           queryPosition: qpos, keyPosition: kr.lowerBound, keyLengths: keyLengths,
+                                                           threads: threads)
+                        dq[a].add(g.queries)
+                        accumulate(UnsafeMutablePointer(mutating: gradBlock.keys[b].unsafeBaseAddress), g.keys.unsafeBaseAddress, g.keys.count)
+                        accumulate(UnsafeMutablePointer(mutating: gradBlock.values[b].unsafeBaseAddress), g.values.unsafeBaseAddress, g.values.count)
+                        withExtendedLifetime(g) {}
+                        stats.blocksComputed += 1
+                    }
+                }
+                let tp = MPI.wtime()
+                let handedBack = try stepPoller.finish()
+                poller = nil
+                requests = Array(handedBack.prefix(requests.count))
+                gradRecv = Array(handedBack.suffix(gradRecv.count))
+                polled += MPI.wtime() - tp
+                stats.computeSeconds += MPI.wtime() - t0
+                stats.progressSeconds += polled
+                stats.stepProgress.append(polled)
+                withExtendedLifetime(gradBlock) {}
+                var waited = 0.0
+                if step > 0 {
+                    waited += try comm.wait(&gradRecv, what: "ring step \(step)'s dK/dV accumulator from rank \(comm.previous)")
+                    accumulate(contribution, pGradIn, floats)
+                }
+                // On to the next rank; after the last step that is the block's owner.
+                gradSends[slot] = try comm.isend(contribution, count: floats, to: comm.next, tag: Self.gradientTag(step: step))
                 stats.bytesSent += floats * 4
                 stats.messages += 1
+                waited += try comm.wait(&requests, what: "ring step \(step)'s K/V exchange (block to rank \(comm.next), block from rank \(comm.previous))")
+                stats.waitSeconds += waited
+                stats.stepWaits.append(waited)
+                swap(&current, &arriving)
+                swap(&pCurrent, &pArriving)
             }
-            var gradRecv: [Request] = []
-            if step > 0 {
-                gradRecv.append(try comm.irecv(pGradIn, count: floats, from: comm.previous, tag: 300 + step - 1))
-            }
-            // This step's contribution to the block's dK/dV, in the outgoing buffer of this parity
-            // (its send from two steps ago must be done).
-            let slot = step % 2
-            stats.waitSeconds += try comm.wait(&gradSends[slot], what: "an earlier dK/dV send to rank \(comm.next)")
-            let contribution = pGradOut[slot]
-            contribution.update(repeating: 0, count: floats)
-            let block = try geo.block(owner: owner, in: current)
-            let gradBlock = try geo.block(owner: owner, in: gradOut[slot])
-            let t0 = MPI.wtime()
-            var polled = 0.0
-            let poller = BackgroundProgress(comm: comm, requests: requests + gradRecv)
-            for (a, qr) in queries.ranges.enumerated() {
-                for (b, kr) in block.ranges.enumerated() {
-                    let qpos = qr.lowerBound + M - N
-                    let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
-                                                       keyPosition: kr.lowerBound, causal: causal)
-                    if vis == .none { stats.blocksSkipped += 1; continue }
-                    let g = try attentionBlockBackward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
-                                                       output: output.chunks[a], logSumExp: logSumExp[a],
-                                                       outputGradient: outputGradient.chunks[a], scale: scale, causal: causal,
-                                                       queryPosition: qpos, keyPosition: kr.lowerBound, keyLengths: keyLengths,
-                                                       threads: threads)
-                    dq[a].add(g.queries)
-                    accumulate(UnsafeMutablePointer(mutating: gradBlock.keys[b].unsafeBaseAddress), g.keys.unsafeBaseAddress, g.keys.count)
-                    accumulate(UnsafeMutablePointer(mutating: gradBlock.values[b].unsafeBaseAddress), g.values.unsafeBaseAddress, g.values.count)
-                    withExtendedLifetime(g) {}
-                    stats.blocksComputed += 1
-                }
-            }
-            let tp = MPI.wtime()
-            let handedBack = try poller.finish()
-            requests = Array(handedBack.prefix(requests.count))
-            gradRecv = Array(handedBack.suffix(gradRecv.count))
-            polled += MPI.wtime() - tp
-            stats.computeSeconds += MPI.wtime() - t0
-            stats.progressSeconds += polled
-            stats.stepProgress.append(polled)
-            withExtendedLifetime(gradBlock) {}
-            var waited = 0.0
-            if step > 0 {
-                waited += try comm.wait(&gradRecv, what: "ring step \(step)'s dK/dV accumulator from rank \(comm.previous)")
-                accumulate(contribution, pGradIn, floats)
-            }
-            // On to the next rank; after the last step that is the block's owner.
-            gradSends[slot] = try comm.isend(contribution, count: floats, to: comm.next, tag: 300 + step)
-            stats.bytesSent += floats * 4
-            stats.messages += 1
-            waited += try comm.wait(&requests, what: "ring step \(step)'s K/V exchange (block to rank \(comm.next), block from rank \(comm.previous))")
-            stats.waitSeconds += waited
-            stats.stepWaits.append(waited)
-            swap(&current, &arriving)
-            swap(&pCurrent, &pArriving)
+            // This rank's own block comes home with every rank's contribution.
+            let own = geo.floats(owner: comm.rank)
+            var home = [try comm.irecv(pGradIn, count: own, from: comm.previous, tag: Self.gradientTag(step: P - 1))]
+            let homeWait = try comm.wait(&home, what: "the dK/dV of this rank's keys from rank \(comm.previous)")
+            stats.waitSeconds += homeWait
+            stats.stepWaits.append(homeWait)
+            stats.stepProgress.append(0)
+            stats.waitSeconds += try comm.wait(&gradSends, what: "the last dK/dV sends to rank \(comm.next)")
+        } catch {
+            // As in the forward: stop the poller, keep every buffer a pending transfer may touch.
+            poller?.stop()
+            RingBufferQuarantine.keep([current, arriving, gradIn] + gradOut)
+            throw error
         }
-        // This rank's own block comes home with every rank's contribution.
-        let own = geo.floats(owner: comm.rank)
-        var home = [try comm.irecv(pGradIn, count: own, from: comm.previous, tag: 300 + P - 1)]
-        let homeWait = try comm.wait(&home, what: "the dK/dV of this rank's keys from rank \(comm.previous)")
-        stats.waitSeconds += homeWait
-        stats.stepWaits.append(homeWait)
-        stats.stepProgress.append(0)
-        stats.waitSeconds += try comm.wait(&gradSends, what: "the last dK/dV sends to rank \(comm.next)")
         let finished = try geo.block(owner: comm.rank, in: gradIn)
         let dk = ShardedTensor(shards: keys.shards, rank: comm.rank, chunks: try finished.keys.map { try $0.contiguous().copied() })
         let dv = ShardedTensor(shards: values.shards, rank: comm.rank, chunks: try finished.values.map { try $0.contiguous().copied() })
         withExtendedLifetime((current, arriving, gradIn, gradOut)) {}
         stats.seconds = MPI.wtime() - start
         return (ShardedTensor(shards: queries.shards, rank: comm.rank, chunks: dq), dk, dv, stats)
+    }
+}
+
+/// Buffers of a ring (or gather) that ended in an error while non-blocking transfers on them may
+/// still be pending: kept allocated for the rest of the process (which is about to be aborted),
+/// so that MPI never writes into, or reads from, freed memory.
+enum RingBufferQuarantine {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var kept: [Tensor] = []
+    static func keep(_ buffers: [Tensor]) {
+        lock.lock()
+        kept += buffers
+        lock.unlock()
     }
 }
 

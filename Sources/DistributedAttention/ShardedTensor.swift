@@ -1,5 +1,6 @@
 import AttentionTensor
 import CAttentionKernels
+import LongAttention
 import SequenceParallel
 import SwiftMPI
 
@@ -16,9 +17,16 @@ public struct ShardedTensor: Sendable {
         (self.shards, self.rank, self.chunks) = (shards, rank, chunks)
     }
 
-    /// This rank's rows of a whole tensor (copies: the whole may be dropped afterwards).
+    /// This rank's rows of a whole tensor (copies: the whole may be dropped afterwards). Throws
+    /// unless `whole` is rank 4 with `shards.length` rows and `rank` is one of the shards' ranks.
     public init(slicing whole: Tensor, shards: SequenceShards, rank: Int) throws {
-        precondition(whole.rank == 4 && whole.shape[2] == shards.length)
+        guard whole.rank == 4 else { throw AttentionError.wrongRank(name: "the sharded tensor", expected: 4, shape: whole.shape) }
+        guard whole.shape[2] == shards.length else {
+            throw AttentionError.shapeMismatch("a tensor of \(whole.shape[2]) positions \(whole.shape) split as \(shards.length) positions")
+        }
+        guard (0..<shards.ranks).contains(rank) else {
+            throw AttentionError.invalidArgument("rank \(rank) outside 0..<\(shards.ranks)")
+        }
         self.init(shards: shards, rank: rank, chunks: try shards.ranges(rank: rank).map { try whole.rows($0).contiguous() })
     }
 
@@ -26,36 +34,41 @@ public struct ShardedTensor: Sendable {
     public func gather(on comm: Communicator, root: Int = 0, tag: Int = 7000) throws -> Tensor? {
         guard let first = chunks.first else { return nil }
         let (B, Hh, w) = (first.shape[0], first.shape[1], first.shape[3])
-        var requests: [Request] = []
-        for (i, c) in chunks.enumerated() where rank != root {
-            requests.append(try comm.isend(c.unsafeBaseAddress, count: c.count, to: root, tag: tag + i))
-        }
         var result: Tensor? = nil
-        if rank == root {
-            var whole = try Tensor(uninitialized: [B, Hh, shards.length, w])
-            let out = whole.unsafeMutableBaseAddress()
-            var received: [(Range<Int>, Tensor)] = []
-            var recvRequests: [Request] = []
-            for r in 0..<comm.size {
-                for (i, range) in shards.ranges(rank: r).enumerated() {
-                    if r == root { received.append((range, chunks[i])); continue }
-                    var t = try Tensor(uninitialized: [B, Hh, range.count, w])
-                    recvRequests.append(try comm.irecv(t.unsafeMutableBaseAddress(), count: t.count, from: r, tag: tag + i))
-                    received.append((range, t))
-                }
+        var received: [(Range<Int>, Tensor)] = []
+        do {
+            var requests: [Request] = []
+            for (i, c) in chunks.enumerated() where rank != root {
+                requests.append(try comm.isend(c.unsafeBaseAddress, count: c.count, to: root, tag: tag + i))
             }
-            try comm.wait(&recvRequests, what: "the gathered result's chunks")
-            for (range, t) in received where range.count > 0 {
-                for bh in 0..<(B * Hh) {
-                    (out + (bh * shards.length + range.lowerBound) * w)
-                        .update(from: t.unsafeBaseAddress + bh * range.count * w, count: range.count * w)
+            if rank == root {
+                var whole = try Tensor(uninitialized: [B, Hh, shards.length, w])
+                let out = whole.unsafeMutableBaseAddress()
+                var recvRequests: [Request] = []
+                for r in 0..<comm.size {
+                    for (i, range) in shards.ranges(rank: r).enumerated() {
+                        if r == root { received.append((range, chunks[i])); continue }
+                        var t = try Tensor(uninitialized: [B, Hh, range.count, w])
+                        recvRequests.append(try comm.irecv(t.unsafeMutableBaseAddress(), count: t.count, from: r, tag: tag + i))
+                        received.append((range, t))
+                    }
                 }
+                try comm.wait(&recvRequests, what: "the gathered result's chunks")
+                for (range, t) in received where range.count > 0 {
+                    for bh in 0..<(B * Hh) {
+                        (out + (bh * shards.length + range.lowerBound) * w)
+                            .update(from: t.unsafeBaseAddress + bh * range.count * w, count: range.count * w)
+                    }
+                }
+                result = whole
             }
-            withExtendedLifetime(received) {}
-            result = whole
+            try comm.wait(&requests, what: "rank \(root) to take this rank's chunks")
+        } catch {
+            // Receives or sends may be pending (a timeout): keep their buffers; the caller aborts.
+            RingBufferQuarantine.keep(received.map(\.1) + chunks)
+            throw error
         }
-        try comm.wait(&requests, what: "rank \(root) to take this rank's chunks")
-        withExtendedLifetime(chunks) {}
+        withExtendedLifetime((received, chunks)) {}
         return result
     }
 }

@@ -88,11 +88,27 @@ public struct StripedPositions: Sendable, Equatable {
 /// with rank 0 starting at key 0 and the last rank ending at `M`. Then rank `r`'s local call is
 /// bottom-right aligned again, and the prefix state of the ranks before it holds exactly the keys
 /// before its first.
-public func linearKeyRange(queries: SequenceShards, keys M: Int, rank r: Int) -> Range<Int> {
-    precondition(queries.layout == .contiguous)
+/// Throws ``SequenceShardsError`` for a zigzag query sharding, a negative `M` or a rank outside
+/// the sharding.
+public func linearKeyRange(queries: SequenceShards, keys M: Int, rank r: Int) throws -> Range<Int> {
+    guard queries.layout == .contiguous else {
+        throw SequenceShardsError.invalidArgument("linear attention across ranks needs contiguous query shards, got \(queries.layout)")
+    }
+    guard M >= 0 else { throw SequenceShardsError.invalidArgument("key count \(M) is negative") }
+    guard (0..<queries.ranks).contains(r) else {
+        throw SequenceShardsError.invalidArgument("rank \(r) outside 0..<\(queries.ranks)")
+    }
     let off = M - queries.length
     let q = queries.chunk(r)
     let lo = r == 0 ? 0 : min(max(q.lowerBound + off, 0), M)
     let hi = r == queries.ranks - 1 ? M : min(max(q.upperBound + off, 0), M)
     return lo..<max(lo, hi)
+}
+
+/// Arguments the sharding helpers refuse.
+public enum SequenceShardsError: Error, Equatable, CustomStringConvertible, Sendable {
+    case invalidArgument(String)
+    public var description: String {
+        switch self { case .invalidArgument(let s): return "invalid argument: \(s)" }
+    }
 }

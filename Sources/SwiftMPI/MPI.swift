@@ -32,8 +32,9 @@ public enum MPIError: Error, CustomStringConvertible, Equatable, Sendable {
     throw MPIError.failed(call: call(), code: code, message: message)
 }
 
-/// Process-wide MPI state: initialisation (threads: `MPI_THREAD_FUNNELED` — worker threads compute,
-/// only the thread that initialised MPI calls it), finalisation, abort and the clock.
+/// Process-wide MPI state: initialisation (threads: `MPI_THREAD_SERIALIZED` — worker threads
+/// compute; one thread at a time calls MPI: the caller, or a ``BackgroundProgress`` poller while the
+/// caller computes), finalisation, abort and the clock.
 public enum MPI {
     /// Initialises MPI once (`MPI_Init_thread` asking for `MPI_THREAD_SERIALIZED`: one thread at a
     /// time calls MPI — the caller, or a ``BackgroundProgress`` poller while the caller computes)
@@ -48,7 +49,9 @@ public enum MPI {
         try check(MPI_Comm_set_errhandler(cmpi_comm_world(), cmpi_errors_return()), "MPI_Comm_set_errhandler")
     }
 
-    /// Whether the library granted `MPI_THREAD_SERIALIZED` (else progress is polled in line).
+    /// Whether the library granted `MPI_THREAD_SERIALIZED`. Without it no ``BackgroundProgress``
+    /// thread runs: a transfer then only moves inside the caller's own MPI calls (its bounded
+    /// waits), after the computation it was meant to overlap.
     nonisolated(unsafe) public private(set) static var serialized = false
 
     /// True between ``initialize()`` and ``finalize()``.
@@ -102,7 +105,10 @@ public struct Communicator: @unchecked Sendable {
     let comm: MPI_Comm?
     public let rank: Int
     public let size: Int
-    /// Seconds a wait may go without completing before it throws.
+    /// Seconds a wait may go without completing before it throws. Counted from the start of each
+    /// wait (not from the last progress), so it must exceed the longest time a healthy peer may take
+    /// to reach the matching call: in ring attention, the slowest rank's computation of one step
+    /// (plus the ranks' skew), since a rank's wait begins when its own step's computation ends.
     public var timeout: Double
 
     /// `MPI_COMM_WORLD` (MPI must be initialised).
@@ -153,7 +159,9 @@ public struct Communicator: @unchecked Sendable {
         return flag != 0
     }
 
-    /// Waits for all of `requests` (polling, at most ``timeout`` seconds); returns the seconds waited.
+    /// Waits for all of `requests` (polling, at most ``timeout`` seconds from the call); returns the
+    /// seconds waited. On ``MPIError/timedOut(what:seconds:)`` the requests are still pending: their
+    /// buffers must stay allocated, and the job should end with ``MPI/abort(_:code:)``.
     @discardableResult
     public func wait(_ requests: inout [Request], what: @autoclosure () -> String) throws -> Double {
         let start = MPI.wtime()
@@ -283,6 +291,7 @@ public final class BackgroundProgress: @unchecked Sendable {
     private var failure: Error?
     private let exited = DispatchSemaphore(value: 0)
     private let running: Bool
+    private var stopped = false
 
     public init(comm: Communicator, requests: [Request]) {
         self.comm = comm
@@ -310,15 +319,23 @@ public final class BackgroundProgress: @unchecked Sendable {
         thread.start()
     }
 
-    /// Stops polling and hands the requests back (some may still be pending).
+    /// Stops polling and hands the requests back (some may still be pending). Throws the error an
+    /// `MPI_Test` of the thread returned. Idempotent: a second call (e.g. from an error path that
+    /// must be sure the thread no longer calls MPI) returns at once.
     public func finish() throws -> [Request] {
-        if running {
+        if running && !stopped {
             lock.lock()
             stopping = true
             lock.unlock()
             exited.wait()
+            stopped = true
         }
         if let failure { throw failure }
         return requests
+    }
+
+    /// Stops polling without looking at the outcome: the error path of a caller about to throw.
+    public func stop() {
+        _ = try? finish()
     }
 }

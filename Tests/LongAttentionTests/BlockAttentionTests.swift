@@ -68,6 +68,70 @@ final class BlockAttentionTests: XCTestCase {
         }
     }
 
+    /// Rows that see no key — causal N > M (rows before every key, bottom-right) and a batch with
+    /// key length 0 — through blocks merged as the ring merges them: those rows' output and dq are
+    /// exactly zero (lse -inf), the rest match the single-process call, and dk/dv sum to its gradients.
+    func testRowsWithoutVisibleKeysAreExactlyZero() throws {
+        let (B, H, Hkv, N, M, d, dv) = (3, 2, 1, 40, 5, 8, 8)
+        let (q, k, v) = try Reference.inputs(B: B, H: H, Hkv: Hkv, N: N, M: M, d: d, dv: dv, seed: 11)
+        for (causal, lengths) in [(true, nil), (true, [5, 0, 3]), (false, [0, 5, 2])] as [(Bool, [Int]?)] {
+            var mask = AttentionMask(isCausal: causal)
+            if let lengths { mask.keyLengths = lengths }
+            let whole = try scaledDotProductAttentionForward(queries: q, keys: k, values: v, mask: mask)
+            let dOut = try Tensor.randomNormal([B, H, N, dv], seed: 12)
+            let grads = try scaledDotProductAttentionBackward(queries: q, keys: k, values: v, forward: whole, outputGradient: dOut, mask: mask)
+            let qBlocks = [0..<10, 10..<33, 33..<36, 36..<40], kBlocks = [3..<5, 0..<3]
+            var dk = try Tensor(zeros: k.shape), dvSum = try Tensor(zeros: v.shape)
+            var empty = 0
+            for qb in qBlocks {
+                let qr = try q.rows(qb)
+                var out = try Tensor(zeros: [B, H, qb.count, dv]), lse = try Tensor(filling: -.infinity, [B, H, qb.count])
+                for kb in kBlocks {
+                    let part = try attentionBlockForward(queries: qr, keys: try k.rows(kb), values: try v.rows(kb), causal: causal,
+                                                         queryPosition: qb.lowerBound + M - N, keyPosition: kb.lowerBound,
+                                                         keyLengths: lengths)
+                    try mergeAttentionBlock(output: &out, logSumExp: &lse, blockOutput: part.output, blockLogSumExp: part.logSumExp)
+                }
+                var dq = try Tensor(zeros: [B, H, qb.count, d])
+                for kb in kBlocks {
+                    let g = try attentionBlockBackward(queries: qr, keys: try k.rows(kb), values: try v.rows(kb), output: out,
+                                                       logSumExp: lse, outputGradient: try dOut.rows(qb), causal: causal,
+                                                       queryPosition: qb.lowerBound + M - N, keyPosition: kb.lowerBound, keyLengths: lengths)
+                    dq = try dq + g.queries
+                    for b in 0..<B { for h in 0..<Hkv { for (j, p) in kb.enumerated() {
+                        for c in 0..<d { dk[b, h, p, c] += g.keys[b, h, j, c] }
+                        for c in 0..<dv { dvSum[b, h, p, c] += g.values[b, h, j, c] }
+                    } } }
+                }
+                for b in 0..<B {
+                    for (r, i) in qb.enumerated() {
+                        let last = min(causal ? i + M - N : M - 1, (lengths?[b] ?? M) - 1)
+                        guard last < 0 else { continue }
+                        empty += 1
+                        for h in 0..<H {
+                            XCTAssertEqual(lse[b, h, r], -.infinity)
+                            for c in 0..<dv { XCTAssertEqual(out[b, h, r, c], 0, "row \(i) batch \(b)") }
+                            for c in 0..<d { XCTAssertEqual(dq[b, h, r, c], 0, "dq row \(i) batch \(b)") }
+                        }
+                    }
+                }
+                XCTAssertLessThan(err(out, try whole.output.rows(qb).contiguous()), 1e-6, "causal \(causal) \(String(describing: lengths))")
+                XCTAssertLessThan(err(dq, try grads.queries.rows(qb).contiguous()), 1e-5, "causal \(causal) \(String(describing: lengths))")
+            }
+            XCTAssertGreaterThan(empty, 0)
+            XCTAssertLessThan(err(dk, grads.keys), 1e-5)
+            XCTAssertLessThan(err(dvSum, grads.values), 1e-5)
+        }
+    }
+
+    func testBlockRejectsNegativeKeyLength() throws {
+        let (q, k, v) = try Reference.inputs(B: 2, H: 2, Hkv: 2, N: 4, M: 4, d: 8, dv: 8, seed: 13)
+        XCTAssertThrowsError(try attentionBlockForward(queries: q, keys: k, values: v, keyLengths: [4, -1]))
+        let f = try attentionBlockForward(queries: q, keys: k, values: v)
+        XCTAssertThrowsError(try attentionBlockBackward(queries: q, keys: k, values: v, output: f.output, logSumExp: f.logSumExp,
+                                                        outputGradient: f.output, keyLengths: [-2, 4]))
+    }
+
     func testMergeRejectsMismatchedShapes() throws {
         var o = try Tensor(zeros: [1, 1, 2, 3]), l = try Tensor(zeros: [1, 1, 2])
         XCTAssertThrowsError(try mergeAttentionBlock(output: &o, logSumExp: &l, blockOutput: try Tensor(zeros: [1, 1, 3, 3]),

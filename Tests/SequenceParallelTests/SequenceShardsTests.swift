@@ -35,19 +35,27 @@ final class SequenceShardsTests: XCTestCase {
         XCTAssertEqual((0..<3).map { attendedPairs(queries: s, keys: 10, causal: true, rank: $0) }.reduce(0, +), 55)
     }
 
-    func testLinearKeyRangesTileTheKeys() {
+    func testLinearKeyRangesTileTheKeys() throws {
         for (N, M) in [(70, 70), (30, 53), (5, 3), (8, 8), (3, 40)] {
             for P in 1...4 {
                 let qs = SequenceShards(length: N, ranks: P, layout: .contiguous)
                 var next = 0
                 for r in 0..<P {
-                    let kr = linearKeyRange(queries: qs, keys: M, rank: r)
+                    let kr = try linearKeyRange(queries: qs, keys: M, rank: r)
                     XCTAssertEqual(kr.lowerBound, next, "N=\(N) M=\(M) P=\(P) r=\(r)")
                     next = kr.upperBound
                 }
                 XCTAssertEqual(next, M)
             }
         }
+    }
+
+    func testLinearKeyRangeRefusesBadArguments() {
+        let zigzag = SequenceShards(length: 10, ranks: 2, layout: .zigzag)
+        XCTAssertThrowsError(try linearKeyRange(queries: zigzag, keys: 10, rank: 0))
+        let qs = SequenceShards(length: 10, ranks: 2, layout: .contiguous)
+        XCTAssertThrowsError(try linearKeyRange(queries: qs, keys: 10, rank: 2))
+        XCTAssertThrowsError(try linearKeyRange(queries: qs, keys: -1, rank: 0))
     }
 
     func testStripedDecodePositions() {

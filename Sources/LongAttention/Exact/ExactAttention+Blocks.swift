@@ -34,6 +34,12 @@ private func blockInputs(queries: Tensor, keys: Tensor, values: Tensor, scale: F
         guard keyLengths.count == shape.B else {
             throw AttentionError.shapeMismatch("\(keyLengths.count) key lengths for a batch of \(shape.B)")
         }
+        // Lengths are sequence positions: the block cannot know the sequence's M (its caller checks
+        // the upper bound, as ring attention does against the whole M), but a negative one is wrong
+        // at any M. Within the block, a length before it masks every key and one past it none.
+        if let bad = keyLengths.first(where: { $0 < 0 }) {
+            throw AttentionError.invalidArgument("key length \(bad) is negative")
+        }
         mask.keyLengths = keyLengths.map { min(max($0 - keyPosition, 0), shape.M) }
     }
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: mask, threads: threads)
@@ -57,6 +63,8 @@ private func blockInputs(queries: Tensor, keys: Tensor, values: Tensor, scale: F
 ///   - causal: query at position `p` sees keys at positions `<= p` (``AttentionBlockVisibility``);
 ///     a fully masked block is not computed.
 ///   - keyLengths: per batch, keys at sequence positions `>= keyLengths[b]` are masked (padding).
+///     Each must be in `0...M` of the whole sequence: negative lengths throw here; the caller,
+///     who knows `M`, checks the upper bound (ring attention does).
 /// Inputs are checked as ``scaledDotProductAttention(queries:keys:values:scale:mask:implementation:threads:)`` checks them.
 public func attentionBlockForward(
     queries: Tensor, keys: Tensor, values: Tensor, scale: Float? = nil, causal: Bool = false,

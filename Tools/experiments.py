@@ -40,7 +40,7 @@ os.makedirs(MODELS, exist_ok=True)
 ONLY = set(p for p in args.only.split(",") if p)
 T0 = time.time()
 
-PASSKEY_MODELS = ["base", "alibi", "linear x4 + fine-tune", "infini linear", "infini delta", "exact"]
+PASSKEY_MODELS = ["base", "alibi", "infini linear", "exact"]
 if args.quick:
     # A small model trained here: 2 layers, D 128, 4 heads over 2 KV heads, W0 = 128.
     P = dict(W0=128, shape="--layers 2 --hidden 128 --heads 4 --kv-heads 2 --intermediate 344",
@@ -205,7 +205,7 @@ if want("infini") or want("passkey"):
 # ---- 3. Passkey retrieval after the same short fine-tune ----
 if want("passkey"):
     pk = {}
-    # (Not the extrapolation and NTK fine-tunes nor BigBird: the full run's time budget.)
+    # (Four models: the full run's time budget.)
     for label, d in models.items():
         if label.split(" (")[0] not in P["passkey_models"]:
             continue

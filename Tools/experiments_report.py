@@ -24,9 +24,9 @@ def binned(curve, width):
     return [(s + width / 2, sum(curve[s:s + width]) / len(curve[s:s + width])) for s in range(0, len(curve), width)]
 
 
-def line_chart(title, series, xlabel, ylabel, vlines=(), ymax=None, width=760, height=420):
+def line_chart(title, series, xlabel, ylabel, vlines=(), ymax=None, width=980, height=440):
     """series: [(label, [(x, y)…])]; vlines: [(x, label)]."""
-    L, Rm, T, B = 64, 190, 34, 48
+    L, Rm, T, B = 64, 330, 34, 48
     xs = [x for _, pts in series for x, _ in pts]
     ys = [y for _, pts in series for _, y in pts if math.isfinite(y)]
     x0, x1 = 0, max(xs)
@@ -125,9 +125,10 @@ if "extension" in R:
         if tuned:
             keys.append(min(tuned, key=lambda k: E[k]["mean"]))
     series = [(k, binned(E[k]["curve"], max(8, W0 // 8))) for k in keys if k in E]
-    write("context-extension.svg", line_chart(f"Bits per byte against position: pretrained at {W0}, read at {4 * W0}",
-                                              series, "position in the window (bytes)", "bits per byte",
-                                              vlines=[(W0, "W0")], ymax=min(6.0, max(y for _, p in series for _, y in p))))
+    top = min(2.6, max(y for _, p in series for _, y in p))
+    write("context-extension.svg", line_chart(f"Bits per byte against position: pretrained at {W0}, read at {4 * W0} "
+                                              f"(clipped at {top:.1f})", series, "position in the window (bytes)",
+                                              "bits per byte", vlines=[(W0, "W0")], ymax=top))
     md.append("![context extension](context-extension.svg)\n")
 
 if "infini" in R:

@@ -196,7 +196,7 @@ if "templora" in R:
         a, b = mean(short["texts"], "adaptedBitsPerByte"), mean(longer, "baseBitsPerByte")
         md.append(f"The cheaper setting ({', '.join(names)}, second half): a {short['window']}-byte window with Temp-LoRA reads at "
                   f"{a:.4f} bits/byte, a {main['window']}-byte window without it at {b:.4f} (perplexity "
-                  f"{100 * (1 - 2 ** (a - b)):+.1f}% lower with the short window and Temp-LoRA).\n")
+                  f"{100 * (1 - 2 ** (a - b)):.1f}% lower with the short window and Temp-LoRA).\n")
     if main:
         series = []
         for t in main["texts"]:

@@ -54,7 +54,7 @@ else:
              ext_steps=150, ext_batch=2, infini_steps=150, bigbird_block=64,
              profile_windows=0, passkey_steps=60, passkey_lengths="128,192,256", passkey_scored=[256, 512, 1024, 2048],
              passkey_depths="0,0.25,0.5,0.75,1", passkey_trials=3, temp_books="Job,Luke,Heb", temp_short_books="Heb", temp_max=0, temp_chunk=128,
-             temp_windows=(32, 128), temp_rank=8, temp_lr=1e-3, temp_epochs=2)
+             temp_windows=(32, 128), temp_rank=8, temp_lr=5e-4, temp_epochs=2)
 W0 = P["W0"]
 L4, L8 = 4 * W0, 8 * W0
 

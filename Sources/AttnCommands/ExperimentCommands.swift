@@ -139,6 +139,9 @@ func describe(_ p: ModelConfig.PositionEncoding) -> String {
     case .rope(let theta, .none): return "rope θ=\(theta)"
     case .rope(let theta, .linear(let f)): return "rope θ=\(theta) linear ×\(f)"
     case .rope(let theta, .ntk(let f)): return "rope θ=\(theta) ntk ×\(f)"
+    case .rope(let theta, .dynamic(let f)): return "rope θ=\(theta) dynamic ×\(f)"
+    case .rope(let theta, .llama3(let f, _, _, let c)): return "rope θ=\(theta) llama3 ×\(f) from \(c)"
+    case .rope(let theta, .yarn(let f, let c, _, _, _, _)): return "rope θ=\(theta) yarn ×\(f) from \(c)"
     }
 }
 

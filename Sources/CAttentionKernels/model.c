@@ -77,6 +77,43 @@ AK_CLONES void ak_swiglu_backward(const float *g, const float *u, const float *d
     }
 }
 
+/// tanh through the vectorised exp: 1 − 2 / (e^{2a} + 1) (e^{2a} = inf gives 1, 0 gives −1).
+#define TANH16(a) (1.0f - 2.0f / (EXP16(2.0f * (a)) + 1.0f))
+#define GELU_C 0.7978845608028654f   /* √(2/π) */
+#define GELU_A 0.044715f
+
+// GeGLU with the tanh form of GELU (PyTorch's gelu(approximate="tanh"), Gemma's
+// gelu_pytorch_tanh): h = ½·g·(1 + tanh(c·(g + a·g³)))·u.
+AK_CLONES void ak_geglu_tanh(const float *g, const float *u, float *h, long n) {
+    long i = 0;
+    for (; i + W <= n; i += W) {
+        vf gv = LOAD(g + i), t = TANH16(GELU_C * (gv + GELU_A * gv * gv * gv));
+        STORE(h + i, 0.5f * gv * (1.0f + t) * LOAD(u + i));
+    }
+    for (; i < n; i++) {
+        float t = tanhf(GELU_C * (g[i] + GELU_A * g[i] * g[i] * g[i]));
+        h[i] = 0.5f * g[i] * (1.0f + t) * u[i];
+    }
+}
+
+// d/dg gelu(g) = ½(1 + t) + ½·g·(1 − t²)·c·(1 + 3a·g²).
+AK_CLONES void ak_geglu_tanh_backward(const float *g, const float *u, const float *dh, float *dg, float *du, long n) {
+    long i = 0;
+    for (; i + W <= n; i += W) {
+        vf gv = LOAD(g + i), uv = LOAD(u + i), dv = LOAD(dh + i);
+        vf t = TANH16(GELU_C * (gv + GELU_A * gv * gv * gv));
+        vf gelu = 0.5f * gv * (1.0f + t);
+        vf slope = 0.5f * (1.0f + t) + 0.5f * gv * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * gv * gv);
+        STORE(du + i, dv * gelu);
+        STORE(dg + i, dv * uv * slope);
+    }
+    for (; i < n; i++) {
+        float t = tanhf(GELU_C * (g[i] + GELU_A * g[i] * g[i] * g[i]));
+        du[i] = dh[i] * 0.5f * g[i] * (1.0f + t);
+        dg[i] = dh[i] * u[i] * (0.5f * (1.0f + t) + 0.5f * g[i] * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * g[i] * g[i]));
+    }
+}
+
 AK_CLONES double ak_cross_entropy_rows(float *z, long ldz, long rows, long vocab, const int *targets, float gradScale,
                                        int writeGradient) {
     double total = 0;

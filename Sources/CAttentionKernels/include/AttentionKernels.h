@@ -178,6 +178,9 @@ void ak_swiglu(const float *g, const float *u, float *h, long n);
 
 /// Its backward: du = dh ∘ g σ(g); dg = dh ∘ u ∘ σ(g)(1 + g(1 − σ(g))).
 void ak_swiglu_backward(const float *g, const float *u, const float *dh, float *dg, float *du, long n);
+/// GeGLU with tanh-GELU (Gemma): h = gelu_tanh(g) · u over n values, and its backward (dg, du overwritten).
+void ak_geglu_tanh(const float *g, const float *u, float *h, long n);
+void ak_geglu_tanh_backward(const float *g, const float *u, const float *dh, float *dg, float *du, long n);
 
 /// Cross-entropy of rows of logits z (leading dimension ldz) against targets (−1: no target, no
 /// loss): returns Σ_r (logsumexp(z_r) − z_r[t_r]). With writeGradient, z_r is replaced by

@@ -1,4 +1,5 @@
 import Foundation
+import LongAttention
 
 /// A Llama-architecture decoder's hyper-parameters, as Hugging Face's `config.json` states them
 /// (`LlamaForCausalLM`, `MixtralForCausalLM`), plus the project's own options under the key
@@ -9,8 +10,25 @@ import Foundation
 /// `L` layers, `H` query heads, `Hkv` key/value heads, `hd` head dimension, `E` experts, `k`
 /// experts per token, `B` sequences, `T` tokens per sequence.
 public struct ModelConfig: Sendable, Equatable {
-    public enum Architecture: String, Sendable {
-        case llama, mixtral
+    /// The family: which small pieces a decoder layer has (``ModelFamily`` lists them).
+    public enum Architecture: String, Sendable, CaseIterable {
+        case llama, mixtral, mistral, qwen2, qwen3
+        /// Gemma 3's text decoder (`gemma3_text`, `Gemma3ForCausalLM`).
+        case gemma3 = "gemma3_text"
+    }
+
+    /// The MLP's gate activation: SwiGLU (`silu`) or GeGLU with the tanh approximation of GELU
+    /// (`gelu_pytorch_tanh`, Gemma).
+    public enum Activation: String, Sendable {
+        case silu
+        case geluTanh = "gelu_pytorch_tanh"
+    }
+
+    /// Which keys a layer's queries see: all earlier ones, or the last `slidingWindow` (transformers'
+    /// rule: query i sees key j iff i − W < j ≤ i).
+    public enum LayerKind: String, Sendable {
+        case full = "full_attention"
+        case sliding = "sliding_attention"
     }
 
     /// How positions enter attention.
@@ -28,6 +46,13 @@ public struct ModelConfig: Sendable, Equatable {
         case linear(factor: Double)
         /// NTK-aware base scaling: θ · factor^(hd/(hd−2)) (the project's own `rope_type: "ntk"`).
         case ntk(factor: Double)
+        /// Llama 3.1's `rope_type: "llama3"`.
+        case llama3(factor: Double, lowFrequencyFactor: Double, highFrequencyFactor: Double, originalContext: Int)
+        /// `rope_type: "yarn"`, with the attention factor resolved (given, or from `mscale`, or 0.1·ln(factor) + 1).
+        case yarn(factor: Double, originalContext: Int, betaFast: Double, betaSlow: Double, attentionFactor: Double,
+                  truncate: Bool)
+        /// `rope_type: "dynamic"`: the base grows with the sequence length past `max_position_embeddings`.
+        case dynamic(factor: Double)
     }
 
     public var architecture: Architecture
@@ -53,6 +78,40 @@ public struct ModelConfig: Sendable, Equatable {
     public var expertSizes: [Int]?
     /// The attention variant of each layer (the project's own key; default exact everywhere).
     public var attention: [LayerAttention]
+
+    // MARK: The pieces in which the families differ (defaults: Llama's)
+
+    /// Biases on the q, k and v projections (Qwen2).
+    public var qkvBias = false
+    /// RMSNorm of each query and key head before RoPE, weights `[hd]` (Qwen3, Gemma 3).
+    public var queryKeyNorm = false
+    /// Norms after attention and after the MLP as well as before them (Gemma 3's four norms per layer).
+    public var sandwichNorms = false
+    /// Added to every RMSNorm weight: 1 for Gemma's `x · (1 + w)` as Hugging Face stores `w`, 0 when
+    /// the stored weight already holds `1 + w` (llama.cpp's GGUF) or for the other families.
+    public var normWeightOffset: Float = 0
+    public var activation = Activation.silu
+    /// The embedding rows are multiplied by this (Gemma: √D).
+    public var embeddingScale: Float? = nil
+    /// Scores are `scale · q·k`; nil: `1/√hd` (Gemma 3: `query_pre_attn_scalar^−1/2`).
+    public var attentionScale: Double? = nil
+    /// The window of sliding layers (nil: no sliding layers).
+    public var slidingWindow: Int? = nil
+    /// Full or sliding, per layer (default all full).
+    public var layerKinds: [LayerKind] = []
+    /// RoPE of sliding layers when it differs from ``positions`` (Gemma 3's `rope_local_base_freq`).
+    public var slidingPositions: PositionEncoding? = nil
+    /// Ids that end a generation (`eos_token_id` may list several; the first is ``eosTokenId``).
+    public var endTokenIds: [Int] = []
+
+    /// Whether `layer` is a sliding-window layer.
+    public func isSliding(_ layer: Int) -> Bool { layer < layerKinds.count && layerKinds[layer] == .sliding }
+
+    /// The window of `layer`, or nil for full attention.
+    public func window(of layer: Int) -> Int? { isSliding(layer) ? slidingWindow : nil }
+
+    /// The positions of `layer`: ``slidingPositions`` on sliding layers when set, else ``positions``.
+    public func positions(of layer: Int) -> PositionEncoding { isSliding(layer) ? (slidingPositions ?? positions) : positions }
 
     public init(architecture: Architecture = .llama, vocabSize: Int, hiddenSize: Int, intermediateSize: Int, layers: Int,
                 heads: Int, kvHeads: Int, headDim: Int? = nil, rmsNormEps: Double = 1e-5,
@@ -98,14 +157,14 @@ public struct ModelConfig: Sendable, Equatable {
         guard layers <= 1024, heads <= 4096 else { throw bad("\(layers) layers × \(heads) heads is beyond what this implementation supports") }
         guard heads % kvHeads == 0 else { throw bad("num_attention_heads \(heads) is not a multiple of num_key_value_heads \(kvHeads)") }
         guard rmsNormEps > 0, rmsNormEps.isFinite else { throw bad("rms_norm_eps must be positive, got \(rmsNormEps)") }
-        if case .rope(let theta, let scaling) = positions {
+        for p in [positions] + (slidingPositions.map { [$0] } ?? []) {
+            guard case .rope(let theta, let scaling) = p else { continue }
             guard headDim % 2 == 0 else { throw bad("RoPE needs an even head_dim, got \(headDim)") }
             guard theta > 1, theta.isFinite else { throw bad("rope_theta must be > 1, got \(theta)") }
-            switch scaling {
-            case .linear(let f), .ntk(let f):
-                guard f >= 1, f.isFinite else { throw bad("rope scaling factor must be >= 1, got \(f)") }
-            case .none: break
-            }
+            do {
+                _ = try RotaryEmbedding.frequencies(dimension: headDim, base: theta, scaling: scaling.rotary(maxPositionEmbeddings),
+                                                    maxPositions: 1)
+            } catch { throw bad("rope scaling: \(error)") }
         }
         for id in [bosTokenId, eosTokenId].compactMap({ $0 }) where !(0..<vocabSize).contains(id) {
             throw bad("token id \(id) outside the vocabulary of \(vocabSize)")
@@ -122,6 +181,17 @@ public struct ModelConfig: Sendable, Equatable {
             }
         }
         guard attention.count == layers else { throw bad("\(attention.count) attention variants for \(layers) layers") }
+        guard layerKinds.isEmpty || layerKinds.count == layers else { throw bad("layer_types lists \(layerKinds.count) layers for \(layers)") }
+        if layerKinds.contains(.sliding) {
+            guard let w = slidingWindow, w >= 1 else { throw bad("sliding layers need sliding_window >= 1") }
+            for (i, a) in attention.enumerated() where layerKinds[i] == .sliding && a != .exact {
+                throw bad("layer \(i) is a sliding-window layer: it takes exact attention, not \(a.name)")
+            }
+        }
+        if let s = attentionScale { guard s > 0, s.isFinite else { throw bad("the attention scale must be positive, got \(s)") } }
+        if let s = embeddingScale { guard s > 0, s.isFinite else { throw bad("the embedding scale must be positive, got \(s)") } }
+        guard normWeightOffset == 0 || normWeightOffset == 1 else { throw bad("norm weight offset must be 0 or 1") }
+        for id in endTokenIds where !(0..<vocabSize).contains(id) { throw bad("end token id \(id) outside the vocabulary of \(vocabSize)") }
         for a in attention { try a.validate(heads: heads, headDim: headDim) }
         if case .alibi = positions {
             for a in attention where !a.supportsALiBi {
@@ -156,4 +226,22 @@ public enum ModelError: Error, Equatable, CustomStringConvertible, Sendable {
         case .nonFinite(let s): return "non-finite value: \(s)"
         }
     }
+}
+
+extension ModelConfig.RopeScaling {
+    /// The attention layer's form; dynamic NTK needs the original context (`max_position_embeddings`).
+    func rotary(_ maxPositionEmbeddings: Int) -> RotaryEmbedding.Scaling {
+        switch self {
+        case .none: return .none
+        case .linear(let f): return .linear(factor: f)
+        case .ntk(let f): return .ntk(factor: f)
+        case .llama3(let f, let lo, let hi, let c): return .llama3(factor: f, lowFrequencyFactor: lo, highFrequencyFactor: hi, originalContext: c)
+        case .yarn(let f, let c, let fast, let slow, let a, let t):
+            return .yarn(factor: f, originalContext: c, betaFast: fast, betaSlow: slow, attentionFactor: a, truncate: t)
+        case .dynamic(let f): return .dynamicNTK(factor: f, originalContext: maxPositionEmbeddings)
+        }
+    }
+
+    /// Whether the table depends on the sequence length (dynamic NTK).
+    var dependsOnLength: Bool { if case .dynamic = self { return true } else { return false } }
 }

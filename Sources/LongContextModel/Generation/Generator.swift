@@ -57,37 +57,44 @@ extension CausalLM {
     var decodesWithCache: Bool { config.attention.allSatisfy { $0 == .exact } }
 
     /// Runs `tokens` (one sequence, positions `cache.lengths[0] ..<`) through the model, appending
-    /// their keys and values to `cache`; returns the logits of the last token `[V]`.
+    /// their keys and values to `cache`; returns the logits of the last token `[V]`. The layer is
+    /// the forward pass's own (``decoderLayer``); only its attention reads the cache.
     func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?) throws -> [Float] {
-        let c = config, P = parameters
+        let c = config
         let (n, D, V, H, Hkv, hd) = (tokens.count, c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
-        let start = cache.lengths[0], eps = Float(c.rmsNormEps), threads = threads ?? Parallel.defaultThreads
+        let start = cache.lengths[0], threads = threads ?? Parallel.defaultThreads
+        try checkTokens(tokens, batch: 1, length: n)
         var x = try embed(tokens)
         let pass = ForwardPass(batch: 1, length: n, tokens: tokens, logits: try Tensor(zeros: [1]))
         for layer in 0..<c.layers {
-            let pre = "model.layers.\(layer)."
-            let (_, q, k, v) = try attentionInputs(layer: layer, x: x, batch: 1, length: n, firstPosition: start, rstd: nil)
-            let qh = try q.reshaped([1, n, H, hd]).permuted([0, 2, 1, 3]).contiguous()
-            try cache.append(layer: layer, keys: try k.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]),
-                             values: try v.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]))
-            // A short cache is not worth waking a second worker for (a few microseconds of work per head).
-            let attentionThreads = cache.lengths[layer] * n < 4096 ? 1 : threads
-            let out = try decodeAttention(queries: qh, cache: cache, layer: layer, alibi: attentionMask.alibi, threads: attentionThreads)
-            let att = try out.permuted([0, 2, 1, 3]).contiguous().reshaped([n, H * hd])
-            project(att.unsafeBaseAddress, P.pointer(pre + "self_attn.o_proj.weight"), x.unsafeMutableBaseAddress(),
-                    rows: n, in: H * hd, out: D, accumulate: true)
-            var h2 = try Tensor(uninitialized: [n, D])
-            rmsNorm(x.unsafeBaseAddress, P.pointer(pre + "post_attention_layernorm.weight"), h2.unsafeMutableBaseAddress(), rstd: nil,
-                    rows: n, width: D, eps: eps)
-            _ = try mlpForward(layer: layer, h: h2, into: &x, rows: n, keep: false, pass: pass, threads: threads)
+            _ = try decoderLayer(layer, x: &x, batch: 1, length: n, firstPosition: start, keep: false, pass: pass,
+                                 threads: threads) { q, k, v in
+                let qh = try q.reshaped([1, n, H, hd]).permuted([0, 2, 1, 3]).contiguous()
+                try cache.append(layer: layer, keys: try k.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]),
+                                 values: try v.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]))
+                // A short cache is not worth waking a second worker for (a few microseconds of work per head).
+                let attentionThreads = cache.lengths[layer] * n < 4096 ? 1 : threads
+                let out = try decodeAttention(queries: qh, cache: cache, layer: layer, scale: attentionScale,
+                                              alibi: attentionMask(layer: layer).alibi, window: config.window(of: layer),
+                                              threads: attentionThreads)
+                return (try out.permuted([0, 2, 1, 3]).contiguous().reshaped([n, H * hd]), .none)
+            }
         }
         // Only the last token's logits are needed.
         var hF = try Tensor(uninitialized: [1, D])
-        rmsNorm(x.unsafeBaseAddress + (n - 1) * D, P.pointer("model.norm.weight"), hF.unsafeMutableBaseAddress(), rstd: nil,
-                rows: 1, width: D, eps: eps)
+        norm("model.norm.weight", x.unsafeBaseAddress + (n - 1) * D, hF.unsafeMutableBaseAddress(), rstd: nil, rows: 1, width: D)
         var logits = [Float](repeating: 0, count: V)
-        logits.withUnsafeMutableBufferPointer { project(hF.unsafeBaseAddress, P.pointer(headName), $0.baseAddress!, rows: 1, in: D, out: V) }
+        logits.withUnsafeMutableBufferPointer {
+            project(hF.unsafeBaseAddress, matrix(headName), $0.baseAddress!, rows: 1, in: D, out: V, threads: threads)
+        }
         return logits
+    }
+
+    /// A KV cache for `tokens` positions: full layers hold them all, sliding layers a ring of
+    /// their window plus `chunk` (the longest append).
+    public func makeCache(positions: Int, chunk: Int, type: KVCacheType = .float32) throws -> KVCache {
+        try KVCache(layers: config.layers, batch: 1, kvHeads: config.kvHeads, capacity: positions, headDimension: config.headDim,
+                    type: type, windows: (0..<config.layers).map { config.window(of: $0) }, maxAppend: max(1, chunk))
     }
 
     /// Generates up to `maxTokens` tokens after `prompt`: the prompt is prefilled in one pass, then
@@ -95,34 +102,58 @@ extension CausalLM {
     /// variants recompute the prefix per token). Stops at `eos` (not included) or the length.
     public func generate(prompt: [Int32], maxTokens: Int, sampling: SamplingOptions = SamplingOptions(),
                          eos: Int32? = nil, cacheType: KVCacheType = .float32, threads: Int? = nil) throws -> [Int32] {
+        var out = [Int32]()
+        try generate(prompt: prompt, maxTokens: maxTokens, sampling: sampling, stopTokens: eos.map { [$0] } ?? [],
+                     cacheType: cacheType, threads: threads) { t in out.append(t); return true }
+        return out
+    }
+
+    /// Generates after `prompt`, handing each new token to `emit` as soon as it is chosen (return
+    /// false to stop). Stops at any of `stopTokens` (not emitted) or after `maxTokens`. Exact-attention
+    /// models prefill once and decode against a ``KVCache`` of `cacheType`; other variants recompute
+    /// the prefix per token. Non-finite logits stop the generation with ``ModelError/nonFinite(_:)``
+    /// naming the step.
+    public func generate(prompt: [Int32], maxTokens: Int, sampling: SamplingOptions = SamplingOptions(),
+                         stopTokens: [Int32], cacheType: KVCacheType = .float32, threads: Int? = nil,
+                         emit: (Int32) throws -> Bool) throws {
         try sampling.validate()
         guard !prompt.isEmpty else { throw ModelError.invalidTokens("the prompt is empty") }
         guard maxTokens >= 0 else { throw ModelError.invalidArgument("max tokens must be >= 0") }
         try checkTokens(prompt, batch: 1, length: prompt.count)
+        let (total, overflow) = prompt.count.addingReportingOverflow(maxTokens)
+        guard !overflow, total <= 1 << 22 else {
+            throw ModelError.invalidArgument("a prompt of \(prompt.count) tokens and \(maxTokens) new ones exceed what this implementation supports (2^22 positions)")
+        }
         var rng = SplitMix64(seed: sampling.seed)
-        var out = [Int32]()
+        let V = config.vocabSize
+        var produced = 0
+        func choose(_ logits: UnsafePointer<Float>) throws -> Int32 {
+            if let bad = (0..<V).first(where: { !logits[$0].isFinite }) {
+                throw ModelError.nonFinite("logit \(bad) at generation step \(produced) is \(logits[bad])")
+            }
+            return sampling.pick(logits, vocab: V, rng: &rng)
+        }
         if decodesWithCache {
-            var cache = try KVCache(layers: config.layers, batch: 1, kvHeads: config.kvHeads, capacity: prompt.count + maxTokens,
-                                    headDimension: config.headDim, type: cacheType)
+            var cache = try makeCache(positions: total, chunk: prompt.count, type: cacheType)
+            guard maxTokens > 0 else { return }
             var logits = try step(prompt, cache: &cache, threads: threads)
-            while out.count < maxTokens {
-                let t = logits.withUnsafeBufferPointer { sampling.pick($0.baseAddress!, vocab: config.vocabSize, rng: &rng) }
-                if t == eos { break }
-                out.append(t)
-                if out.count == maxTokens { break }
+            while produced < maxTokens {
+                let t = try logits.withUnsafeBufferPointer { try choose($0.baseAddress!) }
+                if stopTokens.contains(t) { return }
+                produced += 1
+                guard try emit(t), produced < maxTokens else { return }
                 logits = try step([t], cache: &cache, threads: threads)
             }
-            return out
+            return
         }
         var context = prompt
-        while out.count < maxTokens {
-            let pass = try forward(tokens: context, batch: 1, length: context.count, threads: threads)
-            let V = config.vocabSize
-            let t = sampling.pick(pass.logits.unsafeBaseAddress + (context.count - 1) * V, vocab: V, rng: &rng)
-            if t == eos { break }
-            out.append(t)
+        while produced < maxTokens {
+            let pass = try forward(tokens: context, batch: 1, length: context.count, threads: threads, logitRows: [context.count - 1])
+            let t = try choose(pass.logits.unsafeBaseAddress)
+            if stopTokens.contains(t) { return }
+            produced += 1
             context.append(t)
+            guard try emit(t) else { return }
         }
-        return out
     }
 }

@@ -71,9 +71,33 @@ extension CausalLM {
                           routerZLoss: pass.routerZLoss)
     }
 
+    /// The gradient buffer of `name` in `G`, or nil when the weight takes none (frozen).
+    func gradient(_ G: ParameterSet, _ name: String) -> UnsafeMutablePointer<Float>? {
+        G.entry(name) != nil ? G.pointer(name) : nil
+    }
+
+    /// The backward of `y = x · Wᵀ` for the weight `name`: `dx (+)= dy · W`, and `dW += dyᵀ · x`
+    /// when `G` holds it.
+    func projectBackward(_ x: UnsafePointer<Float>, _ name: String, _ dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
+                         gradients G: ParameterSet, rows: Int, in k: Int, out n: Int, accumulateDx: Bool) {
+        let w = matrix(name)
+        if let dx { projectInputGradient(w, dy, dx: dx, rows: rows, in: k, out: n, accumulate: accumulateDx) }
+        if let dW = gradient(G, name) {
+            BLAS.sgemm(.transpose, .none, m: n, n: k, k: rows, a: dy, lda: n, b: x, ldb: k, beta: 1, c: dW, ldc: k)
+        }
+    }
+
+    /// The backward of `y = RMSNorm(x) ∘ w(name)` over rows: `dx += …` (accumulated), `dw += …`.
+    func normBackward(_ name: String, x: UnsafePointer<Float>, rstd: [Float], dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
+                      gradients G: ParameterSet, rows: Int, width: Int) {
+        withNormWeight(name) { w in
+            ak_rmsnorm_backward_rows(x, width, w, rstd, dy, width, dx, width, gradient(G, name), rows, width)
+        }
+    }
+
     /// Backward from `pass.logits`, which hold dLoss/dlogits; accumulates into `G`.
     func backward(_ pass: ForwardPass, gradients G: ParameterSet, gradientScale: Float, auxWeight: Float, threads: Int?) throws {
-        let c = config, P = parameters
+        let c = config
         let (B, T) = (pass.batch, pass.length)
         let (N, D, V, H, Hkv, hd) = (B * T, c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
         guard let xOut = pass.xOut, let hF = pass.hF, pass.layers.count == c.layers else {
@@ -82,50 +106,75 @@ extension CausalLM {
         let threads = threads ?? Parallel.defaultThreads
         // LM head and final norm.
         var dh = try Tensor(uninitialized: [N, D])
-        projectBackward(hF.unsafeBaseAddress, P.pointer(headName), pass.logits.unsafeBaseAddress, dx: dh.unsafeMutableBaseAddress(),
-                        dW: G.pointer(headName), rows: N, in: D, out: V, accumulateDx: false)
+        projectBackward(hF.unsafeBaseAddress, headName, pass.logits.unsafeBaseAddress, dx: dh.unsafeMutableBaseAddress(),
+                        gradients: G, rows: N, in: D, out: V, accumulateDx: false)
         var dx = try Tensor(zeros: [N, D])
-        ak_rmsnorm_backward_rows(xOut.unsafeBaseAddress, D, P.pointer("model.norm.weight"), pass.rstdF, dh.unsafeBaseAddress, D,
-                                 dx.unsafeMutableBaseAddress(), D, G.pointer("model.norm.weight"), N, D)
+        normBackward("model.norm.weight", x: xOut.unsafeBaseAddress, rstd: pass.rstdF, dy: dh.unsafeBaseAddress,
+                     dx: dx.unsafeMutableBaseAddress(), gradients: G, rows: N, width: D)
         for layer in stride(from: c.layers - 1, through: 0, by: -1) {
-            let a = pass.layers[layer], pre = "model.layers.\(layer)."
-            // MLP block: x_out = x_mid + MLP(RMSNorm(x_mid)); dx is dL/dx_out, and stays the
-            // residual path's gradient; dh collects dL/dh2.
-            try mlpBackward(layer: layer, a, dOut: dx, dh: &dh, rows: N, pass: pass, gradients: G, auxWeight: auxWeight, threads: threads)
-            ak_rmsnorm_backward_rows(a.xMid.unsafeBaseAddress, D, P.pointer(pre + "post_attention_layernorm.weight"), a.rstd2,
-                                     dh.unsafeBaseAddress, D, dx.unsafeMutableBaseAddress(), D,
-                                     G.pointer(pre + "post_attention_layernorm.weight"), N, D)
-            // Attention block: x_mid = x_in + o_proj(attention(RoPE(q), RoPE(k), v)).
+            let a = pass.layers[layer], pre = "model.layers.\(layer).", names = normNames(layer)
+            // MLP block: x_out = x_mid + MLP(RMSNorm(x_mid)) (or + RMSNorm(MLP(…)) with sandwich
+            // norms); dx is dL/dx_out, and stays the residual path's gradient; dh collects dL/dh2.
+            var dMLP = dx
+            if let post = names.postMLP, let (m, r) = a.postMLP {
+                dMLP = try Tensor(zeros: [N, D])
+                normBackward(post, x: m.unsafeBaseAddress, rstd: r, dy: dx.unsafeBaseAddress, dx: dMLP.unsafeMutableBaseAddress(),
+                             gradients: G, rows: N, width: D)
+            }
+            try mlpBackward(layer: layer, a, dOut: dMLP, dh: &dh, rows: N, pass: pass, gradients: G, auxWeight: auxWeight, threads: threads)
+            normBackward(names.preMLP, x: a.xMid.unsafeBaseAddress, rstd: a.rstd2, dy: dh.unsafeBaseAddress,
+                         dx: dx.unsafeMutableBaseAddress(), gradients: G, rows: N, width: D)
+            // Attention block: x_mid = x_in + o_proj(attention(RoPE(q), RoPE(k), v)) (post-normed with sandwich norms).
+            var dO = dx
+            if let post = names.postAttention, let (o, r) = a.postAttention {
+                dO = try Tensor(zeros: [N, D])
+                normBackward(post, x: o.unsafeBaseAddress, rstd: r, dy: dx.unsafeBaseAddress, dx: dO.unsafeMutableBaseAddress(),
+                             gradients: G, rows: N, width: D)
+            }
             var dAtt = try Tensor(uninitialized: [N, H * hd])
-            projectBackward(a.attCat.unsafeBaseAddress, P.pointer(pre + "self_attn.o_proj.weight"), dx.unsafeBaseAddress,
-                            dx: dAtt.unsafeMutableBaseAddress(), dW: G.pointer(pre + "self_attn.o_proj.weight"),
-                            rows: N, in: H * hd, out: D, accumulateDx: false)
+            projectBackward(a.attCat.unsafeBaseAddress, pre + "self_attn.o_proj.weight", dO.unsafeBaseAddress,
+                            dx: dAtt.unsafeMutableBaseAddress(), gradients: G, rows: N, in: H * hd, out: D, accumulateDx: false)
             let grads = try attentionBackward(layer: layer, a, dOutRows: dAtt, batch: B, length: T, threads: threads)
-            if let beta = grads.beta {
-                let gb = G.pointer(pre + "self_attn.infini_beta")
+            if let beta = grads.beta, let gb = gradient(G, pre + "self_attn.infini_beta") {
                 for h in 0..<H { gb[h] += beta[h] }
             }
             var dq = try grads.queries.permuted([0, 2, 1, 3]).contiguous().reshaped([N, H * hd])
             var dk = try grads.keys.permuted([0, 2, 1, 3]).contiguous().reshaped([N, Hkv * hd])
             let dv = try grads.values.permuted([0, 2, 1, 3]).contiguous().reshaped([N, Hkv * hd])
-            try applyRoPE(dq.unsafeMutableBaseAddress(), batch: B, length: T, heads: H, inverse: true)
-            try applyRoPE(dk.unsafeMutableBaseAddress(), batch: B, length: T, heads: Hkv, inverse: true)
+            try applyRoPE(dq.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: H, inverse: true)
+            try applyRoPE(dk.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: Hkv, inverse: true)
+            if let n = a.qkNorm {
+                var dqRaw = try Tensor(zeros: [N, H * hd]), dkRaw = try Tensor(zeros: [N, Hkv * hd])
+                normBackward(pre + "self_attn.q_norm.weight", x: n.q.unsafeBaseAddress, rstd: n.rstdQ, dy: dq.unsafeBaseAddress,
+                             dx: dqRaw.unsafeMutableBaseAddress(), gradients: G, rows: N * H, width: hd)
+                normBackward(pre + "self_attn.k_norm.weight", x: n.k.unsafeBaseAddress, rstd: n.rstdK, dy: dk.unsafeBaseAddress,
+                             dx: dkRaw.unsafeMutableBaseAddress(), gradients: G, rows: N * Hkv, width: hd)
+                (dq, dk) = (dqRaw, dkRaw)
+            }
+            if c.qkvBias {
+                for (name, g, width) in [("q_proj", dq, H * hd), ("k_proj", dk, Hkv * hd), ("v_proj", dv, Hkv * hd)] {
+                    guard let db = gradient(G, pre + "self_attn.\(name).bias") else { continue }
+                    let gp = g.unsafeBaseAddress
+                    for r in 0..<N { for i in 0..<width { db[i] += gp[r * width + i] } }
+                }
+            }
             let dhp = dh.unsafeMutableBaseAddress()
-            projectBackward(a.h1.unsafeBaseAddress, P.pointer(pre + "self_attn.q_proj.weight"), dq.unsafeBaseAddress, dx: dhp,
-                            dW: G.pointer(pre + "self_attn.q_proj.weight"), rows: N, in: D, out: H * hd, accumulateDx: false)
-            projectBackward(a.h1.unsafeBaseAddress, P.pointer(pre + "self_attn.k_proj.weight"), dk.unsafeBaseAddress, dx: dhp,
-                            dW: G.pointer(pre + "self_attn.k_proj.weight"), rows: N, in: D, out: Hkv * hd, accumulateDx: true)
-            projectBackward(a.h1.unsafeBaseAddress, P.pointer(pre + "self_attn.v_proj.weight"), dv.unsafeBaseAddress, dx: dhp,
-                            dW: G.pointer(pre + "self_attn.v_proj.weight"), rows: N, in: D, out: Hkv * hd, accumulateDx: true)
-            ak_rmsnorm_backward_rows(a.xIn.unsafeBaseAddress, D, P.pointer(pre + "input_layernorm.weight"), a.rstd1,
-                                     dh.unsafeBaseAddress, D, dx.unsafeMutableBaseAddress(), D,
-                                     G.pointer(pre + "input_layernorm.weight"), N, D)
+            projectBackward(a.h1.unsafeBaseAddress, pre + "self_attn.q_proj.weight", dq.unsafeBaseAddress, dx: dhp,
+                            gradients: G, rows: N, in: D, out: H * hd, accumulateDx: false)
+            projectBackward(a.h1.unsafeBaseAddress, pre + "self_attn.k_proj.weight", dk.unsafeBaseAddress, dx: dhp,
+                            gradients: G, rows: N, in: D, out: Hkv * hd, accumulateDx: true)
+            projectBackward(a.h1.unsafeBaseAddress, pre + "self_attn.v_proj.weight", dv.unsafeBaseAddress, dx: dhp,
+                            gradients: G, rows: N, in: D, out: Hkv * hd, accumulateDx: true)
+            normBackward(names.preAttention, x: a.xIn.unsafeBaseAddress, rstd: a.rstd1, dy: dh.unsafeBaseAddress,
+                         dx: dx.unsafeMutableBaseAddress(), gradients: G, rows: N, width: D)
         }
-        // Embedding: each token's row receives its position's gradient.
-        let dE = G.pointer("model.embed_tokens.weight"), dxp = dx.unsafeBaseAddress
-        for (n, t) in pass.tokens.enumerated() {
-            let row = dE + Int(t) * D, g = dxp + n * D
-            for i in 0..<D { row[i] += g[i] }
+        // Embedding: each token's row receives its position's gradient (times the embedding scale).
+        if let dE = gradient(G, "model.embed_tokens.weight") {
+            let dxp = dx.unsafeBaseAddress, s = c.embeddingScale ?? 1
+            for (n, t) in pass.tokens.enumerated() {
+                let row = dE + Int(t) * D, g = dxp + n * D
+                for i in 0..<D { row[i] += s * g[i] }
+            }
         }
     }
 
@@ -141,10 +190,10 @@ extension CausalLM {
         switch (c.attention[layer], a.attention) {
         case (.exact, .softmax(let f)):
             return try scaledDotProductAttentionBackward(queries: qv, keys: kv, values: vv, forward: f, outputGradient: dOut,
-                                                         mask: attentionMask, threads: threads)
+                                                         scale: attentionScale, mask: attentionMask(layer: layer), threads: threads)
         case (.bigbird, .softmax(let f)):
             return try bigBirdAttentionBackward(queries: qv, keys: kv, values: vv, plan: try bigBirdPlan(layer: layer, length: T),
-                                                forward: f, outputGradient: dOut, alibi: attentionMask.alibi, threads: threads)
+                                                forward: f, outputGradient: dOut, alibi: attentionMask(layer: layer).alibi, threads: threads)
         case (.linear(let map), .linear(let f)):
             return try linearAttentionBackward(queries: qv, keys: kv, values: vv, forward: f, outputGradient: dOut,
                                                featureMap: map, causal: true, threads: threads)
@@ -158,21 +207,26 @@ extension CausalLM {
     /// The MLP's backward: from `dOut [N, D]` (dL/dx_out) into `dh` (dL/dh2, overwritten) and the weights' gradients.
     func mlpBackward(layer: Int, _ a: LayerActivations, dOut: Tensor, dh: inout Tensor, rows N: Int, pass: ForwardPass,
                      gradients G: ParameterSet, auxWeight: Float, threads: Int) throws {
-        let c = config, D = c.hiddenSize, P = parameters, pre = "model.layers.\(layer)."
+        let c = config, D = c.hiddenSize, pre = "model.layers.\(layer)."
         switch a.mlp {
         case .dense(let g, let u, let m):
             let F = c.intermediateSize
             var dm = try Tensor(uninitialized: [N, F]), dg = try Tensor(uninitialized: [N, F]), du = try Tensor(uninitialized: [N, F])
-            projectBackward(m.unsafeBaseAddress, P.pointer(pre + "mlp.down_proj.weight"), dOut.unsafeBaseAddress,
-                            dx: dm.unsafeMutableBaseAddress(), dW: G.pointer(pre + "mlp.down_proj.weight"), rows: N, in: F, out: D,
-                            accumulateDx: false)
-            ak_swiglu_backward(g.unsafeBaseAddress, u.unsafeBaseAddress, dm.unsafeBaseAddress, dg.unsafeMutableBaseAddress(),
-                               du.unsafeMutableBaseAddress(), N * F)
+            projectBackward(m.unsafeBaseAddress, pre + "mlp.down_proj.weight", dOut.unsafeBaseAddress,
+                            dx: dm.unsafeMutableBaseAddress(), gradients: G, rows: N, in: F, out: D, accumulateDx: false)
+            switch c.activation {
+            case .silu:
+                ak_swiglu_backward(g.unsafeBaseAddress, u.unsafeBaseAddress, dm.unsafeBaseAddress, dg.unsafeMutableBaseAddress(),
+                                   du.unsafeMutableBaseAddress(), N * F)
+            case .geluTanh:
+                ak_geglu_tanh_backward(g.unsafeBaseAddress, u.unsafeBaseAddress, dm.unsafeBaseAddress, dg.unsafeMutableBaseAddress(),
+                                       du.unsafeMutableBaseAddress(), N * F)
+            }
             let dhp = dh.unsafeMutableBaseAddress()
-            projectBackward(a.h2.unsafeBaseAddress, P.pointer(pre + "mlp.gate_proj.weight"), dg.unsafeBaseAddress, dx: dhp,
-                            dW: G.pointer(pre + "mlp.gate_proj.weight"), rows: N, in: D, out: F, accumulateDx: false)
-            projectBackward(a.h2.unsafeBaseAddress, P.pointer(pre + "mlp.up_proj.weight"), du.unsafeBaseAddress, dx: dhp,
-                            dW: G.pointer(pre + "mlp.up_proj.weight"), rows: N, in: D, out: F, accumulateDx: true)
+            projectBackward(a.h2.unsafeBaseAddress, pre + "mlp.gate_proj.weight", dg.unsafeBaseAddress, dx: dhp,
+                            gradients: G, rows: N, in: D, out: F, accumulateDx: false)
+            projectBackward(a.h2.unsafeBaseAddress, pre + "mlp.up_proj.weight", du.unsafeBaseAddress, dx: dhp,
+                            gradients: G, rows: N, in: D, out: F, accumulateDx: true)
         case .moe(let state):
             try mixtureBackward(layer: layer, a, state: state, dOut: dOut, dh: &dh, rows: N, gradients: G, auxWeight: auxWeight,
                             threads: threads)

@@ -11,25 +11,51 @@ import LongAttention
 /// written loop by loop over `[B·T, ·]` activations (token-major rows), each projection one GEMM.
 public final class CausalLM: @unchecked Sendable {
     public let config: ModelConfig
-    /// The weights, under transformers' names.
+    /// The weights that live in float32 memory, under transformers' names: all of them for a
+    /// Hugging Face checkpoint; for a GGUF file, the small ones (norms, biases) only.
     public let parameters: ParameterSet
-    let rope: RopeCache?
+    /// Weight matrices read in place from a file (a GGUF's tensors, quantised or F32), by
+    /// transformers' name; they take no gradient.
+    public let frozen: [String: WeightMatrix]
+    /// Keeps the memory behind ``frozen`` alive (the mapped file).
+    let storage: (any Sendable)?
+    /// RoPE tables of full layers, and of sliding layers when their positions differ (Gemma 3).
+    let rope: RopeCache?, slidingRope: RopeCache?
 
-    /// A model with `parameters` (laid out as ``CausalLM/layout(_:)`` says).
-    public init(config: ModelConfig, parameters: ParameterSet) throws {
+    /// A model with `parameters` (laid out as ``CausalLM/layout(_:)`` says, less the names in
+    /// `frozen`) and `frozen` weight matrices (kept alive by `storage`).
+    public init(config: ModelConfig, parameters: ParameterSet, frozen: [String: WeightMatrix] = [:],
+                storage: (any Sendable)? = nil) throws {
         try config.validate()
         let expected = Self.layout(config)
-        guard parameters.entries.map(\.name) == expected.map(\.name),
-              parameters.entries.map(\.shape) == expected.map(\.shape) else {
+        let trainable = expected.filter { frozen[$0.name] == nil }
+        guard parameters.entries.map(\.name) == trainable.map(\.name),
+              parameters.entries.map(\.shape) == trainable.map(\.shape) else {
             throw ModelError.invalidCheckpoint("parameters do not match the config's layout")
+        }
+        let shapes = Dictionary(uniqueKeysWithValues: expected.map { ($0.name, $0.shape) })
+        for (name, w) in frozen {
+            guard let shape = shapes[name] else { throw ModelError.invalidCheckpoint("\(name) is not part of this model") }
+            if case .blocks(let b) = w, [b.rows, b.columns] != shape {
+                throw ModelError.invalidCheckpoint("\(name) is [\(b.rows), \(b.columns)], the config needs \(shape)")
+            }
         }
         self.config = config
         self.parameters = parameters
-        if case .rope(let theta, let scaling) = config.positions {
-            rope = RopeCache(headDim: config.headDim, theta: theta, scaling: scaling)
-        } else {
-            rope = nil
+        self.frozen = frozen
+        self.storage = storage
+        func cache(_ p: ModelConfig.PositionEncoding) -> RopeCache? {
+            guard case .rope(let theta, let scaling) = p else { return nil }
+            return RopeCache(headDim: config.headDim, theta: theta, scaling: scaling, maxPositionEmbeddings: config.maxPositionEmbeddings)
         }
+        rope = cache(config.positions)
+        slidingRope = config.slidingPositions.flatMap(cache)
+    }
+
+    /// The weight matrix `name`: frozen (read in place) or a parameter.
+    func matrix(_ name: String) -> WeightMatrix {
+        if let w = frozen[name] { return w }
+        return .dense(parameters.pointer(name))
     }
 
     /// A freshly initialised model: embeddings and projections normal(0, 0.02), the projections
@@ -42,8 +68,11 @@ public final class CausalLM: @unchecked Sendable {
         let residualScale = 1 / (2 * Double(config.layers)).squareRoot()
         for e in p.entries {
             let ptr = p.scalars + e.offset
-            if e.name.hasSuffix("layernorm.weight") || e.name == "model.norm.weight" {
-                ptr.update(repeating: 1, count: e.count)
+            if e.name.hasSuffix("layernorm.weight") || e.name.hasSuffix("_norm.weight") || e.name == "model.norm.weight" {
+                // Gemma's norms compute x·(1 + w): w = 0 is the identity there.
+                ptr.update(repeating: 1 - config.normWeightOffset, count: e.count)
+            } else if e.name.hasSuffix(".bias") {
+                ptr.update(repeating: 0, count: e.count)
             } else if e.name.hasSuffix("infini_beta") {
                 ptr.update(repeating: 0, count: e.count)
             } else {
@@ -63,11 +92,22 @@ public final class CausalLM: @unchecked Sendable {
             let p = "model.layers.\(i)."
             l.append((p + "input_layernorm.weight", [D]))
             l.append((p + "self_attn.q_proj.weight", [c.heads * hd, D]))
+            if c.qkvBias { l.append((p + "self_attn.q_proj.bias", [c.heads * hd])) }
             l.append((p + "self_attn.k_proj.weight", [c.kvHeads * hd, D]))
+            if c.qkvBias { l.append((p + "self_attn.k_proj.bias", [c.kvHeads * hd])) }
             l.append((p + "self_attn.v_proj.weight", [c.kvHeads * hd, D]))
+            if c.qkvBias { l.append((p + "self_attn.v_proj.bias", [c.kvHeads * hd])) }
             l.append((p + "self_attn.o_proj.weight", [D, c.heads * hd]))
+            if c.queryKeyNorm {
+                l.append((p + "self_attn.q_norm.weight", [hd]))
+                l.append((p + "self_attn.k_norm.weight", [hd]))
+            }
             if c.attention[i].hasBeta { l.append((p + "self_attn.infini_beta", [c.heads])) }
             l.append((p + "post_attention_layernorm.weight", [D]))
+            if c.sandwichNorms {
+                l.append((p + "pre_feedforward_layernorm.weight", [D]))
+                l.append((p + "post_feedforward_layernorm.weight", [D]))
+            }
             if c.architecture == .mixtral {
                 l.append((p + "block_sparse_moe.gate.weight", [c.experts, D]))
                 for e in 0..<c.experts {
@@ -102,27 +142,29 @@ public final class CausalLM: @unchecked Sendable {
     }
 }
 
-/// RoPE tables for the longest sequence seen so far (grown on demand, shared by threads).
+/// RoPE tables for the longest sequence seen so far (grown on demand, shared by threads). Dynamic
+/// NTK's table depends on the sequence length itself, so it is built for exactly that length.
 final class RopeCache: @unchecked Sendable {
-    let headDim: Int, theta: Double, scaling: ModelConfig.RopeScaling
+    let headDim: Int, theta: Double, scaling: ModelConfig.RopeScaling, maxPositionEmbeddings: Int
     private var table: RotaryEmbedding?
     private let lock = NSLock()
 
-    init(headDim: Int, theta: Double, scaling: ModelConfig.RopeScaling) {
-        (self.headDim, self.theta, self.scaling) = (headDim, theta, scaling)
+    init(headDim: Int, theta: Double, scaling: ModelConfig.RopeScaling, maxPositionEmbeddings: Int) {
+        (self.headDim, self.theta, self.scaling, self.maxPositionEmbeddings) = (headDim, theta, scaling, maxPositionEmbeddings)
     }
 
     /// A table covering positions `0 ..< positions`.
     func embedding(positions: Int) throws -> RotaryEmbedding {
         lock.lock()
         defer { lock.unlock() }
-        if let table, table.maxPositions >= positions { return table }
-        let s: RotaryEmbedding.Scaling
-        switch scaling {
-        case .none: s = .none
-        case .linear(let f): s = .linear(factor: f)
-        case .ntk(let f): s = .ntk(factor: f)
+        let s = scaling.rotary(maxPositionEmbeddings)
+        if scaling.dependsOnLength {
+            if let table, table.maxPositions == positions { return table }
+            let t = try RotaryEmbedding(dimension: headDim, maxPositions: positions, base: theta, scaling: s)
+            table = t
+            return t
         }
+        if let table, table.maxPositions >= positions { return table }
         // Grow in powers of two so a token-by-token generation rebuilds the table O(log T) times.
         var n = 256
         while n < positions { n *= 2 }

@@ -21,7 +21,8 @@ final class CausalLMTests: XCTestCase {
         for e in m.parameters.entries {
             let p = m.parameters.scalars + e.offset
             let norm = e.name.hasSuffix("norm.weight")
-            for i in 0..<e.count { p[i] = norm ? Float(1 + 0.3 * rng.nextNormal()) : Float(0.3 * rng.nextNormal()) }
+            let centre = norm ? Double(1 - c.normWeightOffset) : 0
+            for i in 0..<e.count { p[i] = Float(centre + 0.3 * rng.nextNormal()) }
         }
         return m
     }
@@ -36,6 +37,41 @@ final class CausalLMTests: XCTestCase {
          ("mixtral top-2 of 3, experts of 5, 7 and 9", try ModelConfig(architecture: .mixtral, vocabSize: 13, hiddenSize: 12,
                                                                         intermediateSize: 7, layers: 2, heads: 4, kvHeads: 2, headDim: 4,
                                                                         experts: 3, expertsPerToken: 2, expertSizes: [5, 7, 9]))]
+            + (try familyConfigs())
+    }
+
+    /// The families' pieces, each on the tiny model, at odd sizes (3 layers, windows 1 and 3 over T = 7).
+    func familyConfigs() throws -> [(String, ModelConfig)] {
+        func tiny(_ arch: ModelConfig.Architecture = .llama, layers: Int = 3, kvHeads: Int = 2,
+                  positions: ModelConfig.PositionEncoding = .rope(theta: 10000, scaling: .none), maxPositions: Int = 64,
+                  tied: Bool = false, _ edit: (inout ModelConfig) -> Void = { _ in }) throws -> ModelConfig {
+            var c = try ModelConfig(architecture: arch, vocabSize: 13, hiddenSize: 12, intermediateSize: 7, layers: layers, heads: 4,
+                                    kvHeads: kvHeads, headDim: 4, rmsNormEps: 1e-5, positions: positions, tieWordEmbeddings: tied,
+                                    maxPositionEmbeddings: maxPositions)
+            edit(&c)
+            try c.validate()
+            return c
+        }
+        return [
+            ("llama3 rope ×8 from 4", try tiny(positions: .rope(theta: 500, scaling: .llama3(factor: 8, lowFrequencyFactor: 1,
+                                                                                             highFrequencyFactor: 4, originalContext: 4)))),
+            ("yarn ×4 from 3 (attention factor 1.3)",
+             try tiny(positions: .rope(theta: 500, scaling: .yarn(factor: 4, originalContext: 3, betaFast: 32, betaSlow: 1,
+                                                                  attentionFactor: 1.3, truncate: true)))),
+            ("yarn untruncated", try tiny(positions: .rope(theta: 300, scaling: .yarn(factor: 2, originalContext: 5, betaFast: 8,
+                                                                                      betaSlow: 2, attentionFactor: 1.07, truncate: false)))),
+            ("dynamic ntk ×2 past 5 positions", try tiny(positions: .rope(theta: 500, scaling: .dynamic(factor: 2)), maxPositions: 5)),
+            ("qwen2 biases, tied", try tiny(.qwen2, tied: true) { $0.qkvBias = true }),
+            ("qwen3 q/k norms, mqa", try tiny(.qwen3, kvHeads: 1) { $0.queryKeyNorm = true }),
+            ("mistral window 3", try tiny(.mistral) { $0.slidingWindow = 3; $0.layerKinds = [.sliding, .sliding, .sliding] }),
+            ("window 1 then full", try tiny(.mistral, layers: 2) { $0.slidingWindow = 1; $0.layerKinds = [.sliding, .full] }),
+            ("gemma3: sandwich, (1 + w), GeGLU, scales, local rope, window 3", try tiny(.gemma3, kvHeads: 1, tied: true) {
+                $0.queryKeyNorm = true; $0.sandwichNorms = true; $0.normWeightOffset = 1; $0.activation = .geluTanh
+                $0.embeddingScale = Float(12.0.squareRoot()); $0.attentionScale = 1 / 6.0.squareRoot()
+                $0.slidingWindow = 3; $0.layerKinds = [.sliding, .sliding, .full]
+                $0.slidingPositions = .rope(theta: 100, scaling: .none)
+            }),
+        ]
     }
 
     func testLogitsAndLossAgainstFloat64() throws {
@@ -52,7 +88,7 @@ final class CausalLMTests: XCTestCase {
             XCTAssertLessThan(err / mag, 2e-6, name)
             let loss = ref.loss(tokens, B: 2, T: 7, targets: CausalLM.nextTokenTargets(tokens, batch: 2, length: 7))
             XCTAssertEqual(r.loss, loss, accuracy: 2e-6 * loss, name)
-            XCTAssertEqual(r.positions, 12)
+            XCTAssertEqual(r.positions, 12, name)
         }
     }
 
@@ -150,7 +186,17 @@ final class CausalLMTests: XCTestCase {
             }
         }
         refuses(good.replacingOccurrences(of: "\"silu\"", with: "\"gelu\""), "hidden_act gelu")
-        refuses(good.replacingOccurrences(of: "\"default\"", with: "\"yarn\""), "rope_type yarn")
+        refuses(good.replacingOccurrences(of: "\"default\"", with: "\"longrope\""), "rope_type longrope")
+        refuses(good.replacingOccurrences(of: "\"default\"", with: "\"llama3\""), "rope_type llama3 without its factors")
+        refuses(good.replacingOccurrences(of: "\"model_type\": \"llama\"", with: "\"model_type\": \"llama\", \"sliding_window\": 4"),
+                "a window on llama")
+        refuses(good.replacingOccurrences(of: "\"model_type\": \"llama\"", with: "\"model_type\": \"gemma3_text\""),
+                "gemma3 with silu")
+        refuses(good.replacingOccurrences(of: "\"model_type\": \"llama\"", with: "\"model_type\": \"llama\", \"final_logit_softcapping\": 30"),
+                "logit soft-capping")
+        refuses(good.replacingOccurrences(of: "\"model_type\": \"llama\"", with: "\"model_type\": \"mistral\", \"layer_types\": [\"full_attention\"]"),
+                "layer_types of the wrong length")
+        refuses(good.replacingOccurrences(of: "\"model_type\": \"llama\"", with: "\"model_type\": \"qwen2\""), "qwen2 without its biases")
         refuses(good.replacingOccurrences(of: "\"num_key_value_heads\": 2", with: "\"num_key_value_heads\": 3"), "heads not grouped")
         refuses(good.replacingOccurrences(of: "\"intermediate_size\": 7", with: "\"intermediate_size\": 8"), "shapes differ")
         refuses(good.replacingOccurrences(of: "\"num_hidden_layers\": 2", with: "\"num_hidden_layers\": 1"), "an extra layer's tensors")

@@ -1,10 +1,13 @@
 import Foundation
 @testable import LongContextModel
 
-/// A float64 Llama written loop by loop from the definition (transformers' modeling_llama), on
-/// plain `[Double]` weights keyed by transformers' names: the reference the model's logits, loss
-/// and (through central finite differences) gradients are checked against. Exact attention, RoPE
-/// (rotate half; linear or NTK scaling) or ALiBi, GQA, SwiGLU, tied or separate head.
+/// A float64 decoder written loop by loop from the definitions (transformers' modeling_llama,
+/// modeling_qwen2/3, modeling_mistral, modeling_gemma3, modeling_rope_utils), on plain `[Double]`
+/// weights keyed by transformers' names: the reference the model's logits, loss and (through
+/// central finite differences) gradients are checked against. Exact attention with sliding
+/// windows, RoPE (rotate half; linear, NTK, dynamic NTK, Llama 3, YaRN) or ALiBi, GQA, q/k/v
+/// biases, q/k norms, Gemma's sandwich norms with (1 + w), GeGLU, embedding and score scales,
+/// SwiGLU or experts, tied or separate head.
 struct ReferenceLlama {
     let c: ModelConfig
     var w: [String: [Double]]
@@ -20,7 +23,44 @@ struct ReferenceLlama {
 
     func rmsNorm(_ x: [Double], _ g: [Double]) -> [Double] {
         let r = 1 / (x.map { $0 * $0 }.reduce(0, +) / Double(x.count) + c.rmsNormEps).squareRoot()
-        return zip(x, g).map { $0 * r * $1 }
+        return zip(x, g).map { $0 * r * ($1 + Double(c.normWeightOffset)) }
+    }
+
+    /// Inverse frequencies of the layer's RoPE for a sequence of `T` tokens, and the cos/sin factor.
+    func frequencies(layer: Int, T: Int) -> (inv: [Double], factor: Double)? {
+        guard case .rope(let theta, let scaling) = c.positions(of: layer) else { return nil }
+        let d = c.headDim
+        func plain(_ b: Double) -> [Double] { stride(from: 0, to: d, by: 2).map { 1 / Foundation.pow(b, Double($0) / Double(d)) } }
+        switch scaling {
+        case .none: return (plain(theta), 1)
+        case .linear(let f): return (plain(theta).map { $0 / f }, 1)
+        case .ntk(let f): return (plain(theta * Foundation.pow(f, Double(d) / Double(d - 2))), 1)
+        case .dynamic(let f):
+            let C = Double(c.maxPositionEmbeddings), L = Swift.max(Double(T), C)
+            return (plain(theta * Foundation.pow(f * L / C - (f - 1), Double(d) / Double(d - 2))), 1)
+        case .llama3(let f, let lo, let hi, let ctx):
+            // modeling_rope_utils._compute_llama3_parameters, term by term.
+            let lowWave = Double(ctx) / lo, highWave = Double(ctx) / hi
+            return (plain(theta).map { inv in
+                let wave = 2 * Double.pi / inv
+                let scaled = wave > lowWave ? inv / f : inv
+                let smooth = (Double(ctx) / wave - lo) / (hi - lo)
+                let medium = !(wave < highWave) && !(wave > lowWave)
+                return medium ? (1 - smooth) * scaled / f + smooth * scaled : scaled
+            }, 1)
+        case .yarn(let f, let ctx, let fast, let slow, let att, let truncate):
+            func dim(_ rot: Double) -> Double { Double(d) * Foundation.log(Double(ctx) / (rot * 2 * Double.pi)) / (2 * Foundation.log(theta)) }
+            var low = dim(fast), high = dim(slow)
+            if truncate { low = low.rounded(.down); high = high.rounded(.up) }
+            low = Swift.max(low, 0); high = Swift.min(high, Double(d - 1))
+            if low == high { high += 0.001 }
+            let ext = plain(theta)
+            return ((0..<(d / 2)).map { i in
+                let ramp = Swift.min(1, Swift.max(0, (Double(i) - low) / (high - low)))
+                let extrapolation = 1 - ramp
+                return ext[i] / f * (1 - extrapolation) + ext[i] * extrapolation
+            }, att)
+        }
     }
 
     /// y = W x, W [out, in] row-major.
@@ -29,20 +69,21 @@ struct ReferenceLlama {
         return (0..<out).map { o in (0..<n).reduce(0.0) { $0 + W[o * n + $1] * x[$1] } }
     }
 
-    func rope(_ v: inout [Double], position p: Int) {
-        guard case .rope(let theta, let scaling) = c.positions else { return }
-        let d = c.headDim, h = d / 2
-        var base = theta, pos = Double(p)
-        switch scaling {
-        case .none: break
-        case .linear(let f): pos /= f
-        case .ntk(let f): base = theta * Foundation.pow(f, Double(d) / Double(d - 2))
-        }
+    func rope(_ v: inout [Double], position p: Int, layer: Int, T: Int) {
+        guard let (inv, factor) = frequencies(layer: layer, T: T) else { return }
+        let h = c.headDim / 2
         for i in 0..<h {
-            let a = pos * Foundation.pow(base, -2 * Double(i) / Double(d))
+            let a = Double(p) * inv[i]
             let (x1, x2) = (v[i], v[i + h])
-            v[i] = x1 * Foundation.cos(a) - x2 * Foundation.sin(a)
-            v[i + h] = x2 * Foundation.cos(a) + x1 * Foundation.sin(a)
+            v[i] = (x1 * Foundation.cos(a) - x2 * Foundation.sin(a)) * factor
+            v[i + h] = (x2 * Foundation.cos(a) + x1 * Foundation.sin(a)) * factor
+        }
+    }
+
+    func act(_ g: Double) -> Double {
+        switch c.activation {
+        case .silu: return g / (1 + Foundation.exp(-g))
+        case .geluTanh: return 0.5 * g * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (g + 0.044715 * g * g * g)))
         }
     }
 
@@ -52,17 +93,35 @@ struct ReferenceLlama {
         var out = [[Double]]()
         let emb = w["model.embed_tokens.weight"]!
         for b in 0..<B {
-            var x = (0..<T).map { t in Array(emb[Int(tokens[b * T + t]) * D..<(Int(tokens[b * T + t]) + 1) * D]) }
+            let es = Double(c.embeddingScale ?? 1)
+            var x = (0..<T).map { t in Array(emb[Int(tokens[b * T + t]) * D..<(Int(tokens[b * T + t]) + 1) * D]).map { $0 * es } }
             for l in 0..<c.layers {
                 let p = "model.layers.\(l)."
                 let h = x.map { rmsNorm($0, w[p + "input_layernorm.weight"]!) }
-                var q = h.map { linear(p + "self_attn.q_proj.weight", $0, out: H * hd) }
-                var k = h.map { linear(p + "self_attn.k_proj.weight", $0, out: Hkv * hd) }
-                let v = h.map { linear(p + "self_attn.v_proj.weight", $0, out: Hkv * hd) }
-                for t in 0..<T {
-                    for head in 0..<H { var s = Array(q[t][head * hd..<(head + 1) * hd]); rope(&s, position: t); q[t].replaceSubrange(head * hd..<(head + 1) * hd, with: s) }
-                    for head in 0..<Hkv { var s = Array(k[t][head * hd..<(head + 1) * hd]); rope(&s, position: t); k[t].replaceSubrange(head * hd..<(head + 1) * hd, with: s) }
+                func proj(_ name: String, _ x: [Double], out: Int) -> [Double] {
+                    let y = linear(p + "self_attn.\(name).weight", x, out: out)
+                    guard let bias = w[p + "self_attn.\(name).bias"] else { return y }
+                    return zip(y, bias).map { $0 + $1 }
                 }
+                var q = h.map { proj("q_proj", $0, out: H * hd) }
+                var k = h.map { proj("k_proj", $0, out: Hkv * hd) }
+                let v = h.map { proj("v_proj", $0, out: Hkv * hd) }
+                for t in 0..<T {
+                    for head in 0..<H {
+                        var s = Array(q[t][head * hd..<(head + 1) * hd])
+                        if c.queryKeyNorm { s = rmsNorm(s, w[p + "self_attn.q_norm.weight"]!) }
+                        rope(&s, position: t, layer: l, T: T)
+                        q[t].replaceSubrange(head * hd..<(head + 1) * hd, with: s)
+                    }
+                    for head in 0..<Hkv {
+                        var s = Array(k[t][head * hd..<(head + 1) * hd])
+                        if c.queryKeyNorm { s = rmsNorm(s, w[p + "self_attn.k_norm.weight"]!) }
+                        rope(&s, position: t, layer: l, T: T)
+                        k[t].replaceSubrange(head * hd..<(head + 1) * hd, with: s)
+                    }
+                }
+                let scale = c.attentionScale ?? 1 / Double(hd).squareRoot()
+                let first: (Int) -> Int = { i in c.window(of: l).map { Swift.max(0, i - $0 + 1) } ?? 0 }
                 var att = [[Double]](repeating: [Double](repeating: 0, count: H * hd), count: T)
                 for head in 0..<H {
                     let kh = head / (H / Hkv)
@@ -71,21 +130,23 @@ struct ReferenceLlama {
                         return 0
                     }()
                     for i in 0..<T {
-                        var s = (0...i).map { j -> Double in
+                        let j0 = first(i)
+                        var s = (j0...i).map { j -> Double in
                             var dot = 0.0
                             for t in 0..<hd { dot += q[i][head * hd + t] * k[j][kh * hd + t] }
-                            return dot / Double(hd).squareRoot() - slope * Double(i - j)
+                            return dot * scale - slope * Double(i - j)
                         }
                         let m = s.max()!
                         s = s.map { Foundation.exp($0 - m) }
                         let z = s.reduce(0, +)
-                        for j in 0...i { for t in 0..<hd { att[i][head * hd + t] += s[j] / z * v[j][kh * hd + t] } }
+                        for j in j0...i { for t in 0..<hd { att[i][head * hd + t] += s[j - j0] / z * v[j][kh * hd + t] } }
                     }
                 }
                 for t in 0..<T {
-                    let o = linear(p + "self_attn.o_proj.weight", att[t], out: D)
+                    var o = linear(p + "self_attn.o_proj.weight", att[t], out: D)
+                    if c.sandwichNorms { o = rmsNorm(o, w[p + "post_attention_layernorm.weight"]!) }
                     for i in 0..<D { x[t][i] += o[i] }
-                    let h2 = rmsNorm(x[t], w[p + "post_attention_layernorm.weight"]!)
+                    let h2 = rmsNorm(x[t], w[p + (c.sandwichNorms ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight")]!)
                     if c.architecture == .mixtral {
                         // Router softmax, top-k (ties to the lower index), weights renormalised over the k.
                         let logits = linear(p + "block_sparse_moe.gate.weight", h2, out: c.experts)
@@ -103,8 +164,9 @@ struct ReferenceLlama {
                     }
                     let g = linear(p + "mlp.gate_proj.weight", h2, out: c.intermediateSize)
                     let u = linear(p + "mlp.up_proj.weight", h2, out: c.intermediateSize)
-                    let m = zip(g, u).map { $0 / (1 + Foundation.exp(-$0)) * $1 }
-                    let dwn = linear(p + "mlp.down_proj.weight", m, out: D)
+                    let m = zip(g, u).map { act($0) * $1 }
+                    var dwn = linear(p + "mlp.down_proj.weight", m, out: D)
+                    if c.sandwichNorms { dwn = rmsNorm(dwn, w[p + "post_feedforward_layernorm.weight"]!) }
                     for i in 0..<D { x[t][i] += dwn[i] }
                 }
             }

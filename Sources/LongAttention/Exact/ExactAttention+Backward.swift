@@ -23,8 +23,13 @@ public func scaledDotProductAttentionForward(
 ///     dK_j += scale · dSᵀ Q_i      dQ_i += scale · dS K_j
 ///
 /// Shapes: `queries [B, H, N, d]`, `keys [B, Hkv, M, d]`, `values [B, Hkv, M, dv]`, `forward` from
-/// ``scaledDotProductAttentionForward(queries:keys:values:scale:mask:threads:)`` with the same
-/// inputs, scale and mask, `outputGradient [B, H, N, dv]`. Returns dq, dk, dv of the inputs' shapes.
+/// ``scaledDotProductAttentionForward(queries:keys:values:scale:mask:outputLayout:threads:)`` with the same
+/// inputs, scale and mask (its output in either layout), `outputGradient [B, H, N, dv]`. Every
+/// input may be a strided view with a contiguous last axis, read in place: token-major rows
+/// `[B·N, H·d]` as `reshaped([B, N, H, d]).permuted([0, 2, 1, 3])`, and a token-major `dOut` the
+/// same way. Returns dq, dk, dv of the inputs' shapes, or with `gradientLayout: .tokenMajor`
+/// `dq [B, N, H, d]`, `dk [B, M, Hkv, d]`, `dv [B, M, Hkv, dv]` (written in place, the layout of a
+/// model's token-major gradient rows).
 ///
 /// The query heads of a GQA group are stacked into each GEMM; a KV head's dK and dV sum over them
 /// in the same GEMMs (no per-head copies of K or V). Causal tiles above the diagonal are skipped,
@@ -34,10 +39,10 @@ public func scaledDotProductAttentionForward(
 /// thread count. Workspace: a few `stacked rows × (d + key tile)` blocks per worker, independent of N and M.
 public func scaledDotProductAttentionBackward(
     queries: Tensor, keys: Tensor, values: Tensor, forward: SoftmaxAttentionForward, outputGradient: Tensor,
-    scale: Float? = nil, mask: AttentionMask = .none, threads: Int? = nil
+    scale: Float? = nil, mask: AttentionMask = .none, gradientLayout: AttentionOutputLayout = .headMajor, threads: Int? = nil
 ) throws -> AttentionGradients {
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: mask, threads: threads)
-    return try exactBackward(inputs, forward: forward, outputGradient: outputGradient)
+    return try exactBackward(inputs, forward: forward, outputGradient: outputGradient, gradientLayout: gradientLayout)
 }
 
 /// Bytes of scratch the exact backward allocates for `shape` on `threads` workers (independent
@@ -79,20 +84,24 @@ func exactAttentionKeepingLSE(_ inputs: AttentionInputs, queryOffset: Int? = nil
 
 /// The backward on accepted inputs (query row 0 at key position `queryOffset`, nil: bottom-right).
 func exactBackward(_ inputs: AttentionInputs, forward: SoftmaxAttentionForward, outputGradient: Tensor,
-                   queryOffset: Int? = nil) throws -> AttentionGradients {
+                   queryOffset: Int? = nil, gradientLayout: AttentionOutputLayout = .headMajor) throws -> AttentionGradients {
     let back = try BackwardInputs(inputs, outputGradient: outputGradient, forward: forward)
     try inputs.checkSoftmaxRange()
     try back.checkSoftmaxRange(inputs)
     let s = inputs.shape
-    var grads = AttentionGradients(queries: try Tensor(uninitialized: [s.B, s.H, s.N, s.d]),
-                                   keys: try Tensor(uninitialized: [s.B, s.Hkv, s.M, s.d]),
-                                   values: try Tensor(uninitialized: [s.B, s.Hkv, s.M, s.dv]), beta: nil)
+    let tokenMajor = gradientLayout == .tokenMajor
+    var grads = AttentionGradients(queries: try Tensor(uninitialized: tokenMajor ? [s.B, s.N, s.H, s.d] : [s.B, s.H, s.N, s.d]),
+                                   keys: try Tensor(uninitialized: tokenMajor ? [s.B, s.M, s.Hkv, s.d] : [s.B, s.Hkv, s.M, s.d]),
+                                   values: try Tensor(uninitialized: tokenMajor ? [s.B, s.M, s.Hkv, s.dv] : [s.B, s.Hkv, s.M, s.dv]),
+                                   beta: nil)
     if s.B * s.H * s.N == 0 || s.M == 0 || s.dv == 0 {
         for t in [\AttentionGradients.queries, \.keys, \.values] { grads[keyPath: t].withUnsafeMutableBufferPointer { $0.update(repeating: 0) } }
         return grads
     }
     let plan = AttentionBackwardPlan(shape: s, threads: inputs.threads)
     try withGradientLayout(inputs, back: back, forward: forward, grads: &grads, queryOffset: queryOffset) { L, G in
+        var G = G
+        if tokenMajor { G.tokenMajor = true }
         try runSoftmaxBackward(L, G, plan: plan)
     }
     return grads
@@ -146,8 +155,11 @@ struct GradientLayout {
     let out: UnsafePointer<Float>, outStride: (b: Int, h: Int, n: Int)
     /// `[B, H, N]` contiguous.
     let lse: UnsafePointer<Float>
-    /// Contiguous `[B, H, N, d]`, `[B, Hkv, M, d]`, `[B, Hkv, M, dv]`.
+    /// Contiguous `[B, H, N, d]`, `[B, Hkv, M, d]`, `[B, Hkv, M, dv]`, or with ``tokenMajor``
+    /// `[B, N, H, d]`, `[B, M, Hkv, d]`, `[B, M, Hkv, dv]`.
     let dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>
+    /// Gradients written token-major (only the exact backward writes them so).
+    var tokenMajor = false
 }
 
 func withGradientLayout<R>(_ inputs: AttentionInputs, back: BackwardInputs, forward: SoftmaxAttentionForward,
@@ -198,8 +210,8 @@ extension GradientLayout {
     func writeQueryGradients(_ blk: QueryBlock, _ L: AttentionLayout, acc: UnsafePointer<Float>) {
         for (gi, g) in blk.heads.enumerated() {
             let h = blk.kvHead * L.group + g
-            ak_copy_scaled(acc + gi * blk.rows * L.d, L.d, dq + ((blk.b * L.H + h) * L.N + blk.i0) * L.d, L.d,
-                           blk.rows, L.d, L.scale)
+            let dst = tokenMajor ? dq + ((blk.b * L.N + blk.i0) * L.H + h) * L.d : dq + ((blk.b * L.H + h) * L.N + blk.i0) * L.d
+            ak_copy_scaled(acc + gi * blk.rows * L.d, L.d, dst, tokenMajor ? L.H * L.d : L.d, blk.rows, L.d, L.scale)
         }
     }
 }
@@ -212,7 +224,7 @@ func runSoftmaxBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: Atte
     let (d, dv, M, N, parts) = (L.d, L.dv, L.M, L.N, plan.parts)
     let R = Gp * Br, triangleTile = min(Bc, 64)
     let kv = try HeadPartGradients(dk: grad.dk, dv: grad.dv, sequences: L.B * L.Hkv, parts: parts, M: M, d: d, dvWidth: dv,
-                                   purpose: "attention backward")
+                                   tokenMajorHeads: grad.tokenMajor ? L.Hkv : nil, purpose: "attention backward")
     defer { kv.deallocate() }
     let (floats, ints) = plan.workerScratch
     try runWithScratch(items: plan.items, threads: plan.threads, floats: floats, ints: ints,
@@ -225,7 +237,7 @@ func runSoftmaxBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: Atte
             let b = bh / L.Hkv, kvh = bh % L.Hkv
             let heads = (part * Gp)..<max(part * Gp, min(G, (part + 1) * Gp))
             // This item's dK/dV rows: the output's for part 0, a private partial otherwise.
-            let (dkBase, dvBase) = kv.rows(sequence: bh, part: part)
+            let (dkBase, dvBase, ldk, ldv) = kv.stridedRows(sequence: bh, part: part)
             if heads.isEmpty { continue }   // a part with no heads left contributes zeros
             var blk = QueryBlock(b: b, kvHead: kvh, i0: 0, rows: 0, heads: heads)
             /// One key tile `j0 ..< j0 + w` for the stacked rows `rs`.
@@ -238,11 +250,11 @@ func runSoftmaxBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: Atte
                 if masked { L.maskBeforeWindow(s, lds: Bc, rows: rs, lower: lower) }
                 ak_probs_from_lse(sr, n, w, Bc, masked ? valid + r0 : nil, lse + r0)
                 BLAS.sgemm(.transpose, .none, m: w, n: dv, k: n, a: sr, lda: Bc, b: dO + r0 * dv, ldb: dv,
-                           beta: 1, c: dvBase + j0 * dv, ldc: dv)
+                           beta: 1, c: dvBase + j0 * ldv, ldc: ldv)
                 BLAS.sgemm(.none, .transpose, m: n, n: w, k: dv, a: dO + r0 * dv, lda: dv, b: v, ldb: L.vStride.m, c: dpr, ldc: Bc)
                 ak_softmax_grad(sr, Bc, dpr, Bc, n, w, D + r0)
                 BLAS.sgemm(.transpose, .none, m: w, n: d, k: n, a: sr, lda: Bc, b: qp + r0 * d, ldb: d,
-                           beta: 1, c: dkBase + j0 * d, ldc: d)
+                           beta: 1, c: dkBase + j0 * ldk, ldc: ldk)
                 BLAS.sgemm(.none, .none, m: n, n: d, k: w, a: sr, lda: Bc, b: k, ldb: L.kStride.m,
                            beta: 1, c: dqAcc + r0 * d, ldc: d)
             }

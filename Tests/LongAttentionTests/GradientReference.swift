@@ -37,9 +37,10 @@ enum GradientReference {
     /// (-inf allowed) and ALiBi (`-slope_h·|i + M - N - j|`, one slope per query head).
     /// A row whose keys are all masked outputs zeros.
     static func exact(q: [Double], k: [Double], v: [Double], shape s: RefShape, scale: Double,
-                      causal: Bool = false, keyLengths: [Int]? = nil, bias: [Double]? = nil,
+                      causal: Bool = false, window: Int? = nil, keyLengths: [Int]? = nil, bias: [Double]? = nil,
                       alibiSlopes: [Double]? = nil) -> [Double] {
-        let mask = ExactMask(scale: scale, causal: causal, keyLengths: keyLengths, bias: bias, alibiSlopes: alibiSlopes)
+        let mask = ExactMask(scale: scale, causal: causal, window: window, keyLengths: keyLengths, bias: bias,
+                             alibiSlopes: alibiSlopes)
         checkInputs(q, k, v, s, mask)
         var out = [Double](repeating: 0, count: s.outCount)
         for b in 0..<s.B { for h in 0..<s.H {
@@ -59,10 +60,11 @@ enum GradientReference {
     /// `dK += scale·dSᵀ Q`. Masked pairs have P = 0 and so contribute nothing; a KV head's dk/dv
     /// sum over its query heads.
     static func exactVJP(q: [Double], k: [Double], v: [Double], shape s: RefShape, scale: Double,
-                         causal: Bool = false, keyLengths: [Int]? = nil, bias: [Double]? = nil,
+                         causal: Bool = false, window: Int? = nil, keyLengths: [Int]? = nil, bias: [Double]? = nil,
                          alibiSlopes: [Double]? = nil,
                          dout: [Double]) -> (dq: [Double], dk: [Double], dv: [Double]) {
-        let mask = ExactMask(scale: scale, causal: causal, keyLengths: keyLengths, bias: bias, alibiSlopes: alibiSlopes)
+        let mask = ExactMask(scale: scale, causal: causal, window: window, keyLengths: keyLengths, bias: bias,
+                             alibiSlopes: alibiSlopes)
         checkInputs(q, k, v, s, mask)
         precondition(dout.count == s.outCount, "dout has \(dout.count) values, expected \(s.outCount)")
         var dq = [Double](repeating: 0, count: s.qCount)
@@ -99,7 +101,7 @@ enum GradientReference {
     }
 
     private struct ExactMask {
-        var scale: Double, causal: Bool, keyLengths: [Int]?, bias: [Double]?, alibiSlopes: [Double]?
+        var scale: Double, causal: Bool, window: Int?, keyLengths: [Int]?, bias: [Double]?, alibiSlopes: [Double]?
     }
 
     private static func checkInputs(_ q: [Double], _ k: [Double], _ v: [Double], _ s: RefShape, _ mask: ExactMask) {
@@ -122,6 +124,8 @@ enum GradientReference {
         var scores = [Double](repeating: -.infinity, count: s.M)
         for j in 0..<s.M {
             if mask.causal && j > i + s.M - s.N { continue }
+            // Sliding window W (transformers): the query at p = i + M - N sees p - W < j <= p.
+            if let w = mask.window, j <= i + s.M - s.N - w { continue }
             if let keyLengths = mask.keyLengths, j >= keyLengths[b] { continue }
             var x = 0.0
             for a in 0..<s.d { x += q[s.q(b, h, i) + a] * k[s.k(b, kh, j) + a] }
@@ -312,12 +316,12 @@ enum GradientReference {
 
     /// Sampled numerical dq, dk, dv of `exact` (each array follows its index list).
     static func numericalExact(q: [Double], k: [Double], v: [Double], shape s: RefShape, scale: Double,
-                               causal: Bool = false, keyLengths: [Int]? = nil, bias: [Double]? = nil,
+                               causal: Bool = false, window: Int? = nil, keyLengths: [Int]? = nil, bias: [Double]? = nil,
                                alibiSlopes: [Double]? = nil, dout: [Double],
                                qIndices: [Int], kIndices: [Int], vIndices: [Int],
                                h: Double = 1e-6) -> (dq: [Double], dk: [Double], dv: [Double]) {
         func f(_ q: [Double], _ k: [Double], _ v: [Double]) -> [Double] {
-            exact(q: q, k: k, v: v, shape: s, scale: scale, causal: causal, keyLengths: keyLengths,
+            exact(q: q, k: k, v: v, shape: s, scale: scale, causal: causal, window: window, keyLengths: keyLengths,
                   bias: bias, alibiSlopes: alibiSlopes)
         }
         return (numericalGradient(of: { f($0, k, v) }, at: q, dout: dout, indices: qIndices, h: h),

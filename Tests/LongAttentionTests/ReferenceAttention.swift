@@ -3,10 +3,11 @@ import Foundation
 import LongAttention
 
 /// Plain float64 attention, written loop by loop from SPEC.md, the reference every kernel is
-/// tested against. Masks: bottom-right causal, key lengths, additive bias `[B|1, H|1, N, M]`.
+/// tested against. Masks: bottom-right causal, a sliding window (query at `p = i + M - N` sees
+/// `p - W < j <= p`, transformers' rule), key lengths, additive bias `[B|1, H|1, N, M]`.
 enum Reference {
     static func attention(q: Tensor, k: Tensor, v: Tensor, scale: Double? = nil, causal: Bool = false,
-                          keyLengths: [Int]? = nil, bias: Tensor? = nil) -> [Double] {
+                          window: Int? = nil, keyLengths: [Int]? = nil, bias: Tensor? = nil) -> [Double] {
         let (B, H, N, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
         let (Hkv, M, dv) = (k.shape[1], k.shape[2], v.shape[3])
         let scale = scale ?? 1 / Double(d).squareRoot()
@@ -21,6 +22,7 @@ enum Reference {
                     var scores = [Double](repeating: -.infinity, count: M)
                     for j in 0..<M {
                         if causal && j > i + M - N { continue }
+                        if let window, j <= i + M - N - window { continue }
                         if let keyLengths, j >= keyLengths[b] { continue }
                         var s = 0.0
                         for t in 0..<d {

@@ -21,6 +21,12 @@ public enum AttentionError: Error, Equatable, CustomStringConvertible, Sendable 
     case overflow(String)
     /// A KV cache cannot take the tokens appended to it.
     case cacheFull(capacity: Int, length: Int, appending: Int)
+    /// A sliding window that is not a positive number of positions, or not on a causal mask, or
+    /// wider than a KV cache layer's ring holds.
+    case invalidWindow(String)
+    /// More tokens appended at once to a sliding-window layer of a ``KVCache`` than its ring was
+    /// sized for (`maxAppend`): the chunk's first queries would need keys the ring overwrote.
+    case appendTooLong(maxAppend: Int, appending: Int)
 
     public var description: String {
         switch self {
@@ -36,6 +42,9 @@ public enum AttentionError: Error, Equatable, CustomStringConvertible, Sendable 
         case .overflow(let s): return "inputs too large for float32: \(s)"
         case .cacheFull(let c, let l, let a):
             return "KV cache full: \(l) of \(c) positions used, cannot append \(a)"
+        case .invalidWindow(let s): return "invalid sliding window: \(s)"
+        case .appendTooLong(let m, let a):
+            return "cannot append \(a) tokens at once to a sliding-window KV cache layer sized for \(m) (maxAppend)"
         }
     }
 }

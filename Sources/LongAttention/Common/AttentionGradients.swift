@@ -20,14 +20,22 @@ public struct AttentionGradients: Sendable {
 /// query row's log-sum-exp, from which the backward recomputes the probabilities tile by tile
 /// (FlashAttention-2) instead of keeping an N×M matrix.
 public struct SoftmaxAttentionForward: Sendable {
-    /// `[B, H, N, dv]`.
+    /// `[B, H, N, dv]`, or `[B, N, H, dv]` when ``outputLayout`` is `.tokenMajor`.
     public let output: Tensor
     /// `log Σ_j exp(s_ij)` over the visible scores of each row, `[B, H, N]` (-inf for a fully masked row).
     public let logSumExp: Tensor
+    /// How ``output`` is laid out.
+    public let outputLayout: AttentionOutputLayout
 
-    public init(output: Tensor, logSumExp: Tensor) {
+    public init(output: Tensor, logSumExp: Tensor, outputLayout: AttentionOutputLayout = .headMajor) {
         self.output = output
         self.logSumExp = logSumExp
+        self.outputLayout = outputLayout
+    }
+
+    /// The output as a `[B, H, N, dv]` tensor (a strided view of a token-major output, no copy).
+    public var headMajorOutput: Tensor {
+        outputLayout == .headMajor ? output : (try? output.permuted([0, 2, 1, 3])) ?? output
     }
 }
 
@@ -45,9 +53,9 @@ struct BackwardInputs {
         let scan = dOut.scanValues()
         if let i = scan.invalidIndex { throw AttentionError.nonFinite(name: "outputGradient", index: i) }
         if let forward {
-            guard forward.output.shape == s.outputShape, forward.logSumExp.shape == [s.B, s.H, s.N] else {
+            guard forward.headMajorOutput.shape == s.outputShape, forward.logSumExp.shape == [s.B, s.H, s.N] else {
                 throw AttentionError.shapeMismatch(
-                    "saved forward has output \(forward.output.shape) and log-sum-exp \(forward.logSumExp.shape); the inputs need \(s.outputShape) and \([s.B, s.H, s.N])")
+                    "saved forward has output \(forward.headMajorOutput.shape) (head-major) and log-sum-exp \(forward.logSumExp.shape); the inputs need \(s.outputShape) and \([s.B, s.H, s.N])")
             }
         }
         self.dOut = dOut.lastAxisContiguous()

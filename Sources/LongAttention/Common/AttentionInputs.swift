@@ -61,6 +61,8 @@ struct AttentionInputs {
 
     /// Keys and values in a low-precision cache (then `keys` and `values` are placeholders).
     private(set) var stored: StoredKV? = nil
+    /// Keys and values in a ring buffer (a sliding-window cache layer): see ``AttentionLayout/ring``.
+    var ring: (start: Int, slots: Int)? = nil
 
     /// Queries against keys and values stored in a ``KVCache`` of a low-precision type, scanned
     /// when appended (largest magnitudes `maxK`, `maxV`): `keys`/`values` are 1-element
@@ -113,21 +115,26 @@ struct AttentionInputs {
         }
     }
 
-    /// The output tensor `[B, H, N, dv]` (allocated through the memory budget).
-    func makeOutput() throws -> Tensor { try Tensor(uninitialized: shape.outputShape) }
+    /// The output tensor, `[B, H, N, dv]` or token-major `[B, N, H, dv]` (allocated through the memory budget).
+    func makeOutput(_ layout: AttentionOutputLayout = .headMajor) throws -> Tensor {
+        try Tensor(uninitialized: layout.outputShape(shape))
+    }
 
-    /// Runs `body` with the raw layout of these inputs and `out` (`[B, H, N, dv]`, contiguous).
-    /// `queryOffset` places query row 0 at that key position (nil: bottom-right, `M - N`).
-    func withLayout<R>(output out: inout Tensor, queryOffset: Int? = nil, _ body: (AttentionLayout) throws -> R) rethrows -> R {
-        precondition(out.shape == shape.outputShape, "output shape")
+    /// Runs `body` with the raw layout of these inputs and `out` (contiguous, `[B, H, N, dv]` or
+    /// token-major `[B, N, H, dv]`). `queryOffset` places query row 0 at that key position (nil:
+    /// bottom-right, `M - N`).
+    func withLayout<R>(output out: inout Tensor, queryOffset: Int? = nil, outputLayout: AttentionOutputLayout = .headMajor,
+                       _ body: (AttentionLayout) throws -> R) rethrows -> R {
+        precondition(out.shape == outputLayout.outputShape(shape), "output shape")
         return try out.withUnsafeMutableBufferPointer { o in
-            try withLayout(outputPointer: o.baseAddress!, queryOffset: queryOffset, body)
+            try withLayout(outputPointer: o.baseAddress!, queryOffset: queryOffset, outputLayout: outputLayout, body)
         }
     }
 
     /// The layout with a raw output pointer (a backward pass, which reads the inputs and writes
     /// gradients, passes its own buffer: nothing writes through `out` there).
     func withLayout<R>(outputPointer o: UnsafeMutablePointer<Float>, queryOffset: Int? = nil,
+                       outputLayout: AttentionOutputLayout = .headMajor,
                        _ body: (AttentionLayout) throws -> R) rethrows -> R {
         let (q, k, v, s) = (queries, keys, values, shape)
         let causal = mask.isCausal, lengths = mask.keyLengths, scale = scale
@@ -146,6 +153,9 @@ struct AttentionInputs {
                             layout.alibi = pa
                             layout.queryOffsetOverride = queryOffset
                             layout.stored = stored
+                            layout.window = mask.slidingWindow
+                            layout.ring = ring
+                            if outputLayout == .tokenMajor { layout.outStrideOverride = (s.N * s.H * s.dv, s.dv, s.H * s.dv) }
                             return try body(layout)
                         }
                     }

@@ -2,13 +2,20 @@ import AttentionTensor
 
 /// Which keys each query may attend to, and additive biases on the scores.
 ///
-/// The parts combine: `.causal`, `.keyLengths([...])`, `.bias(t)` and `.alibi(a)` each set one
-/// part, and ``combined(with:)`` joins two masks without dropping anything (for example causal
-/// decoding over padded batches with a learned bias). A query row whose keys are all masked
-/// outputs zeros.
+/// The parts combine: `.causal`, `.slidingWindow(W)`, `.keyLengths([...])`, `.bias(t)` and
+/// `.alibi(a)` each set one part, and ``combined(with:)`` joins two masks without dropping
+/// anything (for example causal decoding over padded batches with a learned bias). A query row
+/// whose keys are all masked outputs zeros.
 public struct AttentionMask: Sendable {
     /// Bottom-right aligned causal mask: query `i` sees key `j` iff `j <= i + (M - N)`.
     public var isCausal: Bool
+    /// Sliding-window attention (Mistral, Gemma 2/3, transformers' `sliding_window`): with query
+    /// `i` at position `p = i + M - N` (bottom-right), key `j` is visible iff `p - W < j <= p`,
+    /// i.e. the query sees itself and its `W - 1` predecessors. `W >= 1`, and only together with
+    /// ``isCausal`` (transformers' sliding mask is always causal; a window without it is refused
+    /// with ``AttentionError/invalidWindow(_:)``, as is `W < 1`). The exact kernels skip every key
+    /// tile outside the band: O(N·W·d) work instead of O(N·M·d).
+    public var slidingWindow: Int?
     /// Per batch entry `b`, only keys `j < keyLengths[b]` are attended (right padding).
     public var keyLengths: [Int]?
     /// Added to `scale · QKᵀ` before the softmax: shape `[N, M]`, `[H, N, M]` or `[B, H, N, M]`,
@@ -18,8 +25,10 @@ public struct AttentionMask: Sendable {
     /// ALiBi position penalties, computed per score tile (never an N×M tensor). Slopes must be finite.
     public var alibi: ALiBi?
 
-    public init(isCausal: Bool = false, keyLengths: [Int]? = nil, bias: Tensor? = nil, alibi: ALiBi? = nil) {
+    public init(isCausal: Bool = false, slidingWindow: Int? = nil, keyLengths: [Int]? = nil, bias: Tensor? = nil,
+                alibi: ALiBi? = nil) {
         self.isCausal = isCausal
+        self.slidingWindow = slidingWindow
         self.keyLengths = keyLengths
         self.bias = bias
         self.alibi = alibi
@@ -29,6 +38,9 @@ public struct AttentionMask: Sendable {
     public static let none = AttentionMask()
     /// Bottom-right causal.
     public static let causal = AttentionMask(isCausal: true)
+    /// Bottom-right causal within a sliding window of `W` positions: query at position `p` sees
+    /// keys `p - W < j <= p` (see ``slidingWindow``).
+    public static func slidingWindow(_ window: Int) -> AttentionMask { AttentionMask(isCausal: true, slidingWindow: window) }
     /// Per-batch key lengths (padding mask).
     public static func keyLengths(_ lengths: [Int]) -> AttentionMask { AttentionMask(keyLengths: lengths) }
     /// An additive bias broadcast over batch and heads.
@@ -36,8 +48,8 @@ public struct AttentionMask: Sendable {
     /// ALiBi penalties with the given slopes.
     public static func alibi(_ alibi: ALiBi) -> AttentionMask { AttentionMask(alibi: alibi) }
 
-    /// Both masks at once, nothing dropped: causal if either is; key lengths the elementwise
-    /// minimum; biases added (broadcast against each other: `[N, M]` + `[H, N, M]` gives
+    /// Both masks at once, nothing dropped: causal if either is; the smaller sliding window; key
+    /// lengths the elementwise minimum; biases added (broadcast against each other: `[N, M]` + `[H, N, M]` gives
     /// `[H, N, M]`); two ALiBi sets add their slopes (penalties add).
     ///
     /// - Throws: ``AttentionError/shapeMismatch(_:)`` when key-length counts, bias shapes or slope
@@ -59,7 +71,19 @@ public struct AttentionMask: Sendable {
             }
             slopes = ALiBi(slopes: zip(a.slopes, b.slopes).map { $0 + $1 })
         }
-        return AttentionMask(isCausal: isCausal || other.isCausal, keyLengths: lengths, bias: sum, alibi: slopes)
+        var window = slidingWindow ?? other.slidingWindow
+        if let a = slidingWindow, let b = other.slidingWindow { window = Swift.min(a, b) }
+        return AttentionMask(isCausal: isCausal || other.isCausal, slidingWindow: window, keyLengths: lengths, bias: sum,
+                             alibi: slopes)
+    }
+
+    /// The sliding window's own rule: `W >= 1`, and only with a causal mask.
+    func validateWindow() throws {
+        guard let w = slidingWindow else { return }
+        guard w >= 1 else { throw AttentionError.invalidWindow("a sliding window must be at least 1 position, got \(w)") }
+        guard isCausal else {
+            throw AttentionError.invalidWindow("a sliding window of \(w) needs a causal mask (use .slidingWindow(W) or isCausal: true)")
+        }
     }
 
     /// `a + b` broadcast over their leading axes (ranks 2–4, the last two equal).
@@ -98,6 +122,7 @@ public struct AttentionMask: Sendable {
     /// finiteness, the bias shape and values (NaN and +Inf refused, -Inf allowed). Returns the bias
     /// ready for the kernels, and the largest finite |bias|.
     func validated(for s: AttentionShape) throws -> (bias: BroadcastBias?, maxBias: Float) {
+        try validateWindow()
         if let alibi {
             guard alibi.slopes.count == s.H else {
                 throw AttentionError.shapeMismatch("ALiBi has \(alibi.slopes.count) slopes for H = \(s.H) heads")

@@ -39,3 +39,20 @@ public struct AttentionShape: Sendable, Equatable, CustomStringConvertible {
 func attentionShape(queries: Tensor, keys: Tensor, values: Tensor) throws -> AttentionShape {
     try AttentionShape(queries: queries, keys: keys, values: values)
 }
+
+/// How an attention output is laid out in memory.
+///
+/// - `headMajor`: `[B, H, N, dv]`, the layout of the inputs' `[B, H, N, d]` views;
+/// - `tokenMajor`: `[B, N, H, dv]`, i.e. the token-major rows `[B·N, H·dv]` a model's output
+///   projection reads (reshaping it is a view): written in place by the kernels, so no permute
+///   and copy is needed after attention. Gradients in this layout are `dq [B, N, H, d]`,
+///   `dk [B, M, Hkv, d]`, `dv [B, M, Hkv, dv]`.
+public enum AttentionOutputLayout: String, Sendable, CaseIterable {
+    case headMajor
+    case tokenMajor
+
+    /// The output's shape for a problem of shape `s`.
+    public func outputShape(_ s: AttentionShape) -> [Int] {
+        self == .headMajor ? [s.B, s.H, s.N, s.dv] : [s.B, s.N, s.H, s.dv]
+    }
+}

@@ -4,12 +4,15 @@ import CAttentionKernels
 /// Exact attention's forward for training: the tiled (FlashAttention) forward that also keeps each
 /// query row's log-sum-exp, what ``scaledDotProductAttentionBackward(queries:keys:values:forward:outputGradient:scale:mask:threads:)``
 /// needs. Shapes and options as ``scaledDotProductAttention(queries:keys:values:scale:mask:implementation:threads:)``;
-/// the output equals it to float32 rounding. Extra memory: `B·H·N` floats.
+/// the output equals it to float32 rounding. Extra memory: `B·H·N` floats. A sliding window in
+/// `mask` is honoured with the same tile skipping; `outputLayout: .tokenMajor` writes the output
+/// as `[B, N, H, dv]` (the log-sum-exp stays `[B, H, N]`), and the backward reads it so.
 public func scaledDotProductAttentionForward(
-    queries: Tensor, keys: Tensor, values: Tensor, scale: Float? = nil, mask: AttentionMask = .none, threads: Int? = nil
+    queries: Tensor, keys: Tensor, values: Tensor, scale: Float? = nil, mask: AttentionMask = .none,
+    outputLayout: AttentionOutputLayout = .headMajor, threads: Int? = nil
 ) throws -> SoftmaxAttentionForward {
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: mask, threads: threads)
-    return try exactAttentionKeepingLSE(inputs)
+    return try exactAttentionKeepingLSE(inputs, outputLayout: outputLayout)
 }
 
 /// Exact attention's backward, FlashAttention-2 style (Dao 2023, Algorithm 2): with the forward's
@@ -20,20 +23,26 @@ public func scaledDotProductAttentionForward(
 ///     dK_j += scale · dSᵀ Q_i      dQ_i += scale · dS K_j
 ///
 /// Shapes: `queries [B, H, N, d]`, `keys [B, Hkv, M, d]`, `values [B, Hkv, M, dv]`, `forward` from
-/// ``scaledDotProductAttentionForward(queries:keys:values:scale:mask:threads:)`` with the same
-/// inputs, scale and mask, `outputGradient [B, H, N, dv]`. Returns dq, dk, dv of the inputs' shapes.
+/// ``scaledDotProductAttentionForward(queries:keys:values:scale:mask:outputLayout:threads:)`` with the same
+/// inputs, scale and mask (its output in either layout), `outputGradient [B, H, N, dv]`. Every
+/// input may be a strided view with a contiguous last axis, read in place: token-major rows
+/// `[B·N, H·d]` as `reshaped([B, N, H, d]).permuted([0, 2, 1, 3])`, and a token-major `dOut` the
+/// same way. Returns dq, dk, dv of the inputs' shapes, or with `gradientLayout: .tokenMajor`
+/// `dq [B, N, H, d]`, `dk [B, M, Hkv, d]`, `dv [B, M, Hkv, dv]` (written in place, the layout of a
+/// model's token-major gradient rows).
 ///
 /// The query heads of a GQA group are stacked into each GEMM; a KV head's dK and dV sum over them
-/// in the same GEMMs (no per-head copies of K or V). Causal tiles above the diagonal are skipped.
+/// in the same GEMMs (no per-head copies of K or V). Causal tiles above the diagonal are skipped,
+/// and under a sliding window (`mask.slidingWindow`) every tile outside the band too: O(N·W·d).
 /// Work items own disjoint dK/dV rows (a whole KV head, or with few heads a private partial summed
 /// afterwards in a fixed order), so threads never race and the result is bitwise the same for any
 /// thread count. Workspace: a few `stacked rows × (d + key tile)` blocks per worker, independent of N and M.
 public func scaledDotProductAttentionBackward(
     queries: Tensor, keys: Tensor, values: Tensor, forward: SoftmaxAttentionForward, outputGradient: Tensor,
-    scale: Float? = nil, mask: AttentionMask = .none, threads: Int? = nil
+    scale: Float? = nil, mask: AttentionMask = .none, gradientLayout: AttentionOutputLayout = .headMajor, threads: Int? = nil
 ) throws -> AttentionGradients {
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: mask, threads: threads)
-    return try exactBackward(inputs, forward: forward, outputGradient: outputGradient)
+    return try exactBackward(inputs, forward: forward, outputGradient: outputGradient, gradientLayout: gradientLayout)
 }
 
 /// Bytes of scratch the exact backward allocates for `shape` on `threads` workers (independent
@@ -47,17 +56,18 @@ public func attentionBackwardWorkspaceBytes(shape: AttentionShape, threads: Int)
 
 /// Tiled exact attention that also writes each row's log-sum-exp (query row 0 at key position
 /// `queryOffset`, nil: bottom-right).
-func exactAttentionKeepingLSE(_ inputs: AttentionInputs, queryOffset: Int? = nil) throws -> SoftmaxAttentionForward {
+func exactAttentionKeepingLSE(_ inputs: AttentionInputs, queryOffset: Int? = nil,
+                              outputLayout: AttentionOutputLayout = .headMajor) throws -> SoftmaxAttentionForward {
     try inputs.checkSoftmaxRange()
     let s = inputs.shape
     let plan = ExactAttentionPlan(shape: s, implementation: .tiled, threads: inputs.threads)
-    var out = try inputs.makeOutput()
+    var out = try inputs.makeOutput(outputLayout)
     // A zero-width output (dv = 0) keeps no statistics: its log-sum-exps are -inf and its
     // gradients zero (L = Σ out ⊙ dOut is identically 0).
     var lse = out.count > 0 ? try Tensor(uninitialized: [s.B, s.H, s.N]) : try Tensor(filling: -.infinity, [s.B, s.H, s.N])
     if out.count > 0 {
         try lse.withUnsafeMutableBufferPointer { lp in
-            try inputs.withLayout(output: &out, queryOffset: queryOffset) { layout in
+            try inputs.withLayout(output: &out, queryOffset: queryOffset, outputLayout: outputLayout) { layout in
                 var L = layout
                 L.lse = lp.baseAddress
                 if s.M == 0 {
@@ -69,25 +79,29 @@ func exactAttentionKeepingLSE(_ inputs: AttentionInputs, queryOffset: Int? = nil
             }
         }
     }
-    return SoftmaxAttentionForward(output: out, logSumExp: lse)
+    return SoftmaxAttentionForward(output: out, logSumExp: lse, outputLayout: outputLayout)
 }
 
 /// The backward on accepted inputs (query row 0 at key position `queryOffset`, nil: bottom-right).
 func exactBackward(_ inputs: AttentionInputs, forward: SoftmaxAttentionForward, outputGradient: Tensor,
-                   queryOffset: Int? = nil) throws -> AttentionGradients {
+                   queryOffset: Int? = nil, gradientLayout: AttentionOutputLayout = .headMajor) throws -> AttentionGradients {
     let back = try BackwardInputs(inputs, outputGradient: outputGradient, forward: forward)
     try inputs.checkSoftmaxRange()
     try back.checkSoftmaxRange(inputs)
     let s = inputs.shape
-    var grads = AttentionGradients(queries: try Tensor(uninitialized: [s.B, s.H, s.N, s.d]),
-                                   keys: try Tensor(uninitialized: [s.B, s.Hkv, s.M, s.d]),
-                                   values: try Tensor(uninitialized: [s.B, s.Hkv, s.M, s.dv]), beta: nil)
+    let tokenMajor = gradientLayout == .tokenMajor
+    var grads = AttentionGradients(queries: try Tensor(uninitialized: tokenMajor ? [s.B, s.N, s.H, s.d] : [s.B, s.H, s.N, s.d]),
+                                   keys: try Tensor(uninitialized: tokenMajor ? [s.B, s.M, s.Hkv, s.d] : [s.B, s.Hkv, s.M, s.d]),
+                                   values: try Tensor(uninitialized: tokenMajor ? [s.B, s.M, s.Hkv, s.dv] : [s.B, s.Hkv, s.M, s.dv]),
+                                   beta: nil)
     if s.B * s.H * s.N == 0 || s.M == 0 || s.dv == 0 {
         for t in [\AttentionGradients.queries, \.keys, \.values] { grads[keyPath: t].withUnsafeMutableBufferPointer { $0.update(repeating: 0) } }
         return grads
     }
     let plan = AttentionBackwardPlan(shape: s, threads: inputs.threads)
     try withGradientLayout(inputs, back: back, forward: forward, grads: &grads, queryOffset: queryOffset) { L, G in
+        var G = G
+        if tokenMajor { G.tokenMajor = true }
         try runSoftmaxBackward(L, G, plan: plan)
     }
     return grads
@@ -129,7 +143,7 @@ struct AttentionBackwardPlan {
     /// dP tiles, D and lse per row; column limits.
     var workerScratch: (floats: Int, ints: Int) {
         let r = stackedRows
-        return (r * (2 * shape.d + shape.dv + 2 * keyTile + 2), r)
+        return (r * (2 * shape.d + shape.dv + 2 * keyTile + 2), 2 * r)
     }
 
 }
@@ -141,14 +155,17 @@ struct GradientLayout {
     let out: UnsafePointer<Float>, outStride: (b: Int, h: Int, n: Int)
     /// `[B, H, N]` contiguous.
     let lse: UnsafePointer<Float>
-    /// Contiguous `[B, H, N, d]`, `[B, Hkv, M, d]`, `[B, Hkv, M, dv]`.
+    /// Contiguous `[B, H, N, d]`, `[B, Hkv, M, d]`, `[B, Hkv, M, dv]`, or with ``tokenMajor``
+    /// `[B, N, H, d]`, `[B, M, Hkv, d]`, `[B, M, Hkv, dv]`.
     let dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>
+    /// Gradients written token-major (only the exact backward writes them so).
+    var tokenMajor = false
 }
 
 func withGradientLayout<R>(_ inputs: AttentionInputs, back: BackwardInputs, forward: SoftmaxAttentionForward,
                            grads: inout AttentionGradients, queryOffset: Int?,
                            _ body: (AttentionLayout, GradientLayout) throws -> R) throws -> R {
-    let o = forward.output.lastAxisContiguous(), lse = forward.logSumExp.contiguous(), dO = back.dOut
+    let o = forward.headMajorOutput.lastAxisContiguous(), lse = forward.logSumExp.contiguous(), dO = back.dOut
     return try grads.queries.withUnsafeMutableBufferPointer { dq in
         try grads.keys.withUnsafeMutableBufferPointer { dk in
             try grads.values.withUnsafeMutableBufferPointer { dv in
@@ -193,8 +210,8 @@ extension GradientLayout {
     func writeQueryGradients(_ blk: QueryBlock, _ L: AttentionLayout, acc: UnsafePointer<Float>) {
         for (gi, g) in blk.heads.enumerated() {
             let h = blk.kvHead * L.group + g
-            ak_copy_scaled(acc + gi * blk.rows * L.d, L.d, dq + ((blk.b * L.H + h) * L.N + blk.i0) * L.d, L.d,
-                           blk.rows, L.d, L.scale)
+            let dst = tokenMajor ? dq + ((blk.b * L.N + blk.i0) * L.H + h) * L.d : dq + ((blk.b * L.H + h) * L.N + blk.i0) * L.d
+            ak_copy_scaled(acc + gi * blk.rows * L.d, L.d, dst, tokenMajor ? L.H * L.d : L.d, blk.rows, L.d, L.scale)
         }
     }
 }
@@ -207,20 +224,20 @@ func runSoftmaxBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: Atte
     let (d, dv, M, N, parts) = (L.d, L.dv, L.M, L.N, plan.parts)
     let R = Gp * Br, triangleTile = min(Bc, 64)
     let kv = try HeadPartGradients(dk: grad.dk, dv: grad.dv, sequences: L.B * L.Hkv, parts: parts, M: M, d: d, dvWidth: dv,
-                                   purpose: "attention backward")
+                                   tokenMajorHeads: grad.tokenMajor ? L.Hkv : nil, purpose: "attention backward")
     defer { kv.deallocate() }
     let (floats, ints) = plan.workerScratch
     try runWithScratch(items: plan.items, threads: plan.threads, floats: floats, ints: ints,
                        purpose: "attention backward") { ws, queue in
         let qp = ws.floats(R * d), dO = ws.floats(R * dv), dqAcc = ws.floats(R * d)
         let s = ws.floats(R * Bc), dP = ws.floats(R * Bc), D = ws.floats(R), lse = ws.floats(R)
-        let valid = ws.ints(R)
+        let valid = ws.ints(R), lower = ws.ints(R)
         while let item = queue.next() {
             let part = item % parts, bh = item / parts
             let b = bh / L.Hkv, kvh = bh % L.Hkv
             let heads = (part * Gp)..<max(part * Gp, min(G, (part + 1) * Gp))
             // This item's dK/dV rows: the output's for part 0, a private partial otherwise.
-            let (dkBase, dvBase) = kv.rows(sequence: bh, part: part)
+            let (dkBase, dvBase, ldk, ldv) = kv.stridedRows(sequence: bh, part: part)
             if heads.isEmpty { continue }   // a part with no heads left contributes zeros
             var blk = QueryBlock(b: b, kvHead: kvh, i0: 0, rows: 0, heads: heads)
             /// One key tile `j0 ..< j0 + w` for the stacked rows `rs`.
@@ -230,13 +247,14 @@ func runSoftmaxBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: Atte
                 let k = L.kRow(b, kvh, j0), v = L.vRow(b, kvh, j0)
                 BLAS.sgemm(.none, .transpose, m: n, n: w, k: d, a: qp + r0 * d, lda: d, b: k, ldb: L.kStride.m, c: sr, ldc: Bc)
                 L.addBias(blk, j0: j0, width: w, s: s, lds: Bc, rows: rs)
+                if masked { L.maskBeforeWindow(s, lds: Bc, rows: rs, lower: lower) }
                 ak_probs_from_lse(sr, n, w, Bc, masked ? valid + r0 : nil, lse + r0)
                 BLAS.sgemm(.transpose, .none, m: w, n: dv, k: n, a: sr, lda: Bc, b: dO + r0 * dv, ldb: dv,
-                           beta: 1, c: dvBase + j0 * dv, ldc: dv)
+                           beta: 1, c: dvBase + j0 * ldv, ldc: ldv)
                 BLAS.sgemm(.none, .transpose, m: n, n: w, k: dv, a: dO + r0 * dv, lda: dv, b: v, ldb: L.vStride.m, c: dpr, ldc: Bc)
                 ak_softmax_grad(sr, Bc, dpr, Bc, n, w, D + r0)
                 BLAS.sgemm(.transpose, .none, m: w, n: d, k: n, a: sr, lda: Bc, b: qp + r0 * d, ldb: d,
-                           beta: 1, c: dkBase + j0 * d, ldc: d)
+                           beta: 1, c: dkBase + j0 * ldk, ldc: ldk)
                 BLAS.sgemm(.none, .none, m: n, n: d, k: w, a: sr, lda: Bc, b: k, ldb: L.kStride.m,
                            beta: 1, c: dqAcc + r0 * d, ldc: d)
             }
@@ -247,28 +265,18 @@ func runSoftmaxBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: Atte
                 L.packQueries(blk, into: qp)
                 grad.pack(blk, L, dO: dO, D: D, lse: lse)
                 dqAcc.update(repeating: 0, count: rows * d)
-                // Keys every row sees, then the causal triangle in narrow tiles restricted to the
-                // rows that see them (as the forward does).
-                let shared = L.keyLimit(b, blk.i0), keyEnd = L.keyLimit(b, blk.i0 + blk.rows - 1)
-                var j0 = 0
-                while j0 < shared {
-                    let w = min(Bc, shared - j0)
-                    tile(rows: 0..<rows, j0: j0, w: w, masked: false)
-                    j0 += w
-                }
-                while j0 < keyEnd {
-                    let w = min(triangleTile, keyEnd - j0)
-                    _ = L.fillValid(blk, j0: j0, width: w, valid: valid)
-                    var t0 = 0
-                    while t0 < blk.rows && L.keyLimit(b, blk.i0 + t0) <= j0 { t0 += 1 }
-                    if t0 == 0 {
-                        tile(rows: 0..<rows, j0: j0, w: w, masked: true)
-                    } else if t0 < blk.rows {
+                // The band of keys some row sees, as the forward walks it: keys every row sees in
+                // wide tiles, the causal triangle and the sliding window's lower edge in narrow
+                // tiles restricted to the rows that see them; tiles outside the band are skipped.
+                L.walkKeyTiles(blk, keys: L.blockKeys(blk), wide: Bc, narrow: triangleTile) { j0, w, t0, t1, masked in
+                    if masked { L.fillBand(blk, j0: j0, width: w, rows: t0, t1, valid: valid, lower: lower) }
+                    if t0 == 0 && t1 == blk.rows {
+                        tile(rows: 0..<rows, j0: j0, w: w, masked: masked)
+                    } else {
                         for gi in 0..<heads.count {
-                            tile(rows: (gi * blk.rows + t0)..<((gi + 1) * blk.rows), j0: j0, w: w, masked: true)
+                            tile(rows: (gi * blk.rows + t0)..<(gi * blk.rows + t1), j0: j0, w: w, masked: masked)
                         }
                     }
-                    j0 += w
                 }
                 grad.writeQueryGradients(blk, L, acc: dqAcc)
                 i0 += blk.rows

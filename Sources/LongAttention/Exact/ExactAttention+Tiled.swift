@@ -10,9 +10,11 @@ import CAttentionKernels
 ///     l = l·exp(m - m') + rowsum(p),  o = o·exp(m - m') + p V_tile   (second GEMM, β = 1)
 ///
 /// and divide `o` by `l` once at the end. Under a causal mask the key range stops at the last
-/// row's diagonal, so tiles wholly above it are never computed; the block's own triangle is
-/// walked in 64-key tiles restricted to the rows that see them, and only those carry per-row
-/// column limits. Workspace per worker: `R·(d + tile + dv + 3)` floats with
+/// row's diagonal, so tiles wholly above it are never computed; under a sliding window of `W` it
+/// also starts at the first row's window, so a block visits `W + rows - 1` keys at most and the
+/// whole call costs O(N·W·d). The band's triangles are walked in 64-key tiles restricted to the
+/// rows that see them, and only those carry per-row column limits (and, for the window's lower
+/// edge, scores set to -inf). Workspace per worker: `R·(d + tile + dv + 4)` floats with
 /// `R = group · queryBlock`, independent of N and M.
 ///
 /// Decoding (few query rows, few KV heads) splits each block's keys into ``ExactAttentionPlan/keySplits``
@@ -50,15 +52,16 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
     try runWithScratch(items: blocks * splits, threads: plan.threads, floats: floats, ints: ints,
                        purpose: "tiled attention") { ws, queue in
         let qp = ws.floats(R * d), s = ws.floats(R * Bc), o = ws.floats(R * dv)
-        let m = ws.floats(R), l = ws.floats(R), valid = ws.ints(R)
+        let m = ws.floats(R), l = ws.floats(R), valid = ws.ints(R), lower = ws.ints(R)
         let tileBuffer = ws.floats(converted)
         var blk = QueryBlock(b: 0, kvHead: 0, i0: 0, rows: 0, heads: 0..<G)
         /// One key tile `j0 ..< j0 + w` for the stacked rows `rs`: scores, online softmax, P·V.
         func tile(rows rs: Range<Int>, j0: Int, w: Int, masked: Bool) {
             let r0 = rs.lowerBound, n = rs.count
             let sr = s + r0 * Bc
+            let slot = L.keySlot(j0)
             if let kv = L.stored {
-                let k = kv.keyRow(blk.b, blk.kvHead, j0), v = kv.valueRow(blk.b, blk.kvHead, j0)
+                let k = kv.keyRow(blk.b, blk.kvHead, slot), v = kv.valueRow(blk.b, blk.kvHead, slot)
                 if n <= storedRows {
                     ak_kv_rows_dot_keys(kv.kind, qp + r0 * d, d, n, d, k, kv.keyStride.m, w, sr, Bc)
                 } else {
@@ -70,6 +73,7 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
                     }
                 }
                 L.addBias(blk, j0: j0, width: w, s: s, lds: Bc, rows: rs)
+                if masked { L.maskBeforeWindow(s, lds: Bc, rows: rs, lower: lower) }
                 ak_online_softmax_tile(sr, n, w, Bc, masked ? valid + r0 : nil, m + r0, l + r0, o + r0 * dv, dv, dv)
                 if n <= storedRows {
                     ak_kv_rows_times_values(kv.kind, sr, Bc, n, v, kv.valueStride.m, w, dv, o + r0 * dv, dv)
@@ -83,13 +87,14 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
                 }
                 return
             }
-            let k = L.kRow(blk.b, blk.kvHead, j0), v = L.vRow(blk.b, blk.kvHead, j0)
+            let k = L.kRow(blk.b, blk.kvHead, slot), v = L.vRow(blk.b, blk.kvHead, slot)
             if n <= smallRows {
                 ak_rows_dot_keys(qp + r0 * d, d, n, d, k, L.kStride.m, w, sr, Bc)
             } else {
                 BLAS.sgemm(.none, .transpose, m: n, n: w, k: d, a: qp + r0 * d, lda: d, b: k, ldb: L.kStride.m, c: sr, ldc: Bc)
             }
             L.addBias(blk, j0: j0, width: w, s: s, lds: Bc, rows: rs)
+            if masked { L.maskBeforeWindow(s, lds: Bc, rows: rs, lower: lower) }
             ak_online_softmax_tile(sr, n, w, Bc, masked ? valid + r0 : nil, m + r0, l + r0, o + r0 * dv, dv, dv)
             if n <= smallRows {
                 ak_rows_times_values(sr, Bc, n, v, L.vStride.m, w, dv, o + r0 * dv, dv)
@@ -105,35 +110,22 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
             o.update(repeating: 0, count: rows * dv)
             m.update(repeating: -.infinity, count: rows)
             l.update(repeating: 0, count: rows)
-            // Keys every row of the block sees (no mask), then the causal triangle up to the keys
-            // the last row sees. Tiles wholly above the diagonal are never visited.
-            let shared = L.keyLimit(blk.b, blk.i0)
-            let keyEnd = L.keyLimit(blk.b, blk.i0 + blk.rows - 1)
-            // This item's share of the keys: contiguous, tile-aligned, a function of the block only.
-            let perSplit = ((keyEnd + splits - 1) / splits + Bc - 1) / Bc * Bc
-            let lo = min(keyEnd, split * perSplit), hi = min(keyEnd, lo + perSplit)
-            var j0 = lo
-            while j0 < min(shared, hi) {
-                let w = min(Bc, min(shared, hi) - j0)
-                tile(rows: 0..<rows, j0: j0, w: w, masked: false)
-                j0 += w
-            }
-            // The triangle in narrow tiles; in each, only the rows that see one of its keys take
-            // part (per head: a suffix of the block's positions), so the work above the diagonal
-            // is at most a triangleTile-wide sliver instead of a queryBlock-wide square.
-            j0 = max(j0, shared)
-            while j0 < hi {
-                let w = min(triangleTile, hi - j0)
-                _ = L.fillValid(blk, j0: j0, width: w, valid: valid)
-                // First position whose limit passes j0: keyLimit(i) > j0.
-                var t0 = 0
-                while t0 < blk.rows && L.keyLimit(blk.b, blk.i0 + t0) <= j0 { t0 += 1 }
-                if t0 == 0 {
-                    tile(rows: 0..<rows, j0: j0, w: w, masked: true)
-                } else if t0 < blk.rows {
-                    for g in 0..<G { tile(rows: (g * blk.rows + t0)..<((g + 1) * blk.rows), j0: j0, w: w, masked: true) }
+            // The band of keys some row sees (causal: up to the last row's diagonal; a sliding
+            // window: from the first row's window start); this item's share of it: contiguous,
+            // tile-aligned, a function of the block only.
+            let band = L.blockKeys(blk)
+            let perSplit = ((band.count + splits - 1) / splits + Bc - 1) / Bc * Bc
+            let lo = min(band.upperBound, band.lowerBound + split * perSplit), hi = min(band.upperBound, lo + perSplit)
+            // Keys every row sees in wide unmasked tiles; the band's triangles in narrow tiles, in
+            // each only the rows that see one of its keys (per head: a contiguous range of the
+            // block's positions), so the work outside the band is at most a triangleTile-wide sliver.
+            L.walkKeyTiles(blk, keys: lo..<hi, wide: Bc, narrow: triangleTile) { j0, w, t0, t1, masked in
+                if masked { L.fillBand(blk, j0: j0, width: w, rows: t0, t1, valid: valid, lower: lower) }
+                if t0 == 0 && t1 == blk.rows {
+                    tile(rows: 0..<rows, j0: j0, w: w, masked: masked)
+                } else {
+                    for g in 0..<G { tile(rows: (g * blk.rows + t0)..<(g * blk.rows + t1), j0: j0, w: w, masked: masked) }
                 }
-                j0 += w
             }
             if let partial {
                 let p = partial + item * partialStride
@@ -167,7 +159,7 @@ extension AttentionLayout {
     func finish(_ blk: QueryBlock, o: UnsafePointer<Float>, m: UnsafePointer<Float>, l: UnsafePointer<Float>) {
         for (gi, g) in blk.heads.enumerated() {
             let h = blk.kvHead * group + g
-            ak_divide_rows(o + gi * blk.rows * dv, dv, outRow(blk.b, h, blk.i0), dv, blk.rows, dv, l + gi * blk.rows)
+            ak_divide_rows(o + gi * blk.rows * dv, dv, outRow(blk.b, h, blk.i0), outStride.n, blk.rows, dv, l + gi * blk.rows)
             if let lse {
                 let dst = lse + (blk.b * H + h) * N + blk.i0
                 for t in 0..<blk.rows {

@@ -31,14 +31,14 @@ public struct ExactAttentionPlan: Sendable, Equatable {
     /// Number of independent work items (batch × KV head × query block).
     public var workItems: Int { shape.B * shape.Hkv * ((shape.N + queryBlock - 1) / queryBlock) }
     /// Floats and ints of one worker's scratch: the stacked queries, a score block, and for the
-    /// tiled kernel the output accumulator with its running max and sum; per-row column limits.
+    /// tiled kernel the output accumulator with its running max and sum; per-row column limits (both edges).
     var workerScratch: (floats: Int, ints: Int) {
         let (r, d, dv) = (stackedRows, shape.d, shape.dv)
         let (scores, o1) = r.multipliedReportingOverflow(by: keyTile)
         if o1 { return (Int.max / 8, 0) }
         switch implementation {
-        case .tiled: return (r * (d + dv + 2) + scores, r)
-        default: return (r * d + scores, r)
+        case .tiled: return (r * (d + dv + 2) + scores, 2 * r)
+        default: return (r * d + scores, 2 * r)
         }
     }
     /// Bytes of scratch one worker thread allocates (once, for all its work items).
@@ -88,3 +88,88 @@ public struct ExactAttentionPlan: Sendable, Equatable {
     }
 }
 
+
+/// The work an exact-attention kernel does under a mask, counted by walking the same key tiles
+/// the kernel walks (``ExactAttentionPlan/work(mask:)``, ``attentionBackwardWork(shape:mask:)``):
+/// the evidence that tiles outside a causal or sliding-window band are skipped, without timing.
+public struct ExactAttentionWork: Sendable, Equatable, CustomStringConvertible {
+    /// Score tiles computed (one GEMM or decode-kernel call each; a tile restricted to some rows
+    /// of a GQA group counts once per query head).
+    public let tiles: Int
+    /// Score entries computed (stacked rows × keys, summed over the tiles): `B·H·N·M` for dense
+    /// attention, about `B·H·N·(W + tile)` under a sliding window of `W`.
+    public let scores: Int
+
+    public var description: String { "\(tiles) tiles, \(scores) scores" }
+}
+
+extension ExactAttentionPlan {
+    /// The score tiles and entries this plan's kernel computes under `mask` (its causal limit,
+    /// sliding window and key lengths; a bias or ALiBi changes no tile). Walks the kernel's own
+    /// tile sequence (``AttentionLayout/walkKeyTiles``) without computing anything.
+    ///
+    /// - Throws: ``AttentionError`` for a mask that does not fit the plan's shape.
+    public func work(mask: AttentionMask = .none) throws -> ExactAttentionWork {
+        _ = try mask.validated(for: shape)
+        return withCountingLayout(shape: shape, mask: mask) { L in
+            var tiles = 0, scores = 0
+            let G = L.group
+            for item in 0..<(implementation == .tiled ? workItems * keySplits : workItems) {
+                let split = implementation == .tiled ? item % keySplits : 0
+                let blk = L.queryBlock(item: implementation == .tiled ? item / keySplits : item, blockRows: queryBlock)
+                let band = L.blockKeys(blk)
+                if implementation != .tiled {
+                    if !band.isEmpty { tiles += 1; scores += G * blk.rows * band.count }
+                    continue
+                }
+                let perSplit = ((band.count + keySplits - 1) / keySplits + keyTile - 1) / keyTile * keyTile
+                let lo = min(band.upperBound, band.lowerBound + split * perSplit), hi = min(band.upperBound, lo + perSplit)
+                L.walkKeyTiles(blk, keys: lo..<hi, wide: keyTile, narrow: min(keyTile, 64)) { _, w, t0, t1, _ in
+                    tiles += t0 == 0 && t1 == blk.rows ? 1 : G
+                    scores += G * (t1 - t0) * w
+                }
+            }
+            return ExactAttentionWork(tiles: tiles, scores: scores)
+        }
+    }
+}
+
+/// The score tiles and entries the exact backward
+/// (``scaledDotProductAttentionBackward(queries:keys:values:forward:outputGradient:scale:mask:gradientLayout:threads:)``)
+/// computes for `shape` under `mask`, walking its own tile sequence (each tile costs five GEMMs).
+public func attentionBackwardWork(shape: AttentionShape, mask: AttentionMask = .none) throws -> ExactAttentionWork {
+    _ = try mask.validated(for: shape)
+    let plan = AttentionBackwardPlan(shape: shape, threads: 1)
+    return withCountingLayout(shape: shape, mask: mask) { L in
+        var tiles = 0, scores = 0
+        for item in 0..<plan.items {
+            let part = item % plan.parts, bh = item / plan.parts
+            let heads = (part * plan.headsPerPart)..<max(part * plan.headsPerPart, min(shape.group, (part + 1) * plan.headsPerPart))
+            if heads.isEmpty { continue }
+            var i0 = 0
+            while i0 < shape.N {
+                let blk = QueryBlock(b: bh / shape.Hkv, kvHead: bh % shape.Hkv, i0: i0, rows: min(plan.queryBlock, shape.N - i0),
+                                     heads: heads)
+                L.walkKeyTiles(blk, keys: L.blockKeys(blk), wide: plan.keyTile, narrow: min(plan.keyTile, 64)) { _, w, t0, t1, _ in
+                    tiles += t0 == 0 && t1 == blk.rows ? 1 : heads.count
+                    scores += heads.count * (t1 - t0) * w
+                }
+                i0 += blk.rows
+            }
+        }
+        return ExactAttentionWork(tiles: tiles, scores: scores)
+    }
+}
+
+/// A layout with the shape and mask of a problem but no data (every pointer is one dummy float):
+/// for walking tiles, never for reading rows.
+private func withCountingLayout<R>(shape s: AttentionShape, mask: AttentionMask, _ body: (AttentionLayout) -> R) -> R {
+    let dummy = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    defer { dummy.deallocate() }
+    var L = AttentionLayout(B: s.B, H: s.H, Hkv: s.Hkv, N: s.N, M: s.M, d: s.d, dv: s.dv,
+                            q: dummy, qStride: (0, 0, 0), k: dummy, kStride: (0, 0, 0), v: dummy, vStride: (0, 0, 0),
+                            out: dummy, scale: 1, causal: mask.isCausal, keyLengths: mask.keyLengths, bias: nil,
+                            biasStride: (0, 0, 0))
+    L.window = mask.slidingWindow
+    return body(L)
+}

@@ -138,9 +138,14 @@ extension CausalLM {
             if let beta = grads.beta, let gb = gradient(G, pre + "self_attn.infini_beta") {
                 for h in 0..<H { gb[h] += beta[h] }
             }
-            var dq = try grads.queries.permuted([0, 2, 1, 3]).contiguous().reshaped([N, H * hd])
-            var dk = try grads.keys.permuted([0, 2, 1, 3]).contiguous().reshaped([N, Hkv * hd])
-            let dv = try grads.values.permuted([0, 2, 1, 3]).contiguous().reshaped([N, Hkv * hd])
+            // Exact attention returns token-major gradients (`[B, T, heads, hd]`, already rows); the
+            // other variants' `[B, heads, T, hd]` are permuted into rows.
+            let tokenMajor = c.attention[layer] == .exact
+            func rows(_ g: Tensor, _ heads: Int) throws -> Tensor {
+                tokenMajor ? try g.reshaped([N, heads * hd]) : try g.permuted([0, 2, 1, 3]).contiguous().reshaped([N, heads * hd])
+            }
+            var dq = try rows(grads.queries, H), dk = try rows(grads.keys, Hkv)
+            let dv = try rows(grads.values, Hkv)
             try applyRoPE(dq.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: H, inverse: true)
             try applyRoPE(dk.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: Hkv, inverse: true)
             if let n = a.qkNorm {
@@ -178,19 +183,22 @@ extension CausalLM {
         }
     }
 
-    /// One layer's attention backward from `dOutRows [N, H·hd]`: gradients of q, k, v (as
-    /// `[B, heads, T, hd]`) and of Infini's β.
+    /// One layer's attention backward from `dOutRows [N, H·hd]`: gradients of q, k, v (token-major
+    /// `[B, T, heads, hd]` for exact attention, `[B, heads, T, hd]` for the other variants) and of Infini's β.
     func attentionBackward(layer: Int, _ a: LayerActivations, dOutRows: Tensor, batch B: Int, length T: Int,
                            threads: Int) throws -> AttentionGradients {
         let c = config, (H, Hkv, hd) = (c.heads, c.kvHeads, c.headDim)
         let qv = try a.q.reshaped([B, T, H, hd]).permuted([0, 2, 1, 3])
         let kv = try a.k.reshaped([B, T, Hkv, hd]).permuted([0, 2, 1, 3])
         let vv = try a.v.reshaped([B, T, Hkv, hd]).permuted([0, 2, 1, 3])
-        let dOut = try dOutRows.reshaped([B, T, H, hd]).permuted([0, 2, 1, 3]).contiguous()
+        let dOutView = try dOutRows.reshaped([B, T, H, hd]).permuted([0, 2, 1, 3])
+        if case (.exact, .softmax(let f)) = (c.attention[layer], a.attention) {
+            return try scaledDotProductAttentionBackward(queries: qv, keys: kv, values: vv, forward: f, outputGradient: dOutView,
+                                                         scale: attentionScale, mask: attentionMask(layer: layer),
+                                                         gradientLayout: .tokenMajor, threads: threads)
+        }
+        let dOut = dOutView.contiguous()
         switch (c.attention[layer], a.attention) {
-        case (.exact, .softmax(let f)):
-            return try scaledDotProductAttentionBackward(queries: qv, keys: kv, values: vv, forward: f, outputGradient: dOut,
-                                                         scale: attentionScale, mask: attentionMask(layer: layer), threads: threads)
         case (.bigbird, .softmax(let f)):
             return try bigBirdAttentionBackward(queries: qv, keys: kv, values: vv, plan: try bigBirdPlan(layer: layer, length: T),
                                                 forward: f, outputGradient: dOut, alibi: attentionMask(layer: layer).alibi, threads: threads)

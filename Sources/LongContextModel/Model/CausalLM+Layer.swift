@@ -59,12 +59,7 @@ extension CausalLM {
     func attentionMask(layer: Int) -> AttentionMask {
         var mask = AttentionMask.causal
         if case .alibi = config.positions { mask.alibi = ALiBi(heads: config.heads) }
-        if let w = config.window(of: layer), let T = pendingLength { // TEMPORARY
-            var b = try! Tensor(zeros: [T, T])
-            let p = b.unsafeMutableBaseAddress()
-            for i in 0..<T { for j in 0..<T where !(i - w < j && j <= i) { p[i * T + j] = -.infinity } }
-            mask.bias = b
-        }
+        mask.slidingWindow = config.window(of: layer)
         return mask
     }
 
@@ -202,15 +197,12 @@ extension CausalLM {
             }
         }
         var x = try embed(tokens)
-        pendingLength = T // TEMPORARY
         let pass = ForwardPass(batch: B, length: T, tokens: tokens,
                                logits: try Tensor(uninitialized: logitRows.map { [$0.count, V] } ?? [B, T, V]))
         for layer in 0..<c.layers {
             let a = try decoderLayer(layer, x: &x, batch: B, length: T, firstPosition: 0, keep: keepForBackward, pass: pass,
                                      threads: threads) { q, k, v in
-                let (out, state) = try attend(layer: layer, q: q, k: k, v: v, batch: B, length: T, keep: keepForBackward, threads: threads)
-                // [B, H, T, hd] → rows [N, H·hd].
-                return (try out.permuted([0, 2, 1, 3]).contiguous().reshaped([N, H * hd]), state)
+                try attend(layer: layer, q: q, k: k, v: v, batch: B, length: T, keep: keepForBackward, threads: threads)
             }
             if let a { pass.layers.append(a) }
         }
@@ -235,36 +227,40 @@ extension CausalLM {
         return pass
     }
 
-    /// One layer's attention on rows `q [N, H·hd]`, `k`, `v [N, Hkv·hd]` viewed as `[B, heads, T, hd]`:
-    /// returns the output `[B, H, T, hd]` and the state its backward needs.
+    /// One layer's attention on rows `q [N, H·hd]`, `k`, `v [N, Hkv·hd]` read as `[B, heads, T, hd]`
+    /// views through their strides: returns the output rows `[N, H·hd]` and the state its backward
+    /// needs. Exact attention writes its output token-major in place; the other variants' outputs
+    /// `[B, H, T, hd]` are permuted into rows.
     func attend(layer: Int, q: Tensor, k: Tensor, v: Tensor, batch B: Int, length T: Int, keep: Bool,
-                threads: Int) throws -> (Tensor, AttentionState) {
-        let c = config, (H, Hkv, hd) = (c.heads, c.kvHeads, c.headDim)
+                threads: Int) throws -> (rows: Tensor, state: AttentionState) {
+        let c = config, (H, Hkv, hd) = (c.heads, c.kvHeads, c.headDim), N = B * T
         let qv = try q.reshaped([B, T, H, hd]).permuted([0, 2, 1, 3])
         let kv = try k.reshaped([B, T, Hkv, hd]).permuted([0, 2, 1, 3])
         let vv = try v.reshaped([B, T, Hkv, hd]).permuted([0, 2, 1, 3])
         let mask = attentionMask(layer: layer)
+        func rows(_ headMajor: Tensor) throws -> Tensor { try headMajor.permuted([0, 2, 1, 3]).contiguous().reshaped([N, H * hd]) }
         switch c.attention[layer] {
         case .exact:
             if !keep {
-                return (try scaledDotProductAttention(queries: qv, keys: kv, values: vv, scale: attentionScale, mask: mask,
-                                                      threads: threads), .none)
+                let out = try scaledDotProductAttention(queries: qv, keys: kv, values: vv, scale: attentionScale, mask: mask,
+                                                        outputLayout: .tokenMajor, threads: threads)
+                return (try out.reshaped([N, H * hd]), .none)
             }
             let f = try scaledDotProductAttentionForward(queries: qv, keys: kv, values: vv, scale: attentionScale, mask: mask,
-                                                         threads: threads)
-            return (f.output, .softmax(f))
+                                                         outputLayout: .tokenMajor, threads: threads)
+            return (try f.output.reshaped([N, H * hd]), .softmax(f))
         case .bigbird:
             try requireDefaultScale("BigBird")
             let plan = try bigBirdPlan(layer: layer, length: T)
             let f = try bigBirdAttentionForward(queries: qv, keys: kv, values: vv, plan: plan, alibi: mask.alibi, threads: threads)
-            return (f.output, keep ? .softmax(f) : .none)
+            return (try rows(f.output), keep ? .softmax(f) : .none)
         case .linear(let map):
             let f = try linearAttentionForward(queries: qv, keys: kv, values: vv, featureMap: map, causal: true, threads: threads)
-            return (f.output, keep ? .linear(f) : .none)
+            return (try rows(f.output), keep ? .linear(f) : .none)
         case .infini:
             try requireDefaultScale("Infini-Attention")
             let infini = try infiniAttention(layer: layer)
-            return (try infini(queries: qv, keys: kv, values: vv, threads: threads), keep ? .infini : .none)
+            return (try rows(try infini(queries: qv, keys: kv, values: vv, threads: threads)), keep ? .infini : .none)
         }
     }
 

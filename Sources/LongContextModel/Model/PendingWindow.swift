@@ -1,12 +1,6 @@
 // TEMPORARY (not to be committed): stand-ins until the sliding-window kernels land.
 import LongAttention
 import AttentionTensor
-extension AttentionMask {
-    var slidingWindow: Int? {
-        get { nil }
-        set { precondition(newValue == nil, "sliding windows not yet in the kernels") }
-    }
-}
 func decodeAttention(queries: Tensor, cache: KVCache, layer: Int, scale: Float?, alibi: ALiBi?, window: Int?, threads: Int?) throws -> Tensor {
     precondition(window == nil)
     return try decodeAttention(queries: queries, cache: cache, layer: layer, scale: scale, alibi: alibi, threads: threads)
@@ -17,4 +11,3 @@ extension KVCache {
         try self.init(layers: layers, batch: batch, kvHeads: kvHeads, capacity: capacity, headDimension: headDimension, type: type)
     }
 }
-nonisolated(unsafe) var pendingLength: Int? = nil

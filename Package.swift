@@ -11,6 +11,8 @@ let package = Package(
         // Sequence-parallel attention over OpenMPI (ring attention, sharded decoding, linear
         // attention by prefix scan): a separate product, so LongAttention does not depend on MPI.
         .library(name: "DistributedAttention", targets: ["DistributedAttention", "SwiftMPI", "SequenceParallel"]),
+        // Hugging Face chat templates (a jinja2 subset), Foundation only.
+        .library(name: "ChatTemplate", targets: ["ChatTemplate"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -41,6 +43,7 @@ let package = Package(
         // How a sequence is split across ranks (contiguous, zigzag; striped decode positions): pure
         // index maths, unit-tested without MPI.
         .target(name: "SequenceParallel"),
+        .target(name: "ChatTemplate"),
         // Ring attention (forward, backward), the position-sharded KV cache, distributed linear attention.
         .target(
             name: "DistributedAttention",
@@ -102,6 +105,7 @@ let package = Package(
         .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor", "AttentionEvaluation"]),
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["SequenceParallel"]),
+        .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"], resources: [.copy("Fixtures")]),
         .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),
         .testTarget(name: "LongContextModelTests", dependencies: ["LongContextModel", "LongAttention", "AttentionTensor"]),
         .testTarget(

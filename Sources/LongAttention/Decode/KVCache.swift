@@ -165,13 +165,13 @@ public struct KVCache: Sendable {
         Self.bytes(batch: batch, kvHeads: kvHeads, slots: slots, headDimension: headDimension, valueDimension: valueDimension, type: type)!
     }
 
-    /// Bytes of one layer's keys and values.
+    /// Bytes of one layer's keys and values (`layer` in `0 ..< layers`, as for ``lengths``).
     public func bytes(layer: Int) -> Int {
         batch * kvHeads * slots[layer] * (type.rowBytes(headDimension) + type.rowBytes(valueDimension))
     }
 
     /// The positions `layer` still holds: `0 ..< length` for a full layer, the last
-    /// `min(length, slots)` for a windowed one.
+    /// `min(length, slots)` for a windowed one (`layer` in `0 ..< layers`, as for ``lengths``).
     public func positions(layer: Int) -> Range<Int> {
         let n = lengths[layer]
         return max(heldFrom[layer], n - slots[layer])..<n

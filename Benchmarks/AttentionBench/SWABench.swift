@@ -2,8 +2,8 @@ import AttentionTensor
 import Foundation
 import LongAttention
 
-/// Sliding-window decode (`--variants swa`): one new token (H = 32, d = 128) after `positions`
-/// positions, three ways per cache type: plain causal decode over a full cache (what every
+/// Sliding-window decode (`--variants swa`): one new token (H = 32, d = 128) after `positions - 200`
+/// positions (not a multiple of W, so the ring's oldest position sits mid-ring: two segments), three ways per cache type: plain causal decode over a full cache (what every
 /// position costs), the window `W` over that full cache (`slidingWindow: W`, Mistral's layout: the
 /// band only is read), and a windowed cache layer (a ring of `W` rows, `maxAppend` = 1: Gemma 3's
 /// local layers). Rows give the time per token, tokens/s, the K/V bytes read per step and the
@@ -16,10 +16,11 @@ func benchSlidingWindowDecode(positions: Int, window W: Int, kvHeads hkv: Int, t
     let q = try Tensor.randomUniform([1, H, 1, d], seed: 1)
     for type in types {
         progress("swa: a \(type) cache of \(formatLength(positions)) positions, Hkv = \(hkv), W = \(W)")
+        let length = positions - 200
         var full = try KVCache(layers: 1, batch: 1, kvHeads: hkv, capacity: positions, headDimension: d, type: type)
         var chunk: UInt64 = 0
-        while full.lengths[0] < positions {
-            let n = min(8192, positions - full.lengths[0])
+        while full.lengths[0] < length {
+            let n = min(8192, length - full.lengths[0])
             try full.append(layer: 0, keys: try Tensor.randomUniform([1, hkv, n, d], seed: 2 * chunk + 2),
                             values: try Tensor.randomUniform([1, hkv, n, d], seed: 2 * chunk + 3))
             chunk += 1
@@ -28,7 +29,7 @@ func benchSlidingWindowDecode(positions: Int, window W: Int, kvHeads hkv: Int, t
         try ring.copy(from: full)
         let windowedOnFull = try decodeAttention(queries: q, cache: full, layer: 0, slidingWindow: W, threads: threads)
             .scalars.map(Double.init)
-        let cases: [(String, KVCache, Int?, Int)] = [("full cache", full, nil, positions), ("full cache, window", full, W, W),
+        let cases: [(String, KVCache, Int?, Int)] = [("full cache", full, nil, length), ("full cache, window", full, W, W),
                                                      ("ring of W", ring, nil, W)]
         for (impl, cache, window, keys) in cases {
             progress("swa \(impl) \(type)")
@@ -41,7 +42,7 @@ func benchSlidingWindowDecode(positions: Int, window W: Int, kvHeads hkv: Int, t
             let bytes = Double(2 * hkv * keys * type.rowBytes(d))
             let g = 4.0 * Double(H) * Double(keys) * Double(d) / t.median * 1e-9
             let error = impl == "ring of W" ? relativeError(out, windowedOnFull) : nil
-            var row = Row(variant: "swa", impl: impl, B: 1, H: H, Hkv: hkv, N: 1, M: positions, d: d, causal: true,
+            var row = Row(variant: "swa", impl: impl, B: 1, H: H, Hkv: hkv, N: 1, M: length, d: d, causal: true,
                           threads: threads, seconds: t.median, gflops: g, peakFraction: peak.map { g / $0 },
                           workspaceBytes: plan.workspaceBytes, relError: error, runs: t.runs, minSeconds: t.min,
                           note: String(format: "%@ cache, W = %d, %.0f tokens/s, %.1f GB/s of K/V, cache layer %@", type.rawValue, W,

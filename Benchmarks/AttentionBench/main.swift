@@ -12,7 +12,7 @@ struct AttentionBench: ParsableCommand {
         abstract: "Measure sgemm and every attention variant on this machine.",
         discussion: "Without options: the full report (about 5–10 minutes on 2 cores). --quick: a smoke test under a minute.")
 
-    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate (and decode-kernel).")
+    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate (and decode-kernel, swa: sliding-window decode, 32K positions and W = 512).")
     var variants = "sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate"
     @Option(help: "Comma-separated sequence lengths N for every variant (K and M suffixes allowed; default: per variant).")
     var lengths: String?
@@ -40,7 +40,8 @@ struct AttentionBench: ParsableCommand {
     var impls: String?
 
     /// `decode-kernel` (not in the default list): the decode kernels' two halves in isolation, per `--kv-types`.
-    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel", "moe", "lm-train", "lm-generate"]
+    /// `swa` (not in the default list): sliding-window decode (a window over a full cache, and a ring of W rows).
+    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel", "swa", "moe", "lm-train", "lm-generate"]
 
     func validate() throws {
         if let bad = variantList.first(where: { !Self.known.contains($0) }) {
@@ -136,6 +137,9 @@ struct AttentionBench: ParsableCommand {
         case "lm-generate": return quick ? 3 : 8
         case "decode-kernel":
             return Double(kvTypeList.count * (quick ? 2 : 7)) * 1.2 + 1
+        case "swa":
+            // Fill a full cache per type (its bytes, twice: written and converted), three timed rows.
+            return Double(kvTypeList.count) * ((quick ? 8192 : 32768) * 2 * 8 * 128 * 4 * 20e-9 + 3 * 0.7) + 2
         default: return 1
         }
     }
@@ -228,6 +232,12 @@ struct AttentionBench: ParsableCommand {
             rows += try benchDecode(lengths: plannedLengths("decode"), kvHeads: quick ? [8] : [32, 8, 1], types: kvTypeList,
                                     threads: threads, peak: peak, bandwidth: bandwidth)
         }
+        if forwardPass && wanted.contains("swa") {
+            tracker.begin(stage: "swa")
+            let bandwidth = measureCopyBandwidth(threads: threads)
+            rows += try benchSlidingWindowDecode(positions: quick ? 8192 : 32768, window: 512, kvHeads: 8, types: kvTypeList,
+                                                 threads: threads, peak: peak, bandwidth: bandwidth)
+        }
         for lm in ["lm-train", "lm-generate"] where forwardPass && wanted.contains(lm) {
             tracker.begin(stage: lm)
             rows += try benchLM(variants: [lm], threads: threads, peak: peak, quick: quick)
@@ -257,6 +267,13 @@ struct AttentionBench: ParsableCommand {
                 "with few KV heads, arithmetic; caches that fit in the last-level cache read faster than memory:\n\n"
             print(intro + decodeText)
             report += intro + decodeText + "\n"
+        }
+        let swaText = swaTable(rows)
+        if !swaText.isEmpty {
+            let intro = "Sliding-window decode (H = 32, d = 128, one new token, W = 512): plain causal decode over the full " +
+                "cache, the window over the full cache (only the band is read), and a windowed cache layer (a ring of W rows):\n\n"
+            print(intro + swaText)
+            report += intro + swaText + "\n"
         }
         let kernelText = decodeKernelTable(rows)
         if !kernelText.isEmpty {

@@ -219,6 +219,53 @@ final class CausalLMTests: XCTestCase {
         XCTAssertThrowsError(try m.loss(tokens: [1, 2, 3], batch: 1, length: 3, targets: [1, 2, 99]))
     }
 
+    /// Decoding through a cache with sliding-window layers (rings of W + maxAppend - 1 rows): the
+    /// prompt in chunks of maxAppend, then token by token past the rings' wrap, every step's logits
+    /// equal the forward pass's over the whole prefix (which masks with the kernels' window), for
+    /// the window families and every cache type (low-precision types within their storage error).
+    func testDecodeThroughWindowedCacheMatchesForward() throws {
+        let windowed = try familyConfigs().filter { $0.1.slidingWindow != nil }
+        XCTAssertEqual(windowed.count, 3)
+        let sequence: [Int32] = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3]
+        for (name, c) in windowed {
+            let m = try model(c)
+            for type in KVCacheType.allCases {
+                for (prompt, chunk) in [(7, 3), (7, 7), (1, 1)] {
+                    var cache = try m.makeCache(positions: sequence.count, chunk: chunk, type: type)
+                    XCTAssertEqual(cache.maxAppend, chunk)
+                    for layer in 0..<c.layers {
+                        XCTAssertEqual(cache.slots[layer], c.window(of: layer).map { min(sequence.count, $0 + chunk - 1) } ?? sequence.count)
+                    }
+                    var at = prompt
+                    var logits = try m.step(Array(sequence[0..<prompt]), cache: &cache, threads: 1)
+                    while true {
+                        let r = try m.loss(tokens: Array(sequence[0..<at]), batch: 1, length: at, keepLogits: true)
+                        let expected = Array(r.logits!.scalars.suffix(c.vocabSize))
+                        let err = zip(logits, expected).map { abs(Double($0) - Double($1)) }.max()!
+                        let mag = expected.map { abs(Double($0)) }.max()!
+                        XCTAssertLessThan(err / max(1, mag), type == .float32 ? 2e-5 : 5e-2, "\(name) \(type) prompt \(prompt)/\(chunk) at \(at)")
+                        if at == sequence.count { break }
+                        logits = try m.step([sequence[at]], cache: &cache, threads: 1)
+                        at += 1
+                    }
+                    XCTAssertEqual(cache.lengths, Array(repeating: sequence.count, count: c.layers))
+                }
+            }
+            // Generation through the windowed cache equals recomputing the prefix (greedy).
+            let prompt = Array(sequence[0..<5])
+            let cached = try m.generate(prompt: prompt, maxTokens: 10)
+            var context = prompt, slow = [Int32]()
+            for _ in 0..<10 {
+                let r = try m.loss(tokens: context, batch: 1, length: context.count, keepLogits: true)
+                let row = Array(r.logits!.scalars.suffix(c.vocabSize))
+                let next = Int32(row.indices.max { row[$0] < row[$1] || (row[$0] == row[$1] && $0 > $1) }!)
+                slow.append(next)
+                context.append(next)
+            }
+            XCTAssertEqual(cached, slow, name)
+        }
+    }
+
     /// Token-by-token generation through the KV cache equals recomputing the prefix each time
     /// (greedy), for float32 and int8 caches' first tokens.
     func testCachedGenerationMatchesRecompute() throws {

@@ -1,67 +1,108 @@
 import AttentionTensor
 
-/// One decode step: attention of the `n` newest queries `[B, H, n, d]` against everything in the
-/// cache's `layer` (which already holds these tokens' keys and values), bottom-right causal: query
-/// `i` sees cache positions `j <= i + length - n`. Returns `[B, H, n, dv]`. The query heads of a
-/// GQA group (`H / Hkv` of them) are stacked into one product; a single query's keys are split
-/// across the cores and merged.
+/// One decode step: attention of the `n` newest queries `[B, H, n, d]` against the cache's
+/// `layer` (which already holds these tokens' keys and values), bottom-right causal: with `L` the
+/// layer's length, query `i` sits at position `p = L - n + i` and sees positions `j <= p` (so a
+/// chunk of `n` tokens, prefill included, is causal among itself). Returns `[B, H, n, dv]`, or
+/// `[B, n, H, dv]` with `outputLayout: .tokenMajor` (the token-major rows `[B·n, H·dv]` a model's
+/// output projection reads, after a reshape that is a view). The query heads of a GQA group
+/// (`H / Hkv` of them) are stacked into one product; a single query's keys are split across the
+/// cores and merged. Queries are read through their strides (only the last axis contiguous), so a
+/// model's token-major `[B, n, H, d]` permuted to `[B, H, n, d]` is read in place.
+///
+/// **Sliding windows** (transformers' rule): query `p` sees only `p - W < j <= p`. On a windowed
+/// layer of the cache (``KVCache/windows``) the layer's `W` applies; the keys are read from its
+/// ring in position order as (at most) two contiguous segments, and only the band is visited
+/// (O(n·W·d) work). On a full layer, `slidingWindow: W` restricts the key range the same way
+/// (Mistral's window over a full-size cache). `slidingWindow` on a windowed layer may narrow its
+/// window, not widen it.
 ///
 /// A cache of a low-precision ``KVCacheType`` is read as stored (bf16, f16 or q8_0 rows converted
-/// in registers): there is no float32 copy of the cache. Tiles of more than 32 stacked rows (a
-/// prefill against the cache) convert one key tile at a time for their GEMMs.
+/// in registers): there is no float32 copy of the cache. Tiles of more than 4 stacked rows (MQA, a
+/// prefill against the cache) convert one key tile at a time for their products.
 ///
 /// Only the queries are checked for NaN/Inf here: the cache's contents were checked when appended.
+///
+/// - Parameters:
+///   - alibi: ALiBi slopes (one per query head): a penalty on the distance `p - j`, with or without a window.
+///   - slidingWindow: `W >= 1`, or nil (a full layer: plain causal; a windowed layer: its own `W`).
+///   - threads: worker threads (default: all cores); the result does not depend on them.
+/// - Throws: ``AttentionError/invalidWindow(_:)`` for `W < 1`, a `W` wider than a windowed
+///   layer's, or queries whose windows reach positions the ring no longer holds (`n + W - 1`
+///   positions needed: more queries than the `maxAppend` the ring was sized for); shape, NaN/Inf
+///   and overflow errors as any attention call.
 public func decodeAttention(queries: Tensor, cache: KVCache, layer: Int, scale: Float? = nil, alibi: ALiBi? = nil,
+                            slidingWindow: Int? = nil, outputLayout: AttentionOutputLayout = .headMajor,
                             threads: Int? = nil) throws -> Tensor {
+    try withDecodeInputs(queries: queries, cache: cache, layer: layer, scale: scale, alibi: alibi, slidingWindow: slidingWindow,
+                         threads: threads) { inputs in
+        let plan = ExactAttentionPlan(shape: inputs.shape, implementation: .tiled, threads: inputs.threads)
+        return try exactAttention(inputs, plan: plan, outputLayout: outputLayout)
+    }
+}
+
+/// ``decodeAttention(queries:cache:layer:scale:alibi:slidingWindow:outputLayout:threads:)`` that also
+/// returns each query row's log-sum-exp over the cache's visible positions (`[B, H, n]`, -inf for a
+/// row that sees none, e.g. an empty cache): the partial result a cache sharded across processes
+/// merges with the (max, sum, output) rule (``mergeAttentionBlock(output:logSumExp:blockOutput:blockLogSumExp:)``).
+/// Shapes and masking as there (bottom-right causal against the layer's positions; a windowed
+/// layer applies its window).
+public func decodeAttentionKeepingLSE(queries: Tensor, cache: KVCache, layer: Int, scale: Float? = nil,
+                                      threads: Int? = nil) throws -> SoftmaxAttentionForward {
+    try withDecodeInputs(queries: queries, cache: cache, layer: layer, scale: scale, alibi: nil, slidingWindow: nil,
+                         threads: threads) { inputs in
+        try exactAttentionKeepingLSE(inputs)
+    }
+}
+
+/// The accepted inputs of a decode call: the queries against the held positions of `layer`
+/// (logical keys `0 ..< held`, position order), read in place from the float32 tensors or the
+/// stored rows, through the ring when the layer's positions wrap; the window checked against what
+/// the layer holds.
+func withDecodeInputs<R>(queries: Tensor, cache: KVCache, layer: Int, scale: Float?, alibi: ALiBi?, slidingWindow: Int?,
+                         threads: Int?, _ body: (AttentionInputs) throws -> R) throws -> R {
     guard (0..<cache.layers).contains(layer) else {
         throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(cache.layers)")
     }
-    let mask = AttentionMask(isCausal: true, alibi: alibi)
-    let (maxK, maxV) = (cache.maxKey[layer], cache.maxValue[layer])
-    if cache.type == .float32 {
-        let keys = try cache.keys(layer: layer), values = try cache.values(layer: layer)
-        let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: mask,
-                                         threads: threads, scan: .queries(maxK: maxK, maxV: maxV))
-        let plan = ExactAttentionPlan(shape: inputs.shape, implementation: .tiled, threads: inputs.threads)
-        return try exactAttention(inputs, plan: plan)
+    if let w = slidingWindow, w < 1 {
+        throw AttentionError.invalidWindow("a sliding window must be at least 1 position, got \(w)")
+    }
+    var window = slidingWindow
+    if let layerWindow = cache.windows[layer] {
+        if let w = slidingWindow, w > layerWindow {
+            throw AttentionError.invalidWindow("a window of \(w) on cache layer \(layer), whose ring serves a window of \(layerWindow)")
+        }
+        window = slidingWindow ?? layerWindow
     }
     // The shape checks of any attention call, against empty key and value tensors of the cache's shape.
     var shape = try AttentionShape(queries: queries,
                                    keys: try Tensor(zeros: [cache.batch, cache.kvHeads, 0, cache.headDimension]),
                                    values: try Tensor(zeros: [cache.batch, cache.kvHeads, 0, cache.valueDimension]))
-    shape.M = cache.lengths[layer]
-    return try cache.withStoredRows(layer: layer) { stored in
-        let inputs = try AttentionInputs(queries: queries, stored: stored, shape: shape, scale: scale, mask: mask,
-                                         threads: threads, maxK: maxK, maxV: maxV)
-        let plan = ExactAttentionPlan(shape: shape, implementation: .tiled, threads: inputs.threads)
-        return try exactAttention(inputs, plan: plan)
+    let held = cache.positions(layer: layer)
+    shape.M = held.count
+    // A layer that dropped positions (a ring past its first wrap) must still hold each query's
+    // window: the first query (position L - n) reads from L - n - W + 1.
+    if held.lowerBound > 0 {
+        let n = shape.N
+        guard let w = window, n <= held.count, w - 1 <= held.count - n else {
+            throw AttentionError.invalidWindow("cache layer \(layer) holds positions \(held.lowerBound)..<\(held.upperBound); \(shape.N) queries with a window of \(window.map(String.init) ?? "all positions") need the last \(shape.N) + W - 1 (maxAppend is \(cache.maxAppend))")
+        }
     }
-}
-
-/// ``decodeAttention(queries:cache:layer:scale:alibi:threads:)`` that also returns each query row's
-/// log-sum-exp over the cache's visible positions (`[B, H, n]`, -inf for a row that sees none, e.g.
-/// an empty cache): the partial result a cache sharded across processes merges with the
-/// (max, sum, output) rule (``mergeAttentionBlock(output:logSumExp:blockOutput:blockLogSumExp:)``).
-/// Shapes and masking as there (bottom-right causal against the cache's `length` positions).
-public func decodeAttentionKeepingLSE(queries: Tensor, cache: KVCache, layer: Int, scale: Float? = nil,
-                                      threads: Int? = nil) throws -> SoftmaxAttentionForward {
-    guard (0..<cache.layers).contains(layer) else {
-        throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(cache.layers)")
-    }
+    let mask = AttentionMask(isCausal: true, slidingWindow: window, alibi: alibi)
     let (maxK, maxV) = (cache.maxKey[layer], cache.maxValue[layer])
+    let start = cache.ringStart(layer: layer), slots = cache.slots[layer]
     if cache.type == .float32 {
-        let keys = try cache.keys(layer: layer), values = try cache.values(layer: layer)
-        let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: .causal,
-                                         threads: threads, scan: .queries(maxK: maxK, maxV: maxV))
-        return try exactAttentionKeepingLSE(inputs)
+        // Every stored row as a view; the shape's M is the held positions, key j at row (start + j) mod slots.
+        let (keys, values) = cache.storedTensors(layer: layer)
+        var inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: scale, mask: mask,
+                                         threads: threads, scan: .queries(maxK: maxK, maxV: maxV), shapeOverride: shape)
+        if start != 0 { inputs.ring = (start, slots) }
+        return try body(inputs)
     }
-    var shape = try AttentionShape(queries: queries,
-                                   keys: try Tensor(zeros: [cache.batch, cache.kvHeads, 0, cache.headDimension]),
-                                   values: try Tensor(zeros: [cache.batch, cache.kvHeads, 0, cache.valueDimension]))
-    shape.M = cache.lengths[layer]
     return try cache.withStoredRows(layer: layer) { stored in
-        let inputs = try AttentionInputs(queries: queries, stored: stored, shape: shape, scale: scale, mask: .causal,
+        var inputs = try AttentionInputs(queries: queries, stored: stored, shape: shape, scale: scale, mask: mask,
                                          threads: threads, maxK: maxK, maxV: maxV)
-        return try exactAttentionKeepingLSE(inputs)
+        if start != 0 { inputs.ring = (start, slots) }
+        return try body(inputs)
     }
 }

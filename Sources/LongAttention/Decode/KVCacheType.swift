@@ -9,7 +9,7 @@ import CAttentionKernels
 /// | `float16` | 2 | nearest even, 11 significant bits (relative error ≤ 2⁻¹²; below 6.1·10⁻⁵ absolute error ≤ 2⁻²⁵) | 65504 |
 /// | `int8` | 34/32 | ggml's q8_0: per group of 32 values an f16 scale `s = max|x|/127`, `q = round(x/s)`; absolute error ≤ 0.57·s | 8.3·10⁶ |
 ///
-/// Decoding reads the stored type directly (see ``decodeAttention(queries:cache:layer:scale:alibi:threads:)``):
+/// Decoding reads the stored type directly (see ``decodeAttention(queries:cache:layer:scale:alibi:slidingWindow:outputLayout:threads:)``):
 /// a bf16 cache is half the bytes of a float32 one and an int8 cache 27%, and since a decode step
 /// streams the whole cache, fewer bytes are also faster steps. Appending a value beyond the
 /// largest magnitude throws ``AttentionError/overflow(_:)``.

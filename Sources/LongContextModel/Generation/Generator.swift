@@ -58,8 +58,21 @@ extension CausalLM {
 
     /// Runs `tokens` (one sequence, positions `cache.lengths[0] ..<`) through the model, appending
     /// their keys and values to `cache`; returns the logits of the last token `[V]`. The layer is
-    /// the forward pass's own (``decoderLayer``); only its attention reads the cache.
+    /// the forward pass's own (``decoderLayer``); only its attention reads the cache. A cache with
+    /// sliding-window layers takes at most ``LongAttention/KVCache/maxAppend`` tokens per append
+    /// (its rings are sized for that): longer inputs, a prompt, go through in chunks of that many.
     func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?) throws -> [Float] {
+        let chunk = cache.windows.contains { $0 != nil } ? cache.maxAppend : max(1, tokens.count)
+        var first = 0
+        while tokens.count - first > chunk {
+            _ = try step(Array(tokens[first..<(first + chunk)]), cache: &cache, threads: threads, logits: false)
+            first += chunk
+        }
+        return try step(Array(tokens[first...]), cache: &cache, threads: threads, logits: true)
+    }
+
+    /// ``step(_:cache:threads:)`` for one append's worth of tokens; the last token's logits only when `logits`.
+    private func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?, logits wantLogits: Bool) throws -> [Float] {
         let c = config
         let (n, D, V, H, Hkv, hd) = (tokens.count, c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
         let start = cache.lengths[0], threads = threads ?? Parallel.defaultThreads
@@ -69,17 +82,19 @@ extension CausalLM {
         for layer in 0..<c.layers {
             _ = try decoderLayer(layer, x: &x, batch: 1, length: n, firstPosition: start, keep: false, pass: pass,
                                  threads: threads) { q, k, v in
-                let qh = try q.reshaped([1, n, H, hd]).permuted([0, 2, 1, 3]).contiguous()
+                // Token-major rows read in place through strides, the output written token-major.
+                let qh = try q.reshaped([1, n, H, hd]).permuted([0, 2, 1, 3])
                 try cache.append(layer: layer, keys: try k.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]),
                                  values: try v.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]))
                 // A short cache is not worth waking a second worker for (a few microseconds of work per head).
-                let attentionThreads = cache.lengths[layer] * n < 4096 ? 1 : threads
+                let attentionThreads = cache.positions(layer: layer).count * n < 4096 ? 1 : threads
                 let out = try decodeAttention(queries: qh, cache: cache, layer: layer, scale: attentionScale,
-                                              alibi: attentionMask(layer: layer).alibi, window: config.window(of: layer),
-                                              threads: attentionThreads)
-                return (try out.permuted([0, 2, 1, 3]).contiguous().reshaped([n, H * hd]), .none)
+                                              alibi: attentionMask(layer: layer).alibi, slidingWindow: config.window(of: layer),
+                                              outputLayout: .tokenMajor, threads: attentionThreads)
+                return (try out.reshaped([n, H * hd]), .none)
             }
         }
+        guard wantLogits else { return [] }
         // Only the last token's logits are needed.
         var hF = try Tensor(uninitialized: [1, D])
         norm("model.norm.weight", x.unsafeBaseAddress + (n - 1) * D, hF.unsafeMutableBaseAddress(), rstd: nil, rows: 1, width: D)
@@ -90,12 +105,18 @@ extension CausalLM {
         return logits
     }
 
-    /// A KV cache for `tokens` positions: full layers hold them all, sliding layers a ring of
-    /// their window plus `chunk` (the longest append).
+    /// A KV cache for `positions` positions: full layers hold them all, sliding layers a ring of
+    /// `W + maxAppend - 1` rows, with `maxAppend = min(chunk, prefillChunk)` (the longest append:
+    /// ``step(_:cache:threads:)`` feeds a longer prompt in chunks of that many tokens).
     public func makeCache(positions: Int, chunk: Int, type: KVCacheType = .float32) throws -> KVCache {
         try KVCache(layers: config.layers, batch: 1, kvHeads: config.kvHeads, capacity: positions, headDimension: config.headDim,
-                    type: type, windows: (0..<config.layers).map { config.window(of: $0) }, maxAppend: max(1, chunk))
+                    type: type, windows: (0..<config.layers).map { config.window(of: $0) },
+                    maxAppend: max(1, min(chunk, Self.prefillChunk)))
     }
+
+    /// The longest prefill chunk through a cache with sliding-window layers: their rings hold
+    /// `W + prefillChunk - 1` positions (a prompt in one append would make them as long as the prompt).
+    public static let prefillChunk = 512
 
     /// Generates up to `maxTokens` tokens after `prompt`: the prompt is prefilled in one pass, then
     /// each token is decoded against a ``KVCache`` of `cacheType` (exact-attention models; other

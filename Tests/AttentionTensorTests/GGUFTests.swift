@@ -277,7 +277,7 @@ final class GGUFTests: XCTestCase {
             body(&x)
             return readError(x.b)
         }
-        guard case .absurdLength(p, _, UInt64.max, 24)? = kv({ $0.u64(.max) }) else { return XCTFail("key length") }
+        guard case .absurdLength(p, _, UInt64.max, 24)? = kv({ $0.u64(.max); $0.b += [UInt8](repeating: 0, count: 16) }) else { return XCTFail("key length") }
         XCTAssertEqual(kv { $0.bytes([0xff, 0xfe]); $0.u32(0); $0.u8(0) }, .invalidUTF8(path: p, what: "the key of metadata pair 0", offset: 24))
         XCTAssertEqual(kv { $0.str("k"); $0.u32(13); $0.u8(0) }, .unknownValueType(path: p, key: "k", type: 13))
         XCTAssertEqual(kv { $0.str("k"); $0.u32(7); $0.u8(2) }, .invalidBool(path: p, key: "k", value: 2))
@@ -300,14 +300,9 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(readError(dup.b), .duplicateKey(path: p, key: "k"))
         for (value, found) in [(GGUFValue.uint32(48), "uint32(48)"), (.uint32(0), "uint32(0)"), (.string("32"), "string(\"32\")"),
                                (.int64(1 << 40), "int64(1099511627776)")] {
-            var a = GGUFWriter()
-            a.set("general.alignment", value)
             var x = Raw()
             x.header(tensors: 0, kv: 1)
             x.str("general.alignment"); x.u32(value.type.rawValue)
-            // The writer's encoding of the value: everything after its key and type.
-            let enc = try XCTUnwrap(try? GGUFWriter().encode())   // (a valid empty file)
-            _ = enc
             switch value {
             case .uint32(let v): x.u32(v)
             case .int64(let v): x.u64(UInt64(bitPattern: v))

@@ -356,7 +356,7 @@ final class GGUFTests: XCTestCase {
         XCTAssertThrowsError(try GGUFFile(path: dir + "/absent.gguf")) { guard case .cannotOpen? = $0 as? GGUFError else { return XCTFail("\($0)") } }
         XCTAssertThrowsError(try GGUFFile(path: dir)) { guard case .cannotOpen? = $0 as? GGUFError else { return XCTFail("\($0)") } }
         let empty = dir + "/empty.gguf"
-        FileManager.default.createFile(atPath: empty, contents: Data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: empty, contents: Data()))
         XCTAssertThrowsError(try GGUFFile(path: empty)) { XCTAssertEqual($0 as? GGUFError, .truncated(path: empty, what: "the magic 'GGUF'", offset: 0)) }
         var w = GGUFWriter()
         w.addTensor(name: "q81", shape: [32], type: .q8_1, data: [UInt8](repeating: 0, count: 36))

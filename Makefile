@@ -190,17 +190,19 @@ sanitize-thread: deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
 	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
 
-# libFuzzer over the .npy and .safetensors readers and over attn's argument handling, FUZZ_SECONDS each. New
+# libFuzzer over the .npy, .safetensors and GGUF readers and over attn's argument handling, FUZZ_SECONDS each. New
 # inputs go to .build-fuzz/corpus-*; a crash leaves crash-* here: add it to Fuzz/corpus/ once fixed.
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -c release --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -D -Xswiftc FUZZING
 fuzz: deps
 	$(SWIFT) build $(FUZZ_FLAGS) --product NpyFuzzer
 	$(SWIFT) build $(FUZZ_FLAGS) --product SafeTensorsFuzzer
+	$(SWIFT) build $(FUZZ_FLAGS) --product GGUFFuzzer
 	$(SWIFT) build $(FUZZ_FLAGS) --product ArgsFuzzer
-	mkdir -p .build-fuzz/corpus-npy .build-fuzz/corpus-safetensors .build-fuzz/corpus-args
+	mkdir -p .build-fuzz/corpus-npy .build-fuzz/corpus-safetensors .build-fuzz/corpus-gguf .build-fuzz/corpus-args
 	.build-fuzz/release/NpyFuzzer -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 .build-fuzz/corpus-npy Fuzz/corpus/npy
 	.build-fuzz/release/SafeTensorsFuzzer -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 -dict=Fuzz/safetensors.dict .build-fuzz/corpus-safetensors Fuzz/corpus/safetensors
+	.build-fuzz/release/GGUFFuzzer -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 -dict=Fuzz/gguf.dict .build-fuzz/corpus-gguf Fuzz/corpus/gguf
 	.build-fuzz/release/ArgsFuzzer -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10 .build-fuzz/corpus-args Fuzz/corpus/args
 
 clean:

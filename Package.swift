@@ -89,6 +89,7 @@ let package = Package(
         .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
         .executableTarget(name: "NpyFuzzer", dependencies: ["AttentionTensor", "FuzzSupport"], path: "Fuzz/NpyFuzzer"),
         .executableTarget(name: "SafeTensorsFuzzer", dependencies: ["AttentionTensor", "FuzzSupport"], path: "Fuzz/SafeTensorsFuzzer"),
+        .executableTarget(name: "GGUFFuzzer", dependencies: ["AttentionTensor", "FuzzSupport"], path: "Fuzz/GGUFFuzzer"),
         .executableTarget(name: "ArgsFuzzer", dependencies: ["AttnCommands", "FuzzSupport"], path: "Fuzz/ArgsFuzzer"),
         // Fits and charts of the benchmark report (a library so that tests can reach them).
         .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),
@@ -101,7 +102,7 @@ let package = Package(
             ],
             path: "Benchmarks/AttentionBench"
         ),
-        .testTarget(name: "AttentionTensorTests", dependencies: ["AttentionTensor", "CAttentionKernels"]),
+        .testTarget(name: "AttentionTensorTests", dependencies: ["AttentionTensor", "CAttentionKernels"], resources: [.copy("Fixtures")]),
         .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor", "AttentionEvaluation"]),
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["SequenceParallel"]),

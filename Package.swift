@@ -11,6 +11,8 @@ let package = Package(
         // Sequence-parallel attention over OpenMPI (ring attention, sharded decoding, linear
         // attention by prefix scan): a separate product, so LongAttention does not depend on MPI.
         .library(name: "DistributedAttention", targets: ["DistributedAttention", "SwiftMPI", "SequenceParallel"]),
+        // Tokenizers of GGUF vocabularies and Hugging Face tokenizer.json files (Foundation only).
+        .library(name: "Tokenizers", targets: ["Tokenizers"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -41,6 +43,8 @@ let package = Package(
         // How a sequence is split across ranks (contiguous, zigzag; striped decode positions): pure
         // index maths, unit-tested without MPI.
         .target(name: "SequenceParallel"),
+        // Byte-level BPE (llama.cpp's pre-tokenizers) and SentencePiece BPE: depends on nothing else here.
+        .target(name: "Tokenizers"),
         // Ring attention (forward, backward), the position-sharded KV cache, distributed linear attention.
         .target(
             name: "DistributedAttention",
@@ -102,6 +106,7 @@ let package = Package(
         .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor", "AttentionEvaluation"]),
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["SequenceParallel"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
         .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),
         .testTarget(name: "LongContextModelTests", dependencies: ["LongContextModel", "LongAttention", "AttentionTensor"]),
         .testTarget(

@@ -314,10 +314,11 @@ public final class Tokenizer: Sendable {
 
     /// Byte-level BPE of one pre-tokenized word: its bytes, merged by rank.
     private func bytePairWord(_ p: UnsafePointer<UInt8>, _ start: Int, _ end: Int, _ out: inout [Int32], _ st: inout EncodeState) {
+        // A byte without a token (SmolLM2 has none for 0x04, 0xF1, …) is left out, as llama.cpp does.
         let n = end - start
         if n == 1 {
             let id = byteIDs[Int(p[start])]
-            if id >= 0 { out.append(id) } else if unknown >= 0 { out.append(unknown) }
+            if id >= 0 { out.append(id) }
             return
         }
         if ignoreMerges {
@@ -339,7 +340,7 @@ public final class Tokenizer: Sendable {
         var k: Int32 = 0
         while k >= 0 {
             let id = st.ids[Int(k)]
-            if id >= 0 { out.append(id) } else if unknown >= 0 { out.append(unknown) }
+            if id >= 0 { out.append(id) }
             k = st.next[Int(k)]
         }
     }

@@ -240,3 +240,60 @@ struct MergeHeap {
         return top
     }
 }
+
+/// Words already tokenized in one `encode` call: their bytes → their ids (at most `limit` words).
+struct WordCache {
+    private var keyBytes: [UInt8] = []
+    private var keyStart: [Int32] = []
+    private var keyLength: [Int32] = []
+    private var idStart: [Int32] = []
+    private var idCount: [Int32] = []
+    private(set) var ids: [Int32] = []
+    private var slots = [Int32](repeating: 0, count: 1 << 14)
+    private var mask = (1 << 14) - 1
+    let limit = 1 << 16
+
+    var isFull: Bool { keyStart.count >= limit }
+
+    @inline(__always)
+    func lookup(_ p: UnsafePointer<UInt8>, _ n: Int, _ h: UInt64) -> Range<Int>? {
+        var s = Int(truncatingIfNeeded: h) & mask
+        return slots.withUnsafeBufferPointer { sl in
+            keyBytes.withUnsafeBufferPointer { kb in
+                while true {
+                    let v = Int(sl[s])
+                    if v == 0 { return nil }
+                    let e = v - 1
+                    if Int(keyLength[e]) == n && memcmpBytes(kb.baseAddress! + Int(keyStart[e]), p, n) {
+                        let a = Int(idStart[e])
+                        return a..<(a + Int(idCount[e]))
+                    }
+                    s = (s + 1) & mask
+                }
+            }
+        }
+    }
+
+    mutating func insert(_ p: UnsafePointer<UInt8>, _ n: Int, _ h: UInt64, _ newIDs: ArraySlice<Int32>) {
+        guard !isFull else { return }
+        if (keyStart.count + 1) * 2 > slots.count {
+            slots = [Int32](repeating: 0, count: slots.count * 2)
+            mask = slots.count - 1
+            for e in 0..<keyStart.count {
+                let h2 = keyBytes.withUnsafeBufferPointer { ByteTable.hash($0.baseAddress! + Int(keyStart[e]), Int(keyLength[e])) }
+                place(e, h2)
+            }
+        }
+        keyStart.append(Int32(keyBytes.count)); keyLength.append(Int32(n))
+        keyBytes.append(contentsOf: UnsafeBufferPointer(start: p, count: n))
+        idStart.append(Int32(ids.count)); idCount.append(Int32(newIDs.count))
+        ids.append(contentsOf: newIDs)
+        place(keyStart.count - 1, h)
+    }
+
+    private mutating func place(_ e: Int, _ h: UInt64) {
+        var s = Int(truncatingIfNeeded: h) & mask
+        while slots[s] != 0 { s = (s + 1) & mask }
+        slots[s] = Int32(e + 1)
+    }
+}

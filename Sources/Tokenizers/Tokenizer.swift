@@ -21,9 +21,12 @@ public final class Tokenizer: Sendable {
         var ignoreMerges: Bool? = nil
         var spacePrefix: SpacePrefix? = nil
         var byteFallback = true
+        /// Cut SentencePiece text into words and cache words in long texts (off only to test that both agree).
+        var fastPaths = true
     }
 
     let engine: Engine
+    let fastPaths: Bool
     let ignoreMerges: Bool
     let spacePrefix: SpacePrefix
     let byteFallback: Bool
@@ -44,6 +47,9 @@ public final class Tokenizer: Sendable {
     let specialFirstByte: [Bool]
     public let endOfGenerationIDs: [Int32]
     let endOfGeneration: Set<Int32>
+    /// SentencePiece: tokens with a ▁ after their first character, and where (nil: too many to check,
+    /// the text is not cut into words). No merge crosses a ▁ unless one of them is written across it.
+    let interiorSpaceTokens: [(bytes: [UInt8], offsets: [Int])]?
 
     /// Names of the tokens that end a generation when they are control tokens (besides `eosID` and
     /// the vocabulary's `endOfGenerationIDs`).
@@ -182,8 +188,22 @@ public final class Tokenizer: Sendable {
             eog.append(Int32(i))
         }
 
+        var interior: [(bytes: [UInt8], offsets: [Int])]? = options.fastPaths ? [] : nil
+        if !isByteLevel && options.fastPaths {
+            for t in v.tokens {
+                let u = Array(t.utf8)
+                guard u.count > 3 else { continue }
+                var offsets: [Int] = []
+                for k in 1..<(u.count - 2) where u[k] == 0xE2 && u[k + 1] == 0x96 && u[k + 2] == 0x81 { offsets.append(k) }
+                if !offsets.isEmpty { interior?.append((u, offsets)) }
+                if (interior?.count ?? 0) > 64 { interior = nil; break }
+            }
+        }
+
         self.vocabulary = v
+        self.interiorSpaceTokens = interior
         self.engine = engine
+        self.fastPaths = options.fastPaths
         self.ignoreMerges = ignoreMerges
         self.spacePrefix = options.spacePrefix ?? (v.addSpacePrefix ? .always : .never)
         self.byteFallback = options.byteFallback
@@ -228,6 +248,7 @@ public final class Tokenizer: Sendable {
         text.withUTF8 { buf in
             guard let base = buf.baseAddress, buf.count > 0 else { return }
             var state = EncodeState()
+            if buf.count >= 4096 && fastPaths { state.cache = WordCache() }
             var i = 0, segment = 0
             let n = buf.count
             while i < n {
@@ -268,6 +289,22 @@ public final class Tokenizer: Sendable {
         var heap = MergeHeap()
         var scratch: [UInt8] = []
         var pieces: [Int] = []
+        var cache: WordCache? = nil
+    }
+
+    /// Tokenizes one word through the call's cache (kept only for texts long enough to repeat words).
+    @inline(__always)
+    private func cached(_ p: UnsafePointer<UInt8>, _ n: Int, _ out: inout [Int32], _ st: inout EncodeState,
+                        _ tokenize: (UnsafePointer<UInt8>, Int, inout [Int32], inout EncodeState) -> Void) {
+        guard st.cache != nil, n > 1, n <= 64 else { tokenize(p, n, &out, &st); return }
+        let h = ByteTable.hash(p, n)
+        if let r = st.cache!.lookup(p, n, h) {
+            out.append(contentsOf: st.cache!.ids[r])
+            return
+        }
+        let before = out.count
+        tokenize(p, n, &out, &st)
+        st.cache!.insert(p, n, h, out[before...])
     }
 
     private func encodeSegment(_ p: UnsafePointer<UInt8>, _ start: Int, _ end: Int, _ out: inout [Int32], _ st: inout EncodeState) {
@@ -278,12 +315,13 @@ public final class Tokenizer: Sendable {
             var k = 0
             let pieces = st.pieces
             while k < pieces.count {
-                bytePairWord(p, pieces[k], pieces[k + 1], &out, &st)
+                cached(p + pieces[k], pieces[k + 1] - pieces[k], &out, &st) { bytePairWord($0, 0, $1, &$2, &$3) }
                 k += 2
             }
         case .sentencePieceScores, .sentencePieceMerges:
             // Spaces become ▁, with a ▁ first when the model prefixes one.
             var s = st.scratch
+            st.scratch = []
             s.removeAll(keepingCapacity: true)
             let prefix = spacePrefix == .always || (spacePrefix == .first && start == 0)
             if prefix { s.append(contentsOf: [0xE2, 0x96, 0x81]) }
@@ -292,11 +330,38 @@ public final class Tokenizer: Sendable {
                 if b == 0x20 { s.append(0xE2); s.append(0x96); s.append(0x81) } else { s.append(b) }
             }
             s.withUnsafeBufferPointer { b in
-                if engine == .sentencePieceScores { sentencePieceByScores(b.baseAddress!, b.count, &out, &st) }
-                else { sentencePieceByMerges(b.baseAddress!, b.count, &out, &st) }
+                let base = b.baseAddress!
+                let scores = engine == .sentencePieceScores
+                // Cut before each ▁ that no token spans: the words are tokenized alone, with the same result.
+                var word = 0
+                if let interior = interiorSpaceTokens {
+                    var q = 1
+                    while q + 2 < b.count {
+                        if base[q] == 0xE2 && base[q + 1] == 0x96 && base[q + 2] == 0x81 {
+                            if !Self.spanned(base, b.count, q, interior) {
+                                if scores { cached(base + word, q - word, &out, &st) { sentencePieceByScores($0, $1, &$2, &$3) } }
+                                else { cached(base + word, q - word, &out, &st) { sentencePieceByMerges($0, $1, &$2, &$3) } }
+                                word = q
+                            }
+                            q += 3
+                        } else { q += 1 }
+                    }
+                }
+                if scores { cached(base + word, b.count - word, &out, &st) { sentencePieceByScores($0, $1, &$2, &$3) } }
+                else { cached(base + word, b.count - word, &out, &st) { sentencePieceByMerges($0, $1, &$2, &$3) } }
             }
             st.scratch = s
         }
+    }
+
+    /// Whether a token with an interior ▁ is written across the ▁ at q.
+    private static func spanned(_ p: UnsafePointer<UInt8>, _ n: Int, _ q: Int, _ tokens: [(bytes: [UInt8], offsets: [Int])]) -> Bool {
+        for (t, offsets) in tokens {
+            for k in offsets where q - k >= 0 && q - k + t.count <= n {
+                if t.withUnsafeBufferPointer({ memcmpBytes($0.baseAddress!, p + (q - k), t.count) }) { return true }
+            }
+        }
+        return false
     }
 
     @inline(__always)

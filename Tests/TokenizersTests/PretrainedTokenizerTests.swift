@@ -71,6 +71,26 @@ final class PretrainedTokenizerTests: XCTestCase {
         try checkRoundTripsAndStreaming(t, seed: 2)
     }
 
+    /// Words cut at ▁ and cached in long texts give the ids of the plain algorithm over whole fragments.
+    func testFastPathsAgreeWithThePlainAlgorithm() throws {
+        for m in [ModelFile.smollm2, .gemma3] {
+            let t = try modelTokenizer(m)
+            var pairs: [(String, String)]? = nil
+            if let merges = t.vocabulary.merges {
+                pairs = merges.map { let p = $0.split(separator: " ", maxSplits: 1); return (String(p[0]), String(p[1])) }
+            }
+            let plain = try Tokenizer(vocabulary: t.vocabulary, mergePairs: pairs, options: .init(fastPaths: false))
+            var g = SplitMix(state: 5)
+            var text = "In the beginning God created the heaven and the earth. x> </y <a> </a>  </b>\n"
+            while text.utf8.count < 20000 {
+                text += randomText(&g, length: 40, sentencePiece: m == .gemma3) + " the word and the words, again and again. "
+            }
+            let fast = t.encode(text)
+            XCTAssertEqual(fast, plain.encode(text), m.rawValue)
+            if m == .gemma3 { XCTAssertTrue(fast.contains(107068), "the token >▁</ spans a ▁") }
+        }
+    }
+
     func checkRoundTripsAndStreaming(_ t: Tokenizer, seed: UInt64) throws {
         var g = SplitMix(state: seed)
         var texts = ["", " ", "café naïve résumé", "e\u{301}\u{308}", "长上下文窗口的挑战", "🙂👍🏽👩‍👩‍👧 🚀", "Hello,\tworld!\n\n  ok",

@@ -272,6 +272,8 @@ extension Tokenizer {
                 }
             }
             for p in pres {
+                // Split on " " after a Replace " " → "▁" normalizer finds no space: nothing to do.
+                if p["type"]?.string == "Split", p["pattern"]?["String"]?.string == " ", replaces { continue }
                 guard p["type"]?.string == "Metaspace", p["replacement"]?.string ?? "\u{2581}" == "\u{2581}",
                       p["split"]?.bool != true else {
                     throw TokenizerError.unknownPreTokenizer(p["type"]?.string ?? "?")

@@ -168,6 +168,32 @@ final class TokenizerAlgorithmTests: XCTestCase {
         XCTAssertFalse(TokenizerError.missingMerges.description.isEmpty)
     }
 
+    func testHuggingFaceSentencePieceFixture() throws {
+        let t = try Tokenizer.huggingFace(tokenizerJSON: TestPaths.fixtures.appendingPathComponent("tiny-sentencepiece-tokenizer.json"),
+                                          tokenizerConfig: nil)
+        XCTAssertEqual(t.vocabulary.model, .sentencePiece)
+        XCTAssertTrue(t.vocabulary.addBOS)          // from the post-processor's template
+        XCTAssertEqual(t.vocabulary.bosID, 1)
+        XCTAssertTrue(t.vocabulary.addSpacePrefix)  // Prepend("▁")
+        // Merges ranked b c, ▁ a, a b, ▁a b. "▁abc": bc first, then ▁a.
+        XCTAssertEqual(t.encode("abc"), [1, 263, 266])
+        // "▁ab": ▁a (rank 1) before ab (rank 2), then ▁a b.
+        XCTAssertEqual(t.encode("ab", addSpecial: false), [265])
+        // "▁ab▁abc": bc, ▁a (leftmost), ▁a, then ▁a b; the stale a b pairs are skipped.
+        XCTAssertEqual(t.encode("ab abc"), [1, 265, 263, 266])
+        // Byte fallback: é is C3 A9.
+        XCTAssertEqual(t.encode("é", addSpecial: false), [259, 198, 172])
+        XCTAssertEqual(try t.decode([1, 265, 263, 266], skipSpecial: true), "ab abc")
+        XCTAssertEqual(try t.decode([259, 198, 172]), "é")
+        XCTAssertEqual(t.encode("a</s>", addSpecial: false), [263, 2])
+        var g = SplitMix(state: 9)
+        for _ in 0..<200 {
+            let s = randomText(&g, length: Int(g.next() % 30), sentencePiece: true)
+            guard !s.hasPrefix(" ") else { continue }   // the decoder strips one leading space (Strip decoder)
+            XCTAssertEqual(try t.decode(t.encode(s), skipSpecial: true), s)
+        }
+    }
+
     func testHuggingFaceByteLevelFixture() throws {
         let t = try Tokenizer.huggingFace(
             tokenizerJSON: TestPaths.fixtures.appendingPathComponent("tiny-bytelevel-tokenizer.json"),

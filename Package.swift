@@ -13,6 +13,8 @@ let package = Package(
         .library(name: "DistributedAttention", targets: ["DistributedAttention", "SwiftMPI", "SequenceParallel"]),
         // Hugging Face chat templates (a jinja2 subset), Foundation only.
         .library(name: "ChatTemplate", targets: ["ChatTemplate"]),
+        // Tokenizers of GGUF vocabularies and Hugging Face tokenizer.json files (Foundation only).
+        .library(name: "Tokenizers", targets: ["Tokenizers"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -44,6 +46,8 @@ let package = Package(
         // index maths, unit-tested without MPI.
         .target(name: "SequenceParallel"),
         .target(name: "ChatTemplate"),
+        // Byte-level BPE (llama.cpp's pre-tokenizers) and SentencePiece BPE: depends on nothing else here.
+        .target(name: "Tokenizers"),
         // Ring attention (forward, backward), the position-sharded KV cache, distributed linear attention.
         .target(
             name: "DistributedAttention",
@@ -69,7 +73,7 @@ let package = Package(
         // checkpoints in Hugging Face's format, training, LoRA, generation, the byte-level corpus.
         .target(
             name: "LongContextModel",
-            dependencies: ["LongAttention", "AttentionTensor", "CAttentionKernels", "MixtureOfExperts"]
+            dependencies: ["LongAttention", "AttentionTensor", "CAttentionKernels", "MixtureOfExperts", "Tokenizers", "ChatTemplate"]
         ),
         // The `attn` command line: its commands in a library (tests and the argument fuzzer use
         // them), and a thin executable.
@@ -107,6 +111,7 @@ let package = Package(
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["SequenceParallel"]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
         .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),
         .testTarget(name: "LongContextModelTests", dependencies: ["LongContextModel", "LongAttention", "AttentionTensor"]),
         .testTarget(

@@ -519,5 +519,52 @@ final class GGUFTests: XCTestCase {
     }
 
     func testSmolLM2() throws { try checkModel("SmolLM2-135M-Instruct.Q4_1") }
+
+    /// The damaged copies reference-pretrained/check.py makes of the smaller model, each refused by name.
+    func testDamagedCopiesOfARealModel() throws {
+        let path = Self.root.appendingPathComponent("data/models/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        let fallback = Self.root.deletingLastPathComponent().appendingPathComponent("main/data/models/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        guard let model = [path, fallback].first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+            throw XCTSkip("SmolLM2-135M-Instruct.Q4_1.gguf is not in data/models (make models)")
+        }
+        let raw = try [UInt8](Data(contentsOf: URL(fileURLWithPath: model)))
+        func le64(_ x: UInt64) -> [UInt8] { withUnsafeBytes(of: x.littleEndian, Array.init) }
+        let damaged: [(String, [UInt8], (GGUFError) -> Bool)] = [
+            ("truncated to half", Array(raw.prefix(raw.count / 2)), { if case .tensorOutOfBounds = $0 { true } else { false } }),
+            ("truncated inside the header", Array(raw.prefix(4096)), {
+                switch $0 { case .absurdCount, .absurdLength, .truncated: true; default: false }   // 272 tensor infos cannot fit in 4 KB
+            }),
+            ("wrong magic", Array("GGUX".utf8) + raw[4..<4096], { if case .badMagic = $0 { true } else { false } }),
+            ("absurd tensor count", Array(raw[0..<8]) + le64(1 << 60) + raw[16..<4096], { if case .absurdCount = $0 { true } else { false } }),
+            ("absurd metadata count", Array(raw[0..<16]) + le64(1 << 61) + raw[24..<4096], { if case .absurdCount = $0 { true } else { false } }),
+            ("unsupported version", Array(raw[0..<4]) + [99, 0, 0, 0] + raw[8..<4096], { if case .unsupportedVersion = $0 { true } else { false } }),
+        ]
+        for (why, bytes, expected) in damaged {
+            let file = dir + "/m.gguf"
+            try Data(bytes).write(to: URL(fileURLWithPath: file))
+            XCTAssertThrowsError(try GGUFFile(path: file), why) { error in
+                guard let e = error as? GGUFError else { return XCTFail("\(why): untyped \(error)") }
+                XCTAssertTrue(expected(e), "\(why): \(e)")
+                XCTAssertTrue(e.description.hasPrefix(file + ": ") && !e.description.contains("\n"), e.description)
+            }
+        }
+    }
+
+    /// Every file of the GGUF fuzz corpus reads, or is refused with a typed error.
+    func testFuzzCorpusReplays() throws {
+        let corpus = Self.root.appendingPathComponent("Fuzz/corpus/gguf").path
+        let names = try FileManager.default.contentsOfDirectory(atPath: corpus).sorted()
+        XCTAssertGreaterThanOrEqual(names.count, 3)
+        var valid = 0
+        for name in names {
+            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: corpus + "/" + name)))
+            do {
+                let g = try GGUFFile(bytes: bytes, name: name)
+                valid += 1
+                for t in g.tensors where t.type.isDequantizable { XCTAssertEqual(try g.dequantize(t).count, t.elementCount, name) }
+            } catch { XCTAssertNotNil(error as? GGUFError, "\(name): \(error)") }
+        }
+        XCTAssertGreaterThanOrEqual(valid, 3)
+    }
     func testGemma3() throws { try checkModel("gemma-3-270m-q4_k_m") }
 }

@@ -49,7 +49,13 @@ public final class Tokenizer: Sendable {
     let endOfGeneration: Set<Int32>
     /// SentencePiece: tokens with a ▁ after their first character, and where (nil: too many to check,
     /// the text is not cut into words). No merge crosses a ▁ unless one of them is written across it.
-    let interiorSpaceTokens: [(bytes: [UInt8], offsets: [Int])]?
+    let interiorSpaceTokens: InteriorSpaceTokens?
+
+    /// Tokens with a ▁ after their first character, listed by the byte before that ▁.
+    struct InteriorSpaceTokens: Sendable {
+        var tokens: [[UInt8]] = []
+        var byPrecedingByte = [[(token: Int, offset: Int)]](repeating: [], count: 256)
+    }
 
     /// Names of the tokens that end a generation when they are control tokens (besides `eosID` and
     /// the vocabulary's `endOfGenerationIDs`).
@@ -188,16 +194,21 @@ public final class Tokenizer: Sendable {
             eog.append(Int32(i))
         }
 
-        var interior: [(bytes: [UInt8], offsets: [Int])]? = options.fastPaths ? [] : nil
+        var interior: InteriorSpaceTokens? = nil
         if !isByteLevel && options.fastPaths {
+            var found = InteriorSpaceTokens()
             for t in v.tokens {
                 let u = Array(t.utf8)
                 guard u.count > 3 else { continue }
-                var offsets: [Int] = []
-                for k in 1..<(u.count - 2) where u[k] == 0xE2 && u[k + 1] == 0x96 && u[k + 2] == 0x81 { offsets.append(k) }
-                if !offsets.isEmpty { interior?.append((u, offsets)) }
-                if (interior?.count ?? 0) > 64 { interior = nil; break }
+                let index = found.tokens.count
+                var any = false
+                for k in 1..<(u.count - 2) where u[k] == 0xE2 && u[k + 1] == 0x96 && u[k + 2] == 0x81 {
+                    found.byPrecedingByte[Int(u[k - 1])].append((index, k))
+                    any = true
+                }
+                if any { found.tokens.append(u) }
             }
+            if found.tokens.count <= 4096 { interior = found }
         }
 
         self.vocabulary = v
@@ -355,11 +366,13 @@ public final class Tokenizer: Sendable {
     }
 
     /// Whether a token with an interior ▁ is written across the ▁ at q.
-    private static func spanned(_ p: UnsafePointer<UInt8>, _ n: Int, _ q: Int, _ tokens: [(bytes: [UInt8], offsets: [Int])]) -> Bool {
-        for (t, offsets) in tokens {
-            for k in offsets where q - k >= 0 && q - k + t.count <= n {
-                if t.withUnsafeBufferPointer({ memcmpBytes($0.baseAddress!, p + (q - k), t.count) }) { return true }
-            }
+    @inline(__always)
+    private static func spanned(_ p: UnsafePointer<UInt8>, _ n: Int, _ q: Int, _ interior: InteriorSpaceTokens) -> Bool {
+        let candidates = interior.byPrecedingByte[Int(p[q - 1])]
+        if candidates.isEmpty { return false }
+        for (i, k) in candidates where q - k >= 0 {
+            let t = interior.tokens[i]
+            if q - k + t.count <= n && t.withUnsafeBufferPointer({ memcmpBytes($0.baseAddress!, p + (q - k), t.count) }) { return true }
         }
         return false
     }

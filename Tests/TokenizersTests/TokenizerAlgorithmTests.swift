@@ -73,6 +73,60 @@ final class TokenizerAlgorithmTests: XCTestCase {
         XCTAssertEqual(pieces("a+=b 1234567", .defaultBPE), ["a", "+=", "b", " ", "123", "456", "7"])
     }
 
+    /// The scanners against Python's regex module on the Hugging Face patterns (300 texts, many random).
+    func testPreTokenizersMatchTheRegexes() throws {
+        let j = try JSONSerialization.jsonObject(with: Data(contentsOf: TestPaths.fixtures.appendingPathComponent("pretokenizer-splits.json"))) as! [String: Any]
+        let texts = j["texts"] as! [String]
+        for (name, kind) in [("gpt2", PreTokenizerKind.gpt2), ("llama3", .llama3(maxDigits: 3)), ("qwen2", .llama3(maxDigits: 1)), ("smollm", .gpt2Digits)] {
+            let expected = j[name] as! [[String]]
+            XCTAssertEqual(expected.count, texts.count)
+            for (i, t) in texts.enumerated() {
+                var s = t
+                let got = s.withUTF8 { b -> [[Unicode.Scalar]] in
+                    var out: [[Unicode.Scalar]] = []
+                    guard let base = b.baseAddress else { return out }
+                    PreTokenizer(p: base).split(kind, 0, b.count) {
+                        out.append(Array(String(decoding: UnsafeBufferPointer(start: base + $0, count: $1 - $0), as: UTF8.self).unicodeScalars))
+                    }
+                    return out
+                }
+                // Scalar by scalar: String's == is canonical equivalence.
+                XCTAssertEqual(got, expected[i].map { Array($0.unicodeScalars) }, "\(name) \(t.debugDescription)")
+            }
+        }
+    }
+
+    func testHuggingFaceSplitPreTokenizers() throws {
+        let url = TestPaths.fixtures.appendingPathComponent("tiny-bytelevel-tokenizer.json")
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tokenizers-split-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let llama3 = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+        let cases: [(Any, String)] = [
+            (["type": "Sequence", "pretokenizers": [
+                ["type": "Split", "pattern": ["Regex": llama3], "behavior": "Isolated", "invert": false],
+                ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false]]], "llama3"),
+            (["type": "Sequence", "pretokenizers": [
+                ["type": "Digits", "individual_digits": true],
+                ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true]]], "smollm"),
+        ]
+        for (pre, name) in cases {
+            json["pre_tokenizer"] = pre
+            let file = dir.appendingPathComponent("\(name).json")
+            try JSONSerialization.data(withJSONObject: json).write(to: file)
+            let t = try Tokenizer.huggingFace(tokenizerJSON: file, tokenizerConfig: nil)
+            XCTAssertEqual(t.vocabulary.model, .bytePairEncoding(pre: name))
+            XCTAssertEqual(try t.decode(t.encode("the cat sat on 12 mats\n")), "the cat sat on 12 mats\n")
+        }
+        json["pre_tokenizer"] = ["type": "Split", "pattern": ["Regex": "\\w+"], "behavior": "Isolated", "invert": false]
+        let file = dir.appendingPathComponent("unknown.json")
+        try JSONSerialization.data(withJSONObject: json).write(to: file)
+        XCTAssertThrowsError(try Tokenizer.huggingFace(tokenizerJSON: file, tokenizerConfig: nil)) {
+            guard case .unknownPreTokenizer? = $0 as? TokenizerError else { return XCTFail("\($0)") }
+        }
+    }
+
     /// SentencePiece by scores: tokens <unk> <s> </s>, the 256 byte tokens, then pieces with scores.
     static func tinySentencePiece(addSpacePrefix: Bool) -> TokenizerVocabulary {
         var tokens = ["<unk>", "<s>", "</s>"] + (0..<256).map { "<0x" + hex2(UInt8($0)) + ">" }

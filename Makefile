@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps models check-pretrained test-dist bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps models check-pretrained compare-pretrained test-dist bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -164,6 +164,7 @@ compare: release
 	.build/release/attention-bench --variants sgemm,full,bigbird --lengths 4096,16384 --passes forward,backward --out results/compare
 	python3 Benchmarks/compare.py results/compare/results.json
 	$(MAKE) --no-print-directory compare-lm
+	$(MAKE) --no-print-directory compare-pretrained
 
 # Checkpoints both ways with transformers (when torch and transformers import): a Llama and a
 # Mixtral this project trains for a few steps load there with the same logits, and transformers'
@@ -177,6 +178,13 @@ compare-lm: release corpus
 			--intermediate 96 --steps 3 --batch 2 --length 64 --eval-every 0 2>/dev/null && \
 		python3 Tools/transformers_interop.py .build/release/attn .build/interop/llama .build/interop/mixtral; \
 	else echo "torch/transformers not importable: skipping the checkpoint interop check"; fi
+
+# Perplexity of the two real models (first 12 KB of the KJV, context 512): attn lm ppl's exact path,
+# transformers on the dequantised GGUF and llama.cpp (llama-cpp-python), each when it imports.
+compare-pretrained: release corpus models
+	mkdir -p results/pretrained
+	python3 Tools/compare_pretrained.py --attn .build/release/attn --models data/models --text data/kjv.txt \
+		--json results/pretrained/perplexity.json
 
 # The XCTest suite under AddressSanitizer (with LeakSanitizer; XCTest's own bookkeeping is
 # suppressed) and under ThreadSanitizer, each in its own build folder.

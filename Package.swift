@@ -80,8 +80,8 @@ let package = Package(
         .target(
             name: "AttnCommands",
             dependencies: [
-                "LongAttention", "AttentionTensor", "AttentionEvaluation", "MixtureOfExperts", "LongContextModel",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "LongAttention", "AttentionTensor", "AttentionEvaluation", "MixtureOfExperts", "LongContextModel", "ChatTemplate",
+                "Tokenizers", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(

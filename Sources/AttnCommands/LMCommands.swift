@@ -1,4 +1,5 @@
 import ArgumentParser
+import ChatTemplate
 import AttentionTensor
 import Foundation
 import LongAttention
@@ -9,8 +10,8 @@ struct LM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lm",
         abstract: "Language models in Hugging Face's format: evaluate, train, generate, Temp-LoRA.",
-        subcommands: [LMInit.self, LMEval.self, LMTrain.self, LMGenerate.self, LMLoRAInit.self, LMTempLoRA.self,
-                      LMProfile.self, LMPasskey.self])
+        subcommands: [LMInit.self, LMEval.self, LMTrain.self, LMGenerate.self, LMTokenize.self, LMPerplexity.self,
+                      LMLoRAInit.self, LMTempLoRA.self, LMProfile.self, LMPasskey.self])
 }
 
 /// Token ids `[B, T]` from an int32/int64 .npy (a 1-D array is one sequence).
@@ -73,8 +74,10 @@ struct LMEval: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
         abstract: "Logits, mean next-token loss and gradients of a checkpoint (optionally with a PEFT LoRA adapter) on tokens [B, T].")
-    @Option(help: "Checkpoint directory (config.json + model.safetensors, transformers' names).")
+    @Option(help: "A GGUF file, or a checkpoint directory (config.json + safetensors, transformers' names).")
     var model: String
+    @Option(help: "exact: multiply by the dequantised weights in float32 (the only path so far: fast is the same until the quantised kernels land).")
+    var matmul = "exact"
     @Option(help: "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")
     var adapter: String?
     @Option(help: "Token ids, int32/int64 .npy [B, T].")
@@ -93,10 +96,14 @@ struct LMEval: ParsableCommand {
         let outs = [logits, loss, grads].compactMap { $0 }
         if outs.isEmpty { throw ValidationError("nothing to compute: give --logits, --loss or --grads") }
         if Set(outs).count != outs.count { throw ValidationError("output files must differ") }
+        try MatmulOption.check(matmul)
     }
 
     func run() throws {
-        let base = try CausalLM(directory: model)
+        let base = try loadCausalLM(model)
+        if grads != nil, !base.frozen.isEmpty, adapter == nil {
+            throw ValidationError("\(model): a GGUF model's weight matrices are frozen (quantised, read in place): --grads needs a checkpoint directory")
+        }
         let (ids, B, T) = try readTokens(tokens)
         let lora = try adapter.map { try LoRAAdapter(directory: $0, model: base) }
         let net = try lora.map { try $0.mergedModel(base) } ?? base
@@ -218,28 +225,62 @@ func formatDuration(_ s: Double) -> String {
 struct LMGenerate: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
-        abstract: "Continue a prompt with a byte-level checkpoint: prefill, then token-by-token decoding through the KV cache.")
-    @Option(help: "Checkpoint directory.") var model: String
-    @Option(help: "The prompt (text; bytes are the tokens).") var prompt: String
+        abstract: "Continue a prompt (or answer it in the model's chat template): prefill, then decoding through the KV cache, text streamed to stdout.",
+        discussion: "Stops at any of the model's end tokens (eos_token_id lists, <|im_end|>, <end_of_turn>, ...), a --stop string or --max-tokens. Control tokens written in the prompt are single ids.")
+    @Option(help: "A GGUF file, or a checkpoint directory.") var model: String
+    @Option(help: "The prompt, taken verbatim.") var prompt: String
+    @Flag(help: "Render the prompt as a user message through the model's chat template (with the generation prompt).") var chat = false
+    @Option(help: "A system message for --chat.") var system: String?
     @Option(help: "Tokens to generate at most.") var maxTokens = 200
     @Option(help: "0: greedy; otherwise the sampling temperature.") var temperature = 0.0
     @Option(help: "Sample among the k most likely tokens (0: all).") var topK = 0
     @Option(help: "Sample among the most likely tokens up to probability p.") var topP = 1.0
+    @Option(help: "Drop tokens less likely than min-p times the most likely one.") var minP = 0.0
+    @Option(help: "Repetition penalty on tokens already in the context (1: off).") var repeatPenalty = 1.0
+    @Option(help: "Stop when this text appears (repeatable; not printed).") var stop: [String] = []
     @Option(help: "Sampling seed.") var seed: UInt64 = 0
     @Option(help: "KV cache storage: f32, bf16, f16, int8.") var kvType = "f32"
+    @Option(help: "exact or fast (fast is the exact path until the quantised kernels land).") var matmul = "fast"
+    @Option(help: "Output: the generated ids (not the prompt's, not the end token), int32 .npy.") var tokensOut: String?
+    @Flag(help: "Print the prompt before the continuation.") var echo = false
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
+
+    func validate() throws {
+        try MatmulOption.check(matmul)
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be >= 0") }
+    }
 
     func run() throws {
         guard let type = KVCacheType(rawValue: kvType) else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
-        let net = try CausalLM(directory: model)
+        let lm = try LanguageModel(path: model)
+        var text = prompt
+        if chat {
+            var messages = [ChatMessage]()
+            if let system { messages.append(ChatMessage(role: "system", content: system)) }
+            messages.append(ChatMessage(role: "user", content: prompt))
+            text = try lm.chatPrompt(messages)
+        } else if system != nil {
+            throw ValidationError("--system needs --chat")
+        }
+        let options = GenerationOptions(
+            maxTokens: maxTokens,
+            sampling: SamplingOptions(temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repeatPenalty,
+                                      seed: seed),
+            stop: stop, cacheType: type, threads: threads)
+        try options.sampling.validate()
+        if echo { FileHandle.standardOutput.write(Data(prompt.utf8)) }
         let start = Date()
-        let ids = try net.generate(prompt: [ByteTokenizer.bos] + ByteTokenizer.encode(prompt), maxTokens: maxTokens,
-                                   sampling: SamplingOptions(temperature: temperature, topK: topK, topP: topP, seed: seed),
-                                   eos: ByteTokenizer.eos, cacheType: type, threads: threads)
+        let result = try lm.generate(text, options: options) { piece in
+            FileHandle.standardOutput.write(Data(piece.utf8))
+            return true
+        }
+        FileHandle.standardOutput.write(Data("\n".utf8))
         let seconds = Date().timeIntervalSince(start)
-        print(prompt + ByteTokenizer.decode(ids))
-        FileHandle.standardError.write(String(format: "%d tokens in %.2f s (%.1f tokens/s, prefill included)\n", ids.count, seconds,
-                                              Double(ids.count) / max(seconds, 1e-9)).data(using: .utf8)!)
+        if let tokensOut { try Numpy.write(int32: result.tokens, shape: [result.tokens.count], to: tokensOut) }
+        FileHandle.standardError.write(String(format: "%d prompt tokens, %d generated in %.2f s (%.1f tokens/s, prefill included; %@)\n",
+                                              result.promptTokens, result.tokens.count, seconds,
+                                              Double(result.tokens.count) / max(seconds, 1e-9), result.finishReason).data(using: .utf8)!)
     }
 }
 

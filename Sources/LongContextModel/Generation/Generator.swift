@@ -10,16 +10,41 @@ public struct SamplingOptions: Sendable, Equatable {
     public var topK = 0
     /// Keep the smallest set of most likely tokens whose probability reaches p (1: all).
     public var topP = 1.0
+    /// Keep only tokens whose probability is at least `minP` times the most likely one's (0: all).
+    public var minP = 0.0
+    /// CTRL's repetition penalty, as transformers and llama.cpp apply it: the logit `z` of every
+    /// token already in the context becomes `z / penalty` when positive and `z · penalty` when
+    /// negative (1: off). Applied before greedy choice too.
+    public var repetitionPenalty = 1.0
     public var seed: UInt64 = 0
 
-    public init(temperature: Double = 0, topK: Int = 0, topP: Double = 1, seed: UInt64 = 0) {
+    public init(temperature: Double = 0, topK: Int = 0, topP: Double = 1, minP: Double = 0, repetitionPenalty: Double = 1,
+                seed: UInt64 = 0) {
         (self.temperature, self.topK, self.topP, self.seed) = (temperature, topK, topP, seed)
+        (self.minP, self.repetitionPenalty) = (minP, repetitionPenalty)
     }
 
     public func validate() throws {
         guard temperature >= 0, temperature.isFinite, topK >= 0, topP > 0, topP <= 1 else {
             throw ModelError.invalidArgument("sampling needs temperature >= 0, top-k >= 0, 0 < top-p <= 1")
         }
+        guard minP >= 0, minP <= 1 else { throw ModelError.invalidArgument("min-p must lie in [0, 1], got \(minP)") }
+        guard repetitionPenalty > 0, repetitionPenalty.isFinite else {
+            throw ModelError.invalidArgument("the repetition penalty must be positive, got \(repetitionPenalty)")
+        }
+    }
+
+    /// Picks a token from `logits` (V values) after applying the repetition penalty over `history`
+    /// (the ids in context: prompt and generated so far; each distinct id penalised once).
+    func pick(_ logits: UnsafeMutablePointer<Float>, vocab V: Int, rng: inout SplitMix64, history: [Int32]) -> Int32 {
+        if repetitionPenalty != 1 {
+            let p = Float(repetitionPenalty)
+            for t in Set(history) where (0..<V).contains(Int(t)) {
+                let z = logits[Int(t)]
+                logits[Int(t)] = z > 0 ? z / p : z * p
+            }
+        }
+        return pick(UnsafePointer(logits), vocab: V, rng: &rng)
     }
 
     /// Picks a token from `logits` (V values) with the random source `rng`.
@@ -35,6 +60,12 @@ public struct SamplingOptions: Sendable, Equatable {
         if topK > 0 { order = Array(order.prefix(topK)) }
         let m = Double(logits[order[0]])
         var p = order.map { Foundation.exp((Double(logits[$0]) - m) / temperature) }
+        if minP > 0 {
+            // p[0] is the most likely (its weight is exp(0) = 1): keep weights ≥ minP.
+            let keep = p.firstIndex(where: { $0 < minP }) ?? p.count
+            order = Array(order.prefix(keep))
+            p = Array(p.prefix(keep))
+        }
         let total = p.reduce(0, +)
         p = p.map { $0 / total }
         if topP < 1 {
@@ -148,18 +179,21 @@ extension CausalLM {
         var rng = SplitMix64(seed: sampling.seed)
         let V = config.vocabSize
         var produced = 0
-        func choose(_ logits: UnsafePointer<Float>) throws -> Int32 {
+        var history = sampling.repetitionPenalty != 1 ? prompt : []
+        func choose(_ logits: UnsafeMutablePointer<Float>) throws -> Int32 {
             if let bad = (0..<V).first(where: { !logits[$0].isFinite }) {
                 throw ModelError.nonFinite("logit \(bad) at generation step \(produced) is \(logits[bad])")
             }
-            return sampling.pick(logits, vocab: V, rng: &rng)
+            let t = sampling.pick(logits, vocab: V, rng: &rng, history: history)
+            if sampling.repetitionPenalty != 1 { history.append(t) }
+            return t
         }
         if decodesWithCache {
             var cache = try makeCache(positions: total, chunk: prompt.count, type: cacheType)
             guard maxTokens > 0 else { return }
             var logits = try step(prompt, cache: &cache, threads: threads)
             while produced < maxTokens {
-                let t = try logits.withUnsafeBufferPointer { try choose($0.baseAddress!) }
+                let t = try logits.withUnsafeMutableBufferPointer { try choose($0.baseAddress!) }
                 if stopTokens.contains(t) { return }
                 produced += 1
                 guard try emit(t), produced < maxTokens else { return }
@@ -170,7 +204,7 @@ extension CausalLM {
         var context = prompt
         while produced < maxTokens {
             let pass = try forward(tokens: context, batch: 1, length: context.count, threads: threads, logitRows: [context.count - 1])
-            let t = try choose(pass.logits.unsafeBaseAddress)
+            let t = try choose(pass.logits.unsafeMutableBaseAddress())
             if stopTokens.contains(t) { return }
             produced += 1
             context.append(t)

@@ -1,0 +1,112 @@
+import ArgumentParser
+import AttentionTensor
+import Foundation
+import LongContextModel
+
+/// `--model`: a GGUF file, or a checkpoint directory.
+func loadCausalLM(_ path: String) throws -> CausalLM {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+        throw ValidationError("\(path): no such file or directory")
+    }
+    return isDirectory.boolValue ? try CausalLM(directory: path) : try CausalLM(gguf: path)
+}
+
+/// `--matmul exact|fast`. Both run the exact path (weights dequantised a panel at a time, float32
+/// products) until the quantised kernels land; `fast` is accepted so command lines stay stable.
+enum MatmulOption {
+    static func check(_ value: String) throws {
+        guard value == "exact" || value == "fast" else { throw ValidationError("--matmul must be exact or fast, got \(value)") }
+    }
+}
+
+/// Reads `--text` or `--text-file` verbatim (no trimming; an empty text is valid).
+func readText(text: String?, file: String?) throws -> String {
+    switch (text, file) {
+    case (let t?, nil): return t
+    case (nil, let f?):
+        guard let data = FileManager.default.contents(atPath: f) else { throw ValidationError("\(f): cannot read") }
+        guard let s = String(data: data, encoding: .utf8) else { throw ValidationError("\(f): not UTF-8 text") }
+        return s
+    default: throw ValidationError("give exactly one of --text and --text-file")
+    }
+}
+
+struct LMTokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tokenize",
+        abstract: "Token ids of a text under a model's tokenizer (control tokens written in the text are single ids; BOS when the model adds it).")
+    @Option(help: "A GGUF file, or a checkpoint directory.") var model: String
+    @Option(help: "The text, verbatim.") var text: String?
+    @Option(help: "A UTF-8 text file, verbatim.") var textFile: String?
+    @Flag(help: "Add no BOS/EOS (Hugging Face's add_special_tokens=False).") var noSpecial = false
+    @Option(name: [.customShort("o"), .customLong("out")], help: "Output: int32 .npy [n] (default: print the ids).") var out: String?
+
+    func run() throws {
+        let input = try readText(text: text, file: textFile)
+        let lm = try LanguageModel(path: model)
+        let ids = lm.encode(input, addSpecial: !noSpecial)
+        if let out { try Numpy.write(int32: ids, shape: [ids.count], to: out) } else { print(ids.map(String.init).joined(separator: " ")) }
+    }
+}
+
+struct LMPerplexity: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ppl",
+        abstract: "Perplexity of a text as llama.cpp's perplexity tool measures it.",
+        discussion: """
+            The text is tokenized once (BOS first when the model adds BOS) and cut into consecutive chunks of --ctx tokens \
+            (a last partial chunk is dropped); the first token of each chunk becomes BOS when the model adds BOS. In every \
+            chunk the tokens at positions ctx/2+1 ... ctx-1 are scored, each from the logits one position before; \
+            PPL = exp(mean loss).
+            """)
+    @Option(help: "A GGUF file, or a checkpoint directory.") var model: String
+    @Option(help: "A UTF-8 text file, verbatim.") var textFile: String
+    @Option(help: "Tokens per chunk.") var ctx: Int
+    @Option(help: "exact or fast (fast is the exact path until the quantised kernels land).") var matmul = "exact"
+    @Option(help: "Output: the result as JSON.") var json: String?
+    @Option(help: "Worker threads (default: all cores).") var threads: Int?
+
+    func validate() throws {
+        try MatmulOption.check(matmul)
+        guard ctx >= 4, ctx <= 1 << 20 else { throw ValidationError("--ctx must lie in 4...2^20, got \(ctx)") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    struct Output: Codable {
+        let model: String, ctx: Int, chunks: Int, scoredTokens: Int, textTokens: Int
+        let perplexity: Double, meanLoss: Double, seconds: Double, tokensPerSecond: Double
+        let chunkPerplexities: [Double]
+    }
+
+    func run() throws {
+        let text = try readText(text: nil, file: textFile)
+        let lm = try LanguageModel(path: model)
+        let start = Date()
+        let r = try lm.model.perplexity(tokens: lm.encode(text), context: ctx, bos: lm.addsBOS ? lm.bosToken : nil, threads: threads) { i, n, ppl in
+            FileHandle.standardError.write(String(format: "[%d/%d] %.4f\n", i + 1, n, ppl).data(using: .utf8)!)
+        }
+        let seconds = Date().timeIntervalSince(start)
+        print(String(format: "perplexity %.4f over %d chunks of %d tokens (%d scored) in %.1f s", r.perplexity, r.chunks.count, ctx,
+                     r.scored, seconds))
+        if let json {
+            let o = Output(model: model, ctx: ctx, chunks: r.chunks.count, scoredTokens: r.scored, textTokens: r.textTokens,
+                           perplexity: r.perplexity, meanLoss: r.meanLoss, seconds: seconds,
+                           tokensPerSecond: Double(r.chunks.count * ctx) / max(seconds, 1e-9), chunkPerplexities: r.chunks)
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try writeFileAtomically(try enc.encode(o), to: json)
+        }
+    }
+}
+
+/// Writes `data` through a temporary file in the same directory and a rename.
+func writeFileAtomically(_ data: Data, to path: String) throws {
+    let url = URL(fileURLWithPath: path)
+    let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+    try data.write(to: tmp)
+    guard rename(tmp.path, path) == 0 else {
+        try? FileManager.default.removeItem(at: tmp)
+        throw ValidationError("cannot rename \(tmp.path) to \(path)")
+    }
+}

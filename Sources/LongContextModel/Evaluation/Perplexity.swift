@@ -1,0 +1,57 @@
+import AttentionTensor
+import Foundation
+
+/// Perplexity as llama.cpp's perplexity tool measures it, so the two can be compared figure for figure.
+public struct PerplexityResult: Sendable {
+    /// exp(mean loss) over every scored token.
+    public let perplexity: Double
+    /// Mean negative log-likelihood in nats.
+    public let meanLoss: Double
+    /// Tokens scored, tokens in the text.
+    public let scored: Int, textTokens: Int
+    /// Each chunk's perplexity, in order.
+    public let chunks: [Double]
+}
+
+extension CausalLM {
+    /// `tokens` (the whole text, tokenized once) cut into consecutive chunks of `context` tokens (a
+    /// last partial chunk is dropped); with `bos`, the first token of each chunk is replaced by it.
+    /// In every chunk the tokens at positions `context/2 + 1 … context − 1` are scored, each from
+    /// the logits one position before it (only those rows of the LM head are computed). Losses are
+    /// summed in float64 over a float64 log-softmax of the float32 logits. `progress` receives
+    /// (chunk, chunks, running perplexity) after each chunk.
+    public func perplexity(tokens: [Int32], context C: Int, bos: Int32?, threads: Int? = nil,
+                           progress: (Int, Int, Double) -> Void = { _, _, _ in }) throws -> PerplexityResult {
+        guard C >= 4 else { throw ModelError.invalidArgument("perplexity needs a context of at least 4 tokens, got \(C)") }
+        let chunks = tokens.count / C
+        guard chunks >= 1 else {
+            throw ModelError.invalidTokens("the text has \(tokens.count) tokens: fewer than one chunk of \(C)")
+        }
+        let first = C / 2, V = config.vocabSize
+        let rows = Array(first..<(C - 1))
+        var total = 0.0, count = 0
+        var perChunk = [Double]()
+        for i in 0..<chunks {
+            var chunk = Array(tokens[(i * C)..<((i + 1) * C)])
+            if let bos { chunk[0] = bos }
+            let pass = try forward(tokens: chunk, batch: 1, length: C, threads: threads, logitRows: rows)
+            let z = pass.logits.unsafeBaseAddress
+            var chunkLoss = 0.0
+            for (r, j) in rows.enumerated() {
+                let row = z + r * V, target = Int(chunk[j + 1])
+                var m = -Double.infinity
+                for v in 0..<V { m = max(m, Double(row[v])) }
+                guard m.isFinite else { throw ModelError.nonFinite("logits of chunk \(i), position \(j)") }
+                var s = 0.0
+                for v in 0..<V { s += Foundation.exp(Double(row[v]) - m) }
+                chunkLoss += m + Foundation.log(s) - Double(row[target])
+            }
+            total += chunkLoss
+            count += rows.count
+            perChunk.append(Foundation.exp(chunkLoss / Double(rows.count)))
+            progress(i, chunks, Foundation.exp(total / Double(count)))
+        }
+        let mean = total / Double(count)
+        return PerplexityResult(perplexity: Foundation.exp(mean), meanLoss: mean, scored: count, textTokens: tokens.count, chunks: perChunk)
+    }
+}

@@ -29,8 +29,8 @@ public enum MemoryBudget {
         let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)
         return tightest(memAvailable: meminfo ?? Int(clamping: ProcessInfo.processInfo.physicalMemory),
                         cgroup: cgroupRoom(),
-                        addressSpace: room(under: RLIMIT_AS, used: status.flatMap { kilobytes("VmSize:", in: $0) }),
-                        data: room(under: RLIMIT_DATA, used: status.flatMap { kilobytes("VmData:", in: $0) }))
+                        addressSpace: room(under: .addressSpace, used: status.flatMap { kilobytes("VmSize:", in: $0) }),
+                        data: room(under: .data, used: status.flatMap { kilobytes("VmData:", in: $0) }))
     }
 
     /// The smallest of the known limits (nil: no such limit).
@@ -54,10 +54,8 @@ public enum MemoryBudget {
     }
 
     /// Room under a resource limit given the bytes used against it; nil when unlimited.
-    static func room(under resource: __rlimit_resource, used: Int?) -> Int? {
-        var r = rlimit()
-        guard getrlimit(__rlimit_resource_t(resource.rawValue), &r) == 0, r.rlim_cur != rlim_t.max else { return nil }   // RLIM_INFINITY
-        return Int(clamping: r.rlim_cur) - (used ?? 0)
+    static func room(under resource: Platform.Resource, used: Int?) -> Int? {
+        Platform.softLimit(resource).map { $0 - (used ?? 0) }
     }
 
     /// Room under this process's cgroup memory limit (v2, then v1); nil when unlimited or unknown.

@@ -1,6 +1,8 @@
 import Foundation
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 #if _endian(big)
@@ -115,7 +117,7 @@ extension SafeTensors {
                 guard var p = bytes.baseAddress else { return }
                 var left = bytes.count
                 while left > 0 {
-                    let n = Glibc.write(fd, p, min(left, 1 << 30))
+                    let n = Platform.write(fd, p, min(left, 1 << 30))
                     if n < 0 {
                         if errno == EINTR { continue }
                         throw failure("write failed")

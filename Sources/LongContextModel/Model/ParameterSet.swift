@@ -36,7 +36,9 @@ public final class ParameterSet: @unchecked Sendable {
             guard !o else { throw ModelError.invalidConfig("parameter count overflows") }
             total = t
         }
-        try MemoryBudget.check(total * 4)
+        let (bytes, overflow) = total.multipliedReportingOverflow(by: MemoryLayout<Float>.size)
+        guard !overflow else { throw ModelError.invalidConfig("\(total) parameters take more than 2^63 bytes") }
+        try MemoryBudget.check(bytes)
         self.entries = entries
         self.index = index
         count = total

@@ -10,6 +10,7 @@ func jsonText(_ value: Any, indent: String = "") -> String {
     case is NSNull: return "null"
     case let b as Bool where type(of: value) == Bool.self: return b ? "true" : "false"
     case let i as Int where type(of: value) == Int.self: return String(i)
+    case let u as UInt64 where type(of: value) == UInt64.self: return String(u)   // seeds: every bit kept
     case let d as Double where type(of: value) == Double.self:
         guard d.isFinite else { return "null" }
         let s = "\(d)"   // shortest round-trip form: "0.0", "1e-05", "10000.0"

@@ -163,7 +163,7 @@ public final class Trainer {
                 for i in 0..<grads.count { grads.scalars[i] *= s }
             }
             let lr = schedule.rate(at: step)
-            optimizer.update(model.parameters, gradients: grads, lr: Float(lr))
+            try optimizer.update(model.parameters, gradients: grads, lr: Float(lr))
             step += 1
             var val: Double? = nil
             if options.evalEvery > 0, step % options.evalEvery == 0 || step == options.steps, !validation.isEmpty {

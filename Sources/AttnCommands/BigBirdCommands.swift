@@ -20,6 +20,14 @@ struct BigBirdOptions: ParsableArguments {
     @Option(help: "Explicit random plan .npy, int [H, nb-2, r] (Hugging Face's layout, g = 1; causal: [H, nb-1, r] for any g, -1 for unused slots and in the rows of global blocks).")
     var randomPlan: String?
 
+    /// The plan's ranges, refused while parsing (before any file is read).
+    func validate() throws {
+        if blockSize < 1 { throw ValidationError("--block-size must be at least 1, got \(blockSize)") }
+        if windowBlocks < 1 || windowBlocks % 2 == 0 { throw ValidationError("--window-blocks must be odd and at least 1, got \(windowBlocks)") }
+        if globalBlocks < 0 { throw ValidationError("--global-blocks must be at least 0, got \(globalBlocks)") }
+        if randomBlocks < 0 { throw ValidationError("--random-blocks must be at least 0, got \(randomBlocks)") }
+    }
+
     func plan(sequenceLength: Int, heads: Int, explicitR: Bool) throws -> BigBirdPlan {
         if let path = randomPlan {
             let (shape, values) = try Numpy.readIntegers(path)

@@ -77,8 +77,9 @@ extension SafeTensors {
     }
 
     /// A JSON string literal escaped as `serde_json` escapes it: quote, backslash and control
-    /// characters (the short forms where JSON has them), everything else as UTF-8.
-    static func jsonString(_ s: String) -> String {
+    /// characters (the short forms where JSON has them), everything else as UTF-8. The one JSON
+    /// string escaper of the package (config.json and adapter_config.json use it too).
+    public static func jsonString(_ s: String) -> String {
         var out = "\""
         for scalar in s.unicodeScalars {
             switch scalar {

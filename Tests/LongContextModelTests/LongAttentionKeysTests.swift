@@ -1,3 +1,4 @@
+import AttentionTensor
 import Foundation
 @testable import LongContextModel
 import XCTest
@@ -61,5 +62,13 @@ final class LongAttentionKeysTests: XCTestCase {
         }
         let old = try ModelConfig(jsonData: config(#"{"layers": [{"type": "bigbird", "block_size": 4, "seed": -1}]}"#))
         XCTAssertEqual(old.attention, [.bigbird(blockSize: 4, windowBlocks: 3, randomBlocks: 3, seed: .max)])
+    }
+
+    /// The config writer's strings go through the package's one escaper (SafeTensors'), and read back.
+    func testConfigStringsAreEscapedOnce() throws {
+        let s = "quote \" backslash \\ newline \n tab \t bell \u{07} backspace \u{08} é"
+        XCTAssertEqual(jsonText(s), SafeTensors.jsonString(s))
+        let back = try JSONSerialization.jsonObject(with: Data(("[" + jsonText(s) + "]").utf8)) as? [String]
+        XCTAssertEqual(back, [s])
     }
 }

@@ -1,3 +1,4 @@
+import AttentionTensor
 import Foundation
 
 /// JSON text for the configs this project writes. Foundation's writer prints a Double with an
@@ -15,20 +16,7 @@ func jsonText(_ value: Any, indent: String = "") -> String {
         guard d.isFinite else { return "null" }
         let s = "\(d)"   // shortest round-trip form: "0.0", "1e-05", "10000.0"
         return s.contains(".") || s.contains("e") ? s : s + ".0"
-    case let s as String:
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            case "\r": out += "\\r"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
+    case let s as String: return SafeTensors.jsonString(s)
     case let a as [Any]:
         if a.isEmpty { return "[]" }
         return "[\n" + a.map { inner + jsonText($0, indent: inner) }.joined(separator: ",\n") + "\n" + indent + "]"

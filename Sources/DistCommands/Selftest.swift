@@ -152,6 +152,9 @@ struct DistSelftest: ParsableCommand {
                 try expectThrowEverywhere("ring key length 13 > M = 12") {
                     _ = try ring.forward(queries: sq, keys: sk, values: sv, causal: true, keyLengths: [12, 13])
                 }
+                // Chunks that are views (rows of the whole, not copied) gather as the whole.
+                let views = ShardedTensor(shards: shards, rank: comm.rank, chunks: try shards.ranges(rank: comm.rank).map { try q.rows($0) })
+                try report("gather of strided chunks", try views.gather(on: comm), q)
                 if comm.size > 1 {
                     // The same count, sum and weighted sum: only the lengths themselves tell them apart.
                     let (q3, k3, v3) = try inputs(B: 3, H: 2, Hkv: 2, N: 12, M: 12, d: 8, dv: 8, seed: 601)

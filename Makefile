@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps models check-pretrained compare-pretrained test-dist bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps models check-pretrained compare-pretrained test-dist client-check bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -51,9 +51,15 @@ release: deps
 test: deps corpus models
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) --no-print-directory client-check
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory check
 	$(MAKE) --no-print-directory test-dist
+
+# A package outside this one that depends on it by path and imports its library products as the
+# README's "Use it as a library" shows (Tests/ClientPackage): the products and the snippet build.
+client-check: deps
+	$(SWIFT) build --package-path Tests/ClientPackage
 
 # The benchmark's quick mode, and its JSON checked against the contract (every row finite).
 bench-smoke: release

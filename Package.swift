@@ -6,6 +6,11 @@ let package = Package(
     products: [
         .library(name: "LongAttention", targets: ["LongAttention"]),
         .library(name: "AttentionTensor", targets: ["AttentionTensor"]),
+        // The language-model layer (Llama/Mixtral decoders, checkpoints, training, LoRA, generation),
+        // the mixture-of-experts layer on its own, and the needle-in-a-haystack evaluation.
+        .library(name: "LongContextModel", targets: ["LongContextModel"]),
+        .library(name: "MixtureOfExperts", targets: ["MixtureOfExperts"]),
+        .library(name: "AttentionEvaluation", targets: ["AttentionEvaluation"]),
         .executable(name: "attn", targets: ["attn"]),
         .executable(name: "attention-bench", targets: ["AttentionBench"]),
         // Sequence-parallel attention over OpenMPI (ring attention, sharded decoding, linear

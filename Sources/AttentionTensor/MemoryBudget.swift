@@ -10,8 +10,31 @@ import Synchronization
 /// `/proc/meminfo`; the room left under this process's cgroup memory limit (v2 `memory.max`, v1
 /// `memory.limit_in_bytes`); and the room left under `ulimit -v` (RLIMIT_AS) and `ulimit -d`
 /// (RLIMIT_DATA). Set ``limitBytes`` to impose a fixed budget. Allocations under 64 MiB are not checked.
+///
+/// Caches that keep freed buffers for later calls (the mixture-of-experts workspace) register
+/// with ``registerCache(held:release:)``: the bytes they hold count against a fixed budget, and
+/// an allocation that does not fit makes them give their memory back before it is refused.
 public enum MemoryBudget {
     private static let limit = Mutex<Int?>(nil)
+
+    /// A cache's bytes held and how to release them.
+    private struct Cache: Sendable {
+        let held: @Sendable () -> Int
+        let release: @Sendable () -> Void
+    }
+    private static let caches = Mutex<[Cache]>([])
+
+    /// Registers a cache of freed memory: `held` reports its bytes, `release` frees them. Both are
+    /// called without any lock of this type held.
+    public static func registerCache(held: @escaping @Sendable () -> Int, release: @escaping @Sendable () -> Void) {
+        caches.withLock { $0.append(Cache(held: held, release: release)) }
+    }
+
+    /// Bytes the registered caches hold now.
+    public static var cachedBytes: Int { caches.withLock { $0 }.reduce(0) { $0 + $1.held() } }
+
+    /// Empties every registered cache.
+    public static func releaseCaches() { for c in caches.withLock({ $0 }) { c.release() } }
 
     /// A fixed budget in bytes, or nil for the memory available at each check.
     public static var limitBytes: Int? {
@@ -22,15 +45,16 @@ public enum MemoryBudget {
     /// Allocations smaller than this are not checked.
     public static let checkedAbove = 64 << 20
 
-    /// The budget now: ``limitBytes`` if set, else the tightest of the limits above.
+    /// The budget now: ``limitBytes`` less the registered caches' bytes if set, else the tightest
+    /// of the limits above (which see the caches' touched memory as used already).
     public static var availableBytes: Int {
-        if let l = limitBytes { return l }
+        if let l = limitBytes { return l - cachedBytes }
         let meminfo = (try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8)).flatMap { kilobytes("MemAvailable:", in: $0) }
         let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)
         return tightest(memAvailable: meminfo ?? Int(clamping: ProcessInfo.processInfo.physicalMemory),
                         cgroup: cgroupRoom(),
-                        addressSpace: room(under: RLIMIT_AS, used: status.flatMap { kilobytes("VmSize:", in: $0) }),
-                        data: room(under: RLIMIT_DATA, used: status.flatMap { kilobytes("VmData:", in: $0) }))
+                        addressSpace: room(under: .addressSpace, used: status.flatMap { kilobytes("VmSize:", in: $0) }),
+                        data: room(under: .data, used: status.flatMap { kilobytes("VmData:", in: $0) }))
     }
 
     /// The smallest of the known limits (nil: no such limit).
@@ -38,11 +62,14 @@ public enum MemoryBudget {
         [memAvailable, cgroup, addressSpace, data].compactMap { $0 }.map { max(0, $0) }.min() ?? memAvailable
     }
 
-    /// Throws when `bytes` exceeds the budget.
+    /// Throws when `bytes` exceeds the budget, after emptying the registered caches if that
+    /// would make room.
     public static func check(_ bytes: Int) throws {
         guard bytes >= checkedAbove else { return }
-        let available = availableBytes
-        if bytes > available { throw TensorError.allocationFailed(bytes: bytes) }
+        if bytes <= availableBytes { return }
+        guard cachedBytes > 0 else { throw TensorError.allocationFailed(bytes: bytes) }
+        releaseCaches()
+        if bytes > availableBytes { throw TensorError.allocationFailed(bytes: bytes) }
     }
 
     /// `key  1234 kB` in a /proc file, in bytes.
@@ -54,10 +81,8 @@ public enum MemoryBudget {
     }
 
     /// Room under a resource limit given the bytes used against it; nil when unlimited.
-    static func room(under resource: __rlimit_resource, used: Int?) -> Int? {
-        var r = rlimit()
-        guard getrlimit(__rlimit_resource_t(resource.rawValue), &r) == 0, r.rlim_cur != rlim_t.max else { return nil }   // RLIM_INFINITY
-        return Int(clamping: r.rlim_cur) - (used ?? 0)
+    static func room(under resource: Platform.Resource, used: Int?) -> Int? {
+        Platform.softLimit(resource).map { $0 - (used ?? 0) }
     }
 
     /// Room under this process's cgroup memory limit (v2, then v1); nil when unlimited or unknown.

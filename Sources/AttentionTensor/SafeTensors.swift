@@ -1,6 +1,8 @@
 import Foundation
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Hugging Face `.safetensors` files: an 8-byte little-endian header length N, N bytes of UTF-8
@@ -254,7 +256,7 @@ public enum SafeTensors {
         guard let base = buffer.baseAddress else { return }
         var done = 0
         while done < buffer.count {
-            let got = Glibc.read(fd, base + done, min(buffer.count - done, 1 << 30))
+            let got = Platform.read(fd, base + done, min(buffer.count - done, 1 << 30))
             if got < 0 {
                 if errno == EINTR { continue }
                 throw SafeTensorsError(path: path, problem: .cannotRead(String(cString: strerror(errno))))

@@ -1,6 +1,8 @@
 import Foundation
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 #if _endian(big)
@@ -75,8 +77,9 @@ extension SafeTensors {
     }
 
     /// A JSON string literal escaped as `serde_json` escapes it: quote, backslash and control
-    /// characters (the short forms where JSON has them), everything else as UTF-8.
-    static func jsonString(_ s: String) -> String {
+    /// characters (the short forms where JSON has them), everything else as UTF-8. The one JSON
+    /// string escaper of the package (config.json and adapter_config.json use it too).
+    public static func jsonString(_ s: String) -> String {
         var out = "\""
         for scalar in s.unicodeScalars {
             switch scalar {
@@ -115,7 +118,7 @@ extension SafeTensors {
                 guard var p = bytes.baseAddress else { return }
                 var left = bytes.count
                 while left > 0 {
-                    let n = Glibc.write(fd, p, min(left, 1 << 30))
+                    let n = Platform.write(fd, p, min(left, 1 << 30))
                     if n < 0 {
                         if errno == EINTR { continue }
                         throw failure("write failed")

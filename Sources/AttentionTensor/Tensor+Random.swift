@@ -13,6 +13,12 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
     }
     /// Uniform in the open interval (0, 1), from the top 53 bits.
     public mutating func nextUnitOpen() -> Double { (Double(next() >> 11) + 0.5) * 0x1p-53 }
+    /// A standard normal draw: Box–Muller's cosine branch, in Float64, from two uniforms (the one
+    /// draw the model's initialisation and FAVOR+'s features share).
+    public mutating func nextNormal() -> Double {
+        let u1 = nextUnitOpen(), u2 = nextUnitOpen()
+        return (-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2)
+    }
 }
 
 extension Tensor {

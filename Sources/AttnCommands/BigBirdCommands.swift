@@ -17,19 +17,27 @@ struct BigBirdOptions: ParsableArguments {
     var randomBlocks: Int = 3
     @Option(help: "Seed of the random blocks.")
     var seed: UInt64 = 0
-    @Option(help: "Explicit random plan .npy, int [H, nb-2, r] (Hugging Face's layout; causal: [H, nb-1, r], -1 for unused slots; g = 1).")
+    @Option(help: "Explicit random plan .npy, int [H, nb-2, r] (Hugging Face's layout, g = 1; causal: [H, nb-1, r] for any g, -1 for unused slots and in the rows of global blocks).")
     var randomPlan: String?
+
+    /// The plan's ranges, refused while parsing (before any file is read).
+    func validate() throws {
+        if blockSize < 1 { throw ValidationError("--block-size must be at least 1, got \(blockSize)") }
+        if windowBlocks < 1 || windowBlocks % 2 == 0 { throw ValidationError("--window-blocks must be odd and at least 1, got \(windowBlocks)") }
+        if globalBlocks < 0 { throw ValidationError("--global-blocks must be at least 0, got \(globalBlocks)") }
+        if randomBlocks < 0 { throw ValidationError("--random-blocks must be at least 0, got \(randomBlocks)") }
+    }
 
     func plan(sequenceLength: Int, heads: Int, explicitR: Bool) throws -> BigBirdPlan {
         if let path = randomPlan {
             let (shape, values) = try Numpy.readIntegers(path)
-            if globalBlocks != 1 {
-                throw ValidationError("--random-plan's layout has one global block: it needs --global-blocks 1")
+            if globalBlocks != 1 && !causal {
+                throw ValidationError("--random-plan's non-causal layout has one global block: it needs --global-blocks 1")
             }
             if explicitR, shape.count == 3, shape[2] != randomBlocks {
                 throw ValidationError("--random-blocks \(randomBlocks) disagrees with the plan's r = \(shape[2])")
             }
-            return try BigBirdPlan(sequenceLength: sequenceLength, heads: heads, blockSize: blockSize,
+            return try BigBirdPlan(sequenceLength: sequenceLength, heads: heads, blockSize: blockSize, globalBlocks: globalBlocks,
                                    windowBlocks: windowBlocks, randomPlan: values, planShape: shape, causal: causal)
         }
         return try BigBirdPlan(sequenceLength: sequenceLength, heads: heads, blockSize: blockSize,

@@ -363,18 +363,26 @@ static Y8_TARGET void rows_times_values_avx2(const float *p, long ldp, long rows
 /// four-row kernels at about 39 GFLOP/s, a fraction of the FMA rate) points at the same loop
 /// structure, not the vector width. Intel's cores with two 512-bit FMA ports do halve the µops
 /// with 16 lanes, and measured 3.1–3.6× there.
+/// -1 until chosen; then 1 for the 8-lane kernels, 0 for the 16-lane ones; 2 forces the 16-lane
+/// kernels (set by ak_decode_force_wide, for tests).
+static int decode_path = -1;
+
 static int use_avx2_kernels(void) {
-    static int cached = -1;
-    if (cached < 0) {
+    if (decode_path < 0) {
 #if defined(__x86_64__) && defined(__clang__) && !defined(AK_NO_CLONES)
         const char *isa = ak_kernel_isa();
         __builtin_cpu_init();
-        cached = strcmp(isa, "x86-64-v3") == 0 || (strcmp(isa, "x86-64-v4") == 0 && __builtin_cpu_is("amd"));
+        decode_path = strcmp(isa, "x86-64-v3") == 0 || (strcmp(isa, "x86-64-v4") == 0 && __builtin_cpu_is("amd"));
 #else
-        cached = 0;
+        decode_path = 0;
 #endif
     }
-    return cached;
+    return decode_path == 1;
+}
+
+void ak_decode_force_wide(int wide) {
+    decode_path = -1;
+    if (wide) decode_path = 2;
 }
 
 const char *ak_decode_kernel_path(void) { return use_avx2_kernels() ? "8-lane (AVX2)" : "16-lane"; }

@@ -152,6 +152,18 @@ struct DistSelftest: ParsableCommand {
                 try expectThrowEverywhere("ring key length 13 > M = 12") {
                     _ = try ring.forward(queries: sq, keys: sk, values: sv, causal: true, keyLengths: [12, 13])
                 }
+                // Chunks that are views (rows of the whole, not copied) gather as the whole.
+                let views = ShardedTensor(shards: shards, rank: comm.rank, chunks: try shards.ranges(rank: comm.rank).map { try q.rows($0) })
+                try report("gather of strided chunks", try views.gather(on: comm), q)
+                if comm.size > 1 {
+                    // The same count, sum and weighted sum: only the lengths themselves tell them apart.
+                    let (q3, k3, v3) = try inputs(B: 3, H: 2, Hkv: 2, N: 12, M: 12, d: 8, dv: 8, seed: 601)
+                    let s3 = try [q3, k3, v3].map { try ShardedTensor(slicing: $0, shards: shards, rank: comm.rank) }
+                    try expectThrowEverywhere("ring with one rank's key lengths [1, 2, 1] against [2, 0, 2]") {
+                        _ = try ring.forward(queries: s3[0], keys: s3[1], values: s3[2], causal: false,
+                                             keyLengths: comm.rank == comm.size - 1 ? [1, 2, 1] : [2, 0, 2])
+                    }
+                }
                 try expectThrowEverywhere("ring with one rank's zigzag keys missing a chunk") {
                     var short = sk
                     if comm.rank == comm.size - 1 { short.chunks.removeLast() }

@@ -206,9 +206,7 @@ public struct RingAttention: Sendable {
             ("the query layout", queries.shards.layout == .zigzag ? 1 : 0),
             ("the key layout", keys.shards.layout == .zigzag ? 1 : 0), ("causal", causal ? 1 : 0),
             ("the scale", Double(scale ?? 0)), ("whether a scale is given", scale == nil ? 0 : 1),
-            ("the key lengths", keyLengths == nil ? -1 : Double(lengths.count)),
-            ("the key lengths", Double(lengths.reduce(0, +))),
-            ("the key lengths", lengths.enumerated().reduce(0.0) { $0 + Double($1.offset + 1) * Double($1.element) }),
+            ("whether key lengths are given", keyLengths == nil ? 0 : 1),
         ]
         var packed = [localError == nil ? 0 : Double(comm.size - comm.rank)] + magnitudes
         for (_, x) in shared { packed += localError == nil ? [x, -x] : [-.infinity, -.infinity] }
@@ -220,6 +218,15 @@ public struct RingAttention: Sendable {
         }
         for (i, (name, _)) in shared.enumerated() where packed[5 + 2 * i] != -packed[6 + 2 * i] {
             throw AttentionError.shapeMismatch("the ranks disagree on \(name) (from \(-packed[6 + 2 * i]) to \(packed[5 + 2 * i]))")
+        }
+        // The key lengths themselves, element by element (a count and sums let [2, 0, 2] pass for
+        // [1, 2, 1]): a second all-reduce, of B pairs, now that every rank has B lengths.
+        if !lengths.isEmpty {
+            var pairs = lengths.flatMap { [Double($0), -Double($0)] }
+            try comm.allreduce(&pairs, .max)
+            if let b = lengths.indices.first(where: { pairs[2 * $0] != -pairs[2 * $0 + 1] }) {
+                throw AttentionError.shapeMismatch("the ranks disagree on the key length of sequence \(b) (from \(Int(-pairs[2 * b + 1])) to \(Int(pairs[2 * b])))")
+            }
         }
         // The whole problem's float32 bounds (as the single-process call checks them).
         let (maxQ, maxK, maxV, maxDO) = (packed[1], packed[2], packed[3], packed[4])

@@ -5,7 +5,8 @@ import SequenceParallel
 import SwiftMPI
 
 /// One rank's piece of a `[B, heads, L, width]` tensor split along the sequence axis: the chunk
-/// tensors it holds (`[B, heads, len, width]` each, contiguous) and where they sit.
+/// tensors it holds (`[B, heads, len, width]` each) and where they sit. Chunks may be views (a
+/// strided slice): whatever is sent is sent from a contiguous copy.
 public struct ShardedTensor: Sendable {
     public let shards: SequenceShards
     public let rank: Int
@@ -32,6 +33,8 @@ public struct ShardedTensor: Sendable {
 
     /// The whole tensor on `root` (nil elsewhere): every rank sends its chunks, the root places them.
     public func gather(on comm: Communicator, root: Int = 0, tag: Int = 7000) throws -> Tensor? {
+        // Sent and placed as dense [B, heads, len, width] buffers: views are copied first.
+        let chunks = self.chunks.map { $0.contiguous() }
         guard let first = chunks.first else { return nil }
         let (B, Hh, w) = (first.shape[0], first.shape[1], first.shape[3])
         var result: Tensor? = nil

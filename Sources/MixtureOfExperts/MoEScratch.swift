@@ -71,7 +71,9 @@ final class MoEBuffer: @unchecked Sendable {
 /// memory is zero-filled by the kernel on first touch, which cost about a fifth of a backward's
 /// time; so released buffers (a call's scratch, and the activations a ``MoEForward`` kept once it
 /// is gone) stay here, at most ``maximumBuffers`` of them and ``maximumBytes`` in all, and a call
-/// takes the smallest one large enough. Thread-safe. Buffers under 1 MiB are not kept.
+/// takes the smallest one large enough. Thread-safe. Buffers under 1 MiB are not kept. The cache
+/// is registered with ``MemoryBudget``: its bytes count against a fixed budget, and an allocation
+/// that would not fit otherwise empties it.
 public enum MoEWorkspace {
     private struct State {
         var buffers: [MoEBuffer] = []
@@ -80,6 +82,8 @@ public enum MoEWorkspace {
     }
     private static let state = Mutex(State())
     static let smallest = 1 << 20
+    /// Registers the cache with the memory budget, once, before it first holds a buffer.
+    private static let registered: Void = MemoryBudget.registerCache(held: { cachedBytes }, release: { releaseCache() })
 
     /// Bytes the cache may hold (default 1 GiB; 0 turns the cache off and empties it).
     public static var maximumBytes: Int {
@@ -118,6 +122,7 @@ public enum MoEWorkspace {
     /// Keeps `buffer` for a later call when it fits the limits (evicting the smallest buffers).
     static func give(_ buffer: MoEBuffer) {
         guard buffer.capacity >= smallest else { return }
+        _ = registered
         let evicted = state.withLock { s -> [MoEBuffer] in
             s.buffers.append(buffer)
             return trim(&s)

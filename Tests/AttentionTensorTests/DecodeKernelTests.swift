@@ -3,7 +3,8 @@ import CAttentionKernels
 import Foundation
 import XCTest
 
-/// The decode kernels (`ak_rows_dot_keys`, `ak_rows_times_values`) against float64 sums, over
+/// The decode kernels (`ak_rows_dot_keys`, `ak_rows_times_values`) against float64 sums, on both
+/// float32 paths (the 8-lane AVX2 kernels and the 16-lane ones, forced with `ak_decode_force_wide`), over
 /// every path they take: four-row groups and the one-row remainder, four-key steps and the key
 /// tail, d = 128 register paths, 64- and 16-column value chunks and the scalar tail, leading
 /// dimensions larger than the rows, and a second 32-key block.
@@ -19,7 +20,22 @@ final class DecodeKernelTests: XCTestCase {
         XCTAssertLessThanOrEqual(abs(Double(got) - exact), 1e-5 * magnitude + 1e-30, what())
     }
 
-    func testDotKeysAgainstFloat64() {
+    /// The tests below on both float32 paths: the CPU's choice, then the 16-lane kernels forced
+    /// (on an AVX2 host the CPU's choice is the 8-lane path, and the other would go untested).
+    func onBothPaths(_ body: () -> Void) {
+        ak_decode_force_wide(0)
+        let native = String(cString: ak_decode_kernel_path())
+        body()
+        ak_decode_force_wide(1)
+        defer { ak_decode_force_wide(0) }
+        XCTAssertEqual(String(cString: ak_decode_kernel_path()), "16-lane")
+        if native != "16-lane" { body() }
+    }
+
+    func testDotKeysAgainstFloat64() { onBothPaths(dotKeysAgainstFloat64) }
+    func testTimesValuesAgainstFloat64() { onBothPaths(timesValuesAgainstFloat64) }
+
+    func dotKeysAgainstFloat64() {
         for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 32] {
             for d in [1, 7, 16, 33, 128, 129] {
                 for w in [1, 3, 4, 7, 33, 65] {
@@ -44,7 +60,7 @@ final class DecodeKernelTests: XCTestCase {
         }
     }
 
-    func testTimesValuesAgainstFloat64() {
+    func timesValuesAgainstFloat64() {
         for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 32] {
             for dv in [1, 17, 64, 100, 128, 129] {
                 for w in [1, 3, 33, 65] {

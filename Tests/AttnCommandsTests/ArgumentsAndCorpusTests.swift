@@ -64,12 +64,30 @@ final class ArgumentsAndCorpusTests: XCTestCase {
         XCTAssertEqual(try Numpy.readIntegers(bytes: [UInt8](FileManager.default.contents(atPath: dir + "/i4_plan.npy")!)).values, Array(0..<8))
     }
 
+    /// Every file of the argument corpus parses to a command or is refused with a message and a
+    /// failing exit code (never a trap); which one is known per file: `help` asks for help (a
+    /// command or a clean exit), `run_full` is a valid command, the others are refused.
     func testArgumentCorpusReplays() throws {
         let dir = root.appendingPathComponent("Fuzz/corpus/args").path
-        for f in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() {
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+        XCTAssertGreaterThanOrEqual(files.count, 9)
+        let valid: Set<String> = ["run_full"], help: Set<String> = ["help"]
+        for f in files {
             let bytes = [UInt8](FileManager.default.contents(atPath: dir + "/" + f) ?? Data())
             let args = bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
-            _ = try? Attn.parseAsRoot(args)   // must return or throw, never trap
+            do {
+                _ = try Attn.parseAsRoot(args)
+                XCTAssertTrue(valid.contains(f) || help.contains(f), "\(f): \(args) parsed, but the corpus keeps it as an invalid input")
+            } catch {
+                let code = Attn.exitCode(for: error), message = Attn.message(for: error)
+                XCTAssertFalse(valid.contains(f), "\(f): \(args) refused: \(message)")
+                XCTAssertFalse(message.isEmpty, "\(f): an error without a message")
+                if help.contains(f) {
+                    XCTAssertEqual(code, .success, "\(f): help")
+                } else {
+                    XCTAssertNotEqual(code, .success, "\(f): \(args) refused with exit code 0: \(message)")
+                }
+            }
         }
     }
 }

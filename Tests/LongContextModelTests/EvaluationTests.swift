@@ -121,11 +121,59 @@ final class EvaluationTests: XCTestCase {
         let r = try PasskeyResults(model: m, lengths: [112, 160], depths: [0, 1], trials: 2)
         XCTAssertEqual(r.accuracy.count, 2)
         XCTAssertEqual(r.accuracy[0].count, 2)
-        XCTAssertTrue(r.accuracy.joined().allSatisfy { (0...1).contains($0) })
+        XCTAssertEqual(r.accuracy.joined().max(), 0, "a tiny model tuned for 30 steps does not produce 5-digit keys")
         var bad = t
         bad.lengths = [100]
         XCTAssertThrowsError(try bad.run(m))
         XCTAssertThrowsError(try PasskeyResults(model: m, lengths: [], depths: [0], trials: 1))
+    }
+
+    /// A model that answers with a chosen key scores exactly the trials asked that key: all
+    /// weights zero but the embedding and the head, it is a bigram table (the last token alone
+    /// picks the next), here "s" (the question's last letter) → the key's digits → "." → ".".
+    func testPasskeyScoringCountsTheRightAnswers() throws {
+        // The first key PasskeyResults draws from `seed`, as it draws it; one with distinct digits.
+        func keys(_ seed: UInt64, _ n: Int) -> [Int] {
+            var rng = SplitMix64(seed: seed)
+            return (0..<n).map { _ in Int(rng.next() % UInt64(PasskeyTask.maxKey)) + 1 }
+        }
+        let seed = (UInt64(1)...).first { Set(String(keys($0, 1)[0])).count == String(keys($0, 1)[0]).count }!
+        let drawn = keys(seed, 4), key = drawn[0]
+        XCTAssertFalse(drawn.dropFirst().contains(key))
+        let m = try CausalLM(config: try ModelConfig(vocabSize: ByteTokenizer.vocabSize, hiddenSize: 16, intermediateSize: 24,
+                                                     layers: 1, heads: 4, kvHeads: 2), seed: 1)
+        for e in m.parameters.entries where !e.name.hasSuffix("norm.weight") {
+            m.parameters.scalars.advanced(by: e.offset).update(repeating: 0, count: e.count)
+        }
+        let chain = Array("s" + String(key) + ".").map { Int(ByteTokenizer.encode(String($0))[0]) }
+        let D = 16, embed = m.parameters.pointer("model.embed_tokens.weight"), head = m.parameters.pointer("lm_head.weight")
+        for (slot, from) in chain.enumerated() {
+            let to = slot + 1 < chain.count ? chain[slot + 1] : from   // "." → "."
+            embed[from * D + slot] = 1
+            head[to * D + slot] = 10
+        }
+        let prompt = try PasskeyTask.prompt(length: 112, depth: 0.5, key: 123)
+        XCTAssertEqual(PasskeyTask.firstNumber(try m.generate(prompt: prompt, maxTokens: 8)), key)
+        // Trials in order: depth 0 draws keys 0 and 1, depth 1 keys 2 and 3; only key 0 is answered.
+        let r = try PasskeyResults(model: m, lengths: [112], depths: [0, 1], trials: 2, seed: seed)
+        XCTAssertEqual(r.accuracy, [[0.5, 0]])
+        XCTAssertEqual(r.mean, 0.25)
+    }
+
+    /// Temp-LoRA scores each chunk with the adapter trained on the chunks before it: the first
+    /// chunk (B = 0) scores exactly as the base, later chunks of a repetitive text score better.
+    func testTempLoRALearnsFromEarlierChunks() throws {
+        let m = try model()
+        let text = ByteTokenizer.encode(String(repeating: "In the beginning was the Word. ", count: 6))
+        var o = TempLoRAOptions()
+        (o.chunk, o.window, o.epochs, o.learningRate, o.targetModules) = (32, 32, 3, 1e-2, ["q_proj", "v_proj", "gate_proj", "down_proj"])
+        let chunks = try runTempLoRA(model: m, tokens: text, options: o)
+        XCTAssertEqual(chunks.count, (text.count + 31) / 32)
+        XCTAssertEqual(chunks[0].adaptedLoss, chunks[0].baseLoss)
+        for c in chunks.dropFirst(2) {
+            XCTAssertLessThan(c.adaptedLoss, 0.9 * c.baseLoss, "chunk \(c.index): \(c.adaptedLoss) against the base's \(c.baseLoss)")
+        }
+        XCTAssertTrue(chunks.allSatisfy { $0.trainingSeconds > 0 })
     }
 
     /// With no training epochs Temp-LoRA scores the base alone: with and without are the same.

@@ -20,7 +20,7 @@ final class ReadmeModelExampleTests: XCTestCase {
         let gradients = try ParameterSet(zerosLike: model.parameters)
         let result = try model.loss(tokens: tokens, batch: 1, length: tokens.count, gradients: gradients)
         let optimizer = try AdamW(parameters: model.parameters)
-        optimizer.update(model.parameters, gradients: gradients, lr: 1e-3)
+        try optimizer.update(model.parameters, gradients: gradients, lr: 1e-3)
 
         // A checkpoint transformers loads (config.json + model.safetensors), and back.
         try model.save(to: dir + "/model")

@@ -19,14 +19,14 @@ final class TrainingTests: XCTestCase {
         let g = try ParameterSet(zerosLike: p)
         for i in 0..<4 { g.scalars[i] = 0.5 }
         let opt = try AdamW(parameters: p, beta1: 0.9, beta2: 0.95, epsilon: 1e-8, weightDecay: 0.1)
-        opt.update(p, gradients: g, lr: 0.1)
+        try opt.update(p, gradients: g, lr: 0.1)
         let adamStep: Double = 0.1 * 0.5 / (0.5 + 1e-8)
         XCTAssertEqual(Double(p.scalars[0]), 0.99 - adamStep, accuracy: 1e-6)
         XCTAssertEqual(Double(p.scalars[2]), 1 - adamStep, accuracy: 1e-6)   // no decay on a vector
         // Second step, g = −0.5: m = 0.9·0.05 − 0.05 = −0.005, v = 0.95·0.0125 + 0.0125, corrected.
         for i in 0..<4 { g.scalars[i] = -0.5 }
         let before = p.scalars[2]
-        opt.update(p, gradients: g, lr: 0.1)
+        try opt.update(p, gradients: g, lr: 0.1)
         let m: Double = (0.9 * 0.05 + 0.1 * -0.5) / (1 - 0.81)
         let v: Double = (0.95 * 0.0125 + 0.05 * 0.25) / (1 - 0.9025)
         XCTAssertEqual(Double(p.scalars[2]), Double(before) - 0.1 * m / (v.squareRoot() + 1e-8), accuracy: 1e-6)
@@ -39,7 +39,7 @@ final class TrainingTests: XCTestCase {
         for i in 0..<4 { g.scalars[i] = 0.25 }
         let opt = try AdamW(parameters: p, weightDecay: 0.1)
         opt.gateLearningRateMultiplier = 50
-        opt.update(p, gradients: g, lr: 1e-3)
+        try opt.update(p, gradients: g, lr: 1e-3)
         XCTAssertEqual(Double(p.scalars[0]), -50e-3, accuracy: 1e-6)
         XCTAssertEqual(Double(p.scalars[2]), -1e-3, accuracy: 1e-8)
         var o = TrainingOptions()

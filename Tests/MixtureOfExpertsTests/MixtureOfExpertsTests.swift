@@ -408,3 +408,22 @@ final class MixtureOfExpertsTests: XCTestCase {
         XCTAssertThrowsError(try MixtureOfExperts(contentsOf: path)) { XCTAssertTrue($0 is SafeTensorsError, "\($0)") }
     }
 }
+
+/// The workspace's cached buffers are part of the memory budget: counted against a fixed budget,
+/// and given back when an allocation needs their room.
+final class MoEWorkspaceBudgetTests: XCTestCase {
+    func testCachedBuffersCountAgainstTheBudget() throws {
+        let saved = MemoryBudget.limitBytes
+        defer { MemoryBudget.limitBytes = saved; MoEWorkspace.releaseCache() }
+        MoEWorkspace.releaseCache()
+        MemoryBudget.limitBytes = 512 << 20
+        // A finished call's 300 MiB scratch (never touched), kept by the cache.
+        MoEWorkspace.give(try MoEWorkspace.take(bytes: 300 << 20))
+        XCTAssertGreaterThanOrEqual(MoEWorkspace.cachedBytes, 300 << 20)
+        XCTAssertEqual(MemoryBudget.availableBytes, (512 << 20) - MoEWorkspace.cachedBytes)
+        // 300 MiB more fit the 512 MiB budget only once the cache gave its 300 back.
+        XCTAssertNoThrow(try MemoryBudget.check(300 << 20))
+        XCTAssertEqual(MoEWorkspace.cachedBytes, 0)
+        XCTAssertThrowsError(try MemoryBudget.check(600 << 20))
+    }
+}

@@ -191,6 +191,10 @@ double ak_cross_entropy_rows(float *z, long ldz, long rows, long vocab, const in
 /// executes 512-bit operations as two halves) or "16-lane" (Intel's AVX-512, and the portable clones).
 const char *ak_decode_kernel_path(void);
 
+/// Tests: nonzero forces the 16-lane kernels (the path of CPUs without the 8-lane one), zero
+/// returns to the CPU's choice.
+void ak_decode_force_wide(int wide);
+
 // ---- Softmax backward (FlashAttention-2's recomputation) ----
 
 /// Scores to probabilities with a known log-sum-exp: s[r, c] = exp(s[r, c] - lse[r]) for

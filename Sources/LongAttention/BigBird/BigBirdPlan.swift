@@ -72,23 +72,27 @@ public struct BigBirdPlan: Sendable, Equatable {
         self.random = random
     }
 
-    /// A plan with explicit random blocks (one global block, `g = 1`; window `w` blocks, 3 by default).
+    /// A plan with explicit random blocks (window `w` blocks, 3 by default).
     ///
-    /// - Non-causal: Hugging Face's layout, `plan` is `[H, nb - 2, r]` row-major, row `i - 1`
-    ///   listing the random key blocks of query block `i` (`i = 1 ... nb - 2`; blocks 0 and
-    ///   `nb - 1` are global rows). Entries lie in `0 ..< nb`; one that repeats a window or global
-    ///   block is attended once (the plan is a mask).
-    /// - Causal: `[H, nb - 1, r]`, row `i - 1` for query block `i = 1 ... nb - 1` (the last block
-    ///   is not global here). Every entry is an eligible block (after the sink, block 0, and
-    ///   strictly before the window: `1 <= j < i - w/2`) or `-1`, an unused slot (early blocks have
-    ///   fewer than `r` eligible blocks).
+    /// - Non-causal: Hugging Face's layout, for one global block (`g = 1`): `plan` is
+    ///   `[H, nb - 2, r]` row-major, row `i - 1` listing the random key blocks of query block `i`
+    ///   (`i = 1 ... nb - 2`; blocks 0 and `nb - 1` are global rows). Entries lie in `0 ..< nb`;
+    ///   one that repeats a window or global block is attended once (the plan is a mask).
+    /// - Causal, any `g`: `[H, nb - 1, r]`, row `i - 1` for query block `i = 1 ... nb - 1` (the
+    ///   last block is not global here). The rows of the global query blocks `1 ..< g` are all
+    ///   `-1`; every other entry is an eligible block (after the sinks `0 ..< g`, and strictly
+    ///   before the window: `g <= j < i - w/2`) or `-1`, an unused slot (early blocks have fewer
+    ///   than `r` eligible blocks).
     ///
     /// `-1` marks an unused slot in both layouts; any other entry outside the rules is refused
     /// with ``AttentionError/invalidArgument(_:)``. ``explicitRandomPlan()`` exports a plan in
     /// the same layout.
-    public init(sequenceLength: Int, heads: Int, blockSize: Int, windowBlocks: Int = 3, randomPlan plan: [Int],
-                planShape: [Int], causal: Bool = false) throws {
-        try Self.validate(N: sequenceLength, H: heads, b: blockSize, g: 1, w: windowBlocks, r: planShape.last ?? 0)
+    public init(sequenceLength: Int, heads: Int, blockSize: Int, globalBlocks g: Int = 1, windowBlocks: Int = 3,
+                randomPlan plan: [Int], planShape: [Int], causal: Bool = false) throws {
+        try Self.validate(N: sequenceLength, H: heads, b: blockSize, g: g, w: windowBlocks, r: planShape.last ?? 0)
+        guard causal || g == 1 else {
+            throw AttentionError.invalidArgument("the non-causal explicit plan layout [H, nb - 2, r] is for one global block, not g = \(g)")
+        }
         let nb = (sequenceLength + blockSize - 1) / blockSize
         let rowsPerHead = Self.explicitRows(nb: nb, causal: causal)
         let layout = causal ? "[H, nb - 1, r]" : "[H, nb - 2, r]"
@@ -101,7 +105,7 @@ public struct BigBirdPlan: Sendable, Equatable {
         self.sequenceLength = sequenceLength
         self.heads = heads
         self.blockSize = blockSize
-        self.globalBlocks = 1
+        self.globalBlocks = g
         self.windowBlocks = windowBlocks
         self.randomBlocks = r
         self.causal = causal
@@ -110,15 +114,23 @@ public struct BigBirdPlan: Sendable, Equatable {
             var rows = [[Int]](repeating: [], count: nb)
             for i in 1..<(rowsPerHead + 1) {
                 let listed = plan[(h * rowsPerHead + i - 1) * r ..< (h * rowsPerHead + i) * r]
+                if Self.isGlobalRow(i, nb: nb, g: g, causal: causal) {
+                    // A global (sink) query block already sees every earlier key: its row is unused.
+                    if let j = listed.first(where: { $0 != -1 }) {
+                        throw AttentionError.invalidArgument(
+                            "random plan entry \(j) at [\(h), \(i - 1)]: query block \(i) is one of the \(g) global blocks, its row must be all -1")
+                    }
+                    continue
+                }
                 for j in listed where j != -1 {
-                    let eligible = causal ? (j >= 1 && j < i - windowBlocks / 2) : (j >= 0 && j < nb)
+                    let eligible = causal ? (j >= g && j < i - windowBlocks / 2) : (j >= 0 && j < nb)
                     guard eligible else {
-                        let rule = causal ? "1 ..< \(max(1, i - windowBlocks / 2)) (after the sink, before the window)" : "0 ..< \(nb)"
+                        let rule = causal ? "\(g) ..< \(max(g, i - windowBlocks / 2)) (after the sinks, before the window)" : "0 ..< \(nb)"
                         throw AttentionError.invalidArgument(
                             "random plan entry \(j) at [\(h), \(i - 1)] is not an eligible block for query block \(i): allowed \(rule), or -1 for an unused slot")
                     }
                 }
-                let taken = Set(Self.structuralBlocks(i, nb: nb, g: 1, w: windowBlocks, causal: causal))
+                let taken = Set(Self.structuralBlocks(i, nb: nb, g: g, w: windowBlocks, causal: causal))
                 rows[i] = Array(Set(listed.filter { $0 != -1 && !taken.contains($0) })).sorted()
             }
             random.append(rows)
@@ -130,10 +142,11 @@ public struct BigBirdPlan: Sendable, Equatable {
     static func explicitRows(nb: Int, causal: Bool) -> Int { max(causal ? nb - 1 : nb - 2, 0) }
 
     /// The random blocks in the explicit layout (`[H, nb - 2, r]`, or `[H, nb - 1, r]` when causal;
-    /// `-1` in unused slots), which ``init(sequenceLength:heads:blockSize:windowBlocks:randomPlan:planShape:causal:)``
-    /// reads back into the same plan. Only for one global block (the layout's rows assume it).
+    /// `-1` in unused slots and in the rows of global blocks), which
+    /// ``init(sequenceLength:heads:blockSize:globalBlocks:windowBlocks:randomPlan:planShape:causal:)``
+    /// reads back into the same plan. Non-causal plans need one global block (the layout's rows assume it).
     public func explicitRandomPlan() throws -> (shape: [Int], values: [Int]) {
-        guard globalBlocks == 1 else {
+        guard causal || globalBlocks == 1 else {
             throw AttentionError.invalidArgument("the explicit plan layout is for one global block, this plan has g = \(globalBlocks)")
         }
         let rows = Self.explicitRows(nb: blockCount, causal: causal)

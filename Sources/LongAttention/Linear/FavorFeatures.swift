@@ -29,10 +29,7 @@ public struct FavorFeatures: Sendable, Equatable {
         count = m
         var w = [Float](repeating: 0, count: m * d)
         var rng = SplitMix64(seed: seed)
-        func gaussian() -> Float {
-            let u1 = rng.nextUnitOpen(), u2 = rng.nextUnitOpen()
-            return Float((-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2))
-        }
+        func gaussian() -> Float { Float(rng.nextNormal()) }
         var block = [Float](repeating: 0, count: d * d)
         var tau = [Float](repeating: 0, count: d)
         var row = 0

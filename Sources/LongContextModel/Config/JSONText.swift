@@ -1,3 +1,4 @@
+import AttentionTensor
 import Foundation
 
 /// JSON text for the configs this project writes. Foundation's writer prints a Double with an
@@ -10,24 +11,12 @@ func jsonText(_ value: Any, indent: String = "") -> String {
     case is NSNull: return "null"
     case let b as Bool where type(of: value) == Bool.self: return b ? "true" : "false"
     case let i as Int where type(of: value) == Int.self: return String(i)
+    case let u as UInt64 where type(of: value) == UInt64.self: return String(u)   // seeds: every bit kept
     case let d as Double where type(of: value) == Double.self:
         guard d.isFinite else { return "null" }
         let s = "\(d)"   // shortest round-trip form: "0.0", "1e-05", "10000.0"
         return s.contains(".") || s.contains("e") ? s : s + ".0"
-    case let s as String:
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            case "\r": out += "\\r"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
+    case let s as String: return SafeTensors.jsonString(s)
     case let a as [Any]:
         if a.isEmpty { return "[]" }
         return "[\n" + a.map { inner + jsonText($0, indent: inner) }.joined(separator: ",\n") + "\n" + indent + "]"

@@ -1,3 +1,4 @@
+import Foundation
 import AttentionTensor
 import LongAttention
 
@@ -50,43 +51,77 @@ public enum LayerAttention: Sendable, Equatable {
         }
     }
 
-    /// The JSON form under `long_attention.layers`.
+    /// The JSON form under `long_attention.layers` (the BigBird seed as an unsigned 64-bit integer).
     var json: [String: Any] {
         switch self {
         case .exact: return ["type": "exact"]
         case .bigbird(let b, let w, let r, let seed):
-            return ["type": "bigbird", "block_size": b, "window_blocks": w, "random_blocks": r, "seed": Int(truncatingIfNeeded: seed)]
+            return ["type": "bigbird", "block_size": b, "window_blocks": w, "random_blocks": r, "seed": seed]
         case .linear(let map): return ["type": "linear", "feature_map": map.name]
         case .infini(let s, let u): return ["type": "infini", "segment": s, "update": u.rawValue]
         }
     }
 
-    init(json: Any) throws {
+    /// The keys each type takes (besides `type`).
+    static let keys: [String: [String]] = [
+        "exact": [], "bigbird": ["block_size", "window_blocks", "random_blocks", "seed"],
+        "linear": ["feature_map"], "infini": ["segment", "update"],
+    ]
+
+    /// Reads entry `index` of `long_attention.layers`. Unknown keys and values of the wrong type
+    /// are refused by name (a misspelt `segment_size` would otherwise run with the default).
+    init(json: Any, index: Int = 0) throws {
+        let at = "long_attention.layers[\(index)]"
         guard let o = json as? [String: Any], let type = o["type"] as? String else {
-            throw ModelError.invalidConfig("long_attention.layers entries must be objects with a \"type\"")
+            throw ModelError.invalidConfig("\(at) must be an object with a string \"type\"")
+        }
+        guard let allowed = Self.keys[type] else {
+            throw ModelError.invalidConfig("\(at): unknown attention type \"\(type)\" (exact, bigbird, linear, infini)")
+        }
+        if let unknown = o.keys.sorted().first(where: { $0 != "type" && !allowed.contains($0) }) {
+            throw ModelError.invalidConfig("\(at): unknown key \"\(unknown)\" for \(type) attention"
+                + (allowed.isEmpty ? " (it takes none)" : " (\(allowed.joined(separator: ", ")))"))
         }
         func int(_ k: String, _ d: Int) throws -> Int {
             guard let v = o[k] else { return d }
-            guard let i = v as? Int else { throw ModelError.invalidConfig("long_attention: \(k) must be an integer") }
+            guard let n = v as? NSNumber, !isJSONBool(v), let i = Int(n.stringValue) else {
+                throw ModelError.invalidConfig("\(at): \(k) must be an integer, got \(v)")
+            }
             return i
+        }
+        func string(_ k: String, _ d: String) throws -> String {
+            guard let v = o[k] else { return d }
+            guard let s = v as? String else { throw ModelError.invalidConfig("\(at): \(k) must be a string, got \(v)") }
+            return s
         }
         switch type {
         case "exact": self = .exact
         case "bigbird":
+            var seed: UInt64 = 0
+            if let v = o["seed"] {
+                // The whole UInt64 range: a seed is bits, and 2^63 ... 2^64 − 1 must not come back as 0.
+                // Earlier versions wrote those seeds as their two's-complement Int64: read back as bits.
+                guard let n = v as? NSNumber, !isJSONBool(v),
+                      let u = UInt64(n.stringValue) ?? Int64(n.stringValue).map({ UInt64(bitPattern: $0) }) else {
+                    throw ModelError.invalidConfig("\(at): seed must be an integer in 0...\(UInt64.max), got \(v)")
+                }
+                seed = u
+            }
             self = .bigbird(blockSize: try int("block_size", 64), windowBlocks: try int("window_blocks", 3),
-                            randomBlocks: try int("random_blocks", 3), seed: UInt64(max(0, try int("seed", 0))))
+                            randomBlocks: try int("random_blocks", 3), seed: seed)
         case "linear":
-            switch o["feature_map"] as? String ?? "elu" {
+            switch try string("feature_map", "elu") {
             case "elu": self = .linear(featureMap: .elu)
             case "relu": self = .linear(featureMap: .relu)
-            case let m: throw ModelError.invalidConfig("long_attention: causal linear attention takes elu or relu, not \(m)")
+            case let m: throw ModelError.invalidConfig("\(at): causal linear attention takes feature_map elu or relu, not \(m)")
             }
         case "infini":
-            guard let u = InfiniAttention.Update(rawValue: o["update"] as? String ?? "linear") else {
-                throw ModelError.invalidConfig("long_attention: infini update must be linear or delta")
+            let name = try string("update", "linear")
+            guard let u = InfiniAttention.Update(rawValue: name) else {
+                throw ModelError.invalidConfig("\(at): infini update must be linear or delta, not \(name)")
             }
             self = .infini(segment: try int("segment", 2048), update: u)
-        default: throw ModelError.invalidConfig("long_attention: unknown attention type \"\(type)\" (exact, bigbird, linear, infini)")
+        default: preconditionFailure("type \(type) is in keys")
         }
     }
 }

@@ -107,7 +107,16 @@ extension ModelConfig {
             throw ModelError.invalidConfig("partial_rotary_factor \(f) is not supported (1)")
         }
 
-        let own = o["long_attention"] as? [String: Any] ?? [:]
+        // The project's own keys: every one known and of its type, or refused by name.
+        var own = [String: Any]()
+        if let v = o["long_attention"], !(v is NSNull) {
+            guard let d = v as? [String: Any] else { throw ModelError.invalidConfig("long_attention must be an object, got \(v)") }
+            own = d
+        }
+        let ownKeys = ["layers", "position_encoding", "rope_ntk", "expert_sizes"]
+        if let unknown = own.keys.sorted().first(where: { !ownKeys.contains($0) }) {
+            throw ModelError.invalidConfig("long_attention: unknown key \"\(unknown)\" (\(ownKeys.joined(separator: ", ")))")
+        }
         let maxPositions = try int("max_position_embeddings", default: 2048)
         // RoPE: rope_parameters (transformers 5; Gemma 3 keys it by layer type), else rope_theta +
         // rope_scaling (4.x; Gemma 3's sliding layers then take rope_local_base_freq).
@@ -128,14 +137,25 @@ extension ModelConfig {
         }
         let (theta, parsedScaling) = try Self.rope(rope!, maxPositions: maxPositions)
         var (baseTheta, scaling) = (theta, parsedScaling)
-        if let ntk = own["rope_ntk"] as? [String: Any] {
+        if let v = own["rope_ntk"] {
+            guard let ntk = v as? [String: Any] else {
+                throw ModelError.invalidConfig("long_attention.rope_ntk must be an object {\"theta\", \"factor\"}, got \(v)")
+            }
+            if let unknown = ntk.keys.sorted().first(where: { $0 != "theta" && $0 != "factor" }) {
+                throw ModelError.invalidConfig("long_attention.rope_ntk: unknown key \"\(unknown)\" (theta, factor)")
+            }
             // Written as default RoPE with the scaled base (what transformers computes); the
             // unscaled base and factor are kept here so the model knows what it was extended from.
-            baseTheta = try double("theta", in: ntk)
-            scaling = .ntk(factor: try double("factor", in: ntk))
+            do {
+                baseTheta = try double("theta", in: ntk)
+                scaling = .ntk(factor: try double("factor", in: ntk))
+            } catch ModelError.invalidConfig(let s) { throw ModelError.invalidConfig("long_attention.rope_ntk: \(s)") }
         }
         var positions = PositionEncoding.rope(theta: baseTheta, scaling: scaling)
-        if let p = own["position_encoding"] as? String {
+        if let v = own["position_encoding"] {
+            guard let p = v as? String else {
+                throw ModelError.invalidConfig("long_attention.position_encoding must be a string (rope, alibi), got \(v)")
+            }
             switch p {
             case "rope": break
             case "alibi": positions = .alibi
@@ -145,7 +165,7 @@ extension ModelConfig {
         var attention: [LayerAttention]? = nil
         if let list = own["layers"] {
             guard let items = list as? [Any] else { throw ModelError.invalidConfig("long_attention.layers must be a list") }
-            attention = try items.map(LayerAttention.init(json:))
+            attention = try items.enumerated().map { try LayerAttention(json: $1, index: $0) }
         }
         let heads = try int("num_attention_heads")
         var headDim: Int? = nil
@@ -161,10 +181,15 @@ extension ModelConfig {
             experts: arch == .mixtral ? try int("num_local_experts") : 0,
             expertsPerToken: arch == .mixtral ? try int("num_experts_per_tok") : 0,
             routerAuxLossCoef: try double("router_aux_loss_coef", in: o, default: 0.02),
-            expertSizes: try (own["expert_sizes"] as? [Any]).map { list in
-                try list.map { v -> Int in
-                    guard let n = v as? Int else { throw ModelError.invalidConfig("long_attention.expert_sizes must be integers") }
-                    return n
+            expertSizes: try own["expert_sizes"].map { value in
+                guard let list = value as? [Any] else {
+                    throw ModelError.invalidConfig("long_attention.expert_sizes must be a list of integers, got \(value)")
+                }
+                return try list.map { v -> Int in
+                    guard let n = v as? NSNumber, !isJSONBool(v), let i = Int(n.stringValue) else {
+                        throw ModelError.invalidConfig("long_attention.expert_sizes must be integers, got \(v)")
+                    }
+                    return i
                 }
             },
             attention: attention)

@@ -149,7 +149,9 @@ public struct ModelConfig: Sendable, Equatable {
                           ("head_dim", headDim), ("max_position_embeddings", maxPositionEmbeddings)] where v < 1 {
             throw bad("\(name) must be at least 1, got \(v)")
         }
-        // Sizes a CPU model of this project can hold: every weight matrix below 2^31 elements.
+        // Caps on each size: with them every single weight matrix has fewer than 2^53 elements
+        // (q_proj is H·hd ≤ 2^32 rows of D ≤ 2^20), so shapes cannot overflow; the model as a whole
+        // can (L·E experts of 3·D·F each), and ``parameterBytes`` is checked below.
         for (name, v) in [("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
                           ("head_dim", headDim)] where v > 1 << 20 {
             throw bad("\(name) = \(v) is beyond what this implementation supports (2^20)")
@@ -197,6 +199,51 @@ public struct ModelConfig: Sendable, Equatable {
             for a in attention where !a.supportsALiBi {
                 throw bad("ALiBi positions with \(a.name) attention: only exact and BigBird attention take an ALiBi bias")
             }
+        }
+        _ = try parameterBytes()
+    }
+
+    /// The float32 bytes of every tensor of ``CausalLM/layout(_:)``, by checked arithmetic:
+    /// throws ``ModelError/invalidConfig(_:)`` naming the sizes when the count or the bytes do not
+    /// fit in an `Int` (a config can pass every per-key cap and still ask for 2^63 bytes).
+    public func parameterBytes() throws -> Int {
+        struct Overflow: Error {}
+        func mul(_ a: Int, _ b: Int) throws -> Int {
+            let (p, o) = a.multipliedReportingOverflow(by: b)
+            if o { throw Overflow() }
+            return p
+        }
+        func add(_ a: Int, _ b: Int) throws -> Int {
+            let (p, o) = a.addingReportingOverflow(b)
+            if o { throw Overflow() }
+            return p
+        }
+        do {
+            let (D, hd) = (hiddenSize, headDim)
+            let qWidth = try mul(heads, hd), kvWidth = try mul(kvHeads, hd)
+            var layer = try add(try mul(2, try mul(qWidth, D)), try mul(2, try mul(kvWidth, D)))   // q, o; k, v
+            if qkvBias { layer = try add(layer, try add(qWidth, try mul(2, kvWidth))) }
+            if queryKeyNorm { layer = try add(layer, try mul(2, hd)) }
+            layer = try add(layer, try mul(sandwichNorms ? 4 : 2, D))
+            var total = try mul(vocabSize, D)   // embed_tokens
+            if !tieWordEmbeddings { total = try add(total, try mul(vocabSize, D)) }
+            total = try add(total, D)   // model.norm
+            for i in 0..<layers {
+                var l = layer
+                if i < attention.count, attention[i].hasBeta { l = try add(l, heads) }
+                if architecture == .mixtral {
+                    l = try add(l, try mul(experts, D))   // router
+                    for e in 0..<experts { l = try add(l, try mul(3, try mul(expertSize(e), D))) }
+                } else {
+                    l = try add(l, try mul(3, try mul(intermediateSize, D)))
+                }
+                total = try add(total, l)
+            }
+            return try mul(total, MemoryLayout<Float>.size)
+        } catch {
+            throw ModelError.invalidConfig("the parameters of \(layers) layers × hidden_size \(hiddenSize)"
+                + (architecture == .mixtral ? " × \(experts) experts of intermediate_size \(intermediateSize)" : "")
+                + " take more than 2^63 bytes")
         }
     }
 

@@ -134,7 +134,7 @@ public struct PasskeyTuning: Sendable {
                 for i in 0..<gradients.count { gradients.scalars[i] *= s }
             }
             let lr = learningRate * min(1, Double(step + 1) / 10)
-            optimizer.update(model.parameters, gradients: gradients, lr: Float(lr))
+            try optimizer.update(model.parameters, gradients: gradients, lr: Float(lr))
             losses.append(answerLoss)
             progress(step, answerLoss)
         }

@@ -7,8 +7,9 @@ import Foundation
 ///
 /// Applied by merging: the model runs with `W' = W + s·B·A`, whose gradient `dW'` the model's
 /// backward already computes; the adapter's gradients follow exactly as `dB = s · dW' Aᵀ` and
-/// `dA = s · Bᵀ dW'`. (Dropout on the adapter's input, which needs the unmerged form, is not
-/// supported: `lora_dropout` must be 0.)
+/// `dA = s · Bᵀ dW'`. Dropout on the adapter's input needs the unmerged form and is not applied:
+/// an adapter saved with `lora_dropout` ≠ 0 (PEFT's training default is 0.05) loads, and since
+/// PEFT applies no dropout at inference, it computes what PEFT computes there.
 public final class LoRAAdapter: @unchecked Sendable {
     /// PEFT's `target_modules` names this implementation can adapt (`lm_head`: an untied output layer).
     public static let supportedModules: Set<String> = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -23,6 +24,8 @@ public final class LoRAAdapter: @unchecked Sendable {
     public let parameters: ParameterSet
     /// The adapted projections' weight names in the base model (`model.layers.0.self_attn.q_proj.weight`).
     public let adaptedWeights: [String]
+    /// The layout of the model the adapter was made for (what ``merge(base:into:)`` checks).
+    let baseLayout: [ParameterSet.Entry]
 
     /// Scale `s` of `B A`.
     public var scale: Float { Float(useRSLoRA ? alpha / Double(rank).squareRoot() : alpha / Double(rank)) }
@@ -43,7 +46,16 @@ public final class LoRAAdapter: @unchecked Sendable {
         (self.rank, self.alpha, self.useRSLoRA, self.targetModules) = (rank, alpha, useRSLoRA, targetModules)
         let weights = Self.targets(model, targetModules)
         guard !weights.isEmpty else { throw ModelError.invalidArgument("no projection of this model matches \(targetModules)") }
+        // Every module must adapt something: on a Mixtral, gate/up/down_proj name no weight (its
+        // experts' w1/w2/w3 are not adaptable), and a tied model has no lm_head.
+        for module in targetModules where Self.targets(model, [module]).isEmpty {
+            let why = model.config.architecture == .mixtral && ["gate_proj", "up_proj", "down_proj"].contains(module)
+                ? ": a Mixtral's MLPs are experts (w1, w2, w3), which LoRA here does not adapt"
+                : module == "lm_head" ? ": the output layer is tied to the embedding" : ""
+            throw ModelError.invalidArgument("LoRA target module \(module) matches no weight of this \(model.config.architecture.rawValue) model\(why)")
+        }
         adaptedWeights = weights
+        baseLayout = model.parameters.entries
         parameters = try ParameterSet(layout: Self.layout(model, weights, rank))
         var rng = SplitMix64(seed: seed)
         for w in weights {
@@ -68,7 +80,10 @@ public final class LoRAAdapter: @unchecked Sendable {
         }
         for (key, ok) in [("use_dora", (o["use_dora"] as? Bool) != true), ("fan_in_fan_out", (o["fan_in_fan_out"] as? Bool) != true),
                           ("bias", (o["bias"] as? String ?? "none") == "none"),
-                          ("lora_dropout", ((o["lora_dropout"] as? NSNumber)?.doubleValue ?? 0) == 0),
+                          // Read but not applied (see the type's comment): any rate PEFT accepts.
+                          ("lora_dropout", o["lora_dropout"].map { v in
+                              (v as? NSNumber).map { !isJSONBool(v) && (0..<1).contains($0.doubleValue) } ?? (v is NSNull)
+                          } ?? true),
                           ("rank_pattern", (o["rank_pattern"] as? [String: Any] ?? [:]).isEmpty),
                           ("alpha_pattern", (o["alpha_pattern"] as? [String: Any] ?? [:]).isEmpty),
                           ("layers_to_transform", o["layers_to_transform"] == nil || o["layers_to_transform"] is NSNull),
@@ -123,8 +138,12 @@ public final class LoRAAdapter: @unchecked Sendable {
     }
 
     /// `W' = W + s·B·A` for every adapted projection, written into `merged` (a copy of the base's
-    /// parameters, or the base's own to merge for inference).
-    public func merge(base: ParameterSet, into merged: ParameterSet) {
+    /// parameters, or the base's own to merge for inference). Both sets must have the layout of
+    /// the model this adapter was made for (same names, shapes and offsets) and this adapter's
+    /// parameters its own layout, else ``ModelError/invalidArgument(_:)`` names the first difference.
+    public func merge(base: ParameterSet, into merged: ParameterSet) throws {
+        try base.checkLayout(baseLayout, "the base parameters of a LoRA merge")
+        try merged.checkLayout(baseLayout, "the merged parameters of a LoRA merge")
         for w in adaptedWeights {
             let e = base.entry(w)!, (out, inn) = (e.shape[0], e.shape[1])
             let dst = merged.pointer(w)
@@ -136,7 +155,10 @@ public final class LoRAAdapter: @unchecked Sendable {
 
     /// The adapter's gradients from the merged weights' gradients `dW'` (in `mergedGradients`),
     /// accumulated into `gradients` (this adapter's layout): `dB += s·dW' Aᵀ`, `dA += s·Bᵀ dW'`.
+    /// Both sets' layouts are preconditions (this call does not throw): the merged model's and the adapter's.
     public func gradients(fromMerged mergedGradients: ParameterSet, into gradients: ParameterSet) {
+        precondition(mergedGradients.entries == baseLayout, "LoRA gradients: the merged gradients do not have the base model's layout")
+        precondition(gradients.entries == parameters.entries, "LoRA gradients: the adapter gradients do not have the adapter's layout")
         for w in adaptedWeights {
             let e = mergedGradients.entry(w)!, (out, inn) = (e.shape[0], e.shape[1])
             let dW = mergedGradients.pointer(w)
@@ -151,7 +173,7 @@ public final class LoRAAdapter: @unchecked Sendable {
     /// `model` with this adapter merged into a copy of its weights (the base is not changed).
     public func mergedModel(_ model: CausalLM) throws -> CausalLM {
         let merged = try ParameterSet(copying: model.parameters)
-        merge(base: model.parameters, into: merged)
+        try merge(base: model.parameters, into: merged)
         return try CausalLM(config: model.config, parameters: merged)
     }
 }

@@ -66,7 +66,7 @@ public func runTempLoRA(model: CausalLM, tokens: [Int32], options o: TempLoRAOpt
         // Without training (epochs 0) the adapter stays zero: the adapted score is the base's.
         var adapted = base
         if o.epochs > 0 {
-            adapter.merge(base: model.parameters, into: merged)
+            try adapter.merge(base: model.parameters, into: merged)
             adapted = try mergedModel.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets, threads: o.threads)
         }
         let t0 = Date()
@@ -76,8 +76,8 @@ public func runTempLoRA(model: CausalLM, tokens: [Int32], options o: TempLoRAOpt
             _ = try mergedModel.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets,
                                      gradients: mergedGradients, threads: o.threads)
             adapter.gradients(fromMerged: mergedGradients, into: adapterGradients)
-            optimizer.update(adapter.parameters, gradients: adapterGradients, lr: Float(o.learningRate))
-            adapter.merge(base: model.parameters, into: merged)
+            try optimizer.update(adapter.parameters, gradients: adapterGradients, lr: Float(o.learningRate))
+            try adapter.merge(base: model.parameters, into: merged)
         }
         let r = TempLoRAChunk(index: index, tokens: adapted.positions, adaptedLoss: adapted.loss, baseLoss: base.loss,
                               trainingSeconds: Date().timeIntervalSince(t0))

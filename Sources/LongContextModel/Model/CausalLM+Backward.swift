@@ -28,13 +28,16 @@ extension CausalLM {
     /// The mean cross-entropy of `tokens [B, T]` against `targets` (default: the next tokens; −1
     /// marks a position without a target, as context-only positions in Temp-LoRA), and with
     /// `gradients` its gradient accumulated (+=) into them, times `gradientScale` (1/steps under
-    /// gradient accumulation). With `routerAuxLoss`, MoE layers add `routerAuxLossCoef` × their mean
+    /// gradient accumulation; `gradients` must have the layout of ``parameters``, else
+    /// ``ModelError/invalidArgument(_:)``). With `routerAuxLoss`, MoE layers add `routerAuxLossCoef` × their mean
     /// load-balancing loss (`E·Σ f_e·P_e`, per layer; transformers pools the layers' tokens instead)
     /// to the gradient, not to the reported loss (reported apart, as transformers does).
     public func loss(tokens: [Int32], batch B: Int, length T: Int, targets: [Int32]? = nil, gradients: ParameterSet? = nil,
                      gradientScale: Float = 1, keepLogits: Bool = false, routerAuxLoss: Bool = false,
                      threads: Int? = nil) throws -> LossResult {
         try checkTokens(tokens, batch: B, length: T)
+        // The backward writes each gradient through the offsets of `gradients`: they must be this model's.
+        try gradients?.checkLayout(parameters.entries, "the gradients")
         let targets = targets ?? Self.nextTokenTargets(tokens, batch: B, length: T)
         guard targets.count == B * T else { throw ModelError.invalidTokens("\(targets.count) targets for \(B * T) positions") }
         if let bad = targets.first(where: { $0 < -1 || Int($0) >= config.vocabSize }) {

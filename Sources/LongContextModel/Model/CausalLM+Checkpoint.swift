@@ -63,16 +63,10 @@ extension CausalLM {
     }
 }
 
-/// Writes `data` to `path` through a temporary file in the same directory and a rename.
+/// Writes `data` to `path` through a temporary file in the same directory, fsync'd and renamed
+/// (``AtomicFile/write(_:to:)``, the writer of the `.safetensors` files too).
 func writeAtomically(_ data: Data, to path: String) throws {
-    let tmp = path + ".tmp-\(getpid())"
-    guard FileManager.default.createFile(atPath: tmp, contents: data) else {
-        throw ModelError.invalidArgument("cannot write \(tmp)")
-    }
-    guard rename(tmp, path) == 0 else {
-        unlink(tmp)
-        throw ModelError.invalidArgument("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))")
-    }
+    try AtomicFile.write(data, to: path)
 }
 
 extension CausalLM {

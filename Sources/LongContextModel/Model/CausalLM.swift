@@ -173,11 +173,3 @@ final class RopeCache: @unchecked Sendable {
         return t
     }
 }
-
-extension SplitMix64 {
-    /// A standard normal draw (Box–Muller).
-    mutating func nextNormal() -> Double {
-        let u1 = nextUnitOpen(), u2 = nextUnitOpen()
-        return (-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2)
-    }
-}

@@ -36,7 +36,9 @@ public final class ParameterSet: @unchecked Sendable {
             guard !o else { throw ModelError.invalidConfig("parameter count overflows") }
             total = t
         }
-        try MemoryBudget.check(total * 4)
+        let (bytes, overflow) = total.multipliedReportingOverflow(by: MemoryLayout<Float>.size)
+        guard !overflow else { throw ModelError.invalidConfig("\(total) parameters take more than 2^63 bytes") }
+        try MemoryBudget.check(bytes)
         self.entries = entries
         self.index = index
         count = total
@@ -81,6 +83,20 @@ public final class ParameterSet: @unchecked Sendable {
         }
         let c = tensor.contiguous()
         c.withUnsafePointer { (scalars + e.offset).update(from: $0, count: e.count) }
+    }
+
+    /// Throws ``ModelError/invalidArgument(_:)`` unless this set has exactly `layout` (the same
+    /// names, shapes and offsets, in order), naming `what` and the first entry that differs. The
+    /// raw-memory APIs (gradients, optimizer moments, LoRA merges) call it before writing through
+    /// another set's offsets.
+    public func checkLayout(_ layout: [Entry], _ what: String) throws {
+        guard entries != layout else { return }
+        if let i = (0..<min(entries.count, layout.count)).first(where: { entries[$0] != layout[$0] }) {
+            let (a, b) = (entries[i], layout[i])
+            throw ModelError.invalidArgument("\(what): entry \(i) is \(a.name) \(a.shape) at offset \(a.offset), "
+                + "the layout needs \(b.name) \(b.shape) at offset \(b.offset)")
+        }
+        throw ModelError.invalidArgument("\(what): \(entries.count) entries, the layout needs \(layout.count)")
     }
 
     public func zero() { scalars.update(repeating: 0, count: count) }

@@ -46,8 +46,12 @@ public final class AdamW: @unchecked Sendable {
         self.step = step
     }
 
-    /// One update of `parameters` with `gradients` at learning rate `lr`.
-    public func update(_ parameters: ParameterSet, gradients g: ParameterSet, lr: Float) {
+    /// One update of `parameters` with `gradients` at learning rate `lr`. Both must have the
+    /// layout of the parameters this optimizer was made for (its moments'), else
+    /// ``ModelError/invalidArgument(_:)`` names the first entry that differs and nothing changes.
+    public func update(_ parameters: ParameterSet, gradients g: ParameterSet, lr: Float) throws {
+        try parameters.checkLayout(m.entries, "AdamW parameters")
+        try g.checkLayout(m.entries, "AdamW gradients")
         step += 1
         let c1 = 1 - Foundation.pow(Double(beta1), Double(step)), c2 = 1 - Foundation.pow(Double(beta2), Double(step))
         let baseStep = lr / Float(c1), rc2 = Float(1 / c2.squareRoot())

@@ -78,13 +78,55 @@ public final class Trainer {
         gradients = try ParameterSet(zerosLike: model.parameters)
     }
 
+    /// The files of a checkpoint besides `trainer_state.json`, which lists them with their sizes
+    /// and hashes (its manifest) and is written last.
+    static let checkpointFiles = ["config.json", "model.safetensors", "optimizer.safetensors"]
+
     /// Resumes from `directory`'s `optimizer.safetensors` and `trainer_state.json` (the model was
-    /// loaded from the same directory).
+    /// loaded from the same directory). The run's batch, length, seed and accumulation must be the
+    /// checkpoint's (else the batches differ from the run that was never stopped): a difference is
+    /// ``ModelError/invalidArgument(_:)`` naming the option. The files must be the ones the state's
+    /// manifest lists (an interrupted save leaves new weights beside an old state): a mismatch is
+    /// ``ModelError/invalidCheckpoint(_:)`` naming the file. (States written before the manifest
+    /// existed have none, and their files are taken as they are.)
     public func resume() throws {
         guard let directory else { return }
         guard let data = FileManager.default.contents(atPath: directory + "/trainer_state.json"),
               let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let s = o["step"] as? Int else {
             throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json is missing or malformed")
+        }
+        func saved(_ key: String) -> NSNumber? { (o[key] as? NSNumber).flatMap { isJSONBool($0) ? nil : $0 } }
+        for (key, option, value) in [("batch", "batch", options.batch), ("length", "length", options.length),
+                                     ("accumulation", "accumulation", options.accumulation)] {
+            guard let n = saved(key), let was = Int(n.stringValue) else {
+                throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json: \(key) is missing or not an integer")
+            }
+            if was != value {
+                throw ModelError.invalidArgument("resuming \(directory): \(option) is \(value), the checkpoint was trained with \(was)")
+            }
+        }
+        // Earlier states wrote seeds >= 2^63 as their two's-complement Int64.
+        guard let n = saved("seed"), let seed = UInt64(n.stringValue) ?? Int64(n.stringValue).map({ UInt64(bitPattern: $0) }) else {
+            throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json: seed is missing or not an integer")
+        }
+        if seed != options.seed {
+            throw ModelError.invalidArgument("resuming \(directory): seed is \(options.seed), the checkpoint was trained with \(seed)")
+        }
+        if let manifest = o["files"] {
+            guard let files = manifest as? [String: Any] else {
+                throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json: files must be an object")
+            }
+            for name in Self.checkpointFiles {
+                guard let f = files[name] as? [String: Any], let bytes = f["bytes"] as? Int, let hash = f["fnv1a64"] as? String else {
+                    throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json does not list \(name)")
+                }
+                let found = try AtomicFile.fingerprint(directory + "/" + name)
+                guard found.bytes == bytes, found.fnv1a64 == hash else {
+                    throw ModelError.invalidCheckpoint("\(directory)/\(name) is not the file trainer_state.json lists "
+                        + "(\(found.bytes) bytes, hash \(found.fnv1a64); listed \(bytes), \(hash)): a save was interrupted, "
+                        + "and its files are from different steps")
+                }
+            }
         }
         let archive = try SafeTensors.read(directory + "/optimizer.safetensors")
         let m = try ParameterSet(zerosLike: model.parameters), v = try ParameterSet(zerosLike: model.parameters)
@@ -163,7 +205,7 @@ public final class Trainer {
                 for i in 0..<grads.count { grads.scalars[i] *= s }
             }
             let lr = schedule.rate(at: step)
-            optimizer.update(model.parameters, gradients: grads, lr: Float(lr))
+            try optimizer.update(model.parameters, gradients: grads, lr: Float(lr))
             step += 1
             var val: Double? = nil
             if options.evalEvery > 0, step % options.evalEvery == 0 || step == options.steps, !validation.isEmpty {
@@ -181,7 +223,11 @@ public final class Trainer {
         return true
     }
 
-    /// Model, optimizer moments and the step, each file written to a temporary name and renamed.
+    /// Model, optimizer moments and the step: one unit. Each file is written to a temporary name,
+    /// fsync'd and renamed; `trainer_state.json` comes last and lists the others' sizes and hashes
+    /// (its manifest), and the directory is fsync'd after it. A crash before the state's rename
+    /// leaves the previous state, whose manifest no longer matches the new files: ``resume()``
+    /// refuses that pair instead of resuming new weights with old moments.
     public func saveCheckpoint() throws {
         guard let directory else { return }
         try model.save(to: directory)
@@ -191,12 +237,19 @@ public final class Trainer {
             moments.append(("exp_avg_sq." + e.name, try optimizer.v.tensor(e.name)))
         }
         try SafeTensors.write(moments, to: directory + "/optimizer.safetensors")
+        var files = [String: Any]()
+        for name in Self.checkpointFiles {
+            let f = try AtomicFile.fingerprint(directory + "/" + name)
+            files[name] = ["bytes": f.bytes, "fnv1a64": f.fnv1a64]
+        }
         let state: [String: Any] = [
-            "step": step, "steps": options.steps, "seed": Int(truncatingIfNeeded: options.seed), "batch": options.batch,
+            "step": step, "steps": options.steps, "seed": options.seed, "batch": options.batch,
             "length": options.length, "accumulation": options.accumulation, "learning_rate": options.learningRate,
-            "warmup_steps": options.warmupSteps, "validation": validationLosses.map { [$0.step, $0.loss] },
+            "warmup_steps": options.warmupSteps, "validation": validationLosses.map { [$0.step, $0.loss] as [Any] },
+            "files": files,
         ]
-        try writeAtomically(try JSONSerialization.data(withJSONObject: state, options: [.prettyPrinted, .sortedKeys]),
-                            to: directory + "/trainer_state.json")
+        try AtomicFile.syncDirectory(directory)   // the data files' renames, before the state that lists them
+        try writeAtomically(Data((jsonText(state) + "\n").utf8), to: directory + "/trainer_state.json")
+        try AtomicFile.syncDirectory(directory)
     }
 }

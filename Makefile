@@ -191,6 +191,7 @@ compare-pretrained: release corpus models
 	mkdir -p results/pretrained
 	python3 Tools/compare_pretrained.py --attn .build/release/attn --models data/models --text data/kjv.txt \
 		--json results/pretrained/perplexity.json
+	python3 Tools/check_hf_folders.py --attn .build/release/attn --models data/models --shared $(SHARED)
 
 # The XCTest suite under AddressSanitizer (with LeakSanitizer; XCTest's own bookkeeping is
 # suppressed) and under ThreadSanitizer, each in its own build folder.

@@ -107,4 +107,28 @@ final class GenerationTextTests: XCTestCase {
         for b in Array("x🙂".utf8).prefix(3) { _ = try cut.push(Int32(b)) }
         XCTAssertEqual(try cut.finish(), "\u{FFFD}")
     }
+
+    /// A folder's chat template: chat_template.jinja first, else tokenizer_config.json's string or
+    /// its list's "default"; anything else refused by name.
+    func testFolderChatTemplates() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("templates-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func config(_ json: String) throws { try json.write(toFile: dir + "/tokenizer_config.json", atomically: true, encoding: .utf8) }
+        XCTAssertNil(try LanguageModel.folderChatTemplate(dir))
+        try config(#"{"chat_template": "A{{ messages[0].content }}"}"#)
+        XCTAssertEqual(try LanguageModel.folderChatTemplate(dir)?.source, "A{{ messages[0].content }}")
+        try config(#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#)
+        XCTAssertEqual(try LanguageModel.folderChatTemplate(dir)?.source, "D")
+        try config(#"{"chat_template": [{"name": "tool_use", "template": "T"}]}"#)
+        XCTAssertThrowsError(try LanguageModel.folderChatTemplate(dir)) { XCTAssertTrue("\($0)".contains("default"), "\($0)") }
+        try config(#"{"chat_template": 3}"#)
+        XCTAssertThrowsError(try LanguageModel.folderChatTemplate(dir)) { XCTAssertTrue("\($0)".contains("chat_template"), "\($0)") }
+        try config(#"{"chat_template": null}"#)
+        XCTAssertNil(try LanguageModel.folderChatTemplate(dir))
+        try "J{{ bos_token }}".write(toFile: dir + "/chat_template.jinja", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try LanguageModel.folderChatTemplate(dir)?.source, "J{{ bos_token }}")
+        try "{% if %}".write(toFile: dir + "/chat_template.jinja", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try LanguageModel.folderChatTemplate(dir))
+    }
 }

@@ -51,18 +51,40 @@ public final class LanguageModel: Sendable {
             let hasConfig = FileManager.default.fileExists(atPath: configFile)
             let tokenizer = try Tokenizer.huggingFace(tokenizerJSON: URL(fileURLWithPath: json),
                                                       tokenizerConfig: hasConfig ? URL(fileURLWithPath: configFile) : nil)
-            var template: ChatTemplate? = nil
-            if hasConfig, let data = FileManager.default.contents(atPath: configFile),
-               let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let t = o["chat_template"] as? String {
-                template = try ChatTemplate(t)
-            }
-            self.init(model: model, codec: .tokenizer(tokenizer), chatTemplate: template, name: name)
+            self.init(model: model, codec: .tokenizer(tokenizer), chatTemplate: try Self.folderChatTemplate(path), name: name)
             return
         }
         guard model.config.vocabSize == ByteTokenizer.vocabSize else {
             throw ModelError.invalidCheckpoint("\(path) has no tokenizer.json and its vocabulary (\(model.config.vocabSize)) is not this project's bytes")
         }
         self.init(model: model, codec: .bytes, chatTemplate: nil, name: name)
+    }
+
+    /// A folder's chat template: `chat_template.jinja` (transformers 5 writes it there), else
+    /// `tokenizer_config.json`'s `chat_template` — a string, or a list of `{name, template}` of which
+    /// the one named `default` is taken.
+    static func folderChatTemplate(_ path: String) throws -> ChatTemplate? {
+        if let data = FileManager.default.contents(atPath: path + "/chat_template.jinja") {
+            guard let text = String(data: data, encoding: .utf8) else {
+                throw ModelError.invalidCheckpoint("\(path)/chat_template.jinja is not UTF-8")
+            }
+            return try ChatTemplate(text)
+        }
+        guard let data = FileManager.default.contents(atPath: path + "/tokenizer_config.json") else { return nil }
+        guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw ModelError.invalidCheckpoint("\(path)/tokenizer_config.json is not a JSON object")
+        }
+        switch o["chat_template"] {
+        case nil, is NSNull: return nil
+        case let t as String: return try ChatTemplate(t)
+        case let list as [[String: Any]]:
+            guard let t = list.first(where: { $0["name"] as? String == "default" })?["template"] as? String else {
+                throw ModelError.invalidCheckpoint("\(path)/tokenizer_config.json: chat_template lists no template named \"default\"")
+            }
+            return try ChatTemplate(t)
+        default:
+            throw ModelError.invalidCheckpoint("\(path)/tokenizer_config.json: chat_template is neither a string nor a list of {name, template}")
+        }
     }
 
     /// Ids of `text` (control tokens written in it are single ids; BOS when the model adds it).

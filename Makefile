@@ -62,12 +62,12 @@ client-check: deps
 	$(SWIFT) build --package-path Tests/ClientPackage
 
 # The benchmark's quick mode, and its JSON checked against the contract (every row finite).
-bench-smoke: release
+bench-smoke: release corpus models
 	.build/release/attention-bench --quick --passes forward,backward --kv-types f32,bf16,f16,int8 \
-		--variants sgemm,full,bigbird,linear,infini,decode,decode-kernel,moe,lm-train,lm-generate \
+		--variants sgemm,full,bigbird,linear,infini,decode,decode-kernel,moe,lm-train,lm-generate,tokenizer \
 		--out .build/bench-smoke --json .build/bench-smoke/quick.json > /dev/null
 	python3 Benchmarks/validate_results.py .build/bench-smoke/quick.json \
-		--expect-variants sgemm,full,bigbird,linear,infini,decode,decode-kernel,moe,lm-train,lm-generate \
+		--expect-variants sgemm,full,bigbird,linear,infini,decode,decode-kernel,moe,lm-train,lm-generate,tokenizer \
 		--expect-backward full,bigbird,linear,infini --expect-kv-types f32,bf16,f16,int8
 
 # The distributed commands (OpenMPI, several ranks on this machine; as root OpenMPI needs its two

@@ -30,7 +30,12 @@ for i, r in enumerate(rows):
         if isinstance(v, bool) or v is None or isinstance(v, str):
             continue
         check(isinstance(v, (int, float)) and math.isfinite(v), f"row {i} ({r.get('variant')} {r.get('impl')}) {k} = {v} is finite")
-    check(r.get("seconds", 0) > 0 and r.get("gflops", 0) > 0, f"row {i} has positive time and GFLOP/s")
+    if r.get("variant") == "tokenizer":
+        # SPEC: rows of other kinds carry variant, threads, seconds and their own figures.
+        check(r.get("seconds", 0) > 0 and r.get("bytesPerSecond", 0) > 0 and r.get("tokensPerSecond", 0) > 0,
+              f"row {i} (tokenizer) has positive time, bytes/s and tokens/s")
+    else:
+        check(r.get("seconds", 0) > 0 and r.get("gflops", 0) > 0, f"row {i} has positive time and GFLOP/s")
     check(r.get("peakFraction") is None or isinstance(r["peakFraction"], (int, float)), f"row {i} peakFraction is a number or null")
     check(r.get("pass", "forward") in ("forward", "backward"), f"row {i} pass is forward or backward")
     if r.get("pass") == "backward":

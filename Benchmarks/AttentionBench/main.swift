@@ -13,7 +13,7 @@ struct AttentionBench: ParsableCommand {
         discussion: "Without options: the full report (about 5–10 minutes on 2 cores). --quick: a smoke test under a minute.")
 
     @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate (and decode-kernel, swa: sliding-window decode, 32K positions and W = 512).")
-    var variants = "sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate"
+    var variants = "sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate,tokenizer"
     @Option(help: "Comma-separated sequence lengths N for every variant (K and M suffixes allowed; default: per variant).")
     var lengths: String?
     @Option(help: "Threads (default: all cores).")
@@ -38,10 +38,13 @@ struct AttentionBench: ParsableCommand {
     var kvHeads: String?
     @Option(help: ArgumentHelp("Tuning: implementations (tiled,materialized).", visibility: .hidden))
     var impls: String?
+    @Option(help: "Where the pretrained GGUF models are (make models), for the tokenizer rows.")
+    var modelsDir = "data/models"
 
     /// `decode-kernel` (not in the default list): the decode kernels' two halves in isolation, per `--kv-types`.
     /// `swa` (not in the default list): sliding-window decode (a window over a full cache, and a ring of W rows).
-    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel", "swa", "moe", "lm-train", "lm-generate"]
+    static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel", "swa", "moe", "lm-train", "lm-generate",
+                         "tokenizer"]
 
     func validate() throws {
         if let bad = variantList.first(where: { !Self.known.contains($0) }) {
@@ -135,6 +138,7 @@ struct AttentionBench: ParsableCommand {
             return (quick ? 3 : 20) * (passList.contains("backward") ? 3 : 1)
         case "lm-train": return quick ? 6 : 15
         case "lm-generate": return quick ? 3 : 8
+        case "tokenizer": return quick ? 3 : 12
         case "decode-kernel":
             return Double(kvTypeList.count * (quick ? 2 : 7)) * 1.2 + 1
         case "swa":
@@ -238,6 +242,10 @@ struct AttentionBench: ParsableCommand {
             rows += try benchSlidingWindowDecode(positions: quick ? 8192 : 32768, window: 512, kvHeads: 8, types: kvTypeList,
                                                  threads: threads, peak: peak, bandwidth: bandwidth)
         }
+        if forwardPass && wanted.contains("tokenizer") {
+            tracker.begin(stage: "tokenizer")
+            rows += try benchTokenizers(models: modelsDir, text: "data/kjv.txt", bytes: quick ? 256 << 10 : 4 << 20)
+        }
         for lm in ["lm-train", "lm-generate"] where forwardPass && wanted.contains(lm) {
             tracker.begin(stage: lm)
             rows += try benchLM(variants: [lm], threads: threads, peak: peak, quick: quick)
@@ -267,6 +275,12 @@ struct AttentionBench: ParsableCommand {
                 "with few KV heads, arithmetic; caches that fit in the last-level cache read faster than memory:\n\n"
             print(intro + decodeText)
             report += intro + decodeText + "\n"
+        }
+        let tokenizerText = tokenizerTable(rows)
+        if !tokenizerText.isEmpty {
+            let intro = "\nTokenizers (one thread, encode of the KJV's first bytes, whole and line by line):\n\n"
+            print(intro + tokenizerText)
+            report += intro + tokenizerText + "\n"
         }
         let swaText = swaTable(rows)
         if !swaText.isEmpty {

@@ -208,10 +208,14 @@ public final class Scheduler: @unchecked Sendable {
     /// tokens sampled. (The seam for a batched decode step: today each sequence steps alone.)
     private func decodeRound(_ batch: inout [Active]) -> Int {
         var sampled = 0
+        var failedIDs = Set<Int>()
         for i in batch.indices {
             let job = batch[i].job
             do {
+                let before = batch[i].sequence.tokens.count
                 let step = try batch[i].sequence.advance()
+                let added = batch[i].sequence.tokens.count - before
+                if added > 0 { metrics.completionTokens.increment(by: Int64(added)) }
                 if step.sampled {
                     sampled += 1
                     if batch[i].firstToken == nil {
@@ -224,7 +228,6 @@ public final class Scheduler: @unchecked Sendable {
                 let s = batch[i].sequence
                 if let reason = s.finishReason {
                     let n = s.tokens.count
-                    metrics.completionTokens.increment(by: Int64(n))
                     if let first = batch[i].firstToken, n > 1 {
                         let dt = seconds(ContinuousClock.now - first)
                         if dt > 0 { metrics.tokensPerSecond.record(Double(n - 1) / dt) }
@@ -235,8 +238,7 @@ public final class Scheduler: @unchecked Sendable {
             } catch {
                 job.continuation.yield(.failed("\(error)"))
                 job.continuation.finish()
-                // Mark it finished for removal: a failed sequence leaves the round like a finished one.
-                batch[i] = Active(job: job, sequence: batch[i].sequence, firstToken: batch[i].firstToken)
+                // A failed sequence leaves the round like a finished one.
                 failedIDs.insert(job.id)
             }
         }
@@ -247,13 +249,10 @@ public final class Scheduler: @unchecked Sendable {
                 gone.append(a.job)
                 return true
             }
-            failedIDs.removeAll()
             release(gone)
         }
         return sampled
     }
-
-    private var failedIDs: Set<Int> = []
 
     private func release(_ jobs: [Job]) {
         guard !jobs.isEmpty else { return }

@@ -197,7 +197,7 @@ final class ServerTests: XCTestCase {
         let box = UncheckedBox(NSLock())
         nonisolated(unsafe) var firstStatus = 0
         Thread.detachNewThread {
-            let r = try? c.post("/v1/completions", ["prompt": "Once upon a time", "max_tokens": 200])
+            let r = try? c.post("/v1/completions", ["prompt": "Once upon a time", "max_tokens": 48])
             box.value.lock(); firstStatus = r?.status ?? -1; box.value.unlock()
             first.fulfill()
         }
@@ -208,7 +208,7 @@ final class ServerTests: XCTestCase {
             if (m["active"] as? Int ?? 0) + (m["queued"] as? Int ?? 0) > 0 { break }
             Thread.sleep(forTimeInterval: 0.02)
         }
-        let second = try c.post("/v1/completions", ["prompt": "Once upon a time", "max_tokens": 200])
+        let second = try c.post("/v1/completions", ["prompt": "Once upon a time", "max_tokens": 48])
         XCTAssertEqual(second.status, 429, second.text)
         XCTAssertNotNil(second.headers["retry-after"])
         wait(for: [first], timeout: 120)

@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps models check-pretrained compare-pretrained test-dist client-check bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps models test-server check-pretrained compare-pretrained test-dist client-check bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -55,6 +55,12 @@ test: deps corpus models
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory check
 	$(MAKE) --no-print-directory test-dist
+
+# The attn-server tests alone (Tests/AttnServerTests: the binary on a free loopback port with
+# SmolLM2, driven over raw sockets; about a minute). `make test` runs them within its swift test.
+test-server: deps models
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --filter AttnServerTests
 
 # A package outside this one that depends on it by path and imports its library products as the
 # README's "Use it as a library" shows (Tests/ClientPackage): the products and the snippet build.
@@ -199,7 +205,7 @@ sanitize: sanitize-address sanitize-thread
 
 sanitize-address: deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan-suppressions.txt $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
+	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan-suppressions.txt $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --skip AttnServerTests
 
 sanitize-thread: deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan

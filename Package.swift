@@ -20,9 +20,15 @@ let package = Package(
         .library(name: "ChatTemplate", targets: ["ChatTemplate"]),
         // Tokenizers of GGUF vocabularies and Hugging Face tokenizer.json files (Foundation only).
         .library(name: "Tokenizers", targets: ["Tokenizers"]),
+        // The OpenAI-compatible HTTP server (Hummingbird 2): a product of its own, so the library
+        // and `attn` never depend on an HTTP stack.
+        .executable(name: "attn-server", targets: ["AttnServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // OpenBLAS (CBLAS + LAPACKE) as a system library, found through pkg-config.
@@ -93,6 +99,21 @@ let package = Package(
             name: "attn",
             dependencies: ["AttnCommands", "DistCommands", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // The server's request handling, scheduler and metrics (a library so tests can reach them),
+        // and the `attn-server` executable over it.
+        .target(
+            name: "AttnServerCore",
+            dependencies: [
+                "LongContextModel", "LongAttention", "AttentionTensor", "ChatTemplate",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .executableTarget(
+            name: "AttnServer",
+            dependencies: ["AttnServerCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         // libFuzzer entry points (`make fuzz` builds them with -sanitize=fuzzer); built normally they
         // replay the files given on the command line.
         .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
@@ -119,6 +140,8 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
         .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),
         .testTarget(name: "LongContextModelTests", dependencies: ["LongContextModel", "LongAttention", "AttentionTensor", "ChatTemplate"]),
+        // Drives the `attn-server` binary over loopback HTTP (skipped when SmolLM2 is absent).
+        .testTarget(name: "AttnServerTests", dependencies: ["AttnServerCore"]),
         .testTarget(
             name: "MixtureOfExpertsTests",
             dependencies: ["MixtureOfExperts", "AttentionTensor", "AttnCommands",

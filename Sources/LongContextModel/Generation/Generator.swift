@@ -103,7 +103,7 @@ extension CausalLM {
     }
 
     /// ``step(_:cache:threads:)`` for one append's worth of tokens; the last token's logits only when `logits`.
-    private func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?, logits wantLogits: Bool) throws -> [Float] {
+    func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?, logits wantLogits: Bool) throws -> [Float] {
         let c = config
         let (n, D, V, H, Hkv, hd) = (tokens.count, c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
         let start = cache.lengths[0], threads = threads ?? Parallel.defaultThreads

@@ -1,0 +1,56 @@
+import ArgumentParser
+import AttnServerCore
+import Foundation
+import LongAttention
+import LongContextModel
+import Logging
+
+/// `attn-server`: an OpenAI-compatible HTTP server over one model (SPEC.md, "Serving").
+@main
+struct AttnServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attn-server",
+        abstract: "Serve a model over OpenAI's HTTP API (/v1/models, /v1/completions, /v1/chat/completions, /health, /metrics).")
+
+    @Option(help: "A GGUF file or a Hugging Face folder.") var model: String
+    @Option(help: "The address to listen on.") var host = "127.0.0.1"
+    @Option(help: "The port (0: a free one; the real one is printed).") var port = 8080
+    @Option(help: "Sequences decoding at once.") var parallel = 1
+    @Option(help: "The longest prompt + completion in tokens (default: the model's, at most 4096).") var ctx: Int?
+    @Option(help: "KV cache type: f32, bf16, f16 or int8.") var kvType = "f32"
+    @Option(help: "Compute threads (default: all cores).") var threads: Int?
+    @Option(help: "Requests that may wait for a sequence (then 429).") var queue = 16
+    @Option(help: "The largest request body in bytes (413 beyond).") var maxBodyBytes = 8 << 20
+    @Option(help: "The KV caches' budget in MiB (default: --parallel caches of --ctx positions).") var kvBudgetMb: Int?
+    @Option(help: "Prompt tokens prefilled per scheduler round.") var prefillChunk = 256
+    @Option(help: "Log level (trace, debug, info, notice, warning, error).") var logLevel = "info"
+
+    func validate() throws {
+        guard KVCacheType(rawValue: kvType) != nil else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
+        guard (0...65535).contains(port) else { throw ValidationError("--port must lie in 0...65535") }
+        guard parallel >= 1, queue >= 0, maxBodyBytes >= 1, prefillChunk >= 1 else {
+            throw ValidationError("--parallel, --max-body-bytes and --prefill-chunk must be >= 1, --queue >= 0")
+        }
+        if let ctx, ctx < 2 { throw ValidationError("--ctx must be >= 2") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "attn-server")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let lm = try LanguageModel(path: model)
+        var options = ServerOptions()
+        options.host = host
+        options.port = port
+        options.parallel = parallel
+        options.queue = queue
+        options.context = ctx ?? min(4096, lm.model.config.maxPositionEmbeddings)
+        options.cacheType = KVCacheType(rawValue: kvType)!
+        options.threads = threads
+        options.maxBodyBytes = maxBodyBytes
+        options.kvBudgetBytes = kvBudgetMb.map { $0 << 20 }
+        options.prefillChunk = prefillChunk
+        logger.info("serving \(lm.name) (\(lm.model.config.layers) layers, context \(options.context), \(parallel) sequences, KV \(kvType))")
+        try await OpenAIServer.run(model: lm, options: options, logger: logger)
+    }
+}

@@ -1,0 +1,132 @@
+import AttentionTensor
+import Foundation
+import LongAttention
+
+/// One generation as a state machine that a scheduler advances a step at a time: the prompt is
+/// prefilled in chunks, then each ``advance()`` decodes one token against the sequence's own
+/// ``LongAttention/KVCache``. Its text is exactly what ``LanguageModel/generate(_:options:emit:)``
+/// produces for the same prompt and options (same sampling, end tokens, stop strings, UTF-8
+/// boundaries), so several of them can be interleaved by a server without changing any stream.
+///
+/// ```swift
+/// var s = try DecodingSequence(model: lm, prompt: lm.encode("Hello"), options: GenerationOptions(maxTokens: 16))
+/// while !s.isFinished { print(try s.advance().text, terminator: "") }
+/// ```
+///
+/// Exact-attention models only (those that decode through a KV cache). Not `Sendable` (its text
+/// decoder is not): a scheduler keeps its sequences on one thread.
+public struct DecodingSequence {
+    /// What one ``DecodingSequence/advance()`` produced.
+    public struct Step: Sendable {
+        /// New text (may be empty: a prefill chunk, a token that ends inside a UTF-8 character or
+        /// that could be the start of a stop string).
+        public var text: String
+        /// Whether the step chose a token (false for a prefill chunk that was not the last).
+        public var sampled: Bool
+    }
+
+    public let model: LanguageModel
+    /// The prompt's ids.
+    public let prompt: [Int32]
+    public let options: GenerationOptions
+    /// The longest prompt chunk one ``advance()`` prefills.
+    public let prefillChunk: Int
+    /// The sequence's cache (`prompt.count + options.maxTokens` positions).
+    public private(set) var cache: KVCache
+    /// The ids generated so far (not the end token).
+    public private(set) var tokens: [Int32] = []
+    /// Prompt ids already in the cache.
+    public private(set) var prefilled = 0
+    /// Set once the generation has ended: `"stop"` (an end token or a stop string) or `"length"`.
+    public private(set) var finishReason: String?
+    public var isFinished: Bool { finishReason != nil }
+    /// Whether the prompt is entirely in the cache.
+    public var isPrefilled: Bool { prefilled == prompt.count }
+
+    private var rng: SplitMix64
+    private var history: [Int32]
+    private var stream: TextStream
+    private var stops: StopStrings
+    private let ends: [Int32]
+    private var logits: [Float] = []
+
+    /// A sequence generating after `prompt` (ids, BOS included when the model adds it). Throws
+    /// for an empty prompt, invalid sampling options, a model that does not decode through a KV
+    /// cache, or a cache beyond the memory budget.
+    public init(model: LanguageModel, prompt: [Int32], options: GenerationOptions, prefillChunk: Int = 256) throws {
+        try options.sampling.validate()
+        guard !prompt.isEmpty else { throw ModelError.invalidTokens("the prompt encodes to no tokens") }
+        guard options.maxTokens >= 0 else { throw ModelError.invalidArgument("max tokens must be >= 0") }
+        guard model.model.decodesWithCache else {
+            throw ModelError.invalidArgument("\(model.name) has layers that do not decode through a KV cache")
+        }
+        try model.model.checkTokens(prompt, batch: 1, length: prompt.count)
+        self.model = model
+        self.prompt = prompt
+        self.options = options
+        self.prefillChunk = max(1, prefillChunk)
+        cache = try model.model.makeCache(positions: prompt.count + options.maxTokens, chunk: self.prefillChunk,
+                                          type: options.cacheType)
+        rng = SplitMix64(seed: options.sampling.seed)
+        history = options.sampling.repetitionPenalty != 1 ? prompt : []
+        stream = model.codec.streamingDecoder()
+        stops = StopStrings(options.stop)
+        ends = model.endTokens
+        if options.maxTokens == 0 { finishReason = "length" }
+    }
+
+    /// The bytes a cache for `prompt` tokens and `maxTokens` new ones takes (what ``init`` allocates).
+    public static func cacheBytes(model: LanguageModel, promptTokens: Int, maxTokens: Int, type: KVCacheType, prefillChunk: Int = 256) -> Int {
+        let c = model.model.config
+        return KVCache.bytes(layers: c.layers, batch: 1, kvHeads: c.kvHeads, capacity: promptTokens + maxTokens,
+                             headDimension: c.headDim, type: type, windows: (0..<c.layers).map { c.window(of: $0) },
+                             maxAppend: max(1, min(prefillChunk, CausalLM.prefillChunk))) ?? Int.max
+    }
+
+    /// Runs the next prompt chunk, or decodes one token. Returns the text that became final; after
+    /// the last token (or the `maxTokens`-th), ``isFinished`` is true and the held-back text is flushed.
+    public mutating func advance(threads: Int? = nil) throws -> Step {
+        guard finishReason == nil else { return Step(text: "", sampled: false) }
+        let threads = threads ?? options.threads
+        if !isPrefilled {
+            let end = min(prompt.count, prefilled + prefillChunk)
+            let chunk = Array(prompt[prefilled..<end])
+            let last = end == prompt.count
+            logits = try model.model.step(chunk, cache: &cache, threads: threads, logits: last)
+            prefilled = end
+            guard last else { return Step(text: "", sampled: false) }
+        } else {
+            logits = try model.model.step([tokens.last!], cache: &cache, threads: threads, logits: true)
+        }
+        return try sample()
+    }
+
+    private mutating func sample() throws -> Step {
+        let V = model.model.config.vocabSize
+        let produced = tokens.count
+        let sampling = options.sampling
+        let t: Int32 = try logits.withUnsafeMutableBufferPointer { buffer in
+            let p = buffer.baseAddress!
+            if let bad = (0..<V).first(where: { !p[$0].isFinite }) {
+                throw ModelError.nonFinite("logit \(bad) at generation step \(produced) is \(p[bad])")
+            }
+            return sampling.pick(p, vocab: V, rng: &rng, history: history)
+        }
+        if sampling.repetitionPenalty != 1 { history.append(t) }
+        if ends.contains(t) {
+            finishReason = "stop"
+            return Step(text: stops.finish(try stream.finish()), sampled: true)
+        }
+        tokens.append(t)
+        let (out, hit) = stops.feed(try stream.push(t))
+        if hit {
+            finishReason = "stop"
+            return Step(text: out, sampled: true)
+        }
+        if tokens.count >= options.maxTokens {
+            finishReason = "length"
+            return Step(text: out + stops.finish(try stream.finish()), sampled: true)
+        }
+        return Step(text: out, sampled: true)
+    }
+}

@@ -131,4 +131,18 @@ final class GenerationTextTests: XCTestCase {
         try "{% if %}".write(toFile: dir + "/chat_template.jinja", atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try LanguageModel.folderChatTemplate(dir))
     }
+
+    /// Sizes from options are checked (no trap on Int.max), and non-finite logits stop generation
+    /// with an error naming the step (never a token 0 chosen from NaN).
+    func testAbsurdLengthsAndNonFiniteLogitsAreRefused() throws {
+        let c = try ModelConfig(vocabSize: 11, hiddenSize: 8, intermediateSize: 5, layers: 1, heads: 2, kvHeads: 1, headDim: 4)
+        let m = try CausalLM(config: c, seed: 3)
+        XCTAssertThrowsError(try m.generate(prompt: [1, 2], maxTokens: Int.max)) { XCTAssertTrue("\($0)".contains("tokens"), "\($0)") }
+        XCTAssertThrowsError(try m.generate(prompt: [1, 2], maxTokens: 1 << 23))
+        XCTAssertThrowsError(try m.generate(prompt: [1, 2], maxTokens: -1))
+        m.parameters.pointer("model.norm.weight")[0] = .nan
+        XCTAssertThrowsError(try m.generate(prompt: [1, 2], maxTokens: 3)) { error in
+            XCTAssertTrue("\(error)".contains("step 0"), "\(error)")
+        }
+    }
 }

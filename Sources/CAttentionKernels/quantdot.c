@@ -25,7 +25,15 @@ AK_INLINE uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (uint16_t)p
 AK_INLINE uint32_t rd32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
-#define HALF(p) ak_fp16_to_fp32(rd16(p))
+AK_INLINE float from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+/// Half → float, exactly (as quants.c's conversion; inf and NaN do not occur in scales that matter).
+AK_INLINE float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = h & 0x7c00u, m = h & 0x3ffu;
+    if (e == 0x7c00u) return from_bits(sign | 0x7f800000u | m << 13 | (m ? 0x00400000u : 0u));
+    if (e == 0) return sign ? -((float)m * 0x1p-24f) : (float)m * 0x1p-24f;
+    return from_bits(sign | ((((uint32_t)h & 0x7fffu) << 13) + 0x38000000u));
+}
+#define HALF(p) half_to_float(rd16(p))
 
 static long block_bytes(int type) {
     switch (type) {
@@ -114,11 +122,6 @@ AK_INLINE void scale_min_k4(int j, const uint8_t *q, int *sc, int *mn) {
     }
 }
 
-/// A 32-block's value from its integer sum `isum` (Σ q_w·q_x, the weight quants unsigned, or
-/// signed for q8_0): offset types subtract `off`·Σq_x in integers; min types add m·(d_x·Σq_x).
-#define VALUE32_OFFSET(dw, a, isum, off) ((dw) * (a)->d) * (float)((isum) - (off) * (a)->s)
-#define VALUE32_MIN(dw, mw, a, isum) (((dw) * (a)->d) * (float)(isum) + (mw) * ((a)->d * (float)(a)->s))
-
 /// The min term of q4_K/q5_K against an activation block: Σ_j m_j · (sum of its 32 quants).
 AK_INLINE int kmin_sum(const int *mn, const act256 *a) {
     int s = 0;
@@ -162,24 +165,40 @@ static void unpack32(int type, const uint8_t *b, int *u, float *dw, float *mw) {
     }
 }
 
+/// The 32-block types' float steps, on every path: per activation row eight lane sums, lane j
+/// taking (d_w·d_x)·(the integer sum of elements 4j … 4j+3 of the block) block after block (the
+/// weight quants signed: q − 8, q − 16, or as stored), and for q4_1/q5_1 a ninth sum of
+/// m·(d_x·Σq_x); at the end the lanes fold as (j, j+4), then (j, j+2), then (0, 1), plus the ninth.
+AK_INLINE float fold_lanes(const float *l, float m) {
+    float t0 = l[0] + l[4], t1 = l[1] + l[5], t2 = l[2] + l[6], t3 = l[3] + l[7];
+    float u0 = t0 + t2, u1 = t1 + t3;
+    return (u0 + u1) + m;
+}
+
 static void qdot32_portable(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx, float *y,
                             long ldy, int accumulate) {
     const long nb = k / QK, bs = block_bytes(type);
     const int off = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0, hasMin = type == T_Q4_1 || type == T_Q5_1;
     for (long i = 0; i < wrows; i++) {
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
-        float acc[AK_QDOT_MAX_ROWS] = {0};
+        float lanes[AK_QDOT_MAX_ROWS][8] = {{0}}, mins[AK_QDOT_MAX_ROWS] = {0}, acc[AK_QDOT_MAX_ROWS];
         for (long b = 0; b < nb; b++) {
             int u[QK];
             float dw, mw;
             unpack32(type, row + b * bs, u, &dw, &mw);
+            if (off) for (int j = 0; j < QK; j++) u[j] -= off;
             for (long r = 0; r < nx; r++) {
                 const act32 *a = (const act32 *)xa + r * nb + b;
-                int isum = 0;
-                for (int j = 0; j < QK; j++) isum += u[j] * a->q[j];
-                acc[r] += hasMin ? VALUE32_MIN(dw, mw, a, isum) : VALUE32_OFFSET(dw, a, isum, off);
+                const float ws = dw * a->d;
+                for (int j = 0; j < 8; j++) {
+                    int p = 0;
+                    for (int e = 4 * j; e < 4 * j + 4; e++) p += u[e] * a->q[e];
+                    lanes[r][j] += ws * (float)p;
+                }
+                if (hasMin) mins[r] += mw * (a->d * (float)a->s);
             }
         }
+        for (long r = 0; r < nx; r++) acc[r] = fold_lanes(lanes[r], mins[r]);
         store_rows(acc, nx, y, ldy, i, accumulate);
     }
 }
@@ -296,6 +315,7 @@ AK_CLONES static void qdot_float(int type, const void *w, long rowBytes, long wr
 #undef QD_DOT4
 #undef QD_DOT4_SCALED
 #undef QD_SCALES
+#undef HALFV
 
 #define QD_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 #define QD_NAME(x) x##_vnni

@@ -3,6 +3,9 @@
 // u8 · s8) and QD_DOT4_SCALED (the same times per-lane scales from QD_SCALES). Both instruction
 // sets compute the same integers as the portable path: the products never saturate.
 
+/// f16 → f32 with F16C (exact, as the portable conversion: the scales are never NaN here).
+#define HALFV(p) _cvtsh_ss(rd16(p))
+
 QD_TARGET static inline int QD_NAME(hsum)(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
@@ -19,51 +22,58 @@ QD_TARGET static inline __m256i QD_NAME(high_bits)(uint32_t bits) {
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
-QD_TARGET static void QD_NAME(qdot32)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
+QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
                                       float *y, long ldy, int accumulate) {
     const long nb = k / QK, bs = block_bytes(type);
-    const int off = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0, hasMin = type == T_Q4_1 || type == T_Q5_1;
+    const int hasMin = type == T_Q4_1 || type == T_Q5_1;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i offset = _mm256_set1_epi8((char)(type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0));
     for (long i = 0; i < wrows; i++) {
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
-        float acc[AK_QDOT_MAX_ROWS] = {0};
+        __m256 lanes[AK_QDOT_MAX_ROWS];
+        float mins[AK_QDOT_MAX_ROWS], acc[AK_QDOT_MAX_ROWS];
+        for (long r = 0; r < nx; r++) { lanes[r] = _mm256_setzero_ps(); mins[r] = 0; }
         for (long b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * bs;
-            const float dw = HALF(blk);
+            const float dw = HALFV(blk);
             float mw = 0;
+            __m256i wq;
             if (type == T_Q8_0) {
-                const __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-                const __m256i u = _mm256_sign_epi8(wq, wq);
-                for (long r = 0; r < nx; r++) {
-                    const act32 *a = (const act32 *)xa + r * nb + b;
-                    const __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)a->q), wq);
-                    const int isum = QD_NAME(hsum)(QD_DOT4(u, s));
-                    acc[r] += VALUE32_OFFSET(dw, a, isum, 0);
+                wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            } else {
+                const uint8_t *q;
+                uint32_t qh = 0;
+                switch (type) {
+                case T_Q4_0: q = blk + 2; break;
+                case T_Q4_1: mw = HALFV(blk + 2); q = blk + 4; break;
+                case T_Q5_0: qh = rd32(blk + 2); q = blk + 6; break;
+                default: mw = HALFV(blk + 2); qh = rd32(blk + 4); q = blk + 8; break;
                 }
-                continue;
+                const __m128i q16 = _mm_loadu_si128((const __m128i *)q);
+                wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q16, 4), q16), m4);
+                if (type == T_Q5_0 || type == T_Q5_1) wq = _mm256_or_si256(wq, QD_NAME(high_bits)(qh));
+                wq = _mm256_sub_epi8(wq, offset);
             }
-            const uint8_t *q;
-            uint32_t qh = 0;
-            switch (type) {
-            case T_Q4_0: q = blk + 2; break;
-            case T_Q4_1: mw = HALF(blk + 2); q = blk + 4; break;
-            case T_Q5_0: qh = rd32(blk + 2); q = blk + 6; break;
-            default: mw = HALF(blk + 2); qh = rd32(blk + 4); q = blk + 8; break;
-            }
-            const __m128i q16 = _mm_loadu_si128((const __m128i *)q);
-            __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q16, 4), q16), m4);
-            if (type == T_Q5_0 || type == T_Q5_1) u = _mm256_or_si256(u, QD_NAME(high_bits)(qh));
+            // Signed weights through the unsigned-by-signed product: |w| times x with w's sign.
+            const __m256i u = _mm256_sign_epi8(wq, wq);
             for (long r = 0; r < nx; r++) {
                 const act32 *a = (const act32 *)xa + r * nb + b;
-                const int isum = QD_NAME(hsum)(QD_DOT4(u, _mm256_loadu_si256((const __m256i *)a->q)));
-                acc[r] += hasMin ? VALUE32_MIN(dw, mw, a, isum) : VALUE32_OFFSET(dw, a, isum, off);
+                const __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)a->q), wq);
+                const __m256 p = _mm256_cvtepi32_ps(QD_DOT4(u, s));
+                lanes[r] = _mm256_add_ps(lanes[r], _mm256_mul_ps(_mm256_set1_ps(dw * a->d), p));
+                if (hasMin) mins[r] += mw * (a->d * (float)a->s);
             }
+        }
+        for (long r = 0; r < nx; r++) {
+            float l[8];
+            _mm256_storeu_ps(l, lanes[r]);
+            acc[r] = fold_lanes(l, mins[r]);
         }
         store_rows(acc, nx, y, ldy, i, accumulate);
     }
 }
 
-QD_TARGET static void QD_NAME(qdotK)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
+QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdotK_body)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
                                      float *y, long ldy, int accumulate) {
     const long nb = k / QK_K, bs = block_bytes(type);
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
@@ -76,7 +86,7 @@ QD_TARGET static void QD_NAME(qdotK)(int type, const void *w, long rowBytes, lon
             if (type == T_Q6_K) {
                 const uint8_t *ql = blk, *qhp = blk + 128;
                 const int8_t *s8 = (const int8_t *)(blk + 192);
-                const float d = HALF(blk + 208);
+                const float d = HALFV(blk + 208);
                 for (int h = 0; h < 2; h++) {
                     const __m256i hv = _mm256_loadu_si256((const __m256i *)(qhp + 32 * h));
                     for (int c = 0; c < 4; c++) {
@@ -98,7 +108,7 @@ QD_TARGET static void QD_NAME(qdotK)(int type, const void *w, long rowBytes, lon
                 }
                 continue;
             }
-            const float d = HALF(blk), dmin = HALF(blk + 2);
+            const float d = HALFV(blk), dmin = HALFV(blk + 2);
             int scs[8], mn[8];
             for (int j = 0; j < 8; j++) {
                 scale_min_k4(j, blk + 4, &scs[j], &mn[j]);
@@ -127,4 +137,17 @@ QD_TARGET static void QD_NAME(qdotK)(int type, const void *w, long rowBytes, lon
         }
         store_rows(acc, nx, y, ldy, i, accumulate);
     }
+}
+
+/// One activation row (decoding) compiled on its own, so its sums stay in registers.
+QD_TARGET static void QD_NAME(qdot32)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
+                                      float *y, long ldy, int accumulate) {
+    if (nx == 1) QD_NAME(qdot32_body)(type, w, rowBytes, wrows, k, xa, 1, y, ldy, accumulate);
+    else QD_NAME(qdot32_body)(type, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate);
+}
+
+QD_TARGET static void QD_NAME(qdotK)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
+                                     float *y, long ldy, int accumulate) {
+    if (nx == 1) QD_NAME(qdotK_body)(type, w, rowBytes, wrows, k, xa, 1, y, ldy, accumulate);
+    else QD_NAME(qdotK_body)(type, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate);
 }

@@ -9,9 +9,10 @@
 //   - for the K-quants (q4_K, q5_K, q6_K): per 256 columns a float d, 16 int16 sums of 16 quants
 //     and 256 int8 quants (292 bytes);
 //   - for f32, f16 and bf16 the rows are kept as float32 (4·k bytes).
-// Each weight block then meets each activation block in an integer dot product (exact in int32),
+// Each weight block then meets each activation block in integer dot products (exact in int32),
 // and the block's scales (and min) are applied in float, block by block in column order, with
-// every product and sum rounded on its own. The integer sums are the same on every path (portable
+// every product and sum rounded on its own (32-block types: into eight lane sums of four columns'
+// products each, folded in a fixed tree at the end; K-quants: one sum per superblock). The integer sums are the same on every path (portable
 // C, AVX2 `vpmaddubsw`/`vpmaddwd`, AVX-512 VNNI `vpdpbusd` on 256-bit vectors), and the float
 // steps are the same scalar code on all of them, so every path gives the same bits. Activation
 // rows are independent: a row's result is bitwise the same whether it is computed alone or with

@@ -92,7 +92,7 @@ extension CausalLM {
     /// the forward pass's own (``decoderLayer``); only its attention reads the cache. A cache with
     /// sliding-window layers takes at most ``LongAttention/KVCache/maxAppend`` tokens per append
     /// (its rings are sized for that): longer inputs, a prompt, go through in chunks of that many.
-    func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?) throws -> [Float] {
+    public func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?) throws -> [Float] {
         let chunk = cache.windows.contains { $0 != nil } ? cache.maxAppend : max(1, tokens.count)
         var first = 0
         while tokens.count - first > chunk {

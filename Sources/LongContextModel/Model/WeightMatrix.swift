@@ -81,7 +81,7 @@ public struct QuantizedMatrix: @unchecked Sendable {
         defer { if gathered { out.deallocate() } }
         let items = (m + Self.chunkRows - 1) / Self.chunkRows
         // A small matrix is not worth waking a second worker for.
-        let workers = rowBytes * m < (1 << 17) ? 1 : max(1, min(threads, items))
+        let workers = rowBytes * m < (1 << 19) ? 1 : max(1, min(threads, items))
         nonisolated(unsafe) let o = out, a = UnsafeRawPointer(act), w = base
         let rb = rowBytes, acc: Int32 = (accumulate && !gathered) ? 1 : 0
         Parallel.run(items: items, threads: workers) { _, queue in

@@ -22,56 +22,67 @@ QD_TARGET static inline __m256i QD_NAME(high_bits)(uint32_t bits) {
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
-QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
-                                      float *y, long ldy, int accumulate) {
+/// One 32-block against every activation row: adds to set `set` of each row's lane sums.
+#define QD_BLOCK32(set)                                                                                      \
+    do {                                                                                                     \
+        const uint8_t *blk = row + (b + (set)) * bs;                                                         \
+        const float dw = HALFV(blk);                                                                         \
+        float mw = 0;                                                                                        \
+        __m256i wq;                                                                                          \
+        if (type == T_Q8_0) {                                                                                \
+            wq = _mm256_loadu_si256((const __m256i *)(blk + 2));                                             \
+        } else {                                                                                             \
+            const uint8_t *q;                                                                                \
+            uint32_t qh = 0;                                                                                 \
+            if (type == T_Q4_0) q = blk + 2;                                                                 \
+            else if (type == T_Q4_1) { mw = HALFV(blk + 2); q = blk + 4; }                                    \
+            else if (type == T_Q5_0) { qh = rd32(blk + 2); q = blk + 6; }                                     \
+            else { mw = HALFV(blk + 2); qh = rd32(blk + 4); q = blk + 8; }                                    \
+            const __m128i q16 = _mm_loadu_si128((const __m128i *)q);                                         \
+            wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q16, 4), q16), m4);                        \
+            if (type == T_Q5_0 || type == T_Q5_1) wq = _mm256_or_si256(wq, QD_NAME(high_bits)(qh));          \
+            wq = _mm256_sub_epi8(wq, offset);                                                                \
+        }                                                                                                    \
+        const __m256i u = _mm256_sign_epi8(wq, wq);                                                          \
+        for (long r = 0; r < nx; r++) {                                                                      \
+            const act32 *a = (const act32 *)xa + r * nb + b + (set);                                         \
+            const __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)a->q), wq);              \
+            const __m256 p = _mm256_cvtepi32_ps(QD_DOT4(u, s));                                              \
+            lanes[r][set] = _mm256_add_ps(lanes[r][set], _mm256_mul_ps(_mm256_set1_ps(dw * a->d), p));       \
+            if (hasMin) mins[r] += mw * (a->d * (float)a->s);                                                \
+        }                                                                                                    \
+    } while (0)
+
+QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)(int type, const void *w, long rowBytes, long wrows,
+        long k, const void *xa, long nx, float *y, long ldy, int accumulate) {
     const long nb = k / QK, bs = block_bytes(type);
     const int hasMin = type == T_Q4_1 || type == T_Q5_1;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i offset = _mm256_set1_epi8((char)(type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0));
     for (long i = 0; i < wrows; i++) {
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
-        __m256 lanes[AK_QDOT_MAX_ROWS];
+        __m256 lanes[AK_QDOT_MAX_ROWS][4];
         float mins[AK_QDOT_MAX_ROWS], acc[AK_QDOT_MAX_ROWS];
-        for (long r = 0; r < nx; r++) { lanes[r] = _mm256_setzero_ps(); mins[r] = 0; }
-        for (long b = 0; b < nb; b++) {
-            const uint8_t *blk = row + b * bs;
-            const float dw = HALFV(blk);
-            float mw = 0;
-            __m256i wq;
-            if (type == T_Q8_0) {
-                wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-            } else {
-                const uint8_t *q;
-                uint32_t qh = 0;
-                switch (type) {
-                case T_Q4_0: q = blk + 2; break;
-                case T_Q4_1: mw = HALFV(blk + 2); q = blk + 4; break;
-                case T_Q5_0: qh = rd32(blk + 2); q = blk + 6; break;
-                default: mw = HALFV(blk + 2); qh = rd32(blk + 4); q = blk + 8; break;
-                }
-                const __m128i q16 = _mm_loadu_si128((const __m128i *)q);
-                wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q16, 4), q16), m4);
-                if (type == T_Q5_0 || type == T_Q5_1) wq = _mm256_or_si256(wq, QD_NAME(high_bits)(qh));
-                wq = _mm256_sub_epi8(wq, offset);
-            }
-            // Signed weights through the unsigned-by-signed product: |w| times x with w's sign.
-            const __m256i u = _mm256_sign_epi8(wq, wq);
-            for (long r = 0; r < nx; r++) {
-                const act32 *a = (const act32 *)xa + r * nb + b;
-                const __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)a->q), wq);
-                const __m256 p = _mm256_cvtepi32_ps(QD_DOT4(u, s));
-                lanes[r] = _mm256_add_ps(lanes[r], _mm256_mul_ps(_mm256_set1_ps(dw * a->d), p));
-                if (hasMin) mins[r] += mw * (a->d * (float)a->s);
-            }
-        }
         for (long r = 0; r < nx; r++) {
-            float l[8];
-            _mm256_storeu_ps(l, lanes[r]);
-            acc[r] = fold_lanes(l, mins[r]);
+            for (int t = 0; t < 4; t++) lanes[r][t] = _mm256_setzero_ps();
+            mins[r] = 0;
+        }
+        long b = 0;
+        for (; b + 4 <= nb; b += 4) {
+            QD_BLOCK32(0); QD_BLOCK32(1); QD_BLOCK32(2); QD_BLOCK32(3);
+        }
+        if (b + 0 < nb) QD_BLOCK32(0);
+        if (b + 1 < nb) QD_BLOCK32(1);
+        if (b + 2 < nb) QD_BLOCK32(2);
+        for (long r = 0; r < nx; r++) {
+            float l[4][8];
+            for (int t = 0; t < 4; t++) _mm256_storeu_ps(l[t], lanes[r][t]);
+            acc[r] = fold_lanes(l[0], l[1], l[2], l[3], mins[r]);
         }
         store_rows(acc, nx, y, ldy, i, accumulate);
     }
 }
+#undef QD_BLOCK32
 
 QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdotK_body)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
                                      float *y, long ldy, int accumulate) {
@@ -142,12 +153,22 @@ QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdotK_body)(
 /// One activation row (decoding) compiled on its own, so its sums stay in registers.
 QD_TARGET static void QD_NAME(qdot32)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
                                       float *y, long ldy, int accumulate) {
-    if (nx == 1) QD_NAME(qdot32_body)(type, w, rowBytes, wrows, k, xa, 1, y, ldy, accumulate);
-    else QD_NAME(qdot32_body)(type, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate);
+#define QD_CASE(T)                                                                                       \
+    case T:                                                                                              \
+        if (nx == 1) QD_NAME(qdot32_body)(T, w, rowBytes, wrows, k, xa, 1, y, ldy, accumulate);          \
+        else QD_NAME(qdot32_body)(T, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate);                 \
+        break;
+    switch (type) { QD_CASE(T_Q4_0) QD_CASE(T_Q4_1) QD_CASE(T_Q5_0) QD_CASE(T_Q5_1) QD_CASE(T_Q8_0) default: break; }
+#undef QD_CASE
 }
 
 QD_TARGET static void QD_NAME(qdotK)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
                                      float *y, long ldy, int accumulate) {
-    if (nx == 1) QD_NAME(qdotK_body)(type, w, rowBytes, wrows, k, xa, 1, y, ldy, accumulate);
-    else QD_NAME(qdotK_body)(type, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate);
+#define QD_CASE(T)                                                                                       \
+    case T:                                                                                              \
+        if (nx == 1) QD_NAME(qdotK_body)(T, w, rowBytes, wrows, k, xa, 1, y, ldy, accumulate);           \
+        else QD_NAME(qdotK_body)(T, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate);                  \
+        break;
+    switch (type) { QD_CASE(T_Q4_K) QD_CASE(T_Q5_K) QD_CASE(T_Q6_K) default: break; }
+#undef QD_CASE
 }

@@ -101,10 +101,10 @@ extension GGUFModelTests {
             }
             let rms = rmsError(a, b)
             print("\(file): fast vs exact max relative logit error \(err), RMS relative \(rms), top-1 agreement \(agree)/\(ids.count)")
-            // Measured: SmolLM2 0.043, Gemma 3 0.11 (Gemma's activations have outlier channels;
+            // Measured: SmolLM2 0.041 (RMS 0.027), Gemma 3 0.117 (RMS 0.095) (Gemma's activations have outlier channels;
             // llama.cpp's own top-1 agreement there is 88-94%).
             XCTAssertLessThanOrEqual(err, file.hasPrefix("gemma") ? 0.15 : 0.06, file)
-            XCTAssertLessThanOrEqual(rms, 0.1, file)
+            XCTAssertLessThanOrEqual(rms, 0.15, file)
             XCTAssertGreaterThanOrEqual(agree, ids.count - 2, file)
         }
         if !found { throw XCTSkip("no models in data/models") }

@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps models test-server check-pretrained compare-pretrained test-dist client-check bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps models test-server check-pretrained compare-pretrained test-dist client-check bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-lm-real bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -166,6 +166,12 @@ endif
 
 bench: release
 	.build/release/attention-bench $(BENCH_ARGS)
+
+# The real GGUF models of data/models (about a minute per decode context): prefill 512 and decode
+# under --matmul exact and fast, 1 and 2 threads; and the quantised kernels' GB/s per weight type.
+# Not in `bench`'s default set (it takes over a minute).
+bench-lm-real: release models
+	.build/release/attention-bench --variants lm-real,quant-kernel --out results/lm-real $(BENCH_ARGS)
 
 # Gradient rows (about 5 minutes): exact at 4K and 16K, BigBird 4K–64K, linear 16K–1M, Infini at 1M.
 bench-backward: release

@@ -42,6 +42,15 @@ for i, r in enumerate(rows):
         check(isinstance(r.get("backwardForwardRatio"), (int, float)), f"row {i} (backward) has backwardForwardRatio")
     if r.get("variant") in ("lm-train", "lm-generate"):
         check(isinstance(r.get("tokensPerSecond"), (int, float)) and r["tokensPerSecond"] > 0, f"row {i} ({r['variant']}) has tokensPerSecond")
+    if r.get("variant") == "lm-real":
+        for k in ("model", "weights", "phase", "matmul"):
+            check(isinstance(r.get(k), str), f"row {i} (lm-real) has {k}")
+        check(r.get("phase") in ("prefill", "decode"), f"row {i} (lm-real) phase is prefill or decode")
+        check(r.get("matmul") in ("exact", "fast"), f"row {i} (lm-real) matmul is exact or fast")
+        for k in ("promptTokens", "rssBytes", "tokensPerSecond"):
+            check(isinstance(r.get(k), (int, float)) and r[k] > 0, f"row {i} (lm-real) has {k}")
+    if r.get("variant") == "quant-kernel":
+        check(isinstance(r.get("weights"), str) and r.get("bytesPerSecond", 0) > 0, f"row {i} (quant-kernel) has weights and bytesPerSecond")
     if r.get("variant") == "ring":
         for k in ("ranks", "rank", "bytesSent", "waitSeconds", "hiddenFraction"):
             check(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool), f"row {i} (ring) has {k}")

@@ -430,7 +430,7 @@ def case(name, template, messages, agp, bos="", eos="", extra=None, template_fil
 
 
 def main():
-    gguf_path = sys.argv[1] if len(sys.argv) > 1 else "/work/main/data/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf_path = sys.argv[1] if len(sys.argv) > 1 else "data/models/SmolLM2-135M-Instruct.Q4_1.gguf"
     os.makedirs(OUT, exist_ok=True)
     smol = smollm2_template(gguf_path)
     with open(os.path.join(OUT, "smollm2.jinja"), "w", encoding="utf-8", newline="") as f:

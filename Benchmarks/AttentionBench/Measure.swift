@@ -32,11 +32,20 @@ struct Row: Codable {
     var backwardForwardRatio: Double?
     /// Decode rows: the KV cache's storage type (`f32`, `bf16`, `f16`, `int8`).
     var kvType: String?
+    /// `lm-real` rows: the GGUF file, its weight types, `prefill` or `decode`, the tokens before the
+    /// timed ones (prefill: the prompt), resident memory after the run, `exact` or `fast`.
+    /// `quant-kernel` rows: `weights` is the type, `bytesPerSecond` the stored weights read.
+    var model: String?
+    var weights: String?
+    var phase: String?
+    var promptTokens: Int?
+    var rssBytes: Int?
+    var matmul: String?
 
     enum CodingKeys: String, CodingKey {
         case variant, impl, B, H, Hkv, N, M, d, causal, threads, seconds, gflops, peakFraction, workspaceBytes,
              relError, runs, minSeconds, note, bytesPerSecond, bandwidthFraction, stateBytes, peakResidentBytes,
-             tokensPerSecond, pass, backwardForwardRatio, kvType
+             tokensPerSecond, pass, backwardForwardRatio, kvType, model, weights, phase, promptTokens, rssBytes, matmul
     }
 
     func encode(to encoder: Encoder) throws {
@@ -59,6 +68,9 @@ struct Row: Codable {
         try c.encode(pass, forKey: .pass)
         try c.encodeIfPresent(backwardForwardRatio, forKey: .backwardForwardRatio)
         try c.encodeIfPresent(kvType, forKey: .kvType)
+        try c.encodeIfPresent(model, forKey: .model); try c.encodeIfPresent(weights, forKey: .weights)
+        try c.encodeIfPresent(phase, forKey: .phase); try c.encodeIfPresent(promptTokens, forKey: .promptTokens)
+        try c.encodeIfPresent(rssBytes, forKey: .rssBytes); try c.encodeIfPresent(matmul, forKey: .matmul)
     }
 }
 

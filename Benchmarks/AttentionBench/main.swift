@@ -12,7 +12,7 @@ struct AttentionBench: ParsableCommand {
         abstract: "Measure sgemm and every attention variant on this machine.",
         discussion: "Without options: the full report (about 5–10 minutes on 2 cores). --quick: a smoke test under a minute.")
 
-    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate (and decode-kernel, swa: sliding-window decode, 32K positions and W = 512).")
+    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate,tokenizer (and decode-kernel, swa: sliding-window decode, 32K positions and W = 512; lm-real: the GGUF models of data/models, prefill and decode, --matmul exact and fast; quant-kernel: the quantised matrix-vector kernels, GB/s per weight type).")
     var variants = "sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate,tokenizer"
     @Option(help: "Comma-separated sequence lengths N for every variant (K and M suffixes allowed; default: per variant).")
     var lengths: String?
@@ -28,6 +28,8 @@ struct AttentionBench: ParsableCommand {
     var passes = "forward"
     @Option(help: "Comma-separated KV cache types for the decode rows: f32, bf16, f16, int8 (q8_0). Each low-precision row's error is against the f32 cache on the same inputs.")
     var kvTypes = "f32"
+    @Option(help: "Comma-separated contexts of the lm-real decode rows (K suffix allowed).")
+    var lmRealContexts = "128"
     @Option(help: ArgumentHelp("Redraw the charts and fits of an earlier results.json into --out, without measuring.", visibility: .hidden))
     var chartsFrom: String?
     @Option(help: ArgumentHelp("Tuning: stacked query rows per block (exact attention).", visibility: .hidden))
@@ -38,13 +40,13 @@ struct AttentionBench: ParsableCommand {
     var kvHeads: String?
     @Option(help: ArgumentHelp("Tuning: implementations (tiled,materialized).", visibility: .hidden))
     var impls: String?
-    @Option(help: "Where the pretrained GGUF models are (make models), for the tokenizer rows.")
+    @Option(help: "Where the pretrained GGUF models are (make models), for the tokenizer and lm-real rows.")
     var modelsDir = "data/models"
 
     /// `decode-kernel` (not in the default list): the decode kernels' two halves in isolation, per `--kv-types`.
     /// `swa` (not in the default list): sliding-window decode (a window over a full cache, and a ring of W rows).
     static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel", "swa", "moe", "lm-train", "lm-generate",
-                         "tokenizer"]
+                         "tokenizer", "lm-real", "quant-kernel"]
 
     func validate() throws {
         if let bad = variantList.first(where: { !Self.known.contains($0) }) {
@@ -139,6 +141,8 @@ struct AttentionBench: ParsableCommand {
         case "lm-train": return quick ? 6 : 15
         case "lm-generate": return quick ? 3 : 8
         case "tokenizer": return quick ? 3 : 12
+        case "lm-real": return (quick ? 20 : 60) * Double(max(1, parseLengths(lmRealContexts)?.count ?? 1))
+        case "quant-kernel": return quick ? 4 : 12
         case "decode-kernel":
             return Double(kvTypeList.count * (quick ? 2 : 7)) * 1.2 + 1
         case "swa":
@@ -249,6 +253,14 @@ struct AttentionBench: ParsableCommand {
         for lm in ["lm-train", "lm-generate"] where forwardPass && wanted.contains(lm) {
             tracker.begin(stage: lm)
             rows += try benchLM(variants: [lm], threads: threads, peak: peak, quick: quick)
+        }
+        if forwardPass && wanted.contains("lm-real") {
+            tracker.begin(stage: "lm-real")
+            rows += try benchRealLM(models: modelsDir, threads: threads, quick: quick, contexts: parseLengths(lmRealContexts) ?? [128])
+        }
+        if forwardPass && wanted.contains("quant-kernel") {
+            tracker.begin(stage: "quant-kernel")
+            rows += try benchQuantKernels(quick: quick)
         }
         if forwardPass && wanted.contains("decode-kernel") {
             tracker.begin(stage: "decode-kernel")

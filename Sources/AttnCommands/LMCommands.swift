@@ -76,7 +76,7 @@ struct LMEval: ParsableCommand {
         abstract: "Logits, mean next-token loss and gradients of a checkpoint (optionally with a PEFT LoRA adapter) on tokens [B, T].")
     @Option(help: "A GGUF file, or a checkpoint directory (config.json + safetensors, transformers' names).")
     var model: String
-    @Option(help: "exact: multiply by the dequantised weights in float32 (the only path so far: fast is the same until the quantised kernels land).")
+    @Option(help: "exact: multiply by the dequantised weights in float32; fast: 8-bit integer kernels on the quantised blocks for inputs of ≤ 16 tokens (more take the exact path).")
     var matmul = "exact"
     @Option(help: "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")
     var adapter: String?
@@ -100,7 +100,7 @@ struct LMEval: ParsableCommand {
     }
 
     func run() throws {
-        let base = try loadCausalLM(model)
+        let base = try loadCausalLM(model, matmul: MatmulOption.mode(matmul))
         if grads != nil, !base.frozen.isEmpty, adapter == nil {
             throw ValidationError("\(model): a GGUF model's weight matrices are frozen (quantised, read in place): --grads needs a checkpoint directory")
         }
@@ -240,7 +240,7 @@ struct LMGenerate: ParsableCommand {
     @Option(help: "Stop when this text appears (repeatable; not printed).") var stop: [String] = []
     @Option(help: "Sampling seed.") var seed: UInt64 = 0
     @Option(help: "KV cache storage: f32, bf16, f16, int8.") var kvType = "f32"
-    @Option(help: "exact or fast (fast is the exact path until the quantised kernels land).") var matmul = "fast"
+    @Option(help: "fast (8-bit integer kernels on the quantised blocks for decoding steps) or exact (float32 products of the dequantised weights).") var matmul = "fast"
     @Option(help: "Output: the generated ids (not the prompt's, not the end token), int32 .npy.") var tokensOut: String?
     @Flag(help: "Print the prompt before the continuation.") var echo = false
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
@@ -253,7 +253,7 @@ struct LMGenerate: ParsableCommand {
 
     func run() throws {
         guard let type = KVCacheType(rawValue: kvType) else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
-        let lm = try LanguageModel(path: model)
+        let lm = try LanguageModel(path: model, matmul: MatmulOption.mode(matmul))
         var text = prompt
         if chat {
             var messages = [ChatMessage]()

@@ -4,20 +4,21 @@ import Foundation
 import LongContextModel
 
 /// `--model`: a GGUF file, or a checkpoint directory.
-func loadCausalLM(_ path: String) throws -> CausalLM {
+func loadCausalLM(_ path: String, matmul: MatmulMode = .exact) throws -> CausalLM {
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
         throw ValidationError("\(path): no such file or directory")
     }
-    return isDirectory.boolValue ? try CausalLM(directory: path) : try CausalLM(gguf: path)
+    return isDirectory.boolValue ? try CausalLM(directory: path) : try CausalLM(gguf: path, matmul: matmul)
 }
 
-/// `--matmul exact|fast`. Both run the exact path (weights dequantised a panel at a time, float32
-/// products) until the quantised kernels land; `fast` is accepted so command lines stay stable.
+/// `--matmul exact|fast` (``MatmulMode``): exact multiplies by weights dequantised a panel at a
+/// time in float32; fast runs decoding steps (≤ 16 rows) on the quantised integer kernels.
 enum MatmulOption {
     static func check(_ value: String) throws {
-        guard value == "exact" || value == "fast" else { throw ValidationError("--matmul must be exact or fast, got \(value)") }
+        guard MatmulMode(rawValue: value) != nil else { throw ValidationError("--matmul must be exact or fast, got \(value)") }
     }
+    static func mode(_ value: String) -> MatmulMode { MatmulMode(rawValue: value) ?? .exact }
 }
 
 /// Reads `--text` or `--text-file` verbatim (no trimming; an empty text is valid).
@@ -63,7 +64,7 @@ struct LMPerplexity: ParsableCommand {
     @Option(help: "A GGUF file, or a checkpoint directory.") var model: String
     @Option(help: "A UTF-8 text file, verbatim.") var textFile: String
     @Option(help: "Tokens per chunk.") var ctx: Int
-    @Option(help: "exact or fast (fast is the exact path until the quantised kernels land).") var matmul = "exact"
+    @Option(help: "exact (float32 products of the dequantised weights) or fast (8-bit integer kernels for steps of ≤ 16 rows; chunks of --ctx rows take the exact path).") var matmul = "exact"
     @Option(help: "Output: the result as JSON.") var json: String?
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
 
@@ -81,7 +82,7 @@ struct LMPerplexity: ParsableCommand {
 
     func run() throws {
         let text = try readText(text: nil, file: textFile)
-        let lm = try LanguageModel(path: model)
+        let lm = try LanguageModel(path: model, matmul: MatmulOption.mode(matmul))
         let start = Date()
         let r = try lm.model.perplexity(tokens: lm.encode(text), context: ctx, bos: lm.addsBOS ? lm.bosToken : nil, threads: threads) { i, n, ppl in
             FileHandle.standardError.write(String(format: "[%d/%d] %.4f\n", i + 1, n, ppl).data(using: .utf8)!)

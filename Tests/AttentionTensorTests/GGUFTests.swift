@@ -468,8 +468,7 @@ final class GGUFTests: XCTestCase {
     func checkModel(_ fixture: String) throws {
         let url = Self.fixtures.appendingPathComponent("models/\(fixture).json")
         let m = try JSONDecoder().decode(ModelFixture.self, from: Data(contentsOf: url))
-        let candidates = [Self.root.appendingPathComponent("data/models/\(m.file)").path,
-                          Self.root.deletingLastPathComponent().appendingPathComponent("main/data/models/\(m.file)").path]
+        let candidates = [Self.root.appendingPathComponent("data/models/\(m.file)").path]
         guard let path = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
             throw XCTSkip("\(m.file) is not in data/models (make models)")
         }
@@ -523,8 +522,7 @@ final class GGUFTests: XCTestCase {
     /// The damaged copies reference-pretrained/check.py makes of the smaller model, each refused by name.
     func testDamagedCopiesOfARealModel() throws {
         let path = Self.root.appendingPathComponent("data/models/SmolLM2-135M-Instruct.Q4_1.gguf").path
-        let fallback = Self.root.deletingLastPathComponent().appendingPathComponent("main/data/models/SmolLM2-135M-Instruct.Q4_1.gguf").path
-        guard let model = [path, fallback].first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+        guard let model = [path].first(where: { FileManager.default.fileExists(atPath: $0) }) else {
             throw XCTSkip("SmolLM2-135M-Instruct.Q4_1.gguf is not in data/models (make models)")
         }
         let raw = try [UInt8](Data(contentsOf: URL(fileURLWithPath: model)))

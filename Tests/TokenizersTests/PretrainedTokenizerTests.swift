@@ -7,7 +7,7 @@ import XCTest
 
 final class PretrainedTokenizerTests: XCTestCase {
     func testReferenceCases() throws {
-        guard let shared = TestPaths.shared else { throw XCTSkip("no shared directory ($SHARED, /work/shared, ../shared)") }
+        guard let shared = TestPaths.shared else { throw XCTSkip("no shared directory ($SHARED, ../shared)") }
         let dir = shared.appendingPathComponent("reference-pretrained")
         let cases = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix("tok_") }.sorted()
         guard !cases.isEmpty else { throw XCTSkip("no tok_* cases in \(dir.path)") }

@@ -17,13 +17,13 @@ enum TestPaths {
     static var models: URL? {
         let env = ProcessInfo.processInfo.environment
         let root = packageRoot.path
-        return firstDirectory([env["TOKENIZERS_MODELS_DIR"], root + "/data/models", root + "/../../data/models", root + "/../main/data/models"])
+        return firstDirectory([env["TOKENIZERS_MODELS_DIR"], root + "/data/models", root + "/../../data/models"])
     }
 
-    /// $SHARED, /work/shared or ../shared.
+    /// $SHARED or ../shared.
     static var shared: URL? {
         let env = ProcessInfo.processInfo.environment
-        return firstDirectory([env["SHARED"], "/work/shared", packageRoot.path + "/../shared"])
+        return firstDirectory([env["SHARED"], packageRoot.path + "/../shared"])
     }
 
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")

@@ -92,7 +92,7 @@ extension CausalLM {
     /// the forward pass's own (``decoderLayer``); only its attention reads the cache. A cache with
     /// sliding-window layers takes at most ``LongAttention/KVCache/maxAppend`` tokens per append
     /// (its rings are sized for that): longer inputs, a prompt, go through in chunks of that many.
-    func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?) throws -> [Float] {
+    public func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?) throws -> [Float] {
         let chunk = cache.windows.contains { $0 != nil } ? cache.maxAppend : max(1, tokens.count)
         var first = 0
         while tokens.count - first > chunk {
@@ -131,7 +131,7 @@ extension CausalLM {
         norm("model.norm.weight", x.unsafeBaseAddress + (n - 1) * D, hF.unsafeMutableBaseAddress(), rstd: nil, rows: 1, width: D)
         var logits = [Float](repeating: 0, count: V)
         logits.withUnsafeMutableBufferPointer {
-            project(hF.unsafeBaseAddress, matrix(headName), $0.baseAddress!, rows: 1, in: D, out: V, threads: threads)
+            project(hF.unsafeBaseAddress, matrix(headName), $0.baseAddress!, rows: 1, in: D, out: V, threads: threads, matmul: matmul)
         }
         return logits
     }

@@ -19,13 +19,17 @@ public final class CausalLM: @unchecked Sendable {
     public let frozen: [String: WeightMatrix]
     /// Keeps the memory behind ``frozen`` alive (the mapped file).
     let storage: (any Sendable)?
+    /// How products with quantised ``frozen`` matrices are computed (``MatmulMode``): `.exact`
+    /// dequantises panels into float32; `.fast` runs decoding steps (≤ 16 rows) on the integer
+    /// kernels. Chosen at load; ``withMatmul(_:)`` gives the same weights under the other mode.
+    public let matmul: MatmulMode
     /// RoPE tables of full layers, and of sliding layers when their positions differ (Gemma 3).
     let rope: RopeCache?, slidingRope: RopeCache?
 
     /// A model with `parameters` (laid out as ``CausalLM/layout(_:)`` says, less the names in
     /// `frozen`) and `frozen` weight matrices (kept alive by `storage`).
     public init(config: ModelConfig, parameters: ParameterSet, frozen: [String: WeightMatrix] = [:],
-                storage: (any Sendable)? = nil) throws {
+                storage: (any Sendable)? = nil, matmul: MatmulMode = .exact) throws {
         try config.validate()
         let expected = Self.layout(config)
         let trainable = expected.filter { frozen[$0.name] == nil }
@@ -44,12 +48,19 @@ public final class CausalLM: @unchecked Sendable {
         self.parameters = parameters
         self.frozen = frozen
         self.storage = storage
+        self.matmul = matmul
         func cache(_ p: ModelConfig.PositionEncoding) -> RopeCache? {
             guard case .rope(let theta, let scaling) = p else { return nil }
             return RopeCache(headDim: config.headDim, theta: theta, scaling: scaling, maxPositionEmbeddings: config.maxPositionEmbeddings)
         }
         rope = cache(config.positions)
         slidingRope = config.slidingPositions.flatMap(cache)
+    }
+
+    /// The same weights (shared, not copied) multiplied under `mode`.
+    public func withMatmul(_ mode: MatmulMode) throws -> CausalLM {
+        if mode == matmul { return self }
+        return try CausalLM(config: config, parameters: parameters, frozen: frozen, storage: storage, matmul: mode)
     }
 
     /// The weight matrix `name`: frozen (read in place) or a parameter.

@@ -1,5 +1,17 @@
 import AttentionTensor
+import CAttentionKernels
 import Foundation
+
+/// How a model multiplies by weights stored in a block format.
+///
+/// - `exact`: the reference: rows dequantised a panel at a time by ggml's rules, float32
+///   products (sgemv/sgemm). Logits match float64 transformers to about 4e-6.
+/// - `fast`: for up to ``WeightMatrix/fastRowLimit`` activation rows (decoding), the activation
+///   rows are quantised to 8-bit blocks and multiplied against the stored blocks with integer dot
+///   products (``QuantizedMatrix``, `ak_qdot`); more rows (prefill) take the exact path.
+public enum MatmulMode: String, Sendable, CaseIterable, Codable {
+    case exact, fast
+}
 
 /// A weight matrix `W [out, in]` as the model multiplies by it (`y = x · Wᵀ`, transformers'
 /// Linear): float32 rows in memory (a trainable parameter, or a GGUF F32 tensor mapped in place),
@@ -19,10 +31,71 @@ public struct BlockRows: Sendable {
     public let dequantize: @Sendable (_ range: Range<Int>, _ destination: UnsafeMutablePointer<Float>) -> Void
     /// Bytes the stored rows occupy.
     public let bytes: Int
+    /// The stored blocks, when the quantised kernels can read them in place (``MatmulMode/fast``).
+    public let quantized: QuantizedMatrix?
 
-    public init(rows: Int, columns: Int, bytes: Int,
+    public init(rows: Int, columns: Int, bytes: Int, quantized: QuantizedMatrix? = nil,
                 dequantize: @escaping @Sendable (_ range: Range<Int>, _ destination: UnsafeMutablePointer<Float>) -> Void) {
         (self.rows, self.columns, self.bytes, self.dequantize) = (rows, columns, bytes, dequantize)
+        self.quantized = quantized
+    }
+}
+
+/// A matrix `W [rows, columns]` stored in one of ggml's types, `rows` rows of `rowBytes` bytes
+/// from `base` (memory the owner keeps alive, such as a mapped GGUF file), that the kernels of
+/// `QuantDot.h` read in place: q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K, f16, bf16, f32.
+///
+/// `rowOrder`, when given, says that row `r` of the matrix the model uses is stored row
+/// `rowOrder[r]` (llama's Q and K, which llama.cpp's converter permuted): products are computed
+/// in stored order and the outputs gathered through the map.
+public struct QuantizedMatrix: @unchecked Sendable {
+    public let type: GGMLType
+    public let base: UnsafeRawPointer
+    public let rows: Int, columns: Int, rowBytes: Int
+    public let rowOrder: [Int]?
+
+    /// Nil when the kernels do not take `type` or `columns` are not whole blocks of it.
+    public init?(type: GGMLType, base: UnsafeRawPointer, rows: Int, columns: Int, rowOrder: [Int]? = nil) {
+        guard ak_qdot_supports(Int32(type.rawValue), columns) == 1, let rb = type.byteCount(elements: columns) else { return nil }
+        precondition(rowOrder.map { $0.count == rows } ?? true, "row order of \(rowOrder!.count) for \(rows) rows")
+        (self.type, self.base, self.rows, self.columns, self.rowBytes, self.rowOrder) = (type, base, rows, columns, rb, rowOrder)
+    }
+
+    /// Output rows per work item: a multiple of 16 floats, so that threads never write the same
+    /// 64-byte line of `y` (for a 64-byte-aligned `y`).
+    static let chunkRows = 64
+
+    /// `y [n, rows] (+)= x [n, columns] · Wᵀ` for `1 ≤ n ≤ 16`: `x`'s rows quantised once, the
+    /// weight rows split across `threads` in chunks of ``chunkRows``. Each output is computed by the
+    /// same operations whatever `n` and `threads` are (bitwise the same results).
+    public func multiply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows n: Int, accumulate: Bool = false,
+                         threads: Int = Parallel.defaultThreads) {
+        precondition(n >= 1 && n <= WeightMatrix.fastRowLimit, "\(n) rows: the quantised kernels take 1...\(WeightMatrix.fastRowLimit)")
+        let t = Int32(type.rawValue), k = columns, m = rows
+        let actBytes = ak_qdot_activation_bytes(t, k)
+        let act = UnsafeMutableRawPointer.allocate(byteCount: max(1, actBytes * n), alignment: 64)
+        defer { act.deallocate() }
+        ak_qdot_quantize(t, x, k, n, k, act)
+        let gathered = rowOrder != nil
+        let out = gathered ? UnsafeMutablePointer<Float>.allocate(capacity: n * m) : y
+        defer { if gathered { out.deallocate() } }
+        let items = (m + Self.chunkRows - 1) / Self.chunkRows
+        // A small matrix is not worth waking a second worker for.
+        let workers = rowBytes * m < (1 << 19) ? 1 : max(1, min(threads, items))
+        nonisolated(unsafe) let o = out, a = UnsafeRawPointer(act), w = base
+        let rb = rowBytes, acc: Int32 = (accumulate && !gathered) ? 1 : 0
+        Parallel.run(items: items, threads: workers) { _, queue in
+            while let c = queue.next() {
+                let r0 = c * Self.chunkRows, r1 = min(m, r0 + Self.chunkRows)
+                ak_qdot(t, w + r0 * rb, rb, r1 - r0, k, a, n, o + r0, m, acc)
+            }
+        }
+        if let order = rowOrder {
+            for r in 0..<n {
+                let src = out + r * m, dst = y + r * m
+                if accumulate { for i in 0..<m { dst[i] += src[order[i]] } } else { for i in 0..<m { dst[i] = src[order[i]] } }
+            }
+        }
     }
 }
 
@@ -31,16 +104,26 @@ public struct BlockRows: Sendable {
 @inline(__always)
 func panelRows(columns k: Int) -> Int { max(16, min(512, (1 << 18) / max(1, k))) }
 
+extension WeightMatrix {
+    /// The most activation rows ``MatmulMode/fast`` sends to the quantised kernels.
+    public static let fastRowLimit = Int(AK_QDOT_MAX_ROWS)
+}
+
 /// `y [rows, out] (+)= x [rows, in] · Wᵀ`. Dense weights go straight to BLAS; block weights are
 /// dequantised panel by panel (threads split the panels, each with one scratch panel allocated
-/// once per call) and each panel multiplied by one sgemm (or sgemv for one or two rows).
+/// once per call) and each panel multiplied by one sgemm (or sgemv for one or two rows). With
+/// `matmul` `.fast`, up to 16 rows against quantised blocks take ``QuantizedMatrix/multiply``.
 func project(_ x: UnsafePointer<Float>, _ w: WeightMatrix, _ y: UnsafeMutablePointer<Float>, rows: Int, in k: Int, out n: Int,
-             accumulate: Bool = false, threads: Int = Parallel.defaultThreads) {
+             accumulate: Bool = false, threads: Int = Parallel.defaultThreads, matmul: MatmulMode = .exact) {
     switch w {
     case .dense(let p):
         project(x, p, y, rows: rows, in: k, out: n, accumulate: accumulate)
     case .blocks(let b):
         precondition(b.rows == n && b.columns == k, "weight [\(b.rows), \(b.columns)] used as [\(n), \(k)]")
+        if matmul == .fast, rows >= 1, rows <= WeightMatrix.fastRowLimit, let q = b.quantized {
+            q.multiply(x, y, rows: rows, accumulate: accumulate, threads: threads)
+            return
+        }
         let P = panelRows(columns: k), panels = (n + P - 1) / P
         let workers = max(1, min(threads, panels))
         Parallel.run(items: panels, threads: workers) { _, queue in

@@ -16,7 +16,9 @@ import Foundation
 extension CausalLM {
     /// Loads `path`, a GGUF v2 or v3 file. Throws ``GGUFError`` for a damaged file and
     /// ``ModelError`` for a model this implementation does not compute (naming the key or tensor).
-    public convenience init(gguf path: String, file opened: GGUFFile? = nil) throws {
+    ///
+    /// `matmul` chooses how decoding multiplies by the quantised matrices (``MatmulMode``).
+    public convenience init(gguf path: String, file opened: GGUFFile? = nil, matmul: MatmulMode = .exact) throws {
         let file = try opened ?? GGUFFile(path: path)
         let meta = file
         let config = try GGUFModelDescription.config(meta)
@@ -59,7 +61,7 @@ extension CausalLM {
         if let extra = file.tensors.map(\.name).first(where: { !used.contains($0) }) {
             throw ModelError.invalidCheckpoint("\(path): tensor \(extra) is not part of a \(arch) model this implementation computes")
         }
-        try self.init(config: config, parameters: parameters, frozen: frozen, storage: file)
+        try self.init(config: config, parameters: parameters, frozen: frozen, storage: file, matmul: matmul)
     }
 
     /// A `[rows, columns]` matrix read in place: F32 rows directly (when no row map is needed),
@@ -78,14 +80,15 @@ extension CausalLM {
         }
         nonisolated(unsafe) let source = base
         let bytes = rowBytes * rows
+        let quantized = QuantizedMatrix(type: type, base: UnsafeRawPointer(base), rows: rows, columns: columns, rowOrder: rowOrder)
         if let order = rowOrder {
-            return .blocks(BlockRows(rows: rows, columns: columns, bytes: bytes) { range, out in
+            return .blocks(BlockRows(rows: rows, columns: columns, bytes: bytes, quantized: quantized) { range, out in
                 for (i, r) in range.enumerated() {
                     try! type.dequantize(source + order[r] * rowBytes, count: columns, into: out + i * columns)
                 }
             })
         }
-        return .blocks(BlockRows(rows: rows, columns: columns, bytes: bytes) { range, out in
+        return .blocks(BlockRows(rows: rows, columns: columns, bytes: bytes, quantized: quantized) { range, out in
             try! type.dequantize(source + range.lowerBound * rowBytes, count: range.count * columns, into: out)
         })
     }

@@ -29,8 +29,10 @@ public final class LanguageModel: Sendable {
         (self.model, self.codec, self.chatTemplate, self.name) = (model, codec, chatTemplate, name)
     }
 
-    /// Loads `path`: a `.gguf` file or a checkpoint folder.
-    public convenience init(path: String) throws {
+    /// Loads `path`: a `.gguf` file or a checkpoint folder. `matmul` chooses how decoding
+    /// multiplies by quantised weights (``MatmulMode``; `.exact` for scoring, `.fast` for
+    /// generation; float32 checkpoints compute the same either way).
+    public convenience init(path: String, matmul: MatmulMode = .exact) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw ModelError.invalidArgument("\(path): no such file or folder")
@@ -38,7 +40,7 @@ public final class LanguageModel: Sendable {
         let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
         if !isDirectory.boolValue {
             let file = try GGUFFile(path: path)
-            let model = try CausalLM(gguf: path, file: file)
+            let model = try CausalLM(gguf: path, file: file, matmul: matmul)
             let meta = file
             let tokenizer = try Tokenizer(try GGUFModelDescription.vocabulary(meta, config: model.config))
             let template = try meta.string("tokenizer.chat_template").map { try ChatTemplate($0) }

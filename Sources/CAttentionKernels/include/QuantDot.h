@@ -1,0 +1,53 @@
+#ifndef AK_QUANT_DOT_H
+#define AK_QUANT_DOT_H
+// Matrix-vector products that read ggml's quantised blocks in place (quantdot.c), for decoding:
+// `y [nx, wrows] (+)= x [nx, k] · Wᵀ` with `W [wrows, k]` stored row by row in a GGUF block type.
+//
+// The activation rows are first quantised once per matrix (ak_qdot_quantize) to 8-bit blocks:
+//   - for the 32-element types (q4_0, q4_1, q5_0, q5_1, q8_0): per 32 columns a float scale d,
+//     the int32 sum of the quants and 32 int8 quants q = round(x / d), d = max|x| / 127 (40 bytes);
+//   - for the K-quants (q4_K, q5_K, q6_K): per 256 columns a float d, 16 int16 sums of 16 quants
+//     and 256 int8 quants (292 bytes);
+//   - for f32, f16 and bf16 the rows are kept as float32 (4·k bytes).
+// Each weight block then meets each activation block in integer dot products (exact in int32),
+// and the block's scales (and min) are applied in float, block by block in column order, with
+// every product and sum rounded on its own (32-block types: into eight lane sums of four columns'
+// products each, folded in a fixed tree at the end; K-quants: one sum per superblock). The integer sums are the same on every path (portable
+// C, AVX2 `vpmaddubsw`/`vpmaddwd`, AVX-512 VNNI `vpdpbusd` on 256-bit vectors), and the float
+// steps are the same scalar code on all of them, so every path gives the same bits. Activation
+// rows are independent: a row's result is bitwise the same whether it is computed alone or with
+// up to 15 others (batch-invariant), while each weight block is unpacked once for all of them.
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// The most activation rows one ak_qdot call takes.
+enum { AK_QDOT_MAX_ROWS = 16 };
+
+/// 1 when `type` (ggml's type number: 0 f32, 1 f16, 2 q4_0, 3 q4_1, 6 q5_0, 7 q5_1, 8 q8_0,
+/// 12 q4_K, 13 q5_K, 14 q6_K, 30 bf16) has a kernel and `k` columns are whole blocks of it.
+int ak_qdot_supports(int type, long k);
+/// Bytes of one quantised activation row of `k` columns for weights of `type`.
+long ak_qdot_activation_bytes(int type, long k);
+/// Quantises rows `x [n, k]` (row stride `ldx` floats) into `dst`, `n` rows of
+/// ak_qdot_activation_bytes(type, k) bytes each. Scalar code: the same bits on every CPU.
+void ak_qdot_quantize(int type, const float *x, long ldx, long n, long k, void *dst);
+/// For `i < wrows`, `r < nx` (1 ≤ nx ≤ AK_QDOT_MAX_ROWS): `y[r·ldy + i] = W_i · x_r` (plus the old
+/// value when `accumulate`), where row `W_i` starts at `w + i·rowBytes` and `xa` holds the `nx`
+/// rows from ak_qdot_quantize (consecutive).
+void ak_qdot(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx, float *y, long ldy,
+             int accumulate);
+/// Chooses the integer path: -1 the best the CPU has (the default), 0 portable C, 1 AVX2,
+/// 2 AVX-512 VNNI. Returns the path then in effect (a path the CPU lacks falls back to the next).
+int ak_qdot_set_path(int path);
+/// The path in effect, as ak_qdot_set_path numbers it.
+int ak_qdot_path(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

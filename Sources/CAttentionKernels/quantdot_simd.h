@@ -1,0 +1,174 @@
+// The vector path of quantdot.c, included once per instruction set with QD_TARGET (the target
+// attribute), QD_NAME (the suffix), QD_DOT4 (8 int32 lanes, each the sum of 4 byte products
+// u8 · s8) and QD_DOT4_SCALED (the same times per-lane scales from QD_SCALES). Both instruction
+// sets compute the same integers as the portable path: the products never saturate.
+
+/// f16 → f32 with F16C (exact, as the portable conversion: the scales are never NaN here).
+#define HALFV(p) _cvtsh_ss(rd16(p))
+
+QD_TARGET static inline int QD_NAME(hsum)(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/// Bit e of `bits` as byte e (0 or 0x10), for e < 32: q5's fifth bits.
+QD_TARGET static inline __m256i QD_NAME(high_bits)(uint32_t bits) {
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
+    const __m256i mask = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+/// One 32-block against every activation row: adds to set `set` of each row's lane sums.
+#define QD_BLOCK32(set)                                                                                      \
+    do {                                                                                                     \
+        const uint8_t *blk = row + (b + (set)) * bs;                                                         \
+        const float dw = HALFV(blk);                                                                         \
+        float mw = 0;                                                                                        \
+        __m256i wq;                                                                                          \
+        if (type == T_Q8_0) {                                                                                \
+            wq = _mm256_loadu_si256((const __m256i *)(blk + 2));                                             \
+        } else {                                                                                             \
+            const uint8_t *q;                                                                                \
+            uint32_t qh = 0;                                                                                 \
+            if (type == T_Q4_0) q = blk + 2;                                                                 \
+            else if (type == T_Q4_1) { mw = HALFV(blk + 2); q = blk + 4; }                                    \
+            else if (type == T_Q5_0) { qh = rd32(blk + 2); q = blk + 6; }                                     \
+            else { mw = HALFV(blk + 2); qh = rd32(blk + 4); q = blk + 8; }                                    \
+            const __m128i q16 = _mm_loadu_si128((const __m128i *)q);                                         \
+            wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q16, 4), q16), m4);                        \
+            if (type == T_Q5_0 || type == T_Q5_1) wq = _mm256_or_si256(wq, QD_NAME(high_bits)(qh));          \
+            wq = _mm256_sub_epi8(wq, offset);                                                                \
+        }                                                                                                    \
+        const __m256i u = _mm256_sign_epi8(wq, wq);                                                          \
+        for (long r = 0; r < nx; r++) {                                                                      \
+            const act32 *a = (const act32 *)xa + r * nb + b + (set);                                         \
+            const __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)a->q), wq);              \
+            const __m256 p = _mm256_cvtepi32_ps(QD_DOT4(u, s));                                              \
+            lanes[r][set] = _mm256_add_ps(lanes[r][set], _mm256_mul_ps(_mm256_set1_ps(dw * a->d), p));       \
+            if (hasMin) mins[r] += mw * (a->d * (float)a->s);                                                \
+        }                                                                                                    \
+    } while (0)
+
+QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)(int type, const void *w, long rowBytes, long wrows,
+        long k, const void *xa, long nx, float *y, long ldy, int accumulate) {
+    const long nb = k / QK, bs = block_bytes(type);
+    const int hasMin = type == T_Q4_1 || type == T_Q5_1;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i offset = _mm256_set1_epi8((char)(type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0));
+    for (long i = 0; i < wrows; i++) {
+        const uint8_t *row = (const uint8_t *)w + i * rowBytes;
+        __m256 lanes[AK_QDOT_MAX_ROWS][4];
+        float mins[AK_QDOT_MAX_ROWS], acc[AK_QDOT_MAX_ROWS];
+        for (long r = 0; r < nx; r++) {
+            for (int t = 0; t < 4; t++) lanes[r][t] = _mm256_setzero_ps();
+            mins[r] = 0;
+        }
+        long b = 0;
+        for (; b + 4 <= nb; b += 4) {
+            QD_BLOCK32(0); QD_BLOCK32(1); QD_BLOCK32(2); QD_BLOCK32(3);
+        }
+        if (b + 0 < nb) QD_BLOCK32(0);
+        if (b + 1 < nb) QD_BLOCK32(1);
+        if (b + 2 < nb) QD_BLOCK32(2);
+        for (long r = 0; r < nx; r++) {
+            float l[4][8];
+            for (int t = 0; t < 4; t++) _mm256_storeu_ps(l[t], lanes[r][t]);
+            acc[r] = fold_lanes(l[0], l[1], l[2], l[3], mins[r]);
+        }
+        store_rows(acc, nx, y, ldy, i, accumulate);
+    }
+}
+#undef QD_BLOCK32
+
+QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdotK_body)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
+                                     float *y, long ldy, int accumulate) {
+    const long nb = k / QK_K, bs = block_bytes(type);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    for (long i = 0; i < wrows; i++) {
+        const uint8_t *row = (const uint8_t *)w + i * rowBytes;
+        float acc[AK_QDOT_MAX_ROWS] = {0};
+        for (long b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * bs;
+            __m256i u[8], sc[8];
+            if (type == T_Q6_K) {
+                const uint8_t *ql = blk, *qhp = blk + 128;
+                const int8_t *s8 = (const int8_t *)(blk + 192);
+                const float d = HALFV(blk + 208);
+                for (int h = 0; h < 2; h++) {
+                    const __m256i hv = _mm256_loadu_si256((const __m256i *)(qhp + 32 * h));
+                    for (int c = 0; c < 4; c++) {
+                        const __m256i lv = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32 * (c % 2)));
+                        const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(lv, 4 * (c / 2)), m4);
+                        const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c), m3), 4);
+                        const int t = 4 * h + c;
+                        u[t] = _mm256_or_si256(lo, hi);
+                        sc[t] = QD_SCALES(s8[2 * t], s8[2 * t + 1]);
+                    }
+                }
+                for (long r = 0; r < nx; r++) {
+                    const act256 *a = (const act256 *)xa + r * nb + b;
+                    __m256i s = _mm256_setzero_si256();
+                    for (int t = 0; t < 8; t++) {
+                        s = _mm256_add_epi32(s, QD_DOT4_SCALED(u[t], _mm256_loadu_si256((const __m256i *)(a->q + 32 * t)), sc[t]));
+                    }
+                    acc[r] += (a->d * d) * (float)(QD_NAME(hsum)(s) - k6_offset(s8, a));
+                }
+                continue;
+            }
+            const float d = HALFV(blk), dmin = HALFV(blk + 2);
+            int scs[8], mn[8];
+            for (int j = 0; j < 8; j++) {
+                scale_min_k4(j, blk + 4, &scs[j], &mn[j]);
+                sc[j] = QD_SCALES(scs[j], scs[j]);
+            }
+            const uint8_t *qs = blk + (type == T_Q4_K ? 16 : 48);
+            for (int p = 0; p < 4; p++) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * p));
+                u[2 * p] = _mm256_and_si256(qv, m4);
+                u[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+            }
+            if (type == T_Q5_K) {
+                const __m256i hv = _mm256_loadu_si256((const __m256i *)(blk + 16));
+                for (int j = 0; j < 8; j++) {
+                    u[j] = _mm256_or_si256(u[j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, j), one), 4));
+                }
+            }
+            for (long r = 0; r < nx; r++) {
+                const act256 *a = (const act256 *)xa + r * nb + b;
+                __m256i s = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j++) {
+                    s = _mm256_add_epi32(s, QD_DOT4_SCALED(u[j], _mm256_loadu_si256((const __m256i *)(a->q + 32 * j)), sc[j]));
+                }
+                acc[r] += (a->d * d) * (float)QD_NAME(hsum)(s) - (a->d * dmin) * (float)kmin_sum(mn, a);
+            }
+        }
+        store_rows(acc, nx, y, ldy, i, accumulate);
+    }
+}
+
+/// One activation row (decoding) compiled on its own, so its sums stay in registers.
+QD_TARGET static void QD_NAME(qdot32)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
+                                      float *y, long ldy, int accumulate) {
+#define QD_CASE(T)                                                                                       \
+    case T:                                                                                              \
+        if (nx == 1) QD_NAME(qdot32_body)(T, w, rowBytes, wrows, k, xa, 1, y, ldy, accumulate);          \
+        else QD_NAME(qdot32_body)(T, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate);                 \
+        break;
+    switch (type) { QD_CASE(T_Q4_0) QD_CASE(T_Q4_1) QD_CASE(T_Q5_0) QD_CASE(T_Q5_1) QD_CASE(T_Q8_0) default: break; }
+#undef QD_CASE
+}
+
+QD_TARGET static void QD_NAME(qdotK)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
+                                     float *y, long ldy, int accumulate) {
+#define QD_CASE(T)                                                                                       \
+    case T:                                                                                              \
+        if (nx == 1) QD_NAME(qdotK_body)(T, w, rowBytes, wrows, k, xa, 1, y, ldy, accumulate);           \
+        else QD_NAME(qdotK_body)(T, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate);                  \
+        break;
+    switch (type) { QD_CASE(T_Q4_K) QD_CASE(T_Q5_K) QD_CASE(T_Q6_K) default: break; }
+#undef QD_CASE
+}

@@ -24,6 +24,7 @@ struct AttnServerCommand: AsyncParsableCommand {
     @Option(help: "The KV caches' budget in MiB (default: --parallel caches of --ctx positions).") var kvBudgetMb: Int?
     @Option(help: "Prompt tokens prefilled per scheduler round.") var prefillChunk = 256
     @Option(help: "Log level (trace, debug, info, notice, warning, error).") var logLevel = "info"
+    @Option(help: "exact (dequantised float32 products) or fast (the quantised kernels, as attn lm generate).") var matmul = "fast"
 
     func validate() throws {
         guard KVCacheType(rawValue: kvType) != nil else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
@@ -38,7 +39,8 @@ struct AttnServerCommand: AsyncParsableCommand {
     func run() async throws {
         var logger = Logger(label: "attn-server")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
-        let lm = try LanguageModel(path: model)
+        guard let mode = MatmulMode(rawValue: matmul) else { throw ValidationError("--matmul must be exact or fast, got \(matmul)") }
+        let lm = try LanguageModel(path: model, matmul: mode)
         var options = ServerOptions()
         options.host = host
         options.port = port

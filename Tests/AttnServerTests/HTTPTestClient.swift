@@ -204,7 +204,8 @@ final class ServerProcess {
     init(model: String, arguments: [String]) throws {
         guard let binary = Self.binary else { throw Failure.noBinary }
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--model", model, "--port", "0"] + arguments
+        // The exact path: the tests compare the server's text with LanguageModel's (exact by default).
+        process.arguments = ["--model", model, "--port", "0", "--matmul", "exact"] + arguments
         let err = Pipe()
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice

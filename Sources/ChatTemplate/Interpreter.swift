@@ -97,9 +97,11 @@ final class Interpreter {
             for f in filters { v = try applyFilter(f.name, v, try evalArgs(f.args, f.kwargs, scope)) }
             try assign(target, v, scope)
         case .macro(let name, let params, let body):
-            let defScope = scope
-            let fn = Callable(name) { [unowned self] args in
-                try self.callMacro(name, params, body, defScope, args)
+            // The macro lives in the scope that defines it: capturing that scope weakly keeps the
+            // two from owning each other (a cycle that would leak the template's tree).
+            let fn = Callable(name) { [unowned self, weak scope] args in
+                guard let scope else { throw rt("macro '\(name)' called after the block that defines it ended") }
+                return try self.callMacro(name, params, body, scope, args)
             }
             scope.vars[name] = .function(fn)
         case .filterBlock(let filters, let body):

@@ -87,6 +87,42 @@ final class ServerTests: XCTestCase {
         }
     }
 
+    /// Concurrent requests decode in one batched step (the batch-rows histogram sees steps of two
+    /// rows), and each one's text is still exactly the library's for it alone: greedy and seeded sampling.
+    func testConcurrentRequestsAreBatchedAndEachEqualsLibrary() throws {
+        let c = try client
+        let cases: [(prompt: String, temperature: Double, seed: Int)] = [("The capital of France is", 0, 0),
+                                                                         ("Once upon a time, in a small village,", 0.8, 7)]
+        let box = UncheckedBox(NSLock())
+        nonisolated(unsafe) var texts = [String?](repeating: nil, count: cases.count)
+        let done = cases.indices.map { expectation(description: "request \($0)") }
+        for (i, k) in cases.enumerated() {
+            Thread.detachNewThread {
+                let r = try? c.post("/v1/completions", ["model": Self.modelName, "prompt": k.prompt, "max_tokens": 20,
+                                                        "temperature": k.temperature, "seed": k.seed])
+                let t = (r?.json["choices"] as? [[String: Any]])?.first?["text"] as? String
+                box.value.lock(); texts[i] = t; box.value.unlock()
+                done[i].fulfill()
+            }
+        }
+        wait(for: done, timeout: 300)
+        let lm = try LanguageModel(path: Self.modelPath)
+        for (i, k) in cases.enumerated() {
+            var expected = ""
+            var options = GenerationOptions(maxTokens: 20)
+            options.sampling = SamplingOptions(temperature: k.temperature, seed: UInt64(k.seed))
+            _ = try lm.generate(k.prompt, options: options) { expected += $0; return true }
+            box.value.lock(); let got = texts[i]; box.value.unlock()
+            XCTAssertEqual(got, expected, "request \(i)")
+        }
+        let metrics = try c.request("GET", "/metrics").text
+        func value(_ prefix: String) -> Double? {
+            metrics.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.split(separator: " ").last!) }
+        }
+        let steps = value("attn_server_decode_batch_rows_count") ?? 0, single = value("attn_server_decode_batch_rows_bucket{le=\"1.0\"}") ?? 0
+        XCTAssertGreaterThan(steps - single, 0, "no step decoded two sequences together:\n\(metrics)")
+    }
+
     /// The streamed chat's deltas concatenate to the non-streamed message; the stream ends with [DONE].
     func testChatStreamingMatchesNonStreaming() throws {
         let c = try client

@@ -54,6 +54,19 @@ extension CausalLM {
         }
     }
 
+    /// Rotates rows of `x [rows, heads·hd]` in place, row `r` at position `rowPositions[r]` (a
+    /// decoding step over several sequences, each at its own length). The table is one built for
+    /// every row (a length-dependent scaling is not handled here: its table depends on each row's length).
+    func applyRoPE(_ x: UnsafeMutablePointer<Float>, layer: Int, heads: Int, rowPositions: [Int]) throws {
+        guard let rope = ropeCache(layer: layer), let last = rowPositions.max() else { return }
+        precondition(!rope.scaling.dependsOnLength, "per-row positions with a length-dependent RoPE scaling")
+        let table = try rope.embedding(positions: last + 1)
+        let hd = config.headDim, ld = heads * hd
+        for (r, p) in rowPositions.enumerated() {
+            for h in 0..<heads { try table.rotate(x + r * ld + h * hd, rows: 1, stride: ld, firstPosition: p) }
+        }
+    }
+
     /// The attention mask of `layer`: causal, with ALiBi slopes for an ALiBi model and the window
     /// on sliding layers.
     func attentionMask(layer: Int) -> AttentionMask {
@@ -98,8 +111,8 @@ extension CausalLM {
     /// `attention` maps q `[N, H·hd]`, k and v `[N, Hkv·hd]` (token-major rows) to the output rows
     /// `[N, H·hd]`: the forward pass runs the layer's variant over the sequences, a decoding step
     /// reads and extends its KV cache. With `keep`, what the backward needs is returned.
-    func decoderLayer(_ layer: Int, x: inout Tensor, batch B: Int, length T: Int, firstPosition: Int, keep: Bool,
-                      pass: ForwardPass, threads: Int,
+    func decoderLayer(_ layer: Int, x: inout Tensor, batch B: Int, length T: Int, firstPosition: Int, rowPositions: [Int]? = nil,
+                      keep: Bool, pass: ForwardPass, threads: Int,
                       attention: (_ q: Tensor, _ k: Tensor, _ v: Tensor) throws -> (rows: Tensor, state: AttentionState))
         throws -> LayerActivations? {
         let c = config, pre = "model.layers.\(layer)."
@@ -135,8 +148,13 @@ extension CausalLM {
             }
             if keep { qkNorm = (rawQ!, rawK!, rq, rk) }
         }
-        try applyRoPE(q.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: H, firstPosition: firstPosition)
-        try applyRoPE(k.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: Hkv, firstPosition: firstPosition)
+        if let rowPositions {
+            try applyRoPE(q.unsafeMutableBaseAddress(), layer: layer, heads: H, rowPositions: rowPositions)
+            try applyRoPE(k.unsafeMutableBaseAddress(), layer: layer, heads: Hkv, rowPositions: rowPositions)
+        } else {
+            try applyRoPE(q.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: H, firstPosition: firstPosition)
+            try applyRoPE(k.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: Hkv, firstPosition: firstPosition)
+        }
         let (attCat, state) = try attention(q, k, v)
         var postAttention: (a: Tensor, rstd: [Float])? = nil
         if let post = names.postAttention {
@@ -297,9 +315,14 @@ extension CausalLM {
                 threads: threads, matmul: matmul)
         project(h.unsafeBaseAddress, matrix(pre + "mlp.up_proj.weight"), u.unsafeMutableBaseAddress(), rows: N, in: D, out: F,
                 threads: threads, matmul: matmul)
-        switch c.activation {
-        case .silu: ak_swiglu(g.unsafeBaseAddress, u.unsafeBaseAddress, m.unsafeMutableBaseAddress(), N * F)
-        case .geluTanh: ak_geglu_tanh(g.unsafeBaseAddress, u.unsafeBaseAddress, m.unsafeMutableBaseAddress(), N * F)
+        // Row by row: the kernels' vector body and scalar tail round differently, so a row's
+        // result must not depend on where it starts in the batch (batch-invariant decoding).
+        let gp = g.unsafeBaseAddress, up = u.unsafeBaseAddress, mp = m.unsafeMutableBaseAddress()
+        for r in 0..<N {
+            switch c.activation {
+            case .silu: ak_swiglu(gp + r * F, up + r * F, mp + r * F, F)
+            case .geluTanh: ak_geglu_tanh(gp + r * F, up + r * F, mp + r * F, F)
+            }
         }
         project(m.unsafeBaseAddress, matrix(pre + "mlp.down_proj.weight"), x.unsafeMutableBaseAddress(), rows: N, in: F, out: D,
                 accumulate: true, threads: threads, matmul: matmul)

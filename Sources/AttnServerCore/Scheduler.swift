@@ -39,6 +39,8 @@ public final class Scheduler: @unchecked Sendable {
     public let threads: Int?
     public let prefillChunk: Int
     let metrics: ServerMetrics
+    // The scheduler thread's own: finished sequences' caches, within the budget's spare bytes.
+    private var prefixes: PrefixCache
 
     private struct Job {
         let id: Int
@@ -69,7 +71,8 @@ public final class Scheduler: @unchecked Sendable {
     private var thread: Thread?
 
     public init(model: LanguageModel, parallel: Int, queueLimit: Int, budgetBytes: Int, cacheType: KVCacheType,
-                threads: Int?, prefillChunk: Int = 256, metrics: ServerMetrics) {
+                threads: Int?, prefillChunk: Int = 256, prefixEntries: Int = 8, metrics: ServerMetrics) {
+        prefixes = PrefixCache(maxEntries: prefixEntries)
         (self.model, self.parallel, self.queueLimit, self.budgetBytes) = (model, max(1, parallel), max(0, queueLimit), budgetBytes)
         (self.cacheType, self.threads, self.prefillChunk, self.metrics) = (cacheType, threads, max(1, prefillChunk), metrics)
         metrics.kvBudget.set(Double(budgetBytes))
@@ -162,7 +165,10 @@ public final class Scheduler: @unchecked Sendable {
             removeActive { gone.contains($0.job.id) }
             activeBytes -= freed
             var admitted = [Job]()
-            while active.count + admitted.count < parallel, let next = queue.first, activeBytes + next.bytes <= budgetBytes {
+            // Kept prefixes give way to sequences: the least recently used are dropped until the next fits.
+            while let next = queue.first, active.count + admitted.count < parallel, activeBytes + prefixes.bytes + next.bytes > budgetBytes,
+                  prefixes.evictOldest() {}
+            while active.count + admitted.count < parallel, let next = queue.first, activeBytes + prefixes.bytes + next.bytes <= budgetBytes {
                 queue.removeFirst()
                 activeIDs.insert(next.id)
                 activeBytes += next.bytes
@@ -172,7 +178,7 @@ public final class Scheduler: @unchecked Sendable {
             condition.unlock()
             for job in admitted {
                 do {
-                    let s = try DecodingSequence(model: model, prompt: job.prompt, options: job.options, prefillChunk: prefillChunk)
+                    let s = try makeSequence(job)
                     active.append(Active(job: job))
                     sequences.append(s)
                     metrics.promptTokens.increment(by: Int64(job.prompt.count))
@@ -189,7 +195,11 @@ public final class Scheduler: @unchecked Sendable {
             // One round: a step (a prompt chunk or a token) for every active sequence.
             windowTokens += decodeRound()
             var finished = Set<Int>()
-            for (a, s) in zip(active, sequences) where s.isFinished { finished.insert(a.job.id) }
+            for (a, s) in zip(active, sequences) where s.isFinished {
+                finished.insert(a.job.id)
+                prefixes.insert(tokens: s.cachedTokens, cache: s.cache)
+            }
+            metrics.prefixBytes.set(Double(prefixes.bytes))
             let done = active.filter { finished.contains($0.job.id) }.map(\.job)
             removeActive { finished.contains($0.job.id) }
             release(done)
@@ -202,6 +212,18 @@ public final class Scheduler: @unchecked Sendable {
                 metrics.decodeRate.set(Double(0))
             }
         }
+    }
+
+    /// A sequence for `job`, its prompt's longest kept prefix taken from the prefix cache (a
+    /// prefix the cache cannot give, e.g. one a sliding ring has dropped, is prefilled instead).
+    private func makeSequence(_ job: Job) throws -> DecodingSequence {
+        if let hit = prefixes.lookup(job.prompt),
+           let s = try? DecodingSequence(model: model, prompt: job.prompt, options: job.options, prefillChunk: prefillChunk, prefix: hit) {
+            metrics.prefixHits.increment()
+            metrics.prefixTokens.increment(by: Int64(hit.positions))
+            return s
+        }
+        return try DecodingSequence(model: model, prompt: job.prompt, options: job.options, prefillChunk: prefillChunk)
     }
 
     /// Removes the active sequences whose entry satisfies `gone`, keeping `active` and `sequences` aligned.

@@ -123,6 +123,30 @@ final class ServerTests: XCTestCase {
         XCTAssertGreaterThan(steps - single, 0, "no step decoded two sequences together:\n\(metrics)")
     }
 
+    /// A prompt that extends an earlier request's prompt and completion (a chat's next turn) takes
+    /// that prefix from the kept cache instead of prefilling it, and still gets the library's text.
+    func testPrefixCacheServesAGrowingConversation() throws {
+        let c = try client
+        func completion(_ prompt: String) throws -> String {
+            let r = try c.post("/v1/completions", ["model": Self.modelName, "prompt": prompt, "max_tokens": 8, "temperature": 0])
+            XCTAssertEqual(r.status, 200, r.text)
+            return ((r.json["choices"] as? [[String: Any]])?.first?["text"] as? String) ?? ""
+        }
+        let first = "In the beginning God created the heaven and the earth. And the earth was without form, and void; and darkness"
+        let reply = try completion(first)
+        let before = try metric("attn_server_prefix_cache_tokens_total") ?? 0
+        let second = first + reply + " And God said,"
+        let text = try completion(second)
+        let reused = (try metric("attn_server_prefix_cache_tokens_total") ?? 0) - before
+        let lm = try LanguageModel(path: Self.modelPath)
+        XCTAssertGreaterThanOrEqual(reused, 16, "the second prompt's prefix was prefilled again")
+        XCTAssertLessThan(reused, Double(lm.encode(second).count))
+        var expected = ""
+        _ = try lm.generate(second, options: GenerationOptions(maxTokens: 8)) { expected += $0; return true }
+        XCTAssertEqual(text, expected)
+        XCTAssertGreaterThan(try metric("attn_server_prefix_cache_bytes") ?? 0, 0)
+    }
+
     /// The streamed chat's deltas concatenate to the non-streamed message; the stream ends with [DONE].
     func testChatStreamingMatchesNonStreaming() throws {
         let c = try client

@@ -55,7 +55,14 @@ public struct DecodingSequence {
     /// A sequence generating after `prompt` (ids, BOS included when the model adds it). Throws
     /// for an empty prompt, invalid sampling options, a model that does not decode through a KV
     /// cache, or a cache beyond the memory budget.
-    public init(model: LanguageModel, prompt: [Int32], options: GenerationOptions, prefillChunk: Int = 256) throws {
+    ///
+    /// With `prefix`, the prompt's first `positions` tokens are taken from that cache (one that
+    /// holds the same ids there: a server's prefix cache; ``cachedTokens`` says which ids a cache
+    /// holds) instead of being prefilled; `positions` must be below the prompt's length (the last
+    /// prompt token is always run, for its logits). The logits then agree with a full prefill to
+    /// float rounding, not bit for bit (the prefix was computed in other chunks).
+    public init(model: LanguageModel, prompt: [Int32], options: GenerationOptions, prefillChunk: Int = 256,
+                prefix: (cache: KVCache, positions: Int)? = nil) throws {
         try options.sampling.validate()
         guard !prompt.isEmpty else { throw ModelError.invalidTokens("the prompt encodes to no tokens") }
         guard options.maxTokens >= 0 else { throw ModelError.invalidArgument("max tokens must be >= 0") }
@@ -75,7 +82,18 @@ public struct DecodingSequence {
         stops = StopStrings(options.stop)
         ends = model.endTokens
         if options.maxTokens == 0 { finishReason = "length" }
+        if let prefix {
+            guard prefix.positions >= 0, prefix.positions < prompt.count, prefix.positions <= prefix.cache.lengths[0] else {
+                throw ModelError.invalidArgument("a prefix of \(prefix.positions) positions for a prompt of \(prompt.count) tokens from a cache of \(prefix.cache.lengths[0])")
+            }
+            try storedCache!.copy(from: prefix.cache, positions: prefix.positions)
+            prefilled = prefix.positions
+        }
     }
+
+    /// The ids whose keys and values ``cache`` holds, in position order: the prompt, then the
+    /// generated tokens already fed back (the last sampled token is not in the cache yet).
+    public var cachedTokens: [Int32] { Array((prompt + tokens).prefix(cache.lengths[0])) }
 
     /// The bytes a cache for `prompt` tokens and `maxTokens` new ones takes (what ``init`` allocates).
     public static func cacheBytes(model: LanguageModel, promptTokens: Int, maxTokens: Int, type: KVCacheType, prefillChunk: Int = 256) -> Int {

@@ -185,7 +185,7 @@ public final class DistributedCausalLM {
                 let hkp = hk.unsafeMutableBaseAddress(), hvp = hv.unsafeMutableBaseAddress()
                 for src in 0..<ch {
                     let r = s.chunk(src)
-                    let ov = max(r.lowerBound, need.lowerBound)..<min(r.upperBound, need.upperBound)
+                    let ov = overlap(r, need)
                     if ov.isEmpty { continue }
                     let at = (ov.lowerBound - need.lowerBound) * kw, n = ov.count * kw
                     if owner(chunk: src) == me {
@@ -204,7 +204,7 @@ public final class DistributedCausalLM {
                 let need = Self.halo(before: s.chunk(dst).lowerBound, window: w)
                 for src in myChunks where src < dst {
                     let r = s.chunk(src)
-                    let ov = max(r.lowerBound, need.lowerBound)..<min(r.upperBound, need.upperBound)
+                    let ov = overlap(r, need)
                     if ov.isEmpty { continue }
                     let from = (rowOffset[src]! + ov.lowerBound - r.lowerBound) * kw, n = ov.count * kw
                     requests.append(try comm.isend(kBase + from, count: n, to: owner(chunk: dst), tag: tag(dst, src)))
@@ -366,6 +366,12 @@ public final class DistributedCausalLM {
         }
         return z
     }
+}
+
+/// The positions in both ranges (empty, at `a`'s start, when they do not meet).
+func overlap(_ a: Range<Int>, _ b: Range<Int>) -> Range<Int> {
+    let lo = max(a.lowerBound, b.lowerBound), hi = min(a.upperBound, b.upperBound)
+    return lo < hi ? lo..<hi : a.lowerBound..<a.lowerBound
 }
 
 /// Buffers of a halo exchange that ended in an error (transfers may be pending): kept for the

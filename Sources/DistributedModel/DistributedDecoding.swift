@@ -74,7 +74,7 @@ public final class DistributedDecoding: LogitSource {
             func pieces(_ r: Int) -> [(Range<Int>, Int)] {
                 var out = [(Range<Int>, Int)](), row = 0
                 for range in s.ranges(rank: r) {
-                    let ov = max(range.lowerBound, tail.lowerBound)..<min(range.upperBound, tail.upperBound)
+                    let ov = overlap(range, tail)
                     if !ov.isEmpty { out.append((ov, row + ov.lowerBound - range.lowerBound)) }
                     row += range.count
                 }

@@ -298,6 +298,11 @@ public struct GenerateArguments: ParsableArguments {
         public var prefillTokensPerSecond = 0.0, decodeTokensPerSecond = 0.0
         public var kvCacheBytes = 0
         public var ranks = 1, threads = 1
+        /// The model's shape (what a benchmark needs to count FLOPs): layers, D, H, Hkv, hd, F, V,
+        /// sliding layers and their window (0 without).
+        public var layers = 0, hiddenSize = 0, heads = 0, kvHeads = 0, headDim = 0, intermediateSize = 0, vocabSize = 0
+        public var slidingLayers = 0, window = 0
+        public var matmul = ""
     }
 
     /// Generates with `source` (nil: this process's KV cache) and, when `writes`, streams the text
@@ -328,6 +333,12 @@ public struct GenerateArguments: ParsableArguments {
         t.kvCacheBytes = cacheBytes?() ?? (base as? CachedDecoding)?.cache?.bytes ?? 0
         t.ranks = ranks
         t.threads = options.threads ?? Parallel.defaultThreads
+        let c = lm.model.config
+        (t.layers, t.hiddenSize, t.heads, t.kvHeads, t.headDim) = (c.layers, c.hiddenSize, c.heads, c.kvHeads, c.headDim)
+        (t.intermediateSize, t.vocabSize) = (c.intermediateSize, c.vocabSize)
+        let windows = (0..<c.layers).compactMap { c.window(of: $0) }
+        (t.slidingLayers, t.window) = (windows.count, windows.max() ?? 0)
+        t.matmul = matmul
         guard writes else { return t }
         FileHandle.standardOutput.write(Data("\n".utf8))
         if let tokensOut { try Numpy.write(int32: result.tokens, shape: [result.tokens.count], to: tokensOut) }

@@ -70,9 +70,10 @@ for impl, t, ranks in (("single", single, 1), ("zigzag+tensor-parallel", dist, a
                "model": name, "weights": weights, "phase": phase, "matmul": a.matmul, "promptTokens": t["promptTokens"],
                "tokensPerSecond": tps, "kvCacheBytes": t["kvCacheBytes"] if ranks == 1 else max(s["kvCacheBytes"] for s in stats)}
         if ranks > 1:
-            row["perRank"] = [{k: s[k] for k in ("rank", "localTokens", "prefillSeconds", "ringSeconds", "ringWaitSeconds", "ringBytes",
-                                                 "haloSeconds", "haloBytes", "windowedSeconds", "decodeSteps", "decodeSeconds",
-                                                 "gatherSeconds", "gatherCalls", "floatsSent", "kvCacheBytes")} for s in stats]
+            # The busiest rank's figures (the contract's values are numbers; the per-rank ones are printed below).
+            for k in ("localTokens", "ringSeconds", "ringWaitSeconds", "ringBytes", "haloSeconds", "haloBytes", "windowedSeconds",
+                      "gatherSeconds", "gatherCalls", "floatsSent"):
+                row[k] = max(q[k] for q in stats)
         rows.append(row)
 json.dump(rows, open(a.json, "w"), indent=1)
 s, d = rows[0], rows[2]
@@ -80,7 +81,7 @@ print(f"{name}, {s['promptTokens']} prompt tokens, matmul {a.matmul}: 1 process 
 print(f"  prefill: {s['tokensPerSecond']:.1f} vs {d['tokensPerSecond']:.1f} tokens/s -> {d['tokensPerSecond'] / s['tokensPerSecond']:.1%} of single-process (target >= 85%)")
 print(f"  decode:  {rows[1]['tokensPerSecond']:.1f} vs {rows[3]['tokensPerSecond']:.1f} tokens/s -> {rows[3]['tokensPerSecond'] / rows[1]['tokensPerSecond']:.2f}x (target >= 0.8x)")
 print(f"  KV cache: {s['kvCacheBytes'] / 2**20:.1f} MiB vs {d['kvCacheBytes'] / 2**20:.1f} MiB on the largest rank -> {d['kvCacheBytes'] / s['kvCacheBytes']:.2f} (target <= 0.55)")
-for q in d["perRank"]:
+for q in stats:
     print(f"  rank {q['rank']:.0f}: {q['localTokens']:.0f} positions, prefill {q['prefillSeconds']:.2f} s (ring {q['ringSeconds']:.2f} s, its waits {q['ringWaitSeconds'] * 1e3:.0f} ms, "
           f"{q['ringBytes'] / 2**20:.1f} MiB; halo {q['haloSeconds'] * 1e3:.0f} ms, {q['haloBytes'] / 2**20:.1f} MiB), "
           f"decode gathers {q['gatherSeconds'] * 1e3:.0f} ms in {q['gatherCalls']:.0f} calls")

@@ -39,9 +39,12 @@ SMOL = os.path.join(args.models, "SmolLM2-135M-Instruct.Q4_1.gguf")
 GEMMA = os.path.join(args.models, "gemma-3-270m-q4_k_m.gguf")
 T0 = time.time()
 
-# Cost model of one forward over L tokens on 2 cores (seconds ≈ a·L + b·L²; measured with the
-# release build on a shared 2-core machine, see the report): the grids below are chosen from it.
-COST = {"smol": (1.9e-3, 1.15e-7), "gemma": (5.0e-3, 0.35e-7)}
+# Cost model of one forward over L tokens on 2 dedicated cores (seconds ≈ a·L + b·L²), from
+# release-build measurements on a 2-core machine shared with other builds (SmolLM2: 4,096 tokens
+# in 50 s as one window, 42 s as four windows of 1,024; Gemma 3: 4,096 in 85 s), scaled by the CPU
+# share the runs got (user time ≈ 0.6 × wall). "profile" computes the LM head on every position
+# (Gemma's 262K-token head dominates); "prefill" (passkey) on the last one only.
+COST = {"smol": (5.8e-3, 3.7e-7), "smol-prefill": (5.0e-3, 3.7e-7), "gemma": (11e-3, 0.7e-7), "gemma-prefill": (5.0e-3, 0.7e-7)}
 
 
 def forward_seconds(model, L, window=None):
@@ -52,37 +55,41 @@ def forward_seconds(model, L, window=None):
 
 
 if args.quick:
-    P = dict(smol_lengths=[1024, 4096], smol_span=4096, smol_spans=1, smol_methods_at={4096: ["none", "yarn", "streaming"]},
+    # Contexts <= 4K (inside both models' training): the instruments run end to end; scaling at
+    # factor 2 inside the context shows what interpolation costs there.
+    P = dict(smol_lengths=[1024, 4096], smol_span=4096, smol_spans=1,
+             smol_methods_at={1024: ["none"], 4096: ["none", "yarn:2", "streaming"]},
              streaming=(4, 1020), gemma_windows=(1024, 4096), gemma_span=4096, gemma_spans=1,
-             passkey_smol=dict(lengths=[1024, 2048, 4096], depths=[0.0, 0.5, 1.0], trials=2),
-             passkey_smol_int8=dict(lengths=[4096], depths=[0.5], trials=2),
+             passkey_smol=dict(lengths=[1024, 2048], depths=[0.0, 0.5, 1.0], trials=2),
+             passkey_smol_int8=dict(lengths=[2048], depths=[0.5], trials=2),
              passkey_gemma=dict(lengths=[2048, 4096], depths=[0.5], trials=2),
              passkey_gemma_int8=None, passkey_long=[])
 else:
-    P = dict(smol_lengths=[8192, 16384, 32768], smol_span=32768, smol_spans=2,
-             smol_methods_at={16384: ["none", "linear", "ntk", "dynamic", "yarn", "streaming"],
-                              32768: ["none", "linear", "ntk", "dynamic", "yarn", "streaming"], 8192: ["none", "streaming"]},
-             streaming=(4, 2044), gemma_windows=(4096, 32768), gemma_span=32768, gemma_spans=2,
-             passkey_smol=dict(lengths=[1024, 2048, 4096, 8192], depths=[0.0, 0.25, 0.5, 0.75, 1.0], trials=5),
-             passkey_smol_int8=dict(lengths=[8192], depths=[0.0, 0.5, 1.0], trials=5),
-             passkey_gemma=dict(lengths=[4096, 8192, 16384], depths=[0.0, 0.5, 1.0], trials=5),
-             passkey_gemma_int8=dict(lengths=[16384], depths=[0.5], trials=5),
-             # (model, length, methods, depths, trials): beyond SmolLM2's context, and Gemma at its own.
-             passkey_long=[("smol", 16384, ["none", "yarn", "dynamic"], [0.0, 0.5, 1.0], 5),
-                           ("gemma", 32768, ["none"], [0.5], 5)])
+    # One span of 32K tokens (the first 32,768 of Job + Luke + Hebrews) read by every row; factors L / 8K.
+    P = dict(smol_lengths=[8192, 16384, 32768], smol_span=32768, smol_spans=1,
+             smol_methods_at={8192: ["none", "streaming"], 16384: ["none", "yarn", "streaming"],
+                              32768: ["none", "linear", "ntk", "dynamic", "yarn", "streaming"]},
+             streaming=(4, 2044), gemma_windows=(4096, 32768), gemma_span=32768, gemma_spans=1,
+             passkey_smol=dict(lengths=[1024, 2048, 4096, 8192], depths=[0.0, 0.5, 1.0], trials=5),
+             passkey_smol_int8=dict(lengths=[8192], depths=[0.5], trials=5),
+             passkey_gemma=dict(lengths=[4096, 16384, 32768], depths=[0.5], trials=5),
+             passkey_gemma_int8=None,
+             # (model, length, methods, depths, trials): beyond SmolLM2's trained context.
+             passkey_long=[("smol", 16384, ["yarn"], [0.5], 5)])
 TRAINED = {"smol": 8192, "gemma": 32768}
 PATHS = {"smol": SMOL, "gemma": GEMMA}
 
 
 def method_args(method, L, trained):
     """--rope-scaling etc. for a method at length L (factor L / trained context, at least 1)."""
-    f = max(1.0, L / trained)
+    name, _, given = method.partition(":")
+    f = float(given) if given else max(1.0, L / trained)
     if method == "none":
         return []
     if method == "streaming":
         s, w = P["streaming"]
         return ["--sinks", str(s), "--attention-window", str(w)]
-    return ["--rope-scaling", method, "--rope-factor", f"{f:g}"]
+    return ["--rope-scaling", name, "--rope-factor", f"{f:g}"]
 
 
 # ---- Steps: {part, name, argv (after `attn`), out, minutes (estimate)} ----
@@ -106,7 +113,7 @@ def perplexity_steps():
         for m in P["smol_methods_at"].get(L, ["none"]):
             extra = method_args(m, L, TRAINED["smol"])
             wc = P["streaming"][1] + P["streaming"][0] if m == "streaming" else None
-            steps.append(profile_step("perplexity", "smol", f"smol-{m}-{L}", L, P["smol_span"], P["smol_spans"], extra, wc))
+            steps.append(profile_step("perplexity", "smol", f"smol-{m.replace(':', 'x')}-{L}", L, P["smol_span"], P["smol_spans"], extra, wc))
     return steps
 
 
@@ -116,7 +123,7 @@ def gemma_steps():
 
 
 def passkey_step(model, name, lengths, depths, trials, extra):
-    prompts = sum(trials * len(depths) * forward_seconds(model, L) for L in lengths)
+    prompts = sum(trials * len(depths) * forward_seconds(model + "-prefill", L) for L in lengths)
     return step("passkey", name, ["lm", "passkey", "--model", PATHS[model], "--lengths", ",".join(map(str, lengths)),
                                   "--depths", ",".join(f"{d:g}" for d in depths), "--trials", str(trials)] + extra,
                 prompts / 60)

@@ -14,7 +14,7 @@ Parts (each a list of steps; another part is one more builder in STEP_BUILDERS):
   passkey     SmolLM2 at 1K-16K and Gemma 3 at 4K-32K (Landmark's prompt, greedy, no fine-tune),
               f32 and int8 KV caches for the important cells.
 
-usage: experiments_pretrained.py [--quick] [--resume] [--only PARTS] [--list] [--attn PATH] [--out DIR]
+usage: experiments_pretrained.py [--quick] [--resume] [--only PARTS] [--steps NAMES] [--list] [--attn PATH] [--out DIR]
   --quick   contexts <= 4K, a few trials: under 15 minutes on 2 cores.
   --resume  skips every step whose JSON exists (a run interrupted at any point completes later).
   --list    prints the steps with their estimated minutes and exits.
@@ -29,6 +29,7 @@ ap.add_argument("--models", default="data/models")
 ap.add_argument("--corpus", default="data/kjv.txt")
 ap.add_argument("--resume", action="store_true")
 ap.add_argument("--only", default="", help="comma-separated parts")
+ap.add_argument("--steps", default="", help="comma-separated step names (default: every step of the selected parts)")
 ap.add_argument("--list", action="store_true")
 ap.add_argument("--threads", type=int, default=None)
 args = ap.parse_args()
@@ -153,6 +154,10 @@ STEP_BUILDERS = [("perplexity", perplexity_steps), ("gemma", gemma_steps), ("pas
 
 ONLY = set(p for p in args.only.split(",") if p)
 STEPS = [s for part, build in STEP_BUILDERS if not ONLY or part in ONLY for s in build()]
+NAMES = set(n for n in args.steps.split(",") if n)
+if NAMES - set(s["name"] for s in STEPS):
+    sys.exit(f"no step named {', '.join(sorted(NAMES - set(s['name'] for s in STEPS)))} (--list shows them)")
+RUN_STEPS = [s for s in STEPS if not NAMES or s["name"] in NAMES]
 
 if args.list:
     for s in STEPS:
@@ -182,7 +187,7 @@ def save_timings():
 
 
 threads = ["--threads", str(args.threads)] if args.threads else []
-for s in STEPS:
+for s in RUN_STEPS:
     if args.resume and os.path.exists(s["out"]):
         log(f"{s['name']}: kept from an earlier run")
         continue

@@ -121,13 +121,20 @@ struct LMProfile: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "profile",
         abstract: "Bits per byte against position: the mean next-token loss at each position of non-overlapping windows of held-out books.",
-        discussion: "Windows never span two books. With --attention or --rope-scaling the checkpoint is changed at load time (e.g. RoPE interpolation without a fine-tune).")
+        discussion: """
+            Windows never span two books. With --attention or --rope-scaling the checkpoint is changed at load time (e.g. RoPE \
+            interpolation without a fine-tune). A pretrained model (--model a .gguf file or a Hugging Face folder) reads the \
+            books through its own tokenizer, concatenated in the order given (default: Job, Luke, Hebrews), and reports nats per \
+            token and perplexity by position bucket; --rope-scaling/--rope-factor and --sinks/--attention-window (StreamingLLM) \
+            apply to its full layers.
+            """)
     @Option(help: "Checkpoint directory.") var model: String
     @OptionGroup var variant: ModelVariantOptions
     @Option(help: "Tokens per window.") var window = 256
     @Option(help: "Read spans of this many tokens (a multiple of --window) as independent windows: the same text as a profile at --window SPAN.")
     var span: Int?
-    @Option(help: "Books: validation, long, or comma-separated names (Luke,Job).") var books = "validation"
+    @Option(help: "Books: validation (the default for a byte checkpoint), long (Job, Luke, Hebrews: the default for a pretrained model), or comma-separated names (Luke,Job).")
+    var books: String?
     @Option(help: "The corpus (make corpus writes it).") var corpus = "data/kjv.txt"
     @Option(help: "Use at most this many windows, spread evenly over the books (0: all).") var maxWindows = 0
     @Option(help: "Windows per forward pass.") var batch = 4
@@ -143,6 +150,7 @@ struct LMProfile: ParsableCommand {
     func run() throws {
         if isPretrained(model) { return try runPretrained() }
         let m = try variant.load(model, length: window)
+        let books = self.books ?? "validation"
         let docs = try corpusDocuments(books, corpus: corpus).map(\.tokens)
         let t0 = Date()
         let p = try PositionProfile(model: m, documents: docs, window: window, span: span, maxWindows: maxWindows, batch: batch,
@@ -180,6 +188,7 @@ extension LMProfile {
         guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
         let (lm, m, ext) = try variant.loadPretrained(model)
         let text = try TextCorpus(path: corpus)
+        let books = self.books ?? "long"
         let names: [String] = books == "long" ? ["Job", "Luke", "Heb"] : books.split(separator: ",").map(String.init)
         guard books != "validation" else { throw ValidationError("a pretrained model's profile reads --books long (Job, Luke, Hebrews) or named books") }
         // The books concatenated in the order given: one token stream (windows may cross a book's end).
@@ -255,7 +264,7 @@ struct LMPasskey: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "passkey",
         abstract: "Passkey retrieval (Landmark Attention's format): a short fine-tune on the task, then greedy accuracy by prompt length and needle depth.",
-        discussion: "The fine-tune changes a copy in memory; the checkpoint is never written. Keys are uniform in 1...50000 (chance: 2e-5).")
+        discussion: "The fine-tune changes a copy in memory; the checkpoint is never written. Keys are uniform in 1...50000 (chance: 2e-5). A pretrained model (a .gguf file or a Hugging Face folder) takes no fine-tune: Landmark's prompt, instruction line included, through its tokenizer (--chat: its chat template), lengths in tokens.")
     @Option(help: "Checkpoint directory.") var model: String
     @OptionGroup var variant: ModelVariantOptions
     @Option(help: "Fine-tune steps on the task before scoring (0: none; default 100 for a byte checkpoint, 0 for a pretrained model, which takes no fine-tune).")

@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps models test-server check-pretrained compare-pretrained test-dist client-check bench-ring bench-dist-lm corpus train train-alibi experiments build release test check compare-lm bench bench-lm-real bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps models experiments-pretrained test-server test-serve bench-serve check-pretrained compare-pretrained test-dist client-check bench-ring bench-dist-lm corpus train train-alibi experiments build release test check compare-lm bench bench-lm-real bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -178,6 +178,18 @@ else
 	@[ -f $(TRAIN_DIR)/model.safetensors ] || $(MAKE) --no-print-directory train
 	@[ -f $(ALIBI_DIR)/model.safetensors ] || $(MAKE) --no-print-directory train-alibi
 	python3 Tools/experiments.py --out $(EXPERIMENTS_DIR) --base $(TRAIN_DIR) --alibi $(ALIBI_DIR)
+endif
+
+# The long-context recipe on the pretrained GGUF models (Tools/experiments_pretrained.py): perplexity
+# by position with RoPE scaling and StreamingLLM, Gemma 3's windows, passkey retrieval; writes
+# results/experiments-pretrained/ (QUICK=1: results/experiments-pretrained-quick/, contexts <= 4K,
+# under 15 minutes). Finished steps are kept (--resume): an interrupted run completes later.
+experiments-pretrained: deps corpus models
+	$(SWIFT) build -c release --product attn
+ifeq ($(QUICK),1)
+	python3 Tools/experiments_pretrained.py --quick --resume
+else
+	python3 Tools/experiments_pretrained.py --resume
 endif
 
 bench: release

@@ -46,6 +46,12 @@ public struct KVCache: Sendable {
     public let type: KVCacheType
     /// Per layer, the sliding window `W` its ring serves, or nil for a full layer.
     public let windows: [Int?]
+    /// Per layer, the attention sinks it keeps besides its ring (StreamingLLM, Xiao et al. 2023):
+    /// the keys and values of positions `0 ..< sinks[layer]` are copied, in float32, into a store of
+    /// their own when appended, so a windowed layer holds `S + slots` positions however long the
+    /// sequence grows. 0 for every layer unless given; only windowed layers take sinks.
+    public let sinks: [Int]
+    var sinkKeyStore: [Tensor], sinkValueStore: [Tensor]
     /// The most tokens one append may add to a windowed layer (full layers take any number up to the capacity).
     public let maxAppend: Int
     /// Rows stored per layer and (batch, KV head): `capacity` for a full layer, `min(capacity, W + maxAppend - 1)`
@@ -73,12 +79,20 @@ public struct KVCache: Sendable {
     ///   other than `layers`; ``AttentionError/invalidWindow(_:)`` for a window below 1;
     ///   ``AttentionError/tooLarge(_:)`` when the bytes overflow or exceed the memory budget.
     public init(layers: Int, batch: Int, kvHeads: Int, capacity: Int, headDimension d: Int, valueDimension dv: Int? = nil,
-                type: KVCacheType = .float32, windows: [Int?]? = nil, maxAppend: Int = 1) throws {
+                type: KVCacheType = .float32, windows: [Int?]? = nil, maxAppend: Int = 1, sinks: [Int]? = nil) throws {
         let dv = dv ?? d
         guard layers >= 1, batch >= 1, kvHeads >= 1, capacity >= 1, d >= 1, dv >= 1 else {
             throw AttentionError.invalidArgument("KV cache sizes must be positive (layers \(layers), B \(batch), Hkv \(kvHeads), capacity \(capacity), d \(d), dv \(dv))")
         }
         let slots = try Self.slots(layers: layers, capacity: capacity, windows: windows, maxAppend: maxAppend)
+        let sinks = sinks ?? Array(repeating: 0, count: layers)
+        guard sinks.count == layers, sinks.allSatisfy({ $0 >= 0 && $0 <= capacity }) else {
+            throw AttentionError.invalidArgument("sinks must list \(layers) counts in 0...\(capacity), got \(sinks)")
+        }
+        for (layer, s) in sinks.enumerated() where s > 0 && (windows?[layer] ?? nil) == nil {
+            throw AttentionError.invalidArgument("layer \(layer) is a full layer: only windowed layers take attention sinks")
+        }
+        self.sinks = sinks
         self.layers = layers
         self.batch = batch
         self.kvHeads = kvHeads
@@ -112,6 +126,17 @@ public struct KVCache: Sendable {
         }
         keyStore = try slots.map { try store(d, $0) }
         valueStore = try slots.map { try store(dv, $0) }
+        sinkKeyStore = try sinks.map { try Tensor(zeros: [batch, kvHeads, $0, d]) }
+        sinkValueStore = try sinks.map { try Tensor(zeros: [batch, kvHeads, $0, dv]) }
+    }
+
+    /// The attention sinks `layer` holds: keys `[B, Hkv, s, d]` and values `[B, Hkv, s, dv]` of
+    /// positions `0 ..< s`, `s = min(sinks[layer], lengths[layer])` (float32 whatever ``type`` is;
+    /// views of the sink store).
+    public func sinkRows(layer: Int) throws -> (keys: Tensor, values: Tensor) {
+        guard (0..<layers).contains(layer) else { throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(layers)") }
+        let s = min(sinks[layer], lengths[layer])
+        return (try sinkKeyStore[layer].rows(0..<s), try sinkValueStore[layer].rows(0..<s))
     }
 
     /// The rows each layer stores (see the type's description), after checking `windows` and `maxAppend`.
@@ -160,9 +185,10 @@ public struct KVCache: Sendable {
         return total
     }
 
-    /// Bytes this cache holds (windowed layers count their ring's slots only).
+    /// Bytes this cache holds (windowed layers count their ring's slots only; attention sinks their float32 rows).
     public var bytes: Int {
         Self.bytes(batch: batch, kvHeads: kvHeads, slots: slots, headDimension: headDimension, valueDimension: valueDimension, type: type)!
+            + sinks.reduce(0, +) * batch * kvHeads * (headDimension + valueDimension) * 4
     }
 
     /// Bytes of one layer's keys and values (`layer` in `0 ..< layers`, as for ``lengths``).
@@ -213,6 +239,23 @@ public struct KVCache: Sendable {
         maxValue[layer] = max(maxValue[layer], v.maxMagnitude)
         write(keys, into: &keyStore[layer], width: headDimension, slots: slots[layer], position: length)
         write(values, into: &valueStore[layer], width: valueDimension, slots: slots[layer], position: length)
+        if length < sinks[layer] {
+            let m = min(n, sinks[layer] - length)
+            for (src, dst) in [(keys, layer), (values, layer + layers)] {
+                let rows = try src.rows(0..<m).contiguous()
+                let width = rows.shape[3], S = sinks[layer]
+                func copy(_ store: inout Tensor) {
+                    store.withUnsafeMutableBufferPointer { d in
+                        rows.withUnsafePointer { p in
+                            for bh in 0..<(batch * kvHeads) {
+                                (d.baseAddress! + (bh * S + length) * width).update(from: p + bh * m * width, count: m * width)
+                            }
+                        }
+                    }
+                }
+                if dst < layers { copy(&sinkKeyStore[layer]) } else { copy(&sinkValueStore[layer]) }
+            }
+        }
         lengths[layer] = length + n
     }
 
@@ -319,6 +362,7 @@ public struct KVCache: Sendable {
               other.headDimension == headDimension, other.valueDimension == valueDimension else {
             throw AttentionError.shapeMismatch("caches differ in layers, batch, heads or widths")
         }
+        guard other.sinks == sinks else { throw AttentionError.shapeMismatch("caches differ in their attention sinks") }
         if let limit, limit < 0 { throw AttentionError.invalidArgument("a prefix of \(limit) positions") }
         // Per layer: the positions taken, and how many of them the source still holds (the last ones).
         func taken(_ layer: Int) -> (length: Int, held: Int) {
@@ -352,6 +396,8 @@ public struct KVCache: Sendable {
             heldFrom[layer] = length - keep
             maxKey[layer] = other.maxKey[layer]
             maxValue[layer] = other.maxValue[layer]
+            sinkKeyStore[layer] = other.sinkKeyStore[layer]
+            sinkValueStore[layer] = other.sinkValueStore[layer]
         }
     }
 }

@@ -104,11 +104,22 @@ public struct ModelConfig: Sendable, Equatable {
     /// Ids that end a generation (`eos_token_id` may list several; the first is ``eosTokenId``).
     public var endTokenIds: [Int] = []
 
+    /// StreamingLLM's attention sinks + sliding window (Xiao et al. 2023) on every full layer, an
+    /// inference option of the project's own (never saved): query `i` sees keys `j < sinks` and
+    /// `i − window < j ≤ i`; decoding keeps only those in the KV cache (memory bounded by
+    /// `sinks + window` positions per layer). Positions are StreamingLLM's: by slot in the cache
+    /// (see ``CausalLM`` `+Streaming`). Sliding layers keep their own window.
+    public var streaming: StreamingWindow? = nil
+
     /// Whether `layer` is a sliding-window layer.
     public func isSliding(_ layer: Int) -> Bool { layer < layerKinds.count && layerKinds[layer] == .sliding }
 
-    /// The window of `layer`, or nil for full attention.
-    public func window(of layer: Int) -> Int? { isSliding(layer) ? slidingWindow : nil }
+    /// The window of `layer`, or nil for full attention: a sliding layer's, or on a full layer
+    /// the streaming window (``streaming``).
+    public func window(of layer: Int) -> Int? { isSliding(layer) ? slidingWindow : streaming?.window }
+
+    /// The attention sinks of `layer`: ``streaming``'s on full layers, 0 otherwise.
+    public func sinks(of layer: Int) -> Int { isSliding(layer) ? 0 : (streaming?.sinks ?? 0) }
 
     /// The positions of `layer`: ``slidingPositions`` on sliding layers when set, else ``positions``.
     public func positions(of layer: Int) -> PositionEncoding { isSliding(layer) ? (slidingPositions ?? positions) : positions }
@@ -190,6 +201,15 @@ public struct ModelConfig: Sendable, Equatable {
                 throw bad("layer \(i) is a sliding-window layer: it takes exact attention, not \(a.name)")
             }
         }
+        if let st = streaming {
+            guard st.sinks >= 0, st.window >= 1 else {
+                throw bad("attention sinks must be >= 0 and the streaming window >= 1, got \(st.sinks) and \(st.window)")
+            }
+            guard case .rope = positions else { throw bad("attention sinks + window need RoPE positions") }
+            for (i, a) in attention.enumerated() where !isSliding(i) && a != .exact {
+                throw bad("attention sinks + window on layer \(i) need exact attention, not \(a.name)")
+            }
+        }
         if let s = attentionScale { guard s > 0, s.isFinite else { throw bad("the attention scale must be positive, got \(s)") } }
         if let s = embeddingScale { guard s > 0, s.isFinite else { throw bad("the embedding scale must be positive, got \(s)") } }
         guard normWeightOffset == 0 || normWeightOffset == 1 else { throw bad("norm weight offset must be 0 or 1") }
@@ -249,6 +269,13 @@ public struct ModelConfig: Sendable, Equatable {
 
     /// Intermediate size of expert e (Mixtral) or of the dense MLP.
     public func expertSize(_ e: Int) -> Int { expertSizes?[e] ?? intermediateSize }
+}
+
+/// StreamingLLM's cache shape: the first `sinks` positions and the last `window` (the query's own included).
+public struct StreamingWindow: Sendable, Equatable, Codable {
+    public var sinks: Int
+    public var window: Int
+    public init(sinks: Int, window: Int) { (self.sinks, self.window) = (sinks, window) }
 }
 
 /// Errors of the model layer.

@@ -1,5 +1,7 @@
 import AttentionTensor
 import CAttentionKernels
+import ChatTemplate
+import LongAttention
 import Foundation
 
 /// Passkey retrieval (Mohtashami & Jaggi 2023, Landmark Attention's format): a number hidden at
@@ -184,5 +186,107 @@ public struct PasskeyResults: Sendable, Codable {
             accuracy.append(row)
         }
         (self.lengths, self.depths, self.trials, self.accuracy) = (lengths, depths, trials, accuracy)
+    }
+}
+
+extension PasskeyResults {
+    /// Results measured elsewhere (``TokenizedPasskey``).
+    public init(lengths: [Int], depths: [Double], trials: Int, accuracy: [[Double]]) {
+        (self.lengths, self.depths, self.trials, self.accuracy) = (lengths, depths, trials, accuracy)
+    }
+}
+
+/// Passkey retrieval for a pretrained model with a real tokenizer (Landmark Attention's prompt,
+/// instruction line included, tokenized by the model's own tokenizer; no fine-tune):
+///
+///     There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there.
+///     <filler …> The pass key is 31742. Remember it. 31742 is the pass key. <filler …>
+///     What is the pass key? The pass key is
+///
+/// A prompt of length L (tokens) holds as many whole filler sentences groups as fit in L tokens
+/// (so its length is L or a few tokens less); the needle goes after the filler repetition nearest
+/// the depth. With a chat template the whole text is the user's message and the generation
+/// prompt follows. The answer is the first number of up to 8 greedy tokens.
+public enum TokenizedPasskey {
+    public static let instruction = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there.\n"
+
+    /// The prompt text with `reps` filler repetitions and the needle after `round(depth · reps)` of them.
+    public static func text(repetitions reps: Int, depth: Double, key: Int) -> String {
+        let before = Int((depth * Double(reps)).rounded())
+        return instruction + String(repeating: PasskeyTask.filler, count: before) + PasskeyTask.needle(key)
+            + String(repeating: PasskeyTask.filler, count: reps - before) + PasskeyTask.question
+    }
+
+    /// The ids of the longest prompt of at most `length` tokens (`render` maps a text to the ids the
+    /// model reads: the tokenizer, through the chat template or not).
+    public static func prompt(length: Int, depth: Double, key: Int, render: (String) throws -> [Int32]) throws -> [Int32] {
+        guard (0...1).contains(depth), (1...PasskeyTask.maxKey).contains(key), length >= 1 else {
+            throw ModelError.invalidArgument("a passkey prompt needs 0 <= depth <= 1, 1 <= key <= \(PasskeyTask.maxKey) and a length")
+        }
+        let bare = try render(text(repetitions: 0, depth: depth, key: key)).count
+        guard bare <= length else {
+            throw ModelError.invalidArgument("a passkey prompt of \(length) tokens cannot hold the instruction, key and question (\(bare) tokens)")
+        }
+        let per = Double(try render(text(repetitions: 64, depth: depth, key: key)).count - bare) / 64
+        var reps = max(0, Int(Double(length - bare) / max(per, 1e-9)))
+        var ids = try render(text(repetitions: reps, depth: depth, key: key))
+        while ids.count > length && reps > 0 {
+            reps -= max(1, Int(Double(ids.count - length) / max(per, 1e-9)))
+            reps = max(0, reps)
+            ids = try render(text(repetitions: reps, depth: depth, key: key))
+        }
+        return ids
+    }
+
+    /// The first integer in `text` (leading non-digits skipped), or nil.
+    public static func firstNumber(_ text: String) -> Int? {
+        guard let start = text.firstIndex(where: { $0.isASCII && $0.isNumber }) else { return nil }
+        return Int(text[start...].prefix { $0.isASCII && $0.isNumber }.prefix(9))
+    }
+
+    /// One cell's outcome.
+    public struct Trial: Sendable, Codable {
+        public let length: Int, depth: Double, key: Int, promptTokens: Int, answer: String, correct: Bool, seconds: Double
+    }
+
+    /// Scores `lm` (its ``LanguageModel/model`` may carry a context extension) on every (length,
+    /// depth) with `trials` keys each, a pure function of `seed`; greedy, 8 tokens, a KV cache of `cacheType`.
+    public static func score(_ lm: LanguageModel, model: CausalLM, lengths: [Int], depths: [Double], trials: Int, chat: Bool,
+                             cacheType: KVCacheType, seed: UInt64 = 7, threads: Int? = nil,
+                             progress: (Trial) -> Void = { _ in }) throws -> (results: PasskeyResults, trials: [Trial]) {
+        guard !lengths.isEmpty, !depths.isEmpty, trials >= 1 else {
+            throw ModelError.invalidArgument("passkey scoring needs lengths, depths and trials >= 1")
+        }
+        func render(_ s: String) throws -> [Int32] {
+            chat ? lm.encode(try lm.chatPrompt([ChatMessage(role: "user", content: s)])) : lm.encode(s)
+        }
+        var rng = SplitMix64(seed: seed)
+        var accuracy = [[Double]](), all = [Trial]()
+        for L in lengths {
+            var row = [Double]()
+            for depth in depths {
+                var right = 0
+                for _ in 0..<trials {
+                    let key = Int(rng.next() % UInt64(PasskeyTask.maxKey)) + 1
+                    let ids = try prompt(length: L, depth: depth, key: key, render: render)
+                    let t0 = Date()
+                    var out = [Int32]()
+                    try model.generate(prompt: ids, maxTokens: 8, stopTokens: lm.endTokens, cacheType: cacheType, threads: threads) {
+                        out.append($0)
+                        return true
+                    }
+                    let answer = try lm.decode(out)
+                    let ok = firstNumber(answer) == key
+                    if ok { right += 1 }
+                    let t = Trial(length: L, depth: depth, key: key, promptTokens: ids.count, answer: answer, correct: ok,
+                                  seconds: Date().timeIntervalSince(t0))
+                    all.append(t)
+                    progress(t)
+                }
+                row.append(Double(right) / Double(trials))
+            }
+            accuracy.append(row)
+        }
+        return (PasskeyResults(lengths: lengths, depths: depths, trials: trials, accuracy: accuracy), all)
     }
 }

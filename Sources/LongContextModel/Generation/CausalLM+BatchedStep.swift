@@ -17,8 +17,8 @@ extension CausalLM {
     /// that sequence alone (batch-invariant): products of up to 16 rows are computed row by row
     /// (GEMV on a panel, or the quantised kernels, which are batch-invariant by construction), and
     /// the elementwise kernels run per row. So a sequence's text never depends on what it was
-    /// batched with. A RoPE scaling whose table depends on the length (dynamic NTK) steps the
-    /// sequences one at a time (the same results).
+    /// batched with. A RoPE scaling whose table depends on the length (dynamic NTK) and attention
+    /// sinks step the sequences one at a time (the same results).
     ///
     /// - Throws: ``ModelError/invalidArgument(_:)`` for a count mismatch, an empty or oversized
     ///   batch, or a model that does not decode through a KV cache; a token outside the vocabulary;
@@ -39,7 +39,10 @@ extension CausalLM {
         }
         let threads = threads ?? Parallel.defaultThreads
         var logits = try Tensor(uninitialized: [S, V])
-        if (rope?.scaling.dependsOnLength ?? false) || (slidingRope?.scaling.dependsOnLength ?? false) {
+        // Length-dependent RoPE tables and attention sinks (StreamingLLM's re-rotated queries) step
+        // the sequences one at a time.
+        if (rope?.scaling.dependsOnLength ?? false) || (slidingRope?.scaling.dependsOnLength ?? false)
+            || (0..<c.layers).contains(where: { c.sinks(of: $0) > 0 }) {
             let lp = logits.unsafeMutableBaseAddress()
             for s in 0..<S {
                 let row = try step([tokens[s]], cache: &caches[s], threads: threads, logits: true)

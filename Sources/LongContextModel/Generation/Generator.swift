@@ -119,6 +119,10 @@ extension CausalLM {
                                  values: try v.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]))
                 // A short cache is not worth waking a second worker for (a few microseconds of work per head).
                 let attentionThreads = cache.positions(layer: layer).count * n < 4096 ? 1 : threads
+                if config.sinks(of: layer) > 0 {
+                    return (try streamingDecodeAttention(layer: layer, q: q, cache: cache, length: n, firstPosition: start,
+                                                         threads: attentionThreads), .none)
+                }
                 let out = try decodeAttention(queries: qh, cache: cache, layer: layer, scale: attentionScale,
                                               alibi: attentionMask(layer: layer).alibi, slidingWindow: config.window(of: layer),
                                               outputLayout: .tokenMajor, threads: attentionThreads)
@@ -142,7 +146,7 @@ extension CausalLM {
     public func makeCache(positions: Int, chunk: Int, type: KVCacheType = .float32) throws -> KVCache {
         try KVCache(layers: config.layers, batch: 1, kvHeads: config.kvHeads, capacity: positions, headDimension: config.headDim,
                     type: type, windows: (0..<config.layers).map { config.window(of: $0) },
-                    maxAppend: max(1, min(chunk, Self.prefillChunk)))
+                    maxAppend: max(1, min(chunk, Self.prefillChunk)), sinks: (0..<config.layers).map { config.sinks(of: $0) })
     }
 
     /// The longest prefill chunk through a cache with sliding-window layers: their rings hold

@@ -279,6 +279,10 @@ extension CausalLM {
         func rows(_ headMajor: Tensor) throws -> Tensor { try headMajor.permuted([0, 2, 1, 3]).contiguous().reshaped([N, H * hd]) }
         switch c.attention[layer] {
         case .exact:
+            if config.sinks(of: layer) > 0 {
+                guard !keep else { throw ModelError.invalidArgument("attention sinks are an inference option: there is no backward through them") }
+                return (try streamingAttention(layer: layer, q: q, k: k, v: v, batch: B, length: T, threads: threads), .none)
+            }
             if !keep {
                 let out = try scaledDotProductAttention(queries: qv, keys: kv, values: vv, scale: attentionScale, mask: mask,
                                                         outputLayout: .tokenMajor, threads: threads)

@@ -1,0 +1,119 @@
+import ArgumentParser
+import AttnCommands
+import Foundation
+import LongContextModel
+import XCTest
+
+/// `attn lm profile` and `attn lm passkey` on a real pretrained GGUF model (SmolLM2 in data/models,
+/// skipped when absent), with context extension and StreamingLLM options; bad options refused.
+final class PretrainedRecipeTests: XCTestCase {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    var smol: String { root.appendingPathComponent("data/models/SmolLM2-135M-Instruct.Q4_1.gguf").path }
+    var corpus: String { root.appendingPathComponent("data/kjv.txt").path }
+    var directory: URL!
+
+    override func setUpWithError() throws {
+        guard FileManager.default.fileExists(atPath: smol), FileManager.default.fileExists(atPath: corpus) else {
+            throw XCTSkip("data/models/SmolLM2-135M-Instruct.Q4_1.gguf or data/kjv.txt is absent (make models corpus)")
+        }
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("recipe-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { if let directory { try? FileManager.default.removeItem(at: directory) } }
+
+    func run(_ argv: [String]) throws {
+        var command = try Attn.parseAsRoot(argv)
+        try command.run()
+    }
+
+    func json(_ name: String) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: directory.appendingPathComponent(name))) as! [String: Any]
+    }
+
+    /// Profile: nats per token on real tokens of Hebrews; perplexity = exp(mean loss) (1e-12), the
+    /// buckets average to the mean (1e-9: equal-width buckets of 7 positions), a plausible
+    /// perplexity; sinks + window bound the KV cache and change the losses past the window.
+    func testProfileOnSmolLM2() throws {
+        let common = ["lm", "profile", "--model", smol, "--books", "Heb", "--corpus", corpus, "--window", "50", "--max-windows", "2",
+                      "--batch", "1", "--buckets", "7"]
+        try run(common + ["--json", directory.appendingPathComponent("plain.json").path])
+        try run(common + ["--sinks", "4", "--attention-window", "20", "--json", directory.appendingPathComponent("streaming.json").path])
+        let plain = try json("plain.json"), streaming = try json("streaming.json")
+        let mean = plain["meanLoss"] as! Double, ppl = plain["perplexity"] as! Double
+        XCTAssertEqual(ppl, exp(mean), accuracy: 1e-12 * ppl)
+        XCTAssertGreaterThan(ppl, 2)
+        XCTAssertLessThan(ppl, 200)
+        XCTAssertEqual(plain["windows"] as? Int, 2)
+        let buckets = plain["buckets"] as! [[String: Any]]
+        XCTAssertEqual(buckets.count, 7)
+        XCTAssertEqual(buckets.map { $0["meanLoss"] as! Double }.reduce(0, +) / 7, mean, accuracy: 1e-9)
+        XCTAssertEqual(streaming["sinks"] as? Int, 4)
+        XCTAssertEqual(streaming["attentionWindow"] as? Int, 20)
+        XCTAssertEqual(plain["kvCacheBytes"] as? Int, 30 * 3 * 50 * 64 * 2 * 4, "30 layers × 3 KV heads × 50 positions × d 64, keys and values")
+        XCTAssertEqual(streaming["kvCacheBytes"] as? Int, 30 * 3 * 24 * 64 * 2 * 4, "bounded by sinks + window = 24 positions")
+        // The first 20 positions see the same keys under both; later ones lose context.
+        let a = (plain["buckets"] as! [[String: Any]])[0]["meanLoss"] as! Double
+        let b = (streaming["buckets"] as! [[String: Any]])[0]["meanLoss"] as! Double
+        XCTAssertEqual(a, b, accuracy: 1e-4, "positions 0–6 are inside the window")
+        XCTAssertNotEqual(mean, streaming["meanLoss"] as! Double)
+    }
+
+    /// Passkey: the prompt is the longest of at most the length in real tokens, the answer's first
+    /// number decides, with f32 and int8 caches and YaRN options accepted.
+    func testPasskeyOnSmolLM2() throws {
+        try run(["lm", "passkey", "--model", smol, "--lengths", "120", "--depths", "0.5", "--trials", "1", "--kv-type", "int8",
+                 "--rope-scaling", "yarn", "--rope-factor", "2", "--json", directory.appendingPathComponent("pk8.json").path])
+        for name in ["pk8.json"] {
+            let r = try json(name)
+            let trials = r["trials"] as! [[String: Any]]
+            XCTAssertEqual(trials.count, 1)
+            let t = trials[0], n = t["promptTokens"] as! Int
+            XCTAssertLessThanOrEqual(n, 120)
+            XCTAssertGreaterThan(n, 120 - 25, "within one filler repetition of the length")
+            XCTAssertEqual(t["correct"] as! Bool, TokenizedPasskey.firstNumber(t["answer"] as! String) == t["key"] as? Int)
+            XCTAssertEqual(((r["results"] as! [String: Any])["accuracy"] as! [[Double]])[0][0], (t["correct"] as! Bool) ? 1 : 0)
+        }
+        XCTAssertEqual(try json("pk8.json")["kvType"] as? String, "int8")
+        XCTAssertEqual(try json("pk8.json")["contextExtension"] as? String, "yarn ×2.0")
+    }
+
+    /// Bad options: one clear error each, before any scoring.
+    func testBadOptionsAreRefused() throws {
+        let base = ["lm", "profile", "--model", smol, "--books", "Heb", "--corpus", corpus, "--window", "64", "--max-windows", "1"]
+        for (extra, words) in [(["--rope-scaling", "linear", "--rope-factor", "0"], "> 0"),
+                               (["--rope-scaling", "linear", "--rope-factor=-1"], "> 0"),
+                               (["--rope-scaling", "stretch", "--rope-factor", "2"], "unknown RoPE scaling"),
+                               (["--rope-scaling", "yarn"], "needs --rope-factor"),
+                               (["--sinks", "4", "--attention-window", "8189"], "exceed the model's trained context of 8192"),
+                               (["--sinks", "4"], "--sinks needs --attention-window")] {
+            XCTAssertThrowsError(try run(base + extra), "\(extra)") { e in
+                XCTAssertTrue("\(e)".contains(words), "\(extra): \(e)")
+            }
+        }
+        XCTAssertThrowsError(try run(["lm", "passkey", "--model", smol, "--lengths", "200", "--tune-steps", "5"])) { e in
+            XCTAssertTrue("\(e)".contains("without a fine-tune"), "\(e)")
+        }
+    }
+
+    /// The prompt builder on its own: at most the length, within one filler repetition of it, the
+    /// needle at the requested depth.
+    func testPromptLengthsAndDepths() throws {
+        let render: (String) -> [Int32] = { Array($0.utf8).map { Int32($0) } }
+        for L in [1000, 3000, 6000] {
+            for depth in [0.0, 0.5, 1.0] {
+                let ids = try TokenizedPasskey.prompt(length: L, depth: depth, key: 4242, render: render)
+                XCTAssertLessThanOrEqual(ids.count, L)
+                XCTAssertGreaterThan(ids.count, L - PasskeyTask.filler.utf8.count)
+                let text = String(decoding: ids.map { UInt8($0) }, as: UTF8.self)
+                // The needle's place within the filler (between the instruction and the question).
+                let at = text.distance(from: text.startIndex, to: text.range(of: "The pass key is 4242")!.lowerBound)
+                let start = TokenizedPasskey.instruction.count
+                let end = text.count - PasskeyTask.question.count - PasskeyTask.needle(4242).count
+                let fraction = Double(at - start) / Double(max(1, end - start))
+                XCTAssertEqual(fraction, depth, accuracy: 0.12, "L \(L) depth \(depth)")
+            }
+        }
+        XCTAssertThrowsError(try TokenizedPasskey.prompt(length: 50, depth: 0.5, key: 1, render: render))
+    }
+}

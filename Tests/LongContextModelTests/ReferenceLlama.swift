@@ -11,6 +11,9 @@ import Foundation
 struct ReferenceLlama {
     let c: ModelConfig
     var w: [String: [Double]]
+    /// An extra element-level mask (layer, head, query, key) → visible, on top of the causal and
+    /// window masks: a sparse layer's dense equivalent (a BigBird plan's ``BigBirdPlan/attends``).
+    var keyMask: ((Int, Int, Int, Int) -> Bool)? = nil
 
     init(_ model: CausalLM) {
         c = model.config
@@ -132,6 +135,7 @@ struct ReferenceLlama {
                     for i in 0..<T {
                         let j0 = first(i)
                         var s = (j0...i).map { j -> Double in
+                            if let keyMask, !keyMask(l, head, i, j) { return -Double.infinity }
                             var dot = 0.0
                             for t in 0..<hd { dot += q[i][head * hd + t] * k[j][kh * hd + t] }
                             return dot * scale - slope * Double(i - j)

@@ -107,8 +107,13 @@ public struct ModelConfig: Sendable, Equatable {
     /// Whether `layer` is a sliding-window layer.
     public func isSliding(_ layer: Int) -> Bool { layer < layerKinds.count && layerKinds[layer] == .sliding }
 
+    /// A sliding window imposed at run time on layers that were trained with full attention (a
+    /// pretrained model fitted with local attention, without training): layer → W. The layer keeps
+    /// its own RoPE (it is not a ``LayerKind/sliding`` layer); not saved in config.json.
+    public var imposedWindows: [Int: Int] = [:]
+
     /// The window of `layer`, or nil for full attention.
-    public func window(of layer: Int) -> Int? { isSliding(layer) ? slidingWindow : nil }
+    public func window(of layer: Int) -> Int? { isSliding(layer) ? slidingWindow : imposedWindows[layer] }
 
     /// The positions of `layer`: ``slidingPositions`` on sliding layers when set, else ``positions``.
     public func positions(of layer: Int) -> PositionEncoding { isSliding(layer) ? (slidingPositions ?? positions) : positions }
@@ -184,6 +189,11 @@ public struct ModelConfig: Sendable, Equatable {
         }
         guard attention.count == layers else { throw bad("\(attention.count) attention variants for \(layers) layers") }
         guard layerKinds.isEmpty || layerKinds.count == layers else { throw bad("layer_types lists \(layerKinds.count) layers for \(layers)") }
+        for (layer, w) in imposedWindows {
+            guard (0..<layers).contains(layer), w >= 1, !isSliding(layer), attention[layer] == .exact else {
+                throw bad("an imposed window needs an exact, full-attention layer in 0..<\(layers) and W >= 1 (layer \(layer), W \(w))")
+            }
+        }
         if layerKinds.contains(.sliding) {
             guard let w = slidingWindow, w >= 1 else { throw bad("sliding layers need sliding_window >= 1") }
             for (i, a) in attention.enumerated() where layerKinds[i] == .sliding && a != .exact {

@@ -118,7 +118,7 @@ extension CausalLM {
         var v = try Tensor(uninitialized: [N, Hkv * hd])
         for (name, out, width) in [("q_proj", q.unsafeMutableBaseAddress(), H * hd), ("k_proj", k.unsafeMutableBaseAddress(), Hkv * hd),
                                    ("v_proj", v.unsafeMutableBaseAddress(), Hkv * hd)] {
-            project(h1.unsafeBaseAddress, matrix(pre + "self_attn.\(name).weight"), out, rows: N, in: D, out: width, threads: threads, matmul: matmul)
+            projectWeight(h1.unsafeBaseAddress, pre + "self_attn.\(name).weight", out, rows: N, in: D, out: width, threads: threads)
             if c.qkvBias { addBias(pre + "self_attn.\(name).bias", out, rows: N, width: width) }
         }
         var qkNorm: (q: Tensor, k: Tensor, rstdQ: [Float], rstdK: [Float])? = nil
@@ -141,16 +141,16 @@ extension CausalLM {
         var postAttention: (a: Tensor, rstd: [Float])? = nil
         if let post = names.postAttention {
             var a = try Tensor(uninitialized: [N, D]), n = try Tensor(uninitialized: [N, D])
-            project(attCat.unsafeBaseAddress, matrix(pre + "self_attn.o_proj.weight"), a.unsafeMutableBaseAddress(), rows: N, in: H * hd,
-                    out: D, threads: threads, matmul: matmul)
+            projectWeight(attCat.unsafeBaseAddress, pre + "self_attn.o_proj.weight", a.unsafeMutableBaseAddress(), rows: N, in: H * hd,
+                          out: D, threads: threads)
             var r = [Float](repeating: 0, count: N)
             norm(post, a.unsafeBaseAddress, n.unsafeMutableBaseAddress(), rstd: &r, rows: N, width: D)
             let xp = x.unsafeMutableBaseAddress(), np = n.unsafeBaseAddress
             for i in 0..<(N * D) { xp[i] += np[i] }
             if keep { postAttention = (a, r) }
         } else {
-            project(attCat.unsafeBaseAddress, matrix(pre + "self_attn.o_proj.weight"), x.unsafeMutableBaseAddress(), rows: N, in: H * hd,
-                    out: D, accumulate: true, threads: threads, matmul: matmul)
+            projectWeight(attCat.unsafeBaseAddress, pre + "self_attn.o_proj.weight", x.unsafeMutableBaseAddress(), rows: N, in: H * hd,
+                          out: D, accumulate: true, threads: threads)
         }
         // MLP block.
         let xMid: Tensor? = keep ? x : nil
@@ -212,13 +212,13 @@ extension CausalLM {
             let xp = x.unsafeBaseAddress, pp = picked.unsafeMutableBaseAddress()
             for (i, r) in rows.enumerated() { (pp + i * D).update(from: xp + r * D, count: D) }
             norm("model.norm.weight", picked.unsafeBaseAddress, hF.unsafeMutableBaseAddress(), rstd: nil, rows: rows.count, width: D)
-            project(hF.unsafeBaseAddress, matrix(headName), pass.logits.unsafeMutableBaseAddress(), rows: rows.count, in: D, out: V,
-                    threads: threads, matmul: matmul)
+            projectWeight(hF.unsafeBaseAddress, headName, pass.logits.unsafeMutableBaseAddress(), rows: rows.count, in: D, out: V,
+                          threads: threads)
             return pass
         }
         var hF = try Tensor(uninitialized: [N, D]), rstdF = [Float](repeating: 0, count: N)
         norm("model.norm.weight", x.unsafeBaseAddress, hF.unsafeMutableBaseAddress(), rstd: &rstdF, rows: N, width: D)
-        project(hF.unsafeBaseAddress, matrix(headName), pass.logits.unsafeMutableBaseAddress(), rows: N, in: D, out: V, threads: threads, matmul: matmul)
+        projectWeight(hF.unsafeBaseAddress, headName, pass.logits.unsafeMutableBaseAddress(), rows: N, in: D, out: V, threads: threads)
         if keepForBackward {
             pass.xOut = x
             pass.hF = hF
@@ -293,16 +293,16 @@ extension CausalLM {
         }
         let F = c.intermediateSize
         var g = try Tensor(uninitialized: [N, F]), u = try Tensor(uninitialized: [N, F]), m = try Tensor(uninitialized: [N, F])
-        project(h.unsafeBaseAddress, matrix(pre + "mlp.gate_proj.weight"), g.unsafeMutableBaseAddress(), rows: N, in: D, out: F,
-                threads: threads, matmul: matmul)
-        project(h.unsafeBaseAddress, matrix(pre + "mlp.up_proj.weight"), u.unsafeMutableBaseAddress(), rows: N, in: D, out: F,
-                threads: threads, matmul: matmul)
+        projectWeight(h.unsafeBaseAddress, pre + "mlp.gate_proj.weight", g.unsafeMutableBaseAddress(), rows: N, in: D, out: F,
+                      threads: threads)
+        projectWeight(h.unsafeBaseAddress, pre + "mlp.up_proj.weight", u.unsafeMutableBaseAddress(), rows: N, in: D, out: F,
+                      threads: threads)
         switch c.activation {
         case .silu: ak_swiglu(g.unsafeBaseAddress, u.unsafeBaseAddress, m.unsafeMutableBaseAddress(), N * F)
         case .geluTanh: ak_geglu_tanh(g.unsafeBaseAddress, u.unsafeBaseAddress, m.unsafeMutableBaseAddress(), N * F)
         }
-        project(m.unsafeBaseAddress, matrix(pre + "mlp.down_proj.weight"), x.unsafeMutableBaseAddress(), rows: N, in: F, out: D,
-                accumulate: true, threads: threads, matmul: matmul)
+        projectWeight(m.unsafeBaseAddress, pre + "mlp.down_proj.weight", x.unsafeMutableBaseAddress(), rows: N, in: F, out: D,
+                      accumulate: true, threads: threads)
         return keep ? .dense(g: g, u: u, m: m) : .none
     }
 }

@@ -112,18 +112,21 @@ func runAttachedTempLoRA(model: CausalLM, adapter: LoRAAdapter, tokens: [Int32],
         var targets = [Int32](repeating: -1, count: sequence.count)
         for p in max(from, start - 1)..<(end - 1) { targets[p - from] = tokens[p + 1] }
         guard targets.contains(where: { $0 >= 0 }) else { start = end; continue }
-        let base = try model.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets, threads: o.threads)
-        var score = base
+        // The base's score without [T, V] logits (a 262K-token vocabulary): the scored positions' losses.
+        let first = max(from, start - 1) - from
+        let losses = try model.sequenceLosses(sequence, from: first, threads: o.threads)
+        let baseLoss = losses[first..<(sequence.count - 1)].reduce(0.0) { $0 + Double($1) } / Double(sequence.count - 1 - first)
+        var score = (loss: baseLoss, positions: sequence.count - 1 - first)
         let t0 = Date()
         for epoch in 0..<o.epochs {
             unused.zero()
             lora.gradients.zero()
             let r = try adapted.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets, gradients: unused,
                                      threads: o.threads)
-            if epoch == 0 { score = r }
+            if epoch == 0 { score = (r.loss, r.positions) }
             try optimizer.update(adapter.parameters, gradients: lora.gradients, lr: Float(o.learningRate))
         }
-        let r = TempLoRAChunk(index: index, tokens: score.positions, adaptedLoss: score.loss, baseLoss: base.loss,
+        let r = TempLoRAChunk(index: index, tokens: score.positions, adaptedLoss: score.loss, baseLoss: baseLoss,
                               trainingSeconds: Date().timeIntervalSince(t0))
         results.append(r)
         progress(r)

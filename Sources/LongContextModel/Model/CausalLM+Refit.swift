@@ -84,12 +84,13 @@ extension CausalLM {
         return m
     }
 
-    /// The next-token loss (nats) of every position of one sequence `tokens` (the last gets NaN):
-    /// the layers once, then the LM head and the cross-entropy `rows` rows at a time, so a long
-    /// sequence over a large vocabulary never holds `[T, V]` logits.
-    public func sequenceLosses(_ tokens: [Int32], rows block: Int = 256, threads: Int? = nil) throws -> [Float] {
+    /// The next-token loss (nats) of positions `from ..< T − 1` of one sequence `tokens` (the
+    /// others get NaN): the layers once, then the LM head and the cross-entropy `rows` rows at a
+    /// time, so a long sequence over a large vocabulary never holds `[T, V]` logits.
+    public func sequenceLosses(_ tokens: [Int32], from first: Int = 0, rows block: Int = 256, threads: Int? = nil) throws -> [Float] {
         let T = tokens.count
         try checkTokens(tokens, batch: 1, length: T)
+        guard first >= 0 else { throw ModelError.invalidArgument("the first scored position must be >= 0, got \(first)") }
         let c = config, (D, V) = (c.hiddenSize, c.vocabSize)
         let threads = threads ?? Parallel.defaultThreads
         var x = try embed(tokens)
@@ -102,7 +103,7 @@ extension CausalLM {
         var losses = [Float](repeating: .nan, count: T)
         let rows = max(1, block)
         var hF = try Tensor(uninitialized: [rows, D]), z = try Tensor(uninitialized: [rows, V])
-        for r0 in stride(from: 0, to: T - 1, by: rows) {
+        for r0 in stride(from: first, to: T - 1, by: rows) {
             let n = min(rows, T - 1 - r0)
             norm("model.norm.weight", x.unsafeBaseAddress + r0 * D, hF.unsafeMutableBaseAddress(), rstd: nil, rows: n, width: D)
             projectWeight(hF.unsafeBaseAddress, headName, z.unsafeMutableBaseAddress(), rows: n, in: D, out: V, threads: threads)

@@ -11,7 +11,7 @@ import LongContextModel
 /// The KJV books `names` (comma-separated abbreviations, or `long` for Job, Luke, Heb in that
 /// order), each as its text (verses one per line).
 /// Registered in `attn lm`'s subcommands.
-let pretrainedRecipeCommands: [ParsableCommand.Type] = [LMPretrainedTempLoRA.self, LMPretrainedSparse.self]
+let pretrainedRecipeCommands: [ParsableCommand.Type] = [LMPretrainedTempLoRA.self, LMPretrainedSparse.self, LMPretrainedInfini.self]
 
 func corpusBookTexts(_ names: String, corpus: String) throws -> [(name: String, text: String)] {
     let text = try TextCorpus(path: corpus)
@@ -122,7 +122,6 @@ struct LMPretrainedTempLoRA: ParsableCommand {
                 if !quiet {
                     print(String(format: "| %@ | %d | %d | %.3f | %.3f | %.1f |", name, c.index, c.tokens, exp(c.adaptedLoss),
                                  exp(c.baseLoss), c.trainingSeconds))
-                    fflush(stdout)
                 }
                 if Date().timeIntervalSince(lastReport) > 60 || c.index == 0 {
                     stderrLine(String(format: "%@: chunk %d of %d, %.0f s so far", name, c.index + 1, (ids.count + chunk - 1) / chunk,
@@ -221,6 +220,82 @@ struct TokenPasskey {
     }
 }
 
+
+struct RecipeLength: Codable {
+    let ctx: Int, windows: Int
+    let perplexity: Double, secondHalfPerplexity: Double, meanLoss: Double
+    /// Mean loss (nats) in each bin of positions: bin i covers positions i·(ctx−1)/bins ..< (i+1)·(ctx−1)/bins.
+    let lossByPosition: [Double]
+    /// Seconds per window (the forward pass and the losses), and tokens per second.
+    let secondsPerWindow: Double, tokensPerSecond: Double
+}
+struct RecipePasskeyCell: Codable { let length: Int, depth: Double, trials: Int, correct: Int, accuracy: Double, seconds: Double }
+
+/// Perplexity by position over windows of `ids` at each of `ctx`, and passkey retrieval by
+/// length × depth (teacher-forced greedy decoding of the answer), for `m` (with its refit and adapter).
+func evaluateRecipe(_ m: CausalLM, lm: LanguageModel, label: String, ids: [Int32], ctx: [Int], maxWindows: Int, bins binCount: Int,
+                    passkeyLengths: String, passkeyDepths: String, trials: Int, threads: Int?) throws -> ([RecipeLength], [RecipePasskeyCell]) {
+    var lengths = [RecipeLength]()
+    for C in ctx {
+        let available = ids.count / C
+        guard available >= 1 else { throw ValidationError("the books hold \(ids.count) tokens: fewer than one window of \(C)") }
+        let n = maxWindows == 0 ? available : min(maxWindows, available)
+        let bins = min(binCount, C - 1)
+        var sums = [Double](repeating: 0, count: bins), counts = [Int](repeating: 0, count: bins)
+        var total = 0.0, count = 0, second = 0.0, secondCount = 0
+        let t0 = Date()
+        for w in 0..<n {
+            // Windows spread evenly over the text.
+            let start = (available == n ? w : w * available / n) * C
+            var window = Array(ids[start..<(start + C)])
+            if lm.addsBOS, let bos = lm.bosToken { window[0] = bos }
+            let losses = try m.sequenceLosses(window, threads: threads)
+            for p in 0..<(C - 1) {
+                let l = Double(losses[p])
+                guard l.isFinite else { throw ValidationError("a non-finite loss at position \(p) of window \(w)") }
+                total += l; count += 1
+                let b = p * bins / (C - 1)
+                sums[b] += l; counts[b] += 1
+                if p >= C / 2 { second += l; secondCount += 1 }
+            }
+            stderrLine(String(format: "ctx %d: window %d/%d, running perplexity %.3f (%.0f s)", C, w + 1, n, exp(total / Double(count)),
+                              Date().timeIntervalSince(t0)))
+        }
+        let seconds = Date().timeIntervalSince(t0) / Double(n)
+        let row = RecipeLength(ctx: C, windows: n, perplexity: exp(total / Double(count)), secondHalfPerplexity: exp(second / Double(secondCount)),
+                               meanLoss: total / Double(count), lossByPosition: zip(sums, counts).map { $1 > 0 ? $0 / Double($1) : 0 },
+                               secondsPerWindow: seconds, tokensPerSecond: Double(C) / seconds)
+        lengths.append(row)
+        print(String(format: "%@, %@, ctx %d: perplexity %.3f (second half %.3f) over %d windows, %.1f s per window (%.0f tokens/s)",
+                     lm.name, label, C, row.perplexity, row.secondHalfPerplexity, n, seconds, row.tokensPerSecond))
+    }
+    var cells = [RecipePasskeyCell]()
+    if !passkeyLengths.isEmpty {
+        let pk = TokenPasskey(lm)
+        let depths = passkeyDepths.split(separator: ",").compactMap { Double($0) }
+        var rng = SplitMix64(seed: 12345)
+        for L in try parseInts(passkeyLengths, "passkey-lengths", minimum: 16) {
+            for d in depths {
+                var correct = 0
+                let t0 = Date()
+                for _ in 0..<trials {
+                    let key = 10000 + Int(rng.next() % 90000)
+                    let (prompt, answer) = try pk.prompt(length: L, depth: d, key: key)
+                    let positions = (0..<answer.count).map { prompt.count - 1 + $0 }
+                    let predicted = try m.greedyPredictions(prompt + answer, positions: positions, threads: threads)
+                    if predicted == answer { correct += 1 }
+                }
+                cells.append(RecipePasskeyCell(length: L, depth: d, trials: trials, correct: correct, accuracy: Double(correct) / Double(trials),
+                                               seconds: Date().timeIntervalSince(t0)))
+                stderrLine(String(format: "passkey %d tokens, depth %.2f: %d/%d", L, d, correct, trials))
+            }
+        }
+        let acc = Double(cells.reduce(0) { $0 + $1.correct }) / Double(cells.reduce(0) { $0 + $1.trials })
+        print(String(format: "%@, %@: passkey accuracy %.3f over %d prompts", lm.name, label, acc, cells.reduce(0) { $0 + $1.trials }))
+    }
+    return (lengths, cells)
+}
+
 struct LMPretrainedSparse: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pretrained-sparse",
@@ -258,15 +333,8 @@ struct LMPretrainedSparse: ParsableCommand {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
-    struct Length: Codable {
-        let ctx: Int, windows: Int
-        let perplexity: Double, secondHalfPerplexity: Double, meanLoss: Double
-        /// Mean loss (nats) in each bin of positions: bin i covers positions i·(ctx−1)/bins ..< (i+1)·(ctx−1)/bins.
-        let lossByPosition: [Double]
-        /// Seconds per window (the forward pass and the losses), and tokens per second.
-        let secondsPerWindow: Double, tokensPerSecond: Double
-    }
-    struct PasskeyCell: Codable { let length: Int, depth: Double, trials: Int, correct: Int, accuracy: Double }
+    typealias Length = RecipeLength
+    typealias PasskeyCell = RecipePasskeyCell
     struct Output: Codable {
         let model: String, attention: String, layers: String, refitLayers: [Int], books: [String], textTokens: Int
         let lengths: [Length], passkey: [PasskeyCell], passkeyAccuracy: Double?, passkeySeconds: Double, threads: Int
@@ -281,68 +349,131 @@ struct LMPretrainedSparse: ParsableCommand {
         stderrLine("\(model): \(refit.description); layers changed: \(changed.isEmpty ? "none" : changed.map(String.init).joined(separator: ","))")
         let texts = try corpusBookTexts(books, corpus: corpus)
         let ids = lm.encode(texts.map(\.text).joined())
-        var lengths = [Length]()
-        for C in try parseInts(ctx, "ctx", minimum: 8) {
-            let available = ids.count / C
-            guard available >= 1 else { throw ValidationError("the books hold \(ids.count) tokens: fewer than one window of \(C)") }
-            let n = maxWindows == 0 ? available : min(maxWindows, available)
-            let bins = min(self.bins, C - 1)
-            var sums = [Double](repeating: 0, count: bins), counts = [Int](repeating: 0, count: bins)
-            var total = 0.0, count = 0, second = 0.0, secondCount = 0
-            let t0 = Date()
-            for w in 0..<n {
-                // Windows spread evenly over the text.
-                let start = (available == n ? w : w * available / n) * C
-                var window = Array(ids[start..<(start + C)])
-                if lm.addsBOS, let bos = lm.bosToken { window[0] = bos }
-                let losses = try m.sequenceLosses(window, threads: threads)
-                for p in 0..<(C - 1) {
-                    let l = Double(losses[p])
-                    guard l.isFinite else { throw ValidationError("a non-finite loss at position \(p) of window \(w)") }
-                    total += l; count += 1
-                    let b = p * bins / (C - 1)
-                    sums[b] += l; counts[b] += 1
-                    if p >= C / 2 { second += l; secondCount += 1 }
-                }
-                stderrLine(String(format: "ctx %d: window %d/%d, running perplexity %.3f (%.0f s)", C, w + 1, n, exp(total / Double(count)),
-                                  Date().timeIntervalSince(t0)))
-            }
-            let seconds = Date().timeIntervalSince(t0) / Double(n)
-            let row = Length(ctx: C, windows: n, perplexity: exp(total / Double(count)), secondHalfPerplexity: exp(second / Double(secondCount)),
-                             meanLoss: total / Double(count), lossByPosition: zip(sums, counts).map { $1 > 0 ? $0 / Double($1) : .nan },
-                             secondsPerWindow: seconds, tokensPerSecond: Double(C) / seconds)
-            lengths.append(row)
-            print(String(format: "%@, %@, ctx %d: perplexity %.3f (second half %.3f) over %d windows, %.1f s per window (%.0f tokens/s)",
-                         lm.name, refit.description, C, row.perplexity, row.secondHalfPerplexity, n, seconds, row.tokensPerSecond))
-        }
-        var cells = [PasskeyCell]()
-        let t1 = Date()
-        if !passkeyLengths.isEmpty {
-            let pk = TokenPasskey(lm)
-            let depths = passkeyDepths.split(separator: ",").compactMap { Double($0) }
-            var rng = SplitMix64(seed: 12345)
-            for L in try parseInts(passkeyLengths, "passkey-lengths", minimum: 16) {
-                for d in depths {
-                    var correct = 0
-                    for _ in 0..<trials {
-                        let key = 10000 + Int(rng.next() % 90000)
-                        let (prompt, answer) = try pk.prompt(length: L, depth: d, key: key)
-                        let positions = (0..<answer.count).map { prompt.count - 1 + $0 }
-                        let predicted = try m.greedyPredictions(prompt + answer, positions: positions, threads: threads)
-                        if predicted == answer { correct += 1 }
-                    }
-                    cells.append(PasskeyCell(length: L, depth: d, trials: trials, correct: correct, accuracy: Double(correct) / Double(trials)))
-                    stderrLine(String(format: "passkey %d tokens, depth %.2f: %d/%d", L, d, correct, trials))
-                }
-            }
-        }
-        let passkeySeconds = Date().timeIntervalSince(t1)
+        let (lengths, cells) = try evaluateRecipe(m, lm: lm, label: refit.description, ids: ids, ctx: try parseInts(ctx, "ctx", minimum: 8),
+                                                  maxWindows: maxWindows, bins: bins, passkeyLengths: passkeyLengths,
+                                                  passkeyDepths: passkeyDepths, trials: trials, threads: threads)
+        let passkeySeconds = cells.reduce(0) { $0 + $1.seconds }
         let accuracy = cells.isEmpty ? nil : Double(cells.reduce(0) { $0 + $1.correct }) / Double(cells.reduce(0) { $0 + $1.trials })
-        if let accuracy { print(String(format: "passkey accuracy %.3f over %d prompts (%.0f s)", accuracy, cells.reduce(0) { $0 + $1.trials }, passkeySeconds)) }
         if let json {
             try writeJSON(Output(model: model, attention: refit.description, layers: refit.layers, refitLayers: changed,
                                  books: texts.map(\.name), textTokens: ids.count, lengths: lengths, passkey: cells,
                                  passkeyAccuracy: accuracy, passkeySeconds: passkeySeconds, threads: threads ?? Parallel.defaultThreads), to: json)
+        }
+    }
+}
+
+struct LMPretrainedInfini: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pretrained-infini",
+        abstract: "Infini-Attention fitted into a pretrained model's full-attention layers: gates β start so that attention is local, a LoRA + β fine-tune on the KJV's training books (bounded in steps and minutes), then perplexity by position and passkey as pretrained-sparse measures them.",
+        discussion: """
+            Training sequences are consecutive --train-length token spans of the training books (the held-out books \
+            Job, Luke, Heb and the validation books are never read), several segments each, so that the memory is \
+            written and read. The adapter (unmerged, on the quantised weights) learns at --lr, the gates β at --beta-lr \
+            (AdamW, no weight decay). The model is changed in memory only.
+            """)
+    @Option(help: "A GGUF file or a Hugging Face folder.") var model: String
+    @Option(help: "Infini segment length S.") var segment = 1024
+    @Option(help: "Memory update: linear or delta.") var update = "linear"
+    @Option(help: "Initial gate logit β of every head (sigmoid(β) is the memory's share).") var betaInit: Float = -4
+    @Option(help: "Tokens per training sequence.") var trainLength = 2048
+    @Option(help: "Fine-tune steps at most (0: evaluate the fitted model untrained).") var steps = 60
+    @Option(help: "Stop the fine-tune after this many minutes.") var minutes = 30.0
+    @Option(help: "LoRA rank.") var rank = 8
+    @Option(help: "lora_alpha.") var alpha = 16.0
+    @Option(help: "Comma-separated LoRA target modules.") var targets = "q_proj,k_proj,v_proj,o_proj"
+    @Option(help: "The adapter's learning rate.") var lr = 1e-4
+    @Option(help: "The gates' learning rate.") var betaLr = 3e-2
+    @Option(help: "Seed of the adapter.") var seed: UInt64 = 1
+    @Option(help: "The corpus (make corpus writes it).") var corpus = "data/kjv.txt"
+    @Option(help: "Comma-separated window lengths (tokens) for perplexity.") var ctx = "16384"
+    @Option(help: "Windows scored per length (0: every window of the text).") var maxWindows = 1
+    @Option(help: "Bins of position in the loss profile.") var bins = 16
+    @Option(help: "KJV books to evaluate on (comma-separated), or long.") var books = "long"
+    @Option(help: "Comma-separated passkey prompt lengths (empty: no passkey).") var passkeyLengths = ""
+    @Option(help: "Comma-separated needle depths in [0, 1].") var passkeyDepths = "0,0.25,0.5,0.75,1"
+    @Option(help: "Passkey prompts per (length, depth).") var trials = 5
+    @Option(help: "Write the results as JSON here.") var json: String?
+    @Option(help: "Worker threads (default: all cores).") var threads: Int?
+
+    func validate() throws {
+        guard segment >= 1 else { throw ValidationError("--segment must be at least 1, got \(segment)") }
+        guard InfiniAttention.Update(rawValue: update) != nil else { throw ValidationError("--update must be linear or delta, got \(update)") }
+        guard betaInit.isFinite else { throw ValidationError("--beta-init must be finite") }
+        guard trainLength >= 2, steps >= 0, minutes > 0, rank >= 1, alpha > 0, lr > 0, betaLr >= 0 else {
+            throw ValidationError("--train-length >= 2, --steps >= 0, --minutes > 0, --rank >= 1, --alpha > 0, --lr > 0 and --beta-lr >= 0 are needed")
+        }
+        _ = try parseInts(ctx, "ctx", minimum: 8)
+        if !passkeyLengths.isEmpty { _ = try parseInts(passkeyLengths, "passkey-lengths", minimum: 16) }
+        guard maxWindows >= 0, bins >= 1, trials >= 1 else { throw ValidationError("--max-windows >= 0, --bins >= 1 and --trials >= 1 are needed") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    struct Output: Codable {
+        let model: String, segment: Int, update: String, betaInit: Float, refitLayers: [Int]
+        let steps: Int, trainLength: Int, trainTokens: Int, trainMinutes: Double, trainLoss: [Double]
+        /// Mean sigmoid(β) (the memory's share) per refitted layer after the fine-tune.
+        let memoryShare: [Double]
+        let rank: Int, alpha: Double, learningRate: Double, betaLearningRate: Double, targets: [String]
+        let books: [String], lengths: [RecipeLength], passkey: [RecipePasskeyCell], passkeyAccuracy: Double?, threads: Int
+    }
+
+    func run() throws {
+        let lm = try LanguageModel(path: model)
+        let refit = AttentionRefit.infini(segment: segment, update: InfiniAttention.Update(rawValue: update)!, beta: betaInit)
+        let fitted = try lm.model.refitting(refit, layers: .full)
+        let changed = (0..<fitted.config.layers).filter { fitted.config.attention[$0] != lm.model.config.attention[$0] }
+        let modules = targets.split(separator: ",").map(String.init)
+        let adapter = try LoRAAdapter(model: fitted, rank: rank, alpha: alpha, targetModules: modules, seed: seed)
+        let m = try fitted.attaching(adapter)
+        let optimizer = try AdamW(parameters: adapter.parameters, beta2: 0.999, weightDecay: 0)
+        let gates = try AdamW(parameters: m.parameters, beta2: 0.999, weightDecay: 0)
+        let grads = try ParameterSet(zerosLike: m.parameters)
+        let betaNames = changed.map { "model.layers.\($0).self_attn.infini_beta" }
+        // Training tokens: the training books in order, as many as the steps read.
+        var ids = [Int32]()
+        if steps > 0 {
+            for d in try TextCorpus(path: corpus).training where ids.count < steps * trainLength + 1 {
+                ids += lm.encode(d.text, addSpecial: ids.isEmpty)
+            }
+        }
+        var losses = [Double](), done = 0
+        let t0 = Date()
+        while done < steps, Date().timeIntervalSince(t0) < minutes * 60 {
+            let span = ids.count / trainLength
+            guard span >= 1 else { throw ValidationError("the training books hold fewer than \(trainLength) tokens") }
+            let s = (done % span) * trainLength
+            grads.zero()
+            m.lora!.gradients.zero()
+            let r = try m.loss(tokens: Array(ids[s..<(s + trainLength)]), batch: 1, length: trainLength, gradients: grads, threads: threads)
+            try optimizer.update(adapter.parameters, gradients: m.lora!.gradients, lr: Float(lr))
+            if betaLr > 0 {
+                // Only the gates move: every other float32 parameter's gradient is dropped (Adam then leaves it as it is).
+                for e in grads.entries where !betaNames.contains(e.name) { (grads.scalars + e.offset).update(repeating: 0, count: e.count) }
+                try gates.update(m.parameters, gradients: grads, lr: Float(betaLr))
+            }
+            losses.append(r.loss)
+            done += 1
+            stderrLine(String(format: "infini fine-tune step %d/%d: loss %.4f (%.0f s)", done, steps, r.loss, Date().timeIntervalSince(t0)))
+        }
+        let trainMinutes = Date().timeIntervalSince(t0) / 60
+        let share = betaNames.map { name -> Double in
+            let p = m.parameters.pointer(name), H = m.config.heads
+            return (0..<H).reduce(0.0) { $0 + 1 / (1 + exp(-Double(p[$1]))) } / Double(H)
+        }
+        let texts = try corpusBookTexts(books, corpus: corpus)
+        let evalIds = lm.encode(texts.map(\.text).joined())
+        let label = "infini S=\(segment) \(update) after \(done) steps"
+        let (lengths, cells) = try evaluateRecipe(m, lm: lm, label: label, ids: evalIds, ctx: try parseInts(ctx, "ctx", minimum: 8),
+                                                  maxWindows: maxWindows, bins: bins, passkeyLengths: passkeyLengths,
+                                                  passkeyDepths: passkeyDepths, trials: trials, threads: threads)
+        let accuracy = cells.isEmpty ? nil : Double(cells.reduce(0) { $0 + $1.correct }) / Double(cells.reduce(0) { $0 + $1.trials })
+        if let json {
+            try writeJSON(Output(model: model, segment: segment, update: update, betaInit: betaInit, refitLayers: changed, steps: done,
+                                 trainLength: trainLength, trainTokens: done * trainLength, trainMinutes: trainMinutes, trainLoss: losses,
+                                 memoryShare: share, rank: rank, alpha: alpha, learningRate: lr, betaLearningRate: betaLr, targets: modules,
+                                 books: texts.map(\.name), lengths: lengths, passkey: cells, passkeyAccuracy: accuracy,
+                                 threads: threads ?? Parallel.defaultThreads), to: json)
         }
     }
 }

@@ -69,7 +69,17 @@ struct ReferenceLlama {
     /// y = W x, W [out, in] row-major.
     func linear(_ name: String, _ x: [Double], out: Int) -> [Double] {
         let W = w[name]!, n = x.count
-        return (0..<out).map { o in (0..<n).reduce(0.0) { $0 + W[o * n + $1] * x[$1] } }
+        var y = [Double](repeating: 0, count: out)
+        W.withUnsafeBufferPointer { W in
+            x.withUnsafeBufferPointer { x in
+                for o in 0..<out {
+                    var acc = 0.0
+                    for i in 0..<n { acc += W[o * n + i] * x[i] }
+                    y[o] = acc
+                }
+            }
+        }
+        return y
     }
 
     func rope(_ v: inout [Double], position p: Int, layer: Int, T: Int) {

@@ -348,6 +348,29 @@ final class SparseRefitTests: XCTestCase {
         XCTAssertFalse(gs.config.isSliding(5))
     }
 
+    /// Infini-Attention fitted into the quantised model: with one segment covering the sequence and
+    /// β = −30 (the memory's share e^−30) the logits are exact attention's (1e-5 of the largest);
+    /// with segments shorter than the sequence the memory is read, and the loss has a gradient in every β.
+    func testInfiniRefitStartsLocalAndTrainsItsGates() throws {
+        let m = try TinyGGUF.model(try TinyGGUF.llama(), arch: "llama", path: directory.appendingPathComponent("m.gguf").path)
+        let T = 24, ids = tokens(T)
+        let local = try m.refitting(.infini(segment: 64, update: .linear, beta: -30))
+        XCTAssertEqual(local.parameters.pointer("model.layers.1.self_attn.infini_beta")[3], -30)
+        let x = try local.loss(tokens: ids, batch: 1, length: T, keepLogits: true).logits!.scalars
+        XCTAssertLessThanOrEqual(maxRelative(x, TinyGGUF.reference(m).logits(ids, B: 1, T: T).flatMap { $0 }), 1e-5)
+        let fitted = try m.refitting(.infini(segment: 8, update: .delta, beta: -2))
+        let adapter = try LoRAAdapter(model: fitted, rank: 2, alpha: 2, targetModules: ["q_proj", "v_proj"], seed: 3)
+        let am = try fitted.attaching(adapter)
+        let g = try ParameterSet(zerosLike: fitted.parameters)
+        _ = try am.loss(tokens: ids, batch: 1, length: T, gradients: g)
+        for l in 0..<2 {
+            let gb = g.pointer("model.layers.\(l).self_attn.infini_beta")
+            XCTAssertTrue((0..<4).allSatisfy { gb[$0] != 0 && gb[$0].isFinite }, "layer \(l): dβ")
+        }
+        let lg = am.lora!.gradients
+        XCTAssertGreaterThan(UnsafeBufferPointer(start: lg.scalars, count: lg.count).map(abs).max()!, 0)
+    }
+
     /// Refits the kernels cannot compute are refused with ``ModelError/invalidConfig(_:)``.
     func testBadRefitsAreRefused() throws {
         let g = try TinyGGUF.model(try TinyGGUF.gemma(window: 4), arch: "gemma3", path: directory.appendingPathComponent("g.gguf").path)

@@ -7,7 +7,7 @@ SHARED ?= ../shared
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps models test-server check-pretrained compare-pretrained test-dist client-check bench-ring corpus train train-alibi experiments build release test check compare-lm bench bench-lm-real bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
+.PHONY: all deps models test-server check-pretrained compare-pretrained test-dist client-check bench-ring bench-dist-lm corpus train train-alibi experiments build release test check compare-lm bench bench-lm-real bench-backward bench-smoke compare sanitize sanitize-address sanitize-thread fuzz clean
 
 all: build
 
@@ -108,6 +108,22 @@ bench-ring: release
 	$(ROOT_MPI) $(MPIRUN) -np 2 .build/release/attn dist bench --causal --threads 1 --decode-cache 131072 --json results/ring/ring.json $(RING_ARGS)
 	python3 Tools/ring_report.py results/ring/single.json results/ring/ring.json results/ring/results.json
 	python3 Benchmarks/validate_results.py results/ring/results.json --expect-variants full,ring,decode
+
+# A pretrained model across ranks (issue 27, variant "dist-lm"): attn lm generate with 2 threads against
+# mpirun -np 2 attn dist generate with 1 thread per rank, SmolLM2 at a 16K prompt and Gemma 3 at 32K
+# (prefill tokens/s, decode tokens/s, KV cache bytes per rank). DIST_LM_ARGS adds options (e.g. --max-tokens 16).
+DIST_LM_ARGS ?=
+SMOL_TOKENS ?= 16384
+GEMMA_TOKENS ?= 32768
+bench-dist-lm: release models
+	mkdir -p results/dist-lm
+	$(ROOT_MPI) python3 Tools/dist_lm_bench.py --attn .build/release/attn --model data/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+		--tokens $(SMOL_TOKENS) --json results/dist-lm/smollm2.json $(DIST_LM_ARGS)
+	$(ROOT_MPI) python3 Tools/dist_lm_bench.py --attn .build/release/attn --model data/models/gemma-3-270m-q4_k_m.gguf \
+		--tokens $(GEMMA_TOKENS) --json results/dist-lm/gemma3.json $(DIST_LM_ARGS)
+	python3 -c 'import json,sys; json.dump(sum((json.load(open(f)) for f in sys.argv[1:]), []), open("results/dist-lm/results.json", "w"), indent=1)' \
+		results/dist-lm/smollm2.json results/dist-lm/gemma3.json
+	python3 Benchmarks/validate_results.py results/dist-lm/results.json --expect-variants dist-lm
 
 # Families whose command exists: reference/ (attn run), reference-grad/ (attn grad), reference-model/
 # (attn lm eval; attn moe). Absolute paths: check.py runs each case in a temporary directory.

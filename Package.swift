@@ -16,6 +16,8 @@ let package = Package(
         // Sequence-parallel attention over OpenMPI (ring attention, sharded decoding, linear
         // attention by prefix scan): a separate product, so LongAttention does not depend on MPI.
         .library(name: "DistributedAttention", targets: ["DistributedAttention", "SwiftMPI", "SequenceParallel"]),
+        // A pretrained model's prefill and decoding across MPI ranks (over DistributedAttention and LongContextModel).
+        .library(name: "DistributedModel", targets: ["DistributedModel"]),
         // Hugging Face chat templates (a jinja2 subset), Foundation only.
         .library(name: "ChatTemplate", targets: ["ChatTemplate"]),
         // Tokenizers of GGUF vocabularies and Hugging Face tokenizer.json files (Foundation only).
@@ -64,12 +66,20 @@ let package = Package(
             name: "DistributedAttention",
             dependencies: ["SwiftMPI", "SequenceParallel", "LongAttention", "AttentionTensor", "CAttentionKernels"]
         ),
-        // `attn dist ...` (run under mpirun): its own target, so AttnCommands stays MPI-free.
+        // A pretrained model across ranks (sequence-parallel prefill by the ring and halo
+        // exchanges, tensor-parallel decoding on a position-sharded cache): its own target, so that
+        // neither LongContextModel nor DistributedAttention depends on the other.
+        .target(
+            name: "DistributedModel",
+            dependencies: ["DistributedAttention", "SwiftMPI", "SequenceParallel", "LongContextModel", "LongAttention", "AttentionTensor"]
+        ),
+        // `attn dist ...` (run under mpirun): its own target, so AttnCommands stays MPI-free (the
+        // model commands share attn lm's options from it).
         .target(
             name: "DistCommands",
             dependencies: [
-                "DistributedAttention", "SwiftMPI", "SequenceParallel", "LongAttention", "AttentionTensor",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "DistributedAttention", "DistributedModel", "SwiftMPI", "SequenceParallel", "LongAttention", "AttentionTensor",
+                "LongContextModel", "AttnCommands", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The attention variants, a folder per family: Common (the shared scaffold), Exact, BigBird,

@@ -48,7 +48,7 @@ for i, r in enumerate(rows):
     if r.get("variant") == "lm-real":
         for k in ("model", "weights", "phase", "matmul"):
             check(isinstance(r.get(k), str), f"row {i} (lm-real) has {k}")
-        check(r.get("phase") in ("prefill", "decode"), f"row {i} (lm-real) phase is prefill or decode")
+        check(r.get("phase") in ("prefill", "decode", "decode-batch"), f"row {i} (lm-real) phase is prefill, decode or decode-batch")
         check(r.get("matmul") in ("exact", "fast"), f"row {i} (lm-real) matmul is exact or fast")
         for k in ("promptTokens", "rssBytes", "tokensPerSecond"):
             check(isinstance(r.get(k), (int, float)) and r[k] > 0, f"row {i} (lm-real) has {k}")

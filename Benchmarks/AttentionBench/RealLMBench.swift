@@ -23,7 +23,9 @@ func realModelFiles(_ directory: String) -> [String] {
 /// `--matmul exact` and `fast`, 1 and `threads` threads, f32 KV cache:
 /// - `phase: prefill`: a `prompt`-token prompt through the cache (chunks of 512), last logits only;
 /// - `phase: decode`: after a prompt of `context` tokens, `steps` single-token steps (LM head
-///   included), tokens/s of the steps alone.
+///   included), tokens/s of the steps alone;
+/// - `phase: decode-batch` (`B` = S sequences): S sequences decoding together (one batched step
+///   per token, each weight read once for all S), tokens/s over all of them, after the smallest context.
 func benchRealLM(models: String, threads: Int, quick: Bool, contexts: [Int], prefill: Int = 512) throws -> [Row] {
     var rows = [Row]()
     let threadCounts = Array(Set([1, threads])).sorted()
@@ -74,6 +76,29 @@ func benchRealLM(models: String, threads: Int, quick: Bool, contexts: [Int], pre
                     times.sort()
                     var r = row("decode", prompt: ctx, tokens: steps, seconds: total, runs: steps, minSeconds: times[0] * Double(steps))
                     r.note! += String(format: "; median step %.2f ms", times[steps / 2] * 1e3)
+                    rows.append(r)
+                }
+                // Batched decoding (the server's step): S sequences after `ctx` tokens each, one
+                // CausalLM.step(tokens:caches:) per token for all of them; tokens/s over all S.
+                let single = rows.last!.tokensPerSecond!, ctx = contexts.min()!
+                for S in quick ? [4] : [2, 4, 8, 16] {
+                    let steps = quick ? 4 : 16
+                    progress("lm-real: \(name) \(mode.rawValue), \(t) thread(s), \(S) sequences decoding together at \(ctx)")
+                    var caches = try (0..<S).map { _ in try model.makeCache(positions: ctx + steps + 8, chunk: CausalLM.prefillChunk) }
+                    for s in 0..<S { _ = try model.step(Array(ids(ctx + s).suffix(ctx)), cache: &caches[s], threads: threads) }
+                    _ = try model.step(tokens: (0..<S).map { Int32(500 + $0) }, caches: &caches, threads: t)   // warm-up step
+                    var times = [Double]()
+                    for k in 0..<steps {
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        _ = try model.step(tokens: (0..<S).map { Int32(600 + k * S + $0) }, caches: &caches, threads: t)
+                        times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
+                    }
+                    let total = times.reduce(0, +)
+                    times.sort()
+                    var r = row("decode-batch", prompt: ctx, tokens: steps * S, seconds: total, runs: steps, minSeconds: times[0] * Double(steps))
+                    r.B = S
+                    r.note = String(format: "%d sequences decoding together after %d tokens each: %.1f tokens/s in all, %.2f× one sequence's %.1f (matmul %@); median step %.2f ms",
+                                    S, ctx, r.tokensPerSecond!, r.tokensPerSecond! / single, single, mode.rawValue, times[steps / 2] * 1e3)
                     rows.append(r)
                 }
             }

@@ -227,60 +227,151 @@ struct LMGenerate: ParsableCommand {
         commandName: "generate",
         abstract: "Continue a prompt (or answer it in the model's chat template): prefill, then decoding through the KV cache, text streamed to stdout.",
         discussion: "Stops at any of the model's end tokens (eos_token_id lists, <|im_end|>, <end_of_turn>, ...), a --stop string or --max-tokens. Control tokens written in the prompt are single ids.")
-    @Option(help: "A GGUF file, or a checkpoint directory.") var model: String
-    @Option(help: "The prompt, taken verbatim.") var prompt: String
-    @Flag(help: "Render the prompt as a user message through the model's chat template (with the generation prompt).") var chat = false
-    @Option(help: "A system message for --chat.") var system: String?
-    @Option(help: "Tokens to generate at most.") var maxTokens = 200
-    @Option(help: "0: greedy; otherwise the sampling temperature.") var temperature = 0.0
-    @Option(help: "Sample among the k most likely tokens (0: all).") var topK = 0
-    @Option(help: "Sample among the most likely tokens up to probability p.") var topP = 1.0
-    @Option(help: "Drop tokens less likely than min-p times the most likely one.") var minP = 0.0
-    @Option(help: "Repetition penalty on tokens already in the context (1: off).") var repeatPenalty = 1.0
-    @Option(help: "Stop when this text appears (repeatable; not printed).") var stop: [String] = []
-    @Option(help: "Sampling seed.") var seed: UInt64 = 0
-    @Option(help: "KV cache storage: f32, bf16, f16, int8.") var kvType = "f32"
-    @Option(help: "fast (8-bit integer kernels on the quantised blocks for decoding steps) or exact (float32 products of the dequantised weights).") var matmul = "fast"
-    @Option(help: "Output: the generated ids (not the prompt's, not the end token), int32 .npy.") var tokensOut: String?
-    @Flag(help: "Print the prompt before the continuation.") var echo = false
-    @Option(help: "Worker threads (default: all cores).") var threads: Int?
+    @OptionGroup var arguments: GenerateArguments
 
-    func validate() throws {
+    func run() throws {
+        let lm = try arguments.load()
+        try arguments.generate(lm, source: nil, writes: true)
+    }
+}
+
+/// The options of `attn lm generate`, shared with `attn dist generate` (same flags, same outputs).
+public struct GenerateArguments: ParsableArguments {
+    public init() {}
+    @Option(help: "A GGUF file, or a checkpoint directory.") public var model: String
+    @Option(help: "The prompt, taken verbatim.") public var prompt: String?
+    @Option(help: "A UTF-8 file holding the prompt, taken verbatim (instead of --prompt).") public var promptFile: String?
+    @Flag(help: "Render the prompt as a user message through the model's chat template (with the generation prompt).") public var chat = false
+    @Option(help: "A system message for --chat.") public var system: String?
+    @Option(help: "Tokens to generate at most.") public var maxTokens = 200
+    @Option(help: "0: greedy; otherwise the sampling temperature.") public var temperature = 0.0
+    @Option(help: "Sample among the k most likely tokens (0: all).") public var topK = 0
+    @Option(help: "Sample among the most likely tokens up to probability p.") public var topP = 1.0
+    @Option(help: "Drop tokens less likely than min-p times the most likely one.") public var minP = 0.0
+    @Option(help: "Repetition penalty on tokens already in the context (1: off).") public var repeatPenalty = 1.0
+    @Option(help: "Stop when this text appears (repeatable; not printed).") public var stop: [String] = []
+    @Option(help: "Sampling seed.") public var seed: UInt64 = 0
+    @Option(help: "KV cache storage: f32, bf16, f16, int8.") public var kvType = "f32"
+    @Option(help: "fast (8-bit integer kernels on the quantised blocks for decoding steps) or exact (float32 products of the dequantised weights).") public var matmul = "fast"
+    @Option(help: "Output: the generated ids (not the prompt's, not the end token), int32 .npy.") public var tokensOut: String?
+    @Option(help: "Output: the logits of every chosen token, float32 .npy [steps, V] (the prompt's last position first).") public var logitsOut: String?
+    @Option(help: "Output: the run's timings as JSON (prompt and generated tokens, prefill and decode seconds, KV cache bytes).") public var timingsOut: String?
+    @Flag(help: "Print the prompt before the continuation.") public var echo = false
+    @Option(help: "Worker threads (default: all cores).") public var threads: Int?
+
+    public func validate() throws {
         try MatmulOption.check(matmul)
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be >= 0") }
+        guard (prompt == nil) != (promptFile == nil) else { throw ValidationError("give exactly one of --prompt and --prompt-file") }
+        if system != nil && !chat { throw ValidationError("--system needs --chat") }
+        guard KVCacheType(rawValue: kvType) != nil else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
     }
 
-    func run() throws {
-        guard let type = KVCacheType(rawValue: kvType) else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
-        let lm = try LanguageModel(path: model, matmul: MatmulOption.mode(matmul))
-        var text = prompt
-        if chat {
-            var messages = [ChatMessage]()
-            if let system { messages.append(ChatMessage(role: "system", content: system)) }
-            messages.append(ChatMessage(role: "user", content: prompt))
-            text = try lm.chatPrompt(messages)
-        } else if system != nil {
-            throw ValidationError("--system needs --chat")
-        }
-        let options = GenerationOptions(
+    public var cacheType: KVCacheType { KVCacheType(rawValue: kvType) ?? .float32 }
+
+    /// The model, under `--matmul`.
+    public func load() throws -> LanguageModel { try LanguageModel(path: model, matmul: MatmulOption.mode(matmul)) }
+
+    /// The prompt (`--prompt` or `--prompt-file`), through the chat template with `--chat`.
+    public func promptText(_ lm: LanguageModel) throws -> String {
+        let raw = try readText(text: prompt, file: promptFile)
+        guard chat else { return raw }
+        var messages = [ChatMessage]()
+        if let system { messages.append(ChatMessage(role: "system", content: system)) }
+        messages.append(ChatMessage(role: "user", content: raw))
+        return try lm.chatPrompt(messages)
+    }
+
+    public var options: GenerationOptions {
+        GenerationOptions(
             maxTokens: maxTokens,
             sampling: SamplingOptions(temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repeatPenalty,
                                       seed: seed),
-            stop: stop, cacheType: type, threads: threads)
+            stop: stop, cacheType: cacheType, threads: threads)
+    }
+
+    /// What a run measured, for `--timings-out` (`prefillSeconds`: up to the first token's logits).
+    public struct Timings: Codable {
+        public var promptTokens = 0, generatedTokens = 0
+        public var prefillSeconds = 0.0, decodeSeconds = 0.0, seconds = 0.0
+        public var prefillTokensPerSecond = 0.0, decodeTokensPerSecond = 0.0
+        public var kvCacheBytes = 0
+        public var ranks = 1, threads = 1
+        /// The model's shape (what a benchmark needs to count FLOPs): layers, D, H, Hkv, hd, F, V,
+        /// sliding layers and their window (0 without).
+        public var layers = 0, hiddenSize = 0, heads = 0, kvHeads = 0, headDim = 0, intermediateSize = 0, vocabSize = 0
+        public var slidingLayers = 0, window = 0
+        public var matmul = ""
+    }
+
+    /// Generates with `source` (nil: this process's KV cache) and, when `writes`, streams the text
+    /// to stdout, writes the output files and the summary line (a distributed run: rank 0 only).
+    /// `cacheBytes` reports the KV cache's bytes after the run (`--timings-out`). Returns the timings.
+    @discardableResult
+    public func generate(_ lm: LanguageModel, source: LogitSource?, writes: Bool, ranks: Int = 1,
+                         cacheBytes: (() -> Int)? = nil) throws -> Timings {
+        let text = try promptText(lm)
+        let options = self.options
         try options.sampling.validate()
-        if echo { FileHandle.standardOutput.write(Data(prompt.utf8)) }
+        let base = source ?? CachedDecoding(model: lm.model, cacheType: options.cacheType, threads: options.threads)
+        let timed = TimedLogits(base)
+        let recorder = logitsOut == nil ? nil : RecordingLogits(timed)
+        if echo && writes { FileHandle.standardOutput.write(Data(try readText(text: prompt, file: promptFile).utf8)) }
         let start = Date()
-        let result = try lm.generate(text, options: options) { piece in
-            FileHandle.standardOutput.write(Data(piece.utf8))
+        let result = try lm.generate(text, options: options, source: lm.model.decodesThroughCache || source != nil ? (recorder.map { $0 as LogitSource } ?? timed) : nil) { piece in
+            if writes { FileHandle.standardOutput.write(Data(piece.utf8)) }
             return true
         }
-        FileHandle.standardOutput.write(Data("\n".utf8))
         let seconds = Date().timeIntervalSince(start)
+        var t = Timings()
+        t.promptTokens = result.promptTokens
+        t.generatedTokens = result.tokens.count
+        (t.prefillSeconds, t.decodeSeconds, t.seconds) = (timed.prefillSeconds, timed.stepSeconds, seconds)
+        t.prefillTokensPerSecond = Double(result.promptTokens) / max(timed.prefillSeconds, 1e-9)
+        t.decodeTokensPerSecond = Double(timed.steps) / max(timed.stepSeconds, 1e-9)
+        t.kvCacheBytes = cacheBytes?() ?? (base as? CachedDecoding)?.cache?.bytes ?? 0
+        t.ranks = ranks
+        t.threads = options.threads ?? Parallel.defaultThreads
+        let c = lm.model.config
+        (t.layers, t.hiddenSize, t.heads, t.kvHeads, t.headDim) = (c.layers, c.hiddenSize, c.heads, c.kvHeads, c.headDim)
+        (t.intermediateSize, t.vocabSize) = (c.intermediateSize, c.vocabSize)
+        let windows = (0..<c.layers).compactMap { c.window(of: $0) }
+        (t.slidingLayers, t.window) = (windows.count, windows.max() ?? 0)
+        t.matmul = matmul
+        guard writes else { return t }
+        FileHandle.standardOutput.write(Data("\n".utf8))
         if let tokensOut { try Numpy.write(int32: result.tokens, shape: [result.tokens.count], to: tokensOut) }
+        if let logitsOut, let recorder {
+            let V = lm.model.config.vocabSize
+            try Numpy.write(try Tensor(shape: [recorder.rows.count, V], scalars: recorder.rows.flatMap { $0 }), to: logitsOut)
+        }
+        if let timingsOut {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try writeFileAtomically(try enc.encode(t), to: timingsOut)
+        }
         FileHandle.standardError.write(String(format: "%d prompt tokens, %d generated in %.2f s (%.1f tokens/s, prefill included; %@)\n",
                                               result.promptTokens, result.tokens.count, seconds,
                                               Double(result.tokens.count) / max(seconds, 1e-9), result.finishReason).data(using: .utf8)!)
+        return t
+    }
+}
+
+/// Times a ``LogitSource``'s prefill and steps.
+final class TimedLogits: LogitSource {
+    let inner: LogitSource
+    var prefillSeconds = 0.0, stepSeconds = 0.0, steps = 0
+    init(_ inner: LogitSource) { self.inner = inner }
+    func prefill(_ prompt: [Int32], maxTokens: Int) throws -> [Float] {
+        let t = Date()
+        defer { prefillSeconds += Date().timeIntervalSince(t) }
+        return try inner.prefill(prompt, maxTokens: maxTokens)
+    }
+    func next(_ token: Int32) throws -> [Float] {
+        let t = Date()
+        defer { stepSeconds += Date().timeIntervalSince(t); steps += 1 }
+        return try inner.next(token)
     }
 }
 

@@ -61,14 +61,24 @@ struct LMPerplexity: ParsableCommand {
             chunk the tokens at positions ctx/2+1 ... ctx-1 are scored, each from the logits one position before; \
             PPL = exp(mean loss).
             """)
-    @Option(help: "A GGUF file, or a checkpoint directory.") var model: String
-    @Option(help: "A UTF-8 text file, verbatim.") var textFile: String
-    @Option(help: "Tokens per chunk.") var ctx: Int
-    @Option(help: "exact (float32 products of the dequantised weights) or fast (8-bit integer kernels for steps of ≤ 16 rows; chunks of --ctx rows take the exact path).") var matmul = "exact"
-    @Option(help: "Output: the result as JSON.") var json: String?
-    @Option(help: "Worker threads (default: all cores).") var threads: Int?
+    @OptionGroup var arguments: PerplexityArguments
 
-    func validate() throws {
+    func run() throws {
+        try arguments.run(try arguments.load(), chunkLoss: nil, writes: true)
+    }
+}
+
+/// The options of `attn lm ppl`, shared with `attn dist ppl` (same flags, same outputs).
+public struct PerplexityArguments: ParsableArguments {
+    public init() {}
+    @Option(help: "A GGUF file, or a checkpoint directory.") public var model: String
+    @Option(help: "A UTF-8 text file, verbatim.") public var textFile: String
+    @Option(help: "Tokens per chunk.") public var ctx: Int
+    @Option(help: "exact (float32 products of the dequantised weights) or fast (8-bit integer kernels for steps of ≤ 16 rows; chunks of --ctx rows take the exact path).") public var matmul = "exact"
+    @Option(help: "Output: the result as JSON.") public var json: String?
+    @Option(help: "Worker threads (default: all cores).") public var threads: Int?
+
+    public func validate() throws {
         try MatmulOption.check(matmul)
         guard ctx >= 4, ctx <= 1 << 20 else { throw ValidationError("--ctx must lie in 4...2^20, got \(ctx)") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
@@ -80,14 +90,19 @@ struct LMPerplexity: ParsableCommand {
         let chunkPerplexities: [Double]
     }
 
-    func run() throws {
+    public func load() throws -> LanguageModel { try LanguageModel(path: model, matmul: MatmulOption.mode(matmul)) }
+
+    /// Scores the text (`chunkLoss`: a distributed run's scorer, nil for this process's forward);
+    /// with `writes`, prints the progress, the result line and the JSON (rank 0 of a distributed run).
+    public func run(_ lm: LanguageModel, chunkLoss: ((_ chunk: [Int32], _ rows: [Int]) throws -> Double)?, writes: Bool) throws {
         let text = try readText(text: nil, file: textFile)
-        let lm = try LanguageModel(path: model, matmul: MatmulOption.mode(matmul))
         let start = Date()
-        let r = try lm.model.perplexity(tokens: lm.encode(text), context: ctx, bos: lm.addsBOS ? lm.bosToken : nil, threads: threads) { i, n, ppl in
-            FileHandle.standardError.write(String(format: "[%d/%d] %.4f\n", i + 1, n, ppl).data(using: .utf8)!)
+        let r = try lm.model.perplexity(tokens: lm.encode(text), context: ctx, bos: lm.addsBOS ? lm.bosToken : nil, threads: threads,
+                                        chunkLoss: chunkLoss) { i, n, ppl in
+            if writes { FileHandle.standardError.write(String(format: "[%d/%d] %.4f\n", i + 1, n, ppl).data(using: .utf8)!) }
         }
         let seconds = Date().timeIntervalSince(start)
+        guard writes else { return }
         print(String(format: "perplexity %.4f over %d chunks of %d tokens (%d scored) in %.1f s", r.perplexity, r.chunks.count, ctx,
                      r.scored, seconds))
         if let json {

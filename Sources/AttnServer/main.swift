@@ -23,14 +23,16 @@ struct AttnServerCommand: AsyncParsableCommand {
     @Option(help: "The largest request body in bytes (413 beyond).") var maxBodyBytes = 8 << 20
     @Option(help: "The KV caches' budget in MiB (default: --parallel caches of --ctx positions).") var kvBudgetMb: Int?
     @Option(help: "Prompt tokens prefilled per scheduler round.") var prefillChunk = 256
+    @Option(help: "Finished sequences' KV caches kept for prompts that start with the same tokens (0: none); they use the budget's spare bytes only.")
+    var prefixCache = 8
     @Option(help: "Log level (trace, debug, info, notice, warning, error).") var logLevel = "info"
     @Option(help: "exact (dequantised float32 products) or fast (the quantised kernels, as attn lm generate).") var matmul = "fast"
 
     func validate() throws {
         guard KVCacheType(rawValue: kvType) != nil else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must lie in 0...65535") }
-        guard parallel >= 1, queue >= 0, maxBodyBytes >= 1, prefillChunk >= 1 else {
-            throw ValidationError("--parallel, --max-body-bytes and --prefill-chunk must be >= 1, --queue >= 0")
+        guard parallel >= 1, queue >= 0, prefixCache >= 0, maxBodyBytes >= 1, prefillChunk >= 1 else {
+            throw ValidationError("--parallel, --max-body-bytes and --prefill-chunk must be >= 1, --queue and --prefix-cache >= 0")
         }
         if let ctx, ctx < 2 { throw ValidationError("--ctx must be >= 2") }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
@@ -52,6 +54,7 @@ struct AttnServerCommand: AsyncParsableCommand {
         options.maxBodyBytes = maxBodyBytes
         options.kvBudgetBytes = kvBudgetMb.map { $0 << 20 }
         options.prefillChunk = prefillChunk
+        options.prefixCacheEntries = prefixCache
         logger.info("serving \(lm.name) (\(lm.model.config.layers) layers, context \(options.context), \(parallel) sequences, KV \(kvType))")
         try await OpenAIServer.run(model: lm, options: options, logger: logger)
     }

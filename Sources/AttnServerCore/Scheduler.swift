@@ -27,9 +27,9 @@ public enum AdmissionError: Error, Sendable {
 /// client went away) between rounds. The compute threads are the model's own worker pool, driven
 /// from this one thread; request handlers never run the model.
 ///
-/// Today a round steps each sequence separately. The decode steps of one round are gathered in
-/// ``decodeRound(_:)`` so that a batched step (several sequences' rows through each weight once)
-/// can replace the per-sequence loop there without touching admission, streaming or cancellation.
+/// The decoding steps of one round are batched (``DecodingSequence/advance(_:threads:)``): the
+/// running sequences' rows go through each weight once per step, and each row's result is bitwise
+/// what it would be alone, so a stream's text never depends on what it was batched with.
 public final class Scheduler: @unchecked Sendable {
     public let model: LanguageModel
     public let parallel: Int
@@ -39,6 +39,8 @@ public final class Scheduler: @unchecked Sendable {
     public let threads: Int?
     public let prefillChunk: Int
     let metrics: ServerMetrics
+    // The scheduler thread's own: finished sequences' caches, within the budget's spare bytes.
+    private var prefixes: PrefixCache
 
     private struct Job {
         let id: Int
@@ -51,7 +53,6 @@ public final class Scheduler: @unchecked Sendable {
 
     private struct Active {
         let job: Job
-        var sequence: DecodingSequence
         var firstToken: ContinuousClock.Instant?
     }
 
@@ -65,10 +66,13 @@ public final class Scheduler: @unchecked Sendable {
     private var stopping = false
     // The scheduler thread's own.
     private var active: [Active] = []
+    // The active sequences, index for index with `active` (apart, so a batched step takes them in place).
+    private var sequences: [DecodingSequence] = []
     private var thread: Thread?
 
     public init(model: LanguageModel, parallel: Int, queueLimit: Int, budgetBytes: Int, cacheType: KVCacheType,
-                threads: Int?, prefillChunk: Int = 256, metrics: ServerMetrics) {
+                threads: Int?, prefillChunk: Int = 256, prefixEntries: Int = 8, metrics: ServerMetrics) {
+        prefixes = PrefixCache(maxEntries: prefixEntries)
         (self.model, self.parallel, self.queueLimit, self.budgetBytes) = (model, max(1, parallel), max(0, queueLimit), budgetBytes)
         (self.cacheType, self.threads, self.prefillChunk, self.metrics) = (cacheType, threads, max(1, prefillChunk), metrics)
         metrics.kvBudget.set(Double(budgetBytes))
@@ -152,16 +156,19 @@ public final class Scheduler: @unchecked Sendable {
             let gone = cancelled
             cancelled.removeAll()
             var freed = 0
-            active.removeAll { a in
-                guard gone.contains(a.job.id) else { return false }
+            let cancelledNow = active.filter { gone.contains($0.job.id) }
+            for a in cancelledNow {
                 activeIDs.remove(a.job.id)
                 freed += a.job.bytes
                 a.job.continuation.finish()
-                return true
             }
+            removeActive { gone.contains($0.job.id) }
             activeBytes -= freed
             var admitted = [Job]()
-            while active.count + admitted.count < parallel, let next = queue.first, activeBytes + next.bytes <= budgetBytes {
+            // Kept prefixes give way to sequences: the least recently used are dropped until the next fits.
+            while let next = queue.first, active.count + admitted.count < parallel, activeBytes + prefixes.bytes + next.bytes > budgetBytes,
+                  prefixes.evictOldest() {}
+            while active.count + admitted.count < parallel, let next = queue.first, activeBytes + prefixes.bytes + next.bytes <= budgetBytes {
                 queue.removeFirst()
                 activeIDs.insert(next.id)
                 activeBytes += next.bytes
@@ -171,8 +178,9 @@ public final class Scheduler: @unchecked Sendable {
             condition.unlock()
             for job in admitted {
                 do {
-                    let s = try DecodingSequence(model: model, prompt: job.prompt, options: job.options, prefillChunk: prefillChunk)
-                    active.append(Active(job: job, sequence: s))
+                    let s = try makeSequence(job)
+                    active.append(Active(job: job))
+                    sequences.append(s)
                     metrics.promptTokens.increment(by: Int64(job.prompt.count))
                 } catch {
                     job.continuation.yield(.failed("\(error)"))
@@ -181,17 +189,19 @@ public final class Scheduler: @unchecked Sendable {
                 }
             }
             metrics.activeSequences.set(Double(active.count))
-            metrics.kvBytes.set(Double(active.reduce(0) { $0 + $1.sequence.cache.bytes }))
+            metrics.kvBytes.set(Double(sequences.reduce(0) { $0 + $1.cache.bytes }))
             if active.isEmpty { continue }
 
             // One round: a step (a prompt chunk or a token) for every active sequence.
-            windowTokens += decodeRound(&active)
-            var done = [Job]()
-            active.removeAll { a in
-                guard a.sequence.isFinished else { return false }
-                done.append(a.job)
-                return true
+            windowTokens += decodeRound()
+            var finished = Set<Int>()
+            for (a, s) in zip(active, sequences) where s.isFinished {
+                finished.insert(a.job.id)
+                prefixes.insert(tokens: s.cachedTokens, cache: s.cache)
             }
+            metrics.prefixBytes.set(Double(prefixes.bytes))
+            let done = active.filter { finished.contains($0.job.id) }.map(\.job)
+            removeActive { finished.contains($0.job.id) }
             release(done)
             metrics.activeSequences.set(Double(active.count))
             let now = ContinuousClock.now
@@ -204,31 +214,59 @@ public final class Scheduler: @unchecked Sendable {
         }
     }
 
-    /// Advances every sequence of `batch` by one step and sends what it produced; returns the
-    /// tokens sampled. (The seam for a batched decode step: today each sequence steps alone.)
-    private func decodeRound(_ batch: inout [Active]) -> Int {
+    /// A sequence for `job`, its prompt's longest kept prefix taken from the prefix cache (a
+    /// prefix the cache cannot give, e.g. one a sliding ring has dropped, is prefilled instead).
+    private func makeSequence(_ job: Job) throws -> DecodingSequence {
+        if let hit = prefixes.lookup(job.prompt),
+           let s = try? DecodingSequence(model: model, prompt: job.prompt, options: job.options, prefillChunk: prefillChunk, prefix: hit) {
+            metrics.prefixHits.increment()
+            metrics.prefixTokens.increment(by: Int64(hit.positions))
+            return s
+        }
+        return try DecodingSequence(model: model, prompt: job.prompt, options: job.options, prefillChunk: prefillChunk)
+    }
+
+    /// Removes the active sequences whose entry satisfies `gone`, keeping `active` and `sequences` aligned.
+    private func removeActive(where gone: (Active) -> Bool) {
+        var i = 0
+        while i < active.count {
+            if gone(active[i]) {
+                active.remove(at: i)
+                sequences.remove(at: i)
+            } else {
+                i += 1
+            }
+        }
+    }
+
+    /// Advances every active sequence by one step (prompt chunks one by one, the decoding steps
+    /// batched) and sends what each produced; returns the tokens sampled.
+    private func decodeRound() -> Int {
         var sampled = 0
         var failedIDs = Set<Int>()
-        for i in batch.indices {
-            let job = batch[i].job
+        let before = sequences.map(\.tokens.count)
+        let decoding = sequences.reduce(0) { $0 + ($1.isDecoding ? 1 : 0) }
+        if decoding > 0 { metrics.decodeBatchRows.record(Double(decoding)) }
+        let results = DecodingSequence.advance(&sequences, threads: threads)
+        for i in active.indices {
+            let job = active[i].job
             do {
-                let before = batch[i].sequence.tokens.count
-                let step = try batch[i].sequence.advance()
-                let added = batch[i].sequence.tokens.count - before
+                let step = try results[i].get()
+                let added = sequences[i].tokens.count - before[i]
                 if added > 0 { metrics.completionTokens.increment(by: Int64(added)) }
                 if step.sampled {
                     sampled += 1
-                    if batch[i].firstToken == nil {
+                    if active[i].firstToken == nil {
                         let t = ContinuousClock.now
-                        batch[i].firstToken = t
+                        active[i].firstToken = t
                         metrics.timeToFirstToken.record(seconds(t - job.submitted))
                     }
                 }
                 if !step.text.isEmpty { job.continuation.yield(.text(step.text)) }
-                let s = batch[i].sequence
+                let s = sequences[i]
                 if let reason = s.finishReason {
                     let n = s.tokens.count
-                    if let first = batch[i].firstToken, n > 1 {
+                    if let first = active[i].firstToken, n > 1 {
                         let dt = seconds(ContinuousClock.now - first)
                         if dt > 0 { metrics.tokensPerSecond.record(Double(n - 1) / dt) }
                     }
@@ -243,12 +281,8 @@ public final class Scheduler: @unchecked Sendable {
             }
         }
         if !failedIDs.isEmpty {
-            var gone = [Job]()
-            batch.removeAll { a in
-                guard failedIDs.contains(a.job.id) else { return false }
-                gone.append(a.job)
-                return true
-            }
+            let gone = active.filter { failedIDs.contains($0.job.id) }.map(\.job)
+            removeActive { failedIDs.contains($0.job.id) }
             release(gone)
         }
         return sampled

@@ -21,6 +21,9 @@ public struct ServerOptions: Sendable {
     /// The KV caches' budget in bytes (nil: `parallel` caches of `context` positions).
     public var kvBudgetBytes: Int?
     public var prefillChunk = 256
+    /// Finished sequences' KV caches kept for prompts that start alike (0: none); they use only
+    /// the budget's spare bytes.
+    public var prefixCacheEntries = 8
     public init() {}
 }
 
@@ -205,7 +208,7 @@ public enum OpenAIServer {
             model: model, promptTokens: options.context, maxTokens: 0, type: options.cacheType, prefillChunk: options.prefillChunk)
         let scheduler = Scheduler(model: model, parallel: options.parallel, queueLimit: options.queue, budgetBytes: budget,
                                   cacheType: options.cacheType, threads: options.threads, prefillChunk: options.prefillChunk,
-                                  metrics: metrics)
+                                  prefixEntries: options.prefixCacheEntries, metrics: metrics)
         scheduler.start()
         defer { scheduler.stop() }
         let responder = OpenAIResponder(model: model, scheduler: scheduler, metrics: metrics, options: options)

@@ -16,6 +16,10 @@ public final class ServerMetrics: Sendable {
     let kvBytes: Gauge
     let kvBudget: Gauge
     let decodeRate: Gauge
+    let decodeBatchRows: ValueHistogram
+    let prefixHits: Counter
+    let prefixTokens: Counter
+    let prefixBytes: Gauge
 
     public init() {
         func d(_ name: String, _ help: String) -> MetricNameDescriptor { MetricNameDescriptor(metricName: name, unitName: "", helpText: help) }
@@ -31,6 +35,10 @@ public final class ServerMetrics: Sendable {
         kvBytes = registry.makeGauge(descriptor: d("attn_server_kv_cache_bytes", "Bytes of the active sequences' KV caches"))
         kvBudget = registry.makeGauge(descriptor: d("attn_server_kv_cache_budget_bytes", "The KV caches' memory budget"))
         decodeRate = registry.makeGauge(descriptor: d("attn_server_tokens_per_second", "Tokens generated per second over all sequences (last ~1 s)"))
+        prefixHits = registry.makeCounter(descriptor: d("attn_server_prefix_cache_hits_total", "Requests whose prompt prefix came from a kept KV cache"))
+        prefixTokens = registry.makeCounter(descriptor: d("attn_server_prefix_cache_tokens_total", "Prompt tokens taken from kept KV caches instead of prefilled"))
+        prefixBytes = registry.makeGauge(descriptor: d("attn_server_prefix_cache_bytes", "Bytes of the kept (finished) sequences' KV caches"))
+        decodeBatchRows = registry.makeValueHistogram(descriptor: d("attn_server_decode_batch_rows", "Sequences decoded together in one step (each weight read once for all)"), buckets: [1, 2, 4, 8, 16])
     }
 
     /// The text exposition format.

@@ -12,8 +12,8 @@ public struct Dist: ParsableCommand {
     public init() {}
     public static let configuration = CommandConfiguration(
         commandName: "dist",
-        abstract: "Sequence-parallel attention over MPI (run under mpirun -np P): ring attention, its gradients, linear attention by prefix scan.",
-        subcommands: [DistRun.self, DistGrad.self, DistSelftest.self, DistBench.self])
+        abstract: "Sequence-parallel attention over MPI (run under mpirun -np P): ring attention, its gradients, linear attention by prefix scan; a pretrained model's generation and perplexity.",
+        subcommands: [DistRun.self, DistGrad.self, DistGenerate.self, DistPerplexity.self, DistSelftest.self, DistBench.self])
 }
 
 /// Options every distributed command takes.
@@ -41,12 +41,16 @@ struct AgreedFailure: Error {}
 /// inside ``agree(_:_:)`` ends every rank cleanly with one message (from the lowest failing rank);
 /// any other error (mid-ring) prints the rank's message and ends the job with `MPI_Abort`.
 func withWorld(_ options: MPIOptions, _ body: (Communicator) throws -> Void) throws {
+    try withWorld(timeout: options.timeout, body)
+}
+
+func withWorld(timeout: Double, _ body: (Communicator) throws -> Void) throws {
     do {
         try MPI.initialize()
     } catch {
         throw ValidationError("cannot initialise MPI (run under mpirun): \(error)")
     }
-    let comm = try Communicator.world(timeout: options.timeout)
+    let comm = try Communicator.world(timeout: timeout)
     do {
         try body(comm)
     } catch is AgreedFailure {
@@ -168,8 +172,12 @@ func writeStats(_ rows: [[String: Double]]?, to path: String?) throws {
 
 /// Test hooks: a rank that dies (SIGKILL) or stops answering (sleeps) just before the ring.
 func killIfAsked(_ options: MPIOptions, _ comm: Communicator) {
-    if options.debugKillRank == comm.rank { kill(getpid(), SIGKILL) }
-    if options.debugHangRank == comm.rank { while true { sleep(60) } }
+    killIfAsked(kill: options.debugKillRank, hang: options.debugHangRank, comm)
+}
+
+func killIfAsked(kill killRank: Int?, hang: Int?, _ comm: Communicator) {
+    if killRank == comm.rank { kill(getpid(), SIGKILL) }
+    if hang == comm.rank { while true { sleep(60) } }
 }
 
 struct DistRun: ParsableCommand {

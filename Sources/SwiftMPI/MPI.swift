@@ -260,6 +260,23 @@ public struct Communicator: @unchecked Sendable {
         try wait(&r, what: "a broadcast of \(count) floats from rank \(root)")
     }
 
+    /// In-place all-gather of floats with per-rank counts: rank `r`'s `counts[r]` floats sit at
+    /// offset `Σ_{s<r} counts[s]` of `buffer` (this rank's already written there); afterwards every
+    /// rank's are, on every rank.
+    public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+        guard counts.count == size else { throw MPIError.invalidArgument("\(counts.count) counts for \(size) ranks") }
+        var c = [Int32](), d = [Int32](), offset = 0
+        for n in counts {
+            c.append(try Self.count(n))
+            d.append(try Self.count(offset))
+            offset += n
+        }
+        var req = cmpi_request_null()
+        try check(MPI_Iallgatherv(cmpi_in_place(), 0, cmpi_float(), buffer, c, d, cmpi_float(), comm, &req), "MPI_Iallgatherv")
+        var r = Request(raw: req)
+        try wait(&r, what: "an all-gather of \(offset) floats")
+    }
+
     /// Every rank's `values` (same count on all), concatenated in rank order, on every rank.
     public func allgather(_ values: [Double]) throws -> [Double] {
         var out = [Double](repeating: 0, count: values.count * size)

@@ -310,16 +310,26 @@ public struct KVCache: Sendable {
     /// that fit its ring, and needs at least `min(length, W - 1)` of them (what its next append's
     /// first query reads before the append); a full layer here needs every position the source
     /// appended (a source ring that dropped positions throws ``AttentionError/invalidWindow(_:)``).
-    public mutating func copy(from other: KVCache) throws {
+    ///
+    /// With `positions`, only the source's first `positions` positions are taken (a prompt's
+    /// shared prefix: a server's prefix cache); a source layer that no longer holds what this
+    /// cache's layer needs of them throws ``AttentionError/invalidWindow(_:)``.
+    public mutating func copy(from other: KVCache, positions limit: Int? = nil) throws {
         guard other.layers == layers, other.batch == batch, other.kvHeads == kvHeads,
               other.headDimension == headDimension, other.valueDimension == valueDimension else {
             throw AttentionError.shapeMismatch("caches differ in layers, batch, heads or widths")
         }
-        for layer in 0..<layers where other.lengths[layer] > capacity {
-            throw AttentionError.cacheFull(capacity: capacity, length: 0, appending: other.lengths[layer])
+        if let limit, limit < 0 { throw AttentionError.invalidArgument("a prefix of \(limit) positions") }
+        // Per layer: the positions taken, and how many of them the source still holds (the last ones).
+        func taken(_ layer: Int) -> (length: Int, held: Int) {
+            let length = min(other.lengths[layer], limit ?? .max), from = other.positions(layer: layer).lowerBound
+            return (length, max(0, length - from))
+        }
+        for layer in 0..<layers where taken(layer).length > capacity {
+            throw AttentionError.cacheFull(capacity: capacity, length: 0, appending: taken(layer).length)
         }
         for layer in 0..<layers {
-            let length = other.lengths[layer], held = other.positions(layer: layer).count
+            let (length, held) = taken(layer)
             let keep = min(held, slots[layer])
             if let w = windows[layer] {
                 guard keep >= min(length, w - 1) else {
@@ -333,7 +343,7 @@ public struct KVCache: Sendable {
             throw AttentionError.overflow("a \(type) KV cache stores magnitudes up to \(type.largestMagnitude); layer \(layer) of the source reaches \(max(other.maxKey[layer], other.maxValue[layer]))")
         }
         for layer in 0..<layers {
-            let length = other.lengths[layer], held = other.positions(layer: layer).count
+            let (length, held) = taken(layer)
             let keep = min(held, slots[layer])
             let k = try other.keys(layer: layer).rows((held - keep)..<held), v = try other.values(layer: layer).rows((held - keep)..<held)
             write(k, into: &keyStore[layer], width: headDimension, slots: slots[layer], position: length - keep)

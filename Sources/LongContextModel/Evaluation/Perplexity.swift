@@ -14,13 +14,29 @@ public struct PerplexityResult: Sendable {
 }
 
 extension CausalLM {
+    /// The negative log-likelihood of `target` under the logits `row [V]` (float64 log-softmax),
+    /// or nil when the logits are not finite.
+    public static func tokenLoss(_ row: UnsafePointer<Float>, vocab V: Int, target: Int) -> Double? {
+        var m = -Double.infinity
+        for v in 0..<V { m = max(m, Double(row[v])) }
+        guard m.isFinite else { return nil }
+        var s = 0.0
+        for v in 0..<V { s += Foundation.exp(Double(row[v]) - m) }
+        return m + Foundation.log(s) - Double(row[target])
+    }
+
     /// `tokens` (the whole text, tokenized once) cut into consecutive chunks of `context` tokens (a
     /// last partial chunk is dropped); with `bos`, the first token of each chunk is replaced by it.
     /// In every chunk the tokens at positions `context/2 + 1 … context − 1` are scored, each from
     /// the logits one position before it (only those rows of the LM head are computed). Losses are
     /// summed in float64 over a float64 log-softmax of the float32 logits. `progress` receives
     /// (chunk, chunks, running perplexity) after each chunk.
+    ///
+    /// `chunkLoss`, when given, scores a chunk instead of this process's forward pass: it receives
+    /// the chunk's ids and the rows scored (row `j` predicts id `j + 1`) and returns the summed
+    /// loss (each term ``tokenLoss(_:vocab:target:)``) — a run across processes.
     public func perplexity(tokens: [Int32], context C: Int, bos: Int32?, threads: Int? = nil,
+                           chunkLoss: ((_ chunk: [Int32], _ rows: [Int]) throws -> Double)? = nil,
                            progress: (Int, Int, Double) -> Void = { _, _, _ in }) throws -> PerplexityResult {
         guard C >= 4 else { throw ModelError.invalidArgument("perplexity needs a context of at least 4 tokens, got \(C)") }
         let chunks = tokens.count / C
@@ -34,21 +50,22 @@ extension CausalLM {
         for i in 0..<chunks {
             var chunk = Array(tokens[(i * C)..<((i + 1) * C)])
             if let bos { chunk[0] = bos }
-            let pass = try forward(tokens: chunk, batch: 1, length: C, threads: threads, logitRows: rows)
-            let z = pass.logits.unsafeBaseAddress
-            var chunkLoss = 0.0
-            for (r, j) in rows.enumerated() {
-                let row = z + r * V, target = Int(chunk[j + 1])
-                var m = -Double.infinity
-                for v in 0..<V { m = max(m, Double(row[v])) }
-                guard m.isFinite else { throw ModelError.nonFinite("logits of chunk \(i), position \(j)") }
-                var s = 0.0
-                for v in 0..<V { s += Foundation.exp(Double(row[v]) - m) }
-                chunkLoss += m + Foundation.log(s) - Double(row[target])
+            var loss = 0.0
+            if let score = chunkLoss {
+                loss = try score(chunk, rows)
+            } else {
+                let pass = try forward(tokens: chunk, batch: 1, length: C, threads: threads, logitRows: rows)
+                let z = pass.logits.unsafeBaseAddress
+                for (r, j) in rows.enumerated() {
+                    guard let l = Self.tokenLoss(z + r * V, vocab: V, target: Int(chunk[j + 1])) else {
+                        throw ModelError.nonFinite("logits of chunk \(i), position \(j)")
+                    }
+                    loss += l
+                }
             }
-            total += chunkLoss
+            total += loss
             count += rows.count
-            perChunk.append(Foundation.exp(chunkLoss / Double(rows.count)))
+            perChunk.append(Foundation.exp(loss / Double(rows.count)))
             progress(i, chunks, Foundation.exp(total / Double(count)))
         }
         let mean = total / Double(count)

@@ -32,7 +32,9 @@ public struct DecodingSequence {
     /// The longest prompt chunk one ``advance()`` prefills.
     public let prefillChunk: Int
     /// The sequence's cache (`prompt.count + options.maxTokens` positions).
-    public private(set) var cache: KVCache
+    public var cache: KVCache { storedCache! }
+    // Optional only so that a batched step can move the caches out and back without a copy.
+    private var storedCache: KVCache?
     /// The ids generated so far (not the end token).
     public private(set) var tokens: [Int32] = []
     /// Prompt ids already in the cache.
@@ -53,7 +55,14 @@ public struct DecodingSequence {
     /// A sequence generating after `prompt` (ids, BOS included when the model adds it). Throws
     /// for an empty prompt, invalid sampling options, a model that does not decode through a KV
     /// cache, or a cache beyond the memory budget.
-    public init(model: LanguageModel, prompt: [Int32], options: GenerationOptions, prefillChunk: Int = 256) throws {
+    ///
+    /// With `prefix`, the prompt's first `positions` tokens are taken from that cache (one that
+    /// holds the same ids there: a server's prefix cache; ``cachedTokens`` says which ids a cache
+    /// holds) instead of being prefilled; `positions` must be below the prompt's length (the last
+    /// prompt token is always run, for its logits). The logits then agree with a full prefill to
+    /// float rounding, not bit for bit (the prefix was computed in other chunks).
+    public init(model: LanguageModel, prompt: [Int32], options: GenerationOptions, prefillChunk: Int = 256,
+                prefix: (cache: KVCache, positions: Int)? = nil) throws {
         try options.sampling.validate()
         guard !prompt.isEmpty else { throw ModelError.invalidTokens("the prompt encodes to no tokens") }
         guard options.maxTokens >= 0 else { throw ModelError.invalidArgument("max tokens must be >= 0") }
@@ -65,7 +74,7 @@ public struct DecodingSequence {
         self.prompt = prompt
         self.options = options
         self.prefillChunk = max(1, prefillChunk)
-        cache = try model.model.makeCache(positions: prompt.count + options.maxTokens, chunk: self.prefillChunk,
+        storedCache = try model.model.makeCache(positions: prompt.count + options.maxTokens, chunk: self.prefillChunk,
                                           type: options.cacheType)
         rng = SplitMix64(seed: options.sampling.seed)
         history = options.sampling.repetitionPenalty != 1 ? prompt : []
@@ -73,7 +82,18 @@ public struct DecodingSequence {
         stops = StopStrings(options.stop)
         ends = model.endTokens
         if options.maxTokens == 0 { finishReason = "length" }
+        if let prefix {
+            guard prefix.positions >= 0, prefix.positions < prompt.count, prefix.positions <= prefix.cache.lengths[0] else {
+                throw ModelError.invalidArgument("a prefix of \(prefix.positions) positions for a prompt of \(prompt.count) tokens from a cache of \(prefix.cache.lengths[0])")
+            }
+            try storedCache!.copy(from: prefix.cache, positions: prefix.positions)
+            prefilled = prefix.positions
+        }
     }
+
+    /// The ids whose keys and values ``cache`` holds, in position order: the prompt, then the
+    /// generated tokens already fed back (the last sampled token is not in the cache yet).
+    public var cachedTokens: [Int32] { Array((prompt + tokens).prefix(cache.lengths[0])) }
 
     /// The bytes a cache for `prompt` tokens and `maxTokens` new ones takes (what ``init`` allocates).
     public static func cacheBytes(model: LanguageModel, promptTokens: Int, maxTokens: Int, type: KVCacheType, prefillChunk: Int = 256) -> Int {
@@ -92,13 +112,61 @@ public struct DecodingSequence {
             let end = min(prompt.count, prefilled + prefillChunk)
             let chunk = Array(prompt[prefilled..<end])
             let last = end == prompt.count
-            logits = try model.model.step(chunk, cache: &cache, threads: threads, logits: last)
+            logits = try model.model.step(chunk, cache: &storedCache!, threads: threads, logits: last)
             prefilled = end
             guard last else { return Step(text: "", sampled: false) }
         } else {
-            logits = try model.model.step([tokens.last!], cache: &cache, threads: threads, logits: true)
+            logits = try model.model.step([tokens.last!], cache: &storedCache!, threads: threads, logits: true)
         }
         return try sample()
+    }
+
+    /// Whether the next ``advance()`` decodes a token (the prompt is in the cache, and the
+    /// generation has not ended): the steps ``advance(_:threads:)`` batches.
+    public var isDecoding: Bool { isPrefilled && !isFinished }
+
+    /// Advances every sequence of `batch` by one step, exactly as each one's ``advance()`` would:
+    /// a prompt chunk for a sequence still prefilling, one token for a decoding one. The decoding
+    /// steps of sequences sharing a model are batched (``CausalLM/step(tokens:caches:threads:)``,
+    /// up to ``CausalLM/maxDecodeBatch`` per call): each weight is read once per step for all of
+    /// them, and each sequence's logits — hence its text — are bitwise those it gets alone.
+    ///
+    /// Returns one result per sequence, in order: a sequence's own failure (non-finite logits)
+    /// does not fail the others; a failing batched model call fails the sequences it carried.
+    public static func advance(_ batch: inout [DecodingSequence], threads: Int? = nil) -> [Result<Step, any Error>] {
+        var results = [Result<Step, any Error>?](repeating: nil, count: batch.count)
+        var decoding = [Int]()
+        for i in batch.indices {
+            if batch[i].isDecoding { decoding.append(i) } else { results[i] = Result { try batch[i].advance(threads: threads) } }
+        }
+        // Groups of one model (by identity), each cut into calls of at most maxDecodeBatch rows.
+        var groups = [[Int]]()
+        for i in decoding {
+            if let g = groups.firstIndex(where: { batch[$0[0]].model.model === batch[i].model.model && $0.count < CausalLM.maxDecodeBatch }) {
+                groups[g].append(i)
+            } else {
+                groups.append([i])
+            }
+        }
+        for group in groups {
+            let model = batch[group[0]].model.model
+            let V = model.config.vocabSize
+            var caches = group.map { batch[$0].storedCache.take()! }
+            let tokens = group.map { batch[$0].tokens.last! }
+            let outcome = Result { try model.step(tokens: tokens, caches: &caches, threads: threads ?? batch[group[0]].options.threads) }
+            for (r, i) in group.enumerated() { batch[i].storedCache = caches[r] }
+            switch outcome {
+            case .success(let logits):
+                let lp = logits.unsafeBaseAddress
+                for (r, i) in group.enumerated() {
+                    batch[i].logits = Array(UnsafeBufferPointer(start: lp + r * V, count: V))
+                    results[i] = Result { try batch[i].sample() }
+                }
+            case .failure(let error):
+                for i in group { results[i] = .failure(error) }
+            }
+        }
+        return results.map { $0! }
     }
 
     private mutating func sample() throws -> Step {

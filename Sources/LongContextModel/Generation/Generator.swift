@@ -165,9 +165,12 @@ extension CausalLM {
     /// models prefill once and decode against a ``KVCache`` of `cacheType`; other variants recompute
     /// the prefix per token. Non-finite logits stop the generation with ``ModelError/nonFinite(_:)``
     /// naming the step.
+    ///
+    /// `source`, when given, computes the logits instead of this process's KV cache (a run across
+    /// processes, or one that records them); the sampling, stops and emission are the same.
     public func generate(prompt: [Int32], maxTokens: Int, sampling: SamplingOptions = SamplingOptions(),
                          stopTokens: [Int32], cacheType: KVCacheType = .float32, threads: Int? = nil,
-                         emit: (Int32) throws -> Bool) throws {
+                         source: LogitSource? = nil, emit: (Int32) throws -> Bool) throws {
         try sampling.validate()
         guard !prompt.isEmpty else { throw ModelError.invalidTokens("the prompt is empty") }
         guard maxTokens >= 0 else { throw ModelError.invalidArgument("max tokens must be >= 0") }
@@ -188,16 +191,16 @@ extension CausalLM {
             if sampling.repetitionPenalty != 1 { history.append(t) }
             return t
         }
-        if decodesWithCache {
-            var cache = try makeCache(positions: total, chunk: prompt.count, type: cacheType)
+        if decodesWithCache || source != nil {
+            let source = source ?? CachedDecoding(model: self, cacheType: cacheType, threads: threads)
             guard maxTokens > 0 else { return }
-            var logits = try step(prompt, cache: &cache, threads: threads)
+            var logits = try source.prefill(prompt, maxTokens: maxTokens)
             while produced < maxTokens {
                 let t = try logits.withUnsafeMutableBufferPointer { try choose($0.baseAddress!) }
                 if stopTokens.contains(t) { return }
                 produced += 1
                 guard try emit(t), produced < maxTokens else { return }
-                logits = try step([t], cache: &cache, threads: threads)
+                logits = try source.next(t)
             }
             return
         }
@@ -210,5 +213,58 @@ extension CausalLM {
             context.append(t)
             guard try emit(t) else { return }
         }
+    }
+}
+
+/// Where a generation's logits come from: the prompt's last position after a prefill, then one
+/// step per chosen token. ``CachedDecoding`` is this process's KV cache; a distributed run
+/// supplies its own, and a caller may wrap either to record the logits.
+public protocol LogitSource: AnyObject {
+    /// Prefills `prompt` (room for `maxTokens` more) and returns the logits `[V]` of its last position.
+    func prefill(_ prompt: [Int32], maxTokens: Int) throws -> [Float]
+    /// Appends `token` (after the prompt and the tokens before it) and returns the logits of its position.
+    func next(_ token: Int32) throws -> [Float]
+}
+
+/// ``LogitSource`` of ``CausalLM/generate(prompt:maxTokens:sampling:stopTokens:cacheType:threads:source:emit:)``
+/// for exact-attention models: the prompt in one ``CausalLM/step(_:cache:threads:)``, then a step per token.
+public final class CachedDecoding: LogitSource {
+    public let model: CausalLM
+    public let cacheType: KVCacheType, threads: Int?
+    public private(set) var cache: KVCache?
+
+    public init(model: CausalLM, cacheType: KVCacheType = .float32, threads: Int? = nil) {
+        (self.model, self.cacheType, self.threads) = (model, cacheType, threads)
+    }
+
+    public func prefill(_ prompt: [Int32], maxTokens: Int) throws -> [Float] {
+        var c = try model.makeCache(positions: prompt.count + maxTokens, chunk: prompt.count, type: cacheType)
+        defer { cache = c }
+        return try model.step(prompt, cache: &c, threads: threads)
+    }
+
+    public func next(_ token: Int32) throws -> [Float] {
+        guard var c = cache else { throw ModelError.invalidArgument("next() before prefill()") }
+        cache = nil
+        defer { cache = c }
+        return try model.step([token], cache: &c, threads: threads)
+    }
+}
+
+/// A ``LogitSource`` that keeps every logits vector another one produces (prefill first, then
+/// one per step): what `--logits-out` writes.
+public final class RecordingLogits: LogitSource {
+    public let inner: LogitSource
+    public private(set) var rows: [[Float]] = []
+    public init(_ inner: LogitSource) { self.inner = inner }
+    public func prefill(_ prompt: [Int32], maxTokens: Int) throws -> [Float] {
+        let z = try inner.prefill(prompt, maxTokens: maxTokens)
+        rows.append(z)
+        return z
+    }
+    public func next(_ token: Int32) throws -> [Float] {
+        let z = try inner.next(token)
+        rows.append(z)
+        return z
     }
 }

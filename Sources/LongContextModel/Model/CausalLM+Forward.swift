@@ -71,13 +71,14 @@ public final class ForwardPass: @unchecked Sendable {
 // MARK: - Row helpers shared by forward and backward
 
 /// `y [rows, out] (+)= x [rows, in] · Wᵀ` with `W [out, in]` (a transformers Linear, no bias).
-/// One or two rows (a decoding step) go through GEMV: a GEMM packs a copy of W on every call,
-/// which for one row costs more than the product (measured: 61% of a generation's time was
-/// OpenBLAS's packing before this).
+/// Up to ``gemvRowLimit`` rows (decoding steps) go through GEMV, row by row: a GEMM packs a copy
+/// of W on every call, which for one row costs more than the product (measured: 61% of a
+/// generation's time was OpenBLAS's packing before this), and a row's result is then the same
+/// bits whether it is multiplied alone or with the other sequences of a batched decoding step.
 @inline(__always)
 func project(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
              rows: Int, in k: Int, out n: Int, accumulate: Bool = false) {
-    if rows <= 2 {
+    if rows <= gemvRowLimit {
         for r in 0..<rows {
             BLAS.sgemv(.none, m: n, n: k, a: w, lda: k, x: x + r * k, beta: accumulate ? 1 : 0, y: y + r * n)
         }
@@ -85,6 +86,9 @@ func project(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMu
     }
     BLAS.sgemm(.none, .transpose, m: rows, n: n, k: k, a: x, lda: k, b: w, ldb: k, beta: accumulate ? 1 : 0, c: y, ldc: n)
 }
+
+/// The most rows ``project`` multiplies one at a time (GEMV): a batched decoding step's (``WeightMatrix/fastRowLimit``).
+let gemvRowLimit = Int(AK_QDOT_MAX_ROWS)
 
 /// The backward of ``project``: `dx [rows, in] (+)= dy · W`, `dW [out, in] += dyᵀ · x`.
 @inline(__always)

@@ -54,6 +54,19 @@ extension CausalLM {
         }
     }
 
+    /// Rotates rows of `x [rows, heads·hd]` in place, row `r` at position `rowPositions[r]` (a
+    /// decoding step over several sequences, each at its own length). The table is one built for
+    /// every row (a length-dependent scaling is not handled here: its table depends on each row's length).
+    func applyRoPE(_ x: UnsafeMutablePointer<Float>, layer: Int, heads: Int, rowPositions: [Int]) throws {
+        guard let rope = ropeCache(layer: layer), let last = rowPositions.max() else { return }
+        precondition(!rope.scaling.dependsOnLength, "per-row positions with a length-dependent RoPE scaling")
+        let table = try rope.embedding(positions: last + 1)
+        let hd = config.headDim, ld = heads * hd
+        for (r, p) in rowPositions.enumerated() {
+            for h in 0..<heads { try table.rotate(x + r * ld + h * hd, rows: 1, stride: ld, firstPosition: p) }
+        }
+    }
+
     /// The attention mask of `layer`: causal, with ALiBi slopes for an ALiBi model and the window
     /// on sliding layers.
     func attentionMask(layer: Int) -> AttentionMask {
@@ -98,11 +111,19 @@ extension CausalLM {
     /// `attention` maps q `[N, H·hd]`, k and v `[N, Hkv·hd]` (token-major rows) to the output rows
     /// `[N, H·hd]`: the forward pass runs the layer's variant over the sequences, a decoding step
     /// reads and extends its KV cache. With `keep`, what the backward needs is returned.
-    func decoderLayer(_ layer: Int, x: inout Tensor, batch B: Int, length T: Int, firstPosition: Int, keep: Bool,
-                      pass: ForwardPass, threads: Int,
+    ///
+    /// `segments` (one sequence only), when given, says the `N` rows are runs of positions (a
+    /// sequence-parallel shard: rows of several chunks), RoPE rotating each run from its own first
+    /// position; `rowPositions`, when given, puts row `r` at position `rowPositions[r]` (a batched
+    /// decoding step, `T` = 1, each sequence at its own length); `projections` replaces the
+    /// products with the layer's weight matrices (a tensor-parallel caller splits their output rows
+    /// across processes); nil: ``project``.
+    func decoderLayer(_ layer: Int, x: inout Tensor, batch B: Int, length T: Int, firstPosition: Int, rowPositions: [Int]? = nil,
+                      keep: Bool, pass: ForwardPass, threads: Int, segments: [Range<Int>]? = nil, projections: ProjectionGroup? = nil,
                       attention: (_ q: Tensor, _ k: Tensor, _ v: Tensor) throws -> (rows: Tensor, state: AttentionState))
         throws -> LayerActivations? {
         let c = config, pre = "model.layers.\(layer)."
+        let projectGroup = projections ?? defaultProjections(threads: threads)
         let (N, D, H, Hkv, hd) = (B * T, c.hiddenSize, c.heads, c.kvHeads, c.headDim)
         let names = normNames(layer)
         // The stream entering the layer and after attention are kept only for the backward (a kept
@@ -116,10 +137,12 @@ extension CausalLM {
         }
         var q = try Tensor(uninitialized: [N, H * hd]), k = try Tensor(uninitialized: [N, Hkv * hd])
         var v = try Tensor(uninitialized: [N, Hkv * hd])
-        for (name, out, width) in [("q_proj", q.unsafeMutableBaseAddress(), H * hd), ("k_proj", k.unsafeMutableBaseAddress(), Hkv * hd),
-                                   ("v_proj", v.unsafeMutableBaseAddress(), Hkv * hd)] {
-            projectWeight(h1.unsafeBaseAddress, pre + "self_attn.\(name).weight", out, rows: N, in: D, out: width, threads: threads)
-            if c.qkvBias { addBias(pre + "self_attn.\(name).bias", out, rows: N, width: width) }
+        let qkv = [("q_proj", q.unsafeMutableBaseAddress(), H * hd), ("k_proj", k.unsafeMutableBaseAddress(), Hkv * hd),
+                   ("v_proj", v.unsafeMutableBaseAddress(), Hkv * hd)]
+        try projectGroup(h1.unsafeBaseAddress, N, D, qkv.map { ProjectionOutput(weight: pre + "self_attn.\($0.0).weight", output: $0.1, width: $0.2) },
+                         false)
+        if c.qkvBias {
+            for (name, out, width) in qkv { addBias(pre + "self_attn.\(name).bias", out, rows: N, width: width) }
         }
         var qkNorm: (q: Tensor, k: Tensor, rstdQ: [Float], rstdK: [Float])? = nil
         if c.queryKeyNorm {
@@ -135,22 +158,37 @@ extension CausalLM {
             }
             if keep { qkNorm = (rawQ!, rawK!, rq, rk) }
         }
-        try applyRoPE(q.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: H, firstPosition: firstPosition)
-        try applyRoPE(k.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: Hkv, firstPosition: firstPosition)
+        if let rowPositions {
+            try applyRoPE(q.unsafeMutableBaseAddress(), layer: layer, heads: H, rowPositions: rowPositions)
+            try applyRoPE(k.unsafeMutableBaseAddress(), layer: layer, heads: Hkv, rowPositions: rowPositions)
+        } else if let segments {
+            precondition(B == 1 && segments.reduce(0) { $0 + $1.count } == N, "segments must cover the rows of one sequence")
+            var row = 0
+            for s in segments where !s.isEmpty {
+                try applyRoPE(q.unsafeMutableBaseAddress() + row * H * hd, layer: layer, batch: 1, length: s.count, heads: H,
+                              firstPosition: s.lowerBound)
+                try applyRoPE(k.unsafeMutableBaseAddress() + row * Hkv * hd, layer: layer, batch: 1, length: s.count, heads: Hkv,
+                              firstPosition: s.lowerBound)
+                row += s.count
+            }
+        } else {
+            try applyRoPE(q.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: H, firstPosition: firstPosition)
+            try applyRoPE(k.unsafeMutableBaseAddress(), layer: layer, batch: B, length: T, heads: Hkv, firstPosition: firstPosition)
+        }
         let (attCat, state) = try attention(q, k, v)
         var postAttention: (a: Tensor, rstd: [Float])? = nil
         if let post = names.postAttention {
             var a = try Tensor(uninitialized: [N, D]), n = try Tensor(uninitialized: [N, D])
-            projectWeight(attCat.unsafeBaseAddress, pre + "self_attn.o_proj.weight", a.unsafeMutableBaseAddress(), rows: N, in: H * hd,
-                          out: D, threads: threads)
+            try projectGroup(attCat.unsafeBaseAddress, N, H * hd,
+                             [ProjectionOutput(weight: pre + "self_attn.o_proj.weight", output: a.unsafeMutableBaseAddress(), width: D)], false)
             var r = [Float](repeating: 0, count: N)
             norm(post, a.unsafeBaseAddress, n.unsafeMutableBaseAddress(), rstd: &r, rows: N, width: D)
             let xp = x.unsafeMutableBaseAddress(), np = n.unsafeBaseAddress
             for i in 0..<(N * D) { xp[i] += np[i] }
             if keep { postAttention = (a, r) }
         } else {
-            projectWeight(attCat.unsafeBaseAddress, pre + "self_attn.o_proj.weight", x.unsafeMutableBaseAddress(), rows: N, in: H * hd,
-                          out: D, accumulate: true, threads: threads)
+            try projectGroup(attCat.unsafeBaseAddress, N, H * hd,
+                             [ProjectionOutput(weight: pre + "self_attn.o_proj.weight", output: x.unsafeMutableBaseAddress(), width: D)], true)
         }
         // MLP block.
         let xMid: Tensor? = keep ? x : nil
@@ -163,14 +201,14 @@ extension CausalLM {
         let mlp: MLPActivations
         if let post = names.postMLP {
             var m = try Tensor(zeros: [N, D]), n = try Tensor(uninitialized: [N, D])
-            mlp = try mlpForward(layer: layer, h: h2, into: &m, rows: N, keep: keep, pass: pass, threads: threads)
+            mlp = try mlpForward(layer: layer, h: h2, into: &m, rows: N, keep: keep, pass: pass, threads: threads, projections: projections)
             var r = [Float](repeating: 0, count: N)
             norm(post, m.unsafeBaseAddress, n.unsafeMutableBaseAddress(), rstd: &r, rows: N, width: D)
             let xp = x.unsafeMutableBaseAddress(), np = n.unsafeBaseAddress
             for i in 0..<(N * D) { xp[i] += np[i] }
             if keep { postMLP = (m, r) }
         } else {
-            mlp = try mlpForward(layer: layer, h: h2, into: &x, rows: N, keep: keep, pass: pass, threads: threads)
+            mlp = try mlpForward(layer: layer, h: h2, into: &x, rows: N, keep: keep, pass: pass, threads: threads, projections: projections)
         }
         guard keep else { return nil }
         let a = LayerActivations(xIn: xIn!, h1: h1, rstd1: rstd1, q: q, k: k, v: v, attention: state, attCat: attCat,
@@ -286,23 +324,29 @@ extension CausalLM {
 
     /// The MLP of `layer` on normalised rows `h [N, D]`, added into `x`.
     func mlpForward(layer: Int, h: Tensor, into x: inout Tensor, rows N: Int, keep: Bool, pass: ForwardPass,
-                    threads: Int) throws -> MLPActivations {
+                    threads: Int, projections: ProjectionGroup? = nil) throws -> MLPActivations {
         let c = config, D = c.hiddenSize, pre = "model.layers.\(layer)."
         if c.architecture == .mixtral {
+            guard projections == nil else { throw ModelError.invalidArgument("mixture-of-experts layers take no projection hook") }
             return try mixtureForward(layer: layer, h: h, into: &x, rows: N, keep: keep, pass: pass, threads: threads)
         }
+        let projectGroup = projections ?? defaultProjections(threads: threads)
         let F = c.intermediateSize
         var g = try Tensor(uninitialized: [N, F]), u = try Tensor(uninitialized: [N, F]), m = try Tensor(uninitialized: [N, F])
-        projectWeight(h.unsafeBaseAddress, pre + "mlp.gate_proj.weight", g.unsafeMutableBaseAddress(), rows: N, in: D, out: F,
-                      threads: threads)
-        projectWeight(h.unsafeBaseAddress, pre + "mlp.up_proj.weight", u.unsafeMutableBaseAddress(), rows: N, in: D, out: F,
-                      threads: threads)
-        switch c.activation {
-        case .silu: ak_swiglu(g.unsafeBaseAddress, u.unsafeBaseAddress, m.unsafeMutableBaseAddress(), N * F)
-        case .geluTanh: ak_geglu_tanh(g.unsafeBaseAddress, u.unsafeBaseAddress, m.unsafeMutableBaseAddress(), N * F)
+        try projectGroup(h.unsafeBaseAddress, N, D, [ProjectionOutput(weight: pre + "mlp.gate_proj.weight", output: g.unsafeMutableBaseAddress(), width: F),
+                                                     ProjectionOutput(weight: pre + "mlp.up_proj.weight", output: u.unsafeMutableBaseAddress(), width: F)],
+                         false)
+        // Row by row: the kernels' vector body and scalar tail round differently, so a row's
+        // result must not depend on where it starts in the batch (batch-invariant decoding).
+        let gp = g.unsafeBaseAddress, up = u.unsafeBaseAddress, mp = m.unsafeMutableBaseAddress()
+        for r in 0..<N {
+            switch c.activation {
+            case .silu: ak_swiglu(gp + r * F, up + r * F, mp + r * F, F)
+            case .geluTanh: ak_geglu_tanh(gp + r * F, up + r * F, mp + r * F, F)
+            }
         }
-        projectWeight(m.unsafeBaseAddress, pre + "mlp.down_proj.weight", x.unsafeMutableBaseAddress(), rows: N, in: F, out: D,
-                      accumulate: true, threads: threads)
+        try projectGroup(m.unsafeBaseAddress, N, F,
+                         [ProjectionOutput(weight: pre + "mlp.down_proj.weight", output: x.unsafeMutableBaseAddress(), width: D)], true)
         return keep ? .dense(g: g, u: u, m: m) : .none
     }
 }

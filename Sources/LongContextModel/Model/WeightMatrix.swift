@@ -111,7 +111,8 @@ extension WeightMatrix {
 
 /// `y [rows, out] (+)= x [rows, in] · Wᵀ`. Dense weights go straight to BLAS; block weights are
 /// dequantised panel by panel (threads split the panels, each with one scratch panel allocated
-/// once per call) and each panel multiplied by one sgemm (or sgemv for one or two rows). With
+/// once per call) and each panel multiplied by one sgemm (or, for up to 16 rows, one sgemv per
+/// row: each row's result independent of the others, as a batched decoding step needs). With
 /// `matmul` `.fast`, up to 16 rows against quantised blocks take ``QuantizedMatrix/multiply``.
 func project(_ x: UnsafePointer<Float>, _ w: WeightMatrix, _ y: UnsafeMutablePointer<Float>, rows: Int, in k: Int, out n: Int,
              accumulate: Bool = false, threads: Int = Parallel.defaultThreads, matmul: MatmulMode = .exact) {
@@ -132,7 +133,7 @@ func project(_ x: UnsafePointer<Float>, _ w: WeightMatrix, _ y: UnsafeMutablePoi
             while let p = queue.next() {
                 let r0 = p * P, r1 = min(n, r0 + P)
                 b.dequantize(r0..<r1, scratch)
-                if rows <= 2 {
+                if rows <= gemvRowLimit {
                     for r in 0..<rows {
                         BLAS.sgemv(.none, m: r1 - r0, n: k, a: scratch, lda: k, x: x + r * k, beta: accumulate ? 1 : 0, y: y + r * n + r0)
                     }

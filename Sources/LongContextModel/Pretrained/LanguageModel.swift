@@ -165,7 +165,9 @@ public final class LanguageModel: Sendable {
     /// The generation loop behind ``generate(_:options:)``, synchronous: `emit` receives text pieces
     /// (return false to stop). Returns the ids and why it stopped.
     @discardableResult
-    public func generate(_ prompt: String, options: GenerationOptions, emit: (String) throws -> Bool) throws -> Generation {
+    /// `source` replaces the model's own KV-cache decoding (``LogitSource``).
+    public func generate(_ prompt: String, options: GenerationOptions, source: LogitSource? = nil,
+                         emit: (String) throws -> Bool) throws -> Generation {
         let ids = encode(prompt)
         guard !ids.isEmpty else { throw ModelError.invalidTokens("the prompt encodes to no tokens") }
         var result = Generation(promptTokens: ids.count)
@@ -175,7 +177,7 @@ public final class LanguageModel: Sendable {
         let ends = endTokens
         var sawEnd = false
         try model.generate(prompt: ids, maxTokens: options.maxTokens, sampling: options.sampling, stopTokens: ends,
-                           cacheType: options.cacheType, threads: options.threads) { t in
+                           cacheType: options.cacheType, threads: options.threads, source: source) { t in
             result.tokens.append(t)
             let piece = try stream.push(t)
             let (out, hit) = stops.feed(piece)

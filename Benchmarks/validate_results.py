@@ -40,7 +40,10 @@ for i, r in enumerate(rows):
     check(r.get("pass", "forward") in ("forward", "backward"), f"row {i} pass is forward or backward")
     if r.get("pass") == "backward":
         check(isinstance(r.get("backwardForwardRatio"), (int, float)), f"row {i} (backward) has backwardForwardRatio")
-    if r.get("variant") in ("lm-train", "lm-generate"):
+    if r.get("variant") == "lora-train":
+        check(isinstance(r.get("model"), str) and isinstance(r.get("weights"), str), f"row {i} (lora-train) has model and weights")
+        check(isinstance(r.get("peakFraction"), (int, float)) and r["peakFraction"] > 0, f"row {i} (lora-train) has its fraction of the sgemm peak")
+    if r.get("variant") in ("lm-train", "lm-generate", "lora-train"):
         check(isinstance(r.get("tokensPerSecond"), (int, float)) and r["tokensPerSecond"] > 0, f"row {i} ({r['variant']}) has tokensPerSecond")
     if r.get("variant") == "lm-real":
         for k in ("model", "weights", "phase", "matmul"):

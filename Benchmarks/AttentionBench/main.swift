@@ -12,7 +12,7 @@ struct AttentionBench: ParsableCommand {
         abstract: "Measure sgemm and every attention variant on this machine.",
         discussion: "Without options: the full report (about 5–10 minutes on 2 cores). --quick: a smoke test under a minute.")
 
-    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate,tokenizer (and decode-kernel, swa: sliding-window decode, 32K positions and W = 512; lm-real: the GGUF models of data/models, prefill and decode, --matmul exact and fast; quant-kernel: the quantised matrix-vector kernels, GB/s per weight type).")
+    @Option(help: "Comma-separated variants: sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate,tokenizer (and decode-kernel, swa: sliding-window decode, 32K positions and W = 512; lm-real: the GGUF models of data/models, prefill and decode, --matmul exact and fast; quant-kernel: the quantised matrix-vector kernels, GB/s per weight type; lora-train: a LoRA training step on SmolLM2's Q4_1 weights).")
     var variants = "sgemm,full,bigbird,linear,infini,decode,moe,lm-train,lm-generate,tokenizer"
     @Option(help: "Comma-separated sequence lengths N for every variant (K and M suffixes allowed; default: per variant).")
     var lengths: String?
@@ -46,7 +46,7 @@ struct AttentionBench: ParsableCommand {
     /// `decode-kernel` (not in the default list): the decode kernels' two halves in isolation, per `--kv-types`.
     /// `swa` (not in the default list): sliding-window decode (a window over a full cache, and a ring of W rows).
     static let known = ["sgemm", "full", "bigbird", "linear", "infini", "decode", "decode-kernel", "swa", "moe", "lm-train", "lm-generate",
-                         "tokenizer", "lm-real", "quant-kernel"]
+                         "tokenizer", "lm-real", "quant-kernel", "lora-train"]
 
     func validate() throws {
         if let bad = variantList.first(where: { !Self.known.contains($0) }) {
@@ -139,6 +139,7 @@ struct AttentionBench: ParsableCommand {
             // Three routed shapes and the dense MLP two ways (~35 GFLOP each at T = 4K); backward rows with --passes backward.
             return (quick ? 3 : 20) * (passList.contains("backward") ? 3 : 1)
         case "lm-train": return quick ? 6 : 15
+        case "lora-train": return quick ? 15 : 60
         case "lm-generate": return quick ? 3 : 8
         case "tokenizer": return quick ? 3 : 12
         case "lm-real": return (quick ? 20 : 60) * Double(max(1, parseLengths(lmRealContexts)?.count ?? 1))
@@ -257,6 +258,10 @@ struct AttentionBench: ParsableCommand {
         if forwardPass && wanted.contains("lm-real") {
             tracker.begin(stage: "lm-real")
             rows += try benchRealLM(models: modelsDir, threads: threads, quick: quick, contexts: parseLengths(lmRealContexts) ?? [128])
+        }
+        if forwardPass && wanted.contains("lora-train") {
+            tracker.begin(stage: "lora-train")
+            rows += try benchLoRATrain(models: modelsDir, threads: threads, peak: peak, quick: quick)
         }
         if forwardPass && wanted.contains("quant-kernel") {
             tracker.begin(stage: "quant-kernel")

@@ -11,7 +11,7 @@ struct LM: ParsableCommand {
         commandName: "lm",
         abstract: "Language models in Hugging Face's format: evaluate, train, generate, Temp-LoRA.",
         subcommands: [LMInit.self, LMEval.self, LMTrain.self, LMGenerate.self, LMTokenize.self, LMPerplexity.self,
-                      LMLoRAInit.self, LMTempLoRA.self, LMProfile.self, LMPasskey.self])
+                      LMLoRAInit.self, LMTempLoRA.self, LMProfile.self, LMPasskey.self] + pretrainedRecipeCommands)
 }
 
 /// Token ids `[B, T]` from an int32/int64 .npy (a 1-D array is one sequence).

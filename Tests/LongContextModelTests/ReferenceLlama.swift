@@ -11,6 +11,9 @@ import Foundation
 struct ReferenceLlama {
     let c: ModelConfig
     var w: [String: [Double]]
+    /// An extra element-level mask (layer, head, query, key) → visible, on top of the causal and
+    /// window masks: a sparse layer's dense equivalent (a BigBird plan's ``BigBirdPlan/attends``).
+    var keyMask: ((Int, Int, Int, Int) -> Bool)? = nil
 
     init(_ model: CausalLM) {
         c = model.config
@@ -66,7 +69,17 @@ struct ReferenceLlama {
     /// y = W x, W [out, in] row-major.
     func linear(_ name: String, _ x: [Double], out: Int) -> [Double] {
         let W = w[name]!, n = x.count
-        return (0..<out).map { o in (0..<n).reduce(0.0) { $0 + W[o * n + $1] * x[$1] } }
+        var y = [Double](repeating: 0, count: out)
+        W.withUnsafeBufferPointer { W in
+            x.withUnsafeBufferPointer { x in
+                for o in 0..<out {
+                    var acc = 0.0
+                    for i in 0..<n { acc += W[o * n + i] * x[i] }
+                    y[o] = acc
+                }
+            }
+        }
+        return y
     }
 
     func rope(_ v: inout [Double], position p: Int, layer: Int, T: Int) {
@@ -132,6 +145,7 @@ struct ReferenceLlama {
                     for i in 0..<T {
                         let j0 = first(i)
                         var s = (j0...i).map { j -> Double in
+                            if let keyMask, !keyMask(l, head, i, j) { return -Double.infinity }
                             var dot = 0.0
                             for t in 0..<hd { dot += q[i][head * hd + t] * k[j][kh * hd + t] }
                             return dot * scale - slope * Double(i - j)

@@ -114,9 +114,14 @@ public struct ModelConfig: Sendable, Equatable {
     /// Whether `layer` is a sliding-window layer.
     public func isSliding(_ layer: Int) -> Bool { layer < layerKinds.count && layerKinds[layer] == .sliding }
 
-    /// The window of `layer`, or nil for full attention: a sliding layer's, or on a full layer
-    /// the streaming window (``streaming``).
-    public func window(of layer: Int) -> Int? { isSliding(layer) ? slidingWindow : streaming?.window }
+    /// A sliding window imposed at run time on layers that were trained with full attention (a
+    /// pretrained model fitted with local attention, without training): layer → W. The layer keeps
+    /// its own RoPE (it is not a ``LayerKind/sliding`` layer); not saved in config.json.
+    public var imposedWindows: [Int: Int] = [:]
+
+    /// The window of `layer`, or nil for full attention: a sliding layer's; on a full layer an
+    /// imposed window (``imposedWindows``), else the streaming window (``streaming``).
+    public func window(of layer: Int) -> Int? { isSliding(layer) ? slidingWindow : (imposedWindows[layer] ?? streaming?.window) }
 
     /// The attention sinks of `layer`: ``streaming``'s on full layers, 0 otherwise.
     public func sinks(of layer: Int) -> Int { isSliding(layer) ? 0 : (streaming?.sinks ?? 0) }
@@ -195,6 +200,11 @@ public struct ModelConfig: Sendable, Equatable {
         }
         guard attention.count == layers else { throw bad("\(attention.count) attention variants for \(layers) layers") }
         guard layerKinds.isEmpty || layerKinds.count == layers else { throw bad("layer_types lists \(layerKinds.count) layers for \(layers)") }
+        for (layer, w) in imposedWindows {
+            guard (0..<layers).contains(layer), w >= 1, !isSliding(layer), attention[layer] == .exact else {
+                throw bad("an imposed window needs an exact, full-attention layer in 0..<\(layers) and W >= 1 (layer \(layer), W \(w))")
+            }
+        }
         if layerKinds.contains(.sliding) {
             guard let w = slidingWindow, w >= 1 else { throw bad("sliding layers need sliding_window >= 1") }
             for (i, a) in attention.enumerated() where layerKinds[i] == .sliding && a != .exact {

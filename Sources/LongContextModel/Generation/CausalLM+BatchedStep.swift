@@ -76,8 +76,7 @@ extension CausalLM {
         }
         var hF = try Tensor(uninitialized: [S, D])
         norm("model.norm.weight", x.unsafeBaseAddress, hF.unsafeMutableBaseAddress(), rstd: nil, rows: S, width: D)
-        project(hF.unsafeBaseAddress, matrix(headName), logits.unsafeMutableBaseAddress(), rows: S, in: D, out: V,
-                threads: threads, matmul: matmul)
+        projectWeight(hF.unsafeBaseAddress, headName, logits.unsafeMutableBaseAddress(), rows: S, in: D, out: V, threads: threads)
         return logits
     }
 }

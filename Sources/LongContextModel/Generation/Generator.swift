@@ -135,7 +135,7 @@ extension CausalLM {
         norm("model.norm.weight", x.unsafeBaseAddress + (n - 1) * D, hF.unsafeMutableBaseAddress(), rstd: nil, rows: 1, width: D)
         var logits = [Float](repeating: 0, count: V)
         logits.withUnsafeMutableBufferPointer {
-            project(hF.unsafeBaseAddress, matrix(headName), $0.baseAddress!, rows: 1, in: D, out: V, threads: threads, matmul: matmul)
+            projectWeight(hF.unsafeBaseAddress, headName, $0.baseAddress!, rows: 1, in: D, out: V, threads: threads)
         }
         return logits
     }

@@ -58,10 +58,11 @@ public final class LoRAAdapter: @unchecked Sendable {
         baseLayout = model.parameters.entries
         parameters = try ParameterSet(layout: Self.layout(model, weights, rank))
         var rng = SplitMix64(seed: seed)
+        let shapes = Self.weightShapes(model)
         for w in weights {
-            let e = model.parameters.entry(w)!, a = parameters.pointer(Self.peftName(w, "A"))
-            let bound = 1 / Double(e.shape[1]).squareRoot()
-            for i in 0..<(rank * e.shape[1]) { a[i] = Float((2 * rng.nextUnitOpen() - 1) * bound) }
+            let columns = shapes[w]![1], a = parameters.pointer(Self.peftName(w, "A"))
+            let bound = 1 / Double(columns).squareRoot()
+            for i in 0..<(rank * columns) { a[i] = Float((2 * rng.nextUnitOpen() - 1) * bound) }
         }
     }
 
@@ -123,16 +124,25 @@ public final class LoRAAdapter: @unchecked Sendable {
         try writeAtomically(Data((jsonText(config) + "\n").utf8), to: directory + "/adapter_config.json")
     }
 
+    /// Shapes of every weight of `model`, float32 parameters and frozen (quantised) matrices alike.
+    static func weightShapes(_ model: CausalLM) -> [String: [Int]] {
+        Dictionary(uniqueKeysWithValues: CausalLM.layout(model.config).map { ($0.name, $0.shape) })
+    }
+
+    /// The adaptable projections of `model` named by `modules`, in the model's layout order: float32
+    /// parameters (which ``merge(base:into:)`` can merge) and frozen matrices of a GGUF file (which only
+    /// ``CausalLM/attaching(_:)`` applies, unmerged).
     static func targets(_ model: CausalLM, _ modules: [String]) -> [String] {
-        model.parameters.names.filter { name in
+        CausalLM.layout(model.config).map(\.name).filter { name in
             modules.contains { name.hasSuffix(".\($0).weight") && (name.contains(".self_attn.") || name.contains(".mlp.")) }
                 || (name == "lm_head.weight" && modules.contains("lm_head"))
         }
     }
 
     static func layout(_ model: CausalLM, _ weights: [String], _ r: Int) -> [(name: String, shape: [Int])] {
-        weights.flatMap { w -> [(name: String, shape: [Int])] in
-            let s = model.parameters.entry(w)!.shape
+        let shapes = weightShapes(model)
+        return weights.flatMap { w -> [(name: String, shape: [Int])] in
+            let s = shapes[w]!
             return [(peftName(w, "A"), [r, s[1]]), (peftName(w, "B"), [s[0], r])]
         }
     }
@@ -144,6 +154,9 @@ public final class LoRAAdapter: @unchecked Sendable {
     public func merge(base: ParameterSet, into merged: ParameterSet) throws {
         try base.checkLayout(baseLayout, "the base parameters of a LoRA merge")
         try merged.checkLayout(baseLayout, "the merged parameters of a LoRA merge")
+        if let frozen = adaptedWeights.first(where: { base.entry($0) == nil }) {
+            throw ModelError.invalidArgument("\(frozen) is a frozen (quantised) weight that cannot be merged: apply the adapter unmerged (CausalLM.attaching)")
+        }
         for w in adaptedWeights {
             let e = base.entry(w)!, (out, inn) = (e.shape[0], e.shape[1])
             let dst = merged.pointer(w)

@@ -46,6 +46,9 @@ public func runTempLoRA(model: CausalLM, tokens: [Int32], options o: TempLoRAOpt
     guard tokens.count >= 2 else { throw ModelError.invalidTokens("Temp-LoRA needs a text of at least 2 tokens") }
     try model.checkTokens(tokens, batch: 1, length: tokens.count)
     let adapter = try LoRAAdapter(model: model, rank: o.rank, alpha: o.alpha, targetModules: o.targetModules, seed: o.seed)
+    if adapter.adaptedWeights.contains(where: { model.parameters.entry($0) == nil }) {
+        return try runAttachedTempLoRA(model: model, adapter: adapter, tokens: tokens, options: o, progress: progress)
+    }
     let optimizer = try AdamW(parameters: adapter.parameters, beta2: 0.999, weightDecay: 0)
     let merged = try ParameterSet(copying: model.parameters)
     let mergedModel = try CausalLM(config: model.config, parameters: merged)
@@ -80,6 +83,50 @@ public func runTempLoRA(model: CausalLM, tokens: [Int32], options o: TempLoRAOpt
             try adapter.merge(base: model.parameters, into: merged)
         }
         let r = TempLoRAChunk(index: index, tokens: adapted.positions, adaptedLoss: adapted.loss, baseLoss: base.loss,
+                              trainingSeconds: Date().timeIntervalSince(t0))
+        results.append(r)
+        progress(r)
+        start = end
+        index += 1
+    }
+    return results
+}
+
+/// Temp-LoRA on a model whose projections are frozen (a GGUF file's quantised matrices): the
+/// adapter is applied unmerged (``CausalLM/attaching(_:)``), every base product dequantising the
+/// stored blocks panel by panel, in the backward too. The chunk's adapted score is the loss of
+/// the first epoch's forward (the same adapter, the same tokens), so scoring costs no extra pass.
+func runAttachedTempLoRA(model: CausalLM, adapter: LoRAAdapter, tokens: [Int32], options o: TempLoRAOptions,
+                         progress: (TempLoRAChunk) -> Void) throws -> [TempLoRAChunk] {
+    let adapted = try model.attaching(adapter)
+    let lora = adapted.lora!
+    let optimizer = try AdamW(parameters: adapter.parameters, beta2: 0.999, weightDecay: 0)
+    // The float32 vectors' gradients (norms): computed by the backward, never applied.
+    let unused = try ParameterSet(zerosLike: model.parameters)
+    var results = [TempLoRAChunk]()
+    var start = 0, index = 0
+    while start < tokens.count {
+        let end = min(tokens.count, start + o.chunk)
+        let from = max(0, start - o.window)
+        let sequence = Array(tokens[from..<end])
+        var targets = [Int32](repeating: -1, count: sequence.count)
+        for p in max(from, start - 1)..<(end - 1) { targets[p - from] = tokens[p + 1] }
+        guard targets.contains(where: { $0 >= 0 }) else { start = end; continue }
+        // The base's score without [T, V] logits (a 262K-token vocabulary): the scored positions' losses.
+        let first = max(from, start - 1) - from
+        let losses = try model.sequenceLosses(sequence, from: first, threads: o.threads)
+        let baseLoss = losses[first..<(sequence.count - 1)].reduce(0.0) { $0 + Double($1) } / Double(sequence.count - 1 - first)
+        var score = (loss: baseLoss, positions: sequence.count - 1 - first)
+        let t0 = Date()
+        for epoch in 0..<o.epochs {
+            unused.zero()
+            lora.gradients.zero()
+            let r = try adapted.loss(tokens: sequence, batch: 1, length: sequence.count, targets: targets, gradients: unused,
+                                     threads: o.threads)
+            if epoch == 0 { score = (r.loss, r.positions) }
+            try optimizer.update(adapter.parameters, gradients: lora.gradients, lr: Float(o.learningRate))
+        }
+        let r = TempLoRAChunk(index: index, tokens: score.positions, adaptedLoss: score.loss, baseLoss: baseLoss,
                               trainingSeconds: Date().timeIntervalSince(t0))
         results.append(r)
         progress(r)

@@ -88,6 +88,7 @@ extension CausalLM {
         if let dW = gradient(G, name) {
             BLAS.sgemm(.transpose, .none, m: n, n: k, k: rows, a: dy, lda: n, b: x, ldb: k, beta: 1, c: dW, ldc: k)
         }
+        lora?.backward(name, x, dy, dx: dx, rows: rows, in: k, out: n)
     }
 
     /// The backward of `y = RMSNorm(x) ∘ w(name)` over rows: `dx += …` (accumulated), `dw += …`.

@@ -29,8 +29,8 @@ extension CausalLM {
     func defaultProjections(threads: Int) -> ProjectionGroup {
         { [self] input, rows, k, outputs, accumulate in
             for o in outputs {
-                project(input, matrix(o.weight), o.output, rows: rows, in: k, out: o.width, accumulate: accumulate, threads: threads,
-                        matmul: matmul)
+                // The attached LoRA adapter's product, when it adapts the weight, is added (projectWeight).
+                projectWeight(input, o.weight, o.output, rows: rows, in: k, out: o.width, accumulate: accumulate, threads: threads)
             }
         }
     }

@@ -250,13 +250,13 @@ extension CausalLM {
             let xp = x.unsafeBaseAddress, pp = picked.unsafeMutableBaseAddress()
             for (i, r) in rows.enumerated() { (pp + i * D).update(from: xp + r * D, count: D) }
             norm("model.norm.weight", picked.unsafeBaseAddress, hF.unsafeMutableBaseAddress(), rstd: nil, rows: rows.count, width: D)
-            project(hF.unsafeBaseAddress, matrix(headName), pass.logits.unsafeMutableBaseAddress(), rows: rows.count, in: D, out: V,
-                    threads: threads, matmul: matmul)
+            projectWeight(hF.unsafeBaseAddress, headName, pass.logits.unsafeMutableBaseAddress(), rows: rows.count, in: D, out: V,
+                          threads: threads)
             return pass
         }
         var hF = try Tensor(uninitialized: [N, D]), rstdF = [Float](repeating: 0, count: N)
         norm("model.norm.weight", x.unsafeBaseAddress, hF.unsafeMutableBaseAddress(), rstd: &rstdF, rows: N, width: D)
-        project(hF.unsafeBaseAddress, matrix(headName), pass.logits.unsafeMutableBaseAddress(), rows: N, in: D, out: V, threads: threads, matmul: matmul)
+        projectWeight(hF.unsafeBaseAddress, headName, pass.logits.unsafeMutableBaseAddress(), rows: N, in: D, out: V, threads: threads)
         if keepForBackward {
             pass.xOut = x
             pass.hF = hF

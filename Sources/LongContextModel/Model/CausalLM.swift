@@ -25,6 +25,8 @@ public final class CausalLM: @unchecked Sendable {
     public let matmul: MatmulMode
     /// RoPE tables of full layers, and of sliding layers when their positions differ (Gemma 3).
     let rope: RopeCache?, slidingRope: RopeCache?
+    /// A LoRA adapter applied unmerged to the projections (``attaching(_:)``), or nil.
+    public internal(set) var lora: AttachedLoRA?
 
     /// A model with `parameters` (laid out as ``CausalLM/layout(_:)`` says, less the names in
     /// `frozen`) and `frozen` weight matrices (kept alive by `storage`).
@@ -60,7 +62,9 @@ public final class CausalLM: @unchecked Sendable {
     /// The same weights (shared, not copied) multiplied under `mode`.
     public func withMatmul(_ mode: MatmulMode) throws -> CausalLM {
         if mode == matmul { return self }
-        return try CausalLM(config: config, parameters: parameters, frozen: frozen, storage: storage, matmul: mode)
+        let m = try CausalLM(config: config, parameters: parameters, frozen: frozen, storage: storage, matmul: mode)
+        m.lora = lora
+        return m
     }
 
     /// The weight matrix `name`: frozen (read in place) or a parameter.

@@ -6,7 +6,8 @@ import LongContextModel
 ///
 /// Entries are the caches themselves with the ids they hold (``DecodingSequence/cachedTokens``).
 /// A lookup takes the entry sharing the longest prefix with the prompt (at least `minimumTokens`,
-/// at most the prompt's length − 1: the last prompt token always runs, for its logits). Entries
+/// at most the prompt's length − 1: the last prompt token always runs, for its logits; the
+/// scheduler may ask for a longer remainder). Entries
 /// are evicted least recently used first when the scheduler needs their bytes for a sequence
 /// (they count against the same KV budget) or beyond `maxEntries`. An entry whose ids are a prefix
 /// of a newer one's is dropped: the newer serves every prompt the older could.
@@ -39,12 +40,13 @@ struct PrefixCache {
         while entries.count > maxEntries { evictOldest() }
     }
 
-    /// The entry sharing the longest usable prefix with `prompt`, and that prefix's length.
-    mutating func lookup(_ prompt: [Int32]) -> (cache: KVCache, positions: Int)? {
+    /// The entry sharing the longest usable prefix with `prompt`, and that prefix's length, which
+    /// leaves at least `remainder` (≥ 1) prompt tokens to prefill.
+    mutating func lookup(_ prompt: [Int32], remainder: Int = 1) -> (cache: KVCache, positions: Int)? {
         var best: (index: Int, length: Int)?
         for (i, e) in entries.enumerated() {
             var n = 0
-            let limit = min(e.tokens.count, prompt.count - 1)
+            let limit = min(e.tokens.count, prompt.count - max(1, remainder))
             while n < limit && e.tokens[n] == prompt[n] { n += 1 }
             if n >= minimumTokens, n > (best?.length ?? 0) { best = (i, n) }
         }

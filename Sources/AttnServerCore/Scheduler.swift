@@ -217,7 +217,12 @@ public final class Scheduler: @unchecked Sendable {
     /// A sequence for `job`, its prompt's longest kept prefix taken from the prefix cache (a
     /// prefix the cache cannot give, e.g. one a sliding ring has dropped, is prefilled instead).
     private func makeSequence(_ job: Job) throws -> DecodingSequence {
-        if let hit = prefixes.lookup(job.prompt),
+        // Under `fast`, a prompt chunk of up to 16 rows takes the 8-bit kernels and a longer one the
+        // exact products: the remainder is kept longer than that, so that a prompt prefilled on a
+        // kept prefix goes through the same kind of products as prefilled whole (its logits then
+        // agree to float rounding).
+        let remainder = model.model.matmul == .fast ? WeightMatrix.fastRowLimit + 1 : 1
+        if let hit = prefixes.lookup(job.prompt, remainder: remainder),
            let s = try? DecodingSequence(model: model, prompt: job.prompt, options: job.options, prefillChunk: prefillChunk, prefix: hit) {
             metrics.prefixHits.increment()
             metrics.prefixTokens.increment(by: Int64(hit.positions))

@@ -23,8 +23,8 @@ struct AttnServerCommand: AsyncParsableCommand {
     @Option(help: "The largest request body in bytes (413 beyond).") var maxBodyBytes = 8 << 20
     @Option(help: "The KV caches' budget in MiB (default: --parallel caches of --ctx positions).") var kvBudgetMb: Int?
     @Option(help: "Prompt tokens prefilled per scheduler round.") var prefillChunk = 256
-    @Option(help: "Finished sequences' KV caches kept for prompts that start with the same tokens (0: none); they use the budget's spare bytes only.")
-    var prefixCache = 8
+    @Option(help: "Finished sequences' KV caches kept for prompts that start with the same tokens (0, the default: none); they use the budget's spare bytes only. A reused prefix changes logits at float rounding, which under --matmul fast can change a greedy text.")
+    var prefixCache = 0
     @Option(help: "Log level (trace, debug, info, notice, warning, error).") var logLevel = "info"
     @Option(help: "exact (dequantised float32 products) or fast (the quantised kernels, as attn lm generate).") var matmul = "fast"
 

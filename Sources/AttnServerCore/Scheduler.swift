@@ -71,7 +71,7 @@ public final class Scheduler: @unchecked Sendable {
     private var thread: Thread?
 
     public init(model: LanguageModel, parallel: Int, queueLimit: Int, budgetBytes: Int, cacheType: KVCacheType,
-                threads: Int?, prefillChunk: Int = 256, prefixEntries: Int = 8, metrics: ServerMetrics) {
+                threads: Int?, prefillChunk: Int = 256, prefixEntries: Int = 0, metrics: ServerMetrics) {
         prefixes = PrefixCache(maxEntries: prefixEntries)
         (self.model, self.parallel, self.queueLimit, self.budgetBytes) = (model, max(1, parallel), max(0, queueLimit), budgetBytes)
         (self.cacheType, self.threads, self.prefillChunk, self.metrics) = (cacheType, threads, max(1, prefillChunk), metrics)

@@ -21,9 +21,11 @@ public struct ServerOptions: Sendable {
     /// The KV caches' budget in bytes (nil: `parallel` caches of `context` positions).
     public var kvBudgetBytes: Int?
     public var prefillChunk = 256
-    /// Finished sequences' KV caches kept for prompts that start alike (0: none); they use only
-    /// the budget's spare bytes.
-    public var prefixCacheEntries = 8
+    /// Finished sequences' KV caches kept for prompts that start alike (0, the default: none);
+    /// they use only the budget's spare bytes. Off by default: a reused prefix changes the logits
+    /// at float rounding (it was computed in other chunks), which the 8-bit activations of
+    /// `--matmul fast` can amplify into another greedy text.
+    public var prefixCacheEntries = 0
     public init() {}
 }
 

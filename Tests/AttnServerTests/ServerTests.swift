@@ -15,7 +15,7 @@ final class ServerTests: XCTestCase {
         super.setUp()
         guard FileManager.default.fileExists(atPath: modelPath), ServerProcess.binary != nil else { return }
         do {
-            server = try ServerProcess(model: modelPath, arguments: ["--parallel", "2", "--queue", "8", "--ctx", "512",
+            server = try ServerProcess(model: modelPath, arguments: ["--parallel", "2", "--queue", "8", "--ctx", "512", "--prefix-cache", "8",
                                                                      "--max-body-bytes", String(8 << 20)])
         } catch {
             startError = error

@@ -29,6 +29,17 @@ func loadDistributed(_ comm: Communicator, threads: Int?, _ load: () throws -> L
 }
 
 /// Every rank's statistics (a collective), as rows on rank 0.
+/// Every rank's figures (``gatherModelStats``), written by rank 0 as JSON to `path` when one is given.
+func writeModelStats(_ dist: DistributedCausalLM, cacheBytes: Int, to path: String?, comm: Communicator) throws {
+    let rows = try gatherModelStats(dist, cacheBytes: cacheBytes, comm: comm)
+    try agree(comm) {
+        if comm.rank == 0, let path {
+            let data = try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys])
+            try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+        }
+    }
+}
+
 func gatherModelStats(_ dist: DistributedCausalLM, cacheBytes: Int, comm: Communicator) throws -> [[String: Double]] {
     let p = dist.prefillStatistics, d = dist.decodeStatistics
     let names = ["localTokens", "tokens", "prefillSeconds", "ringSeconds", "ringWaitSeconds", "ringBytes", "haloSeconds", "haloBytes",
@@ -66,15 +77,8 @@ struct DistGenerate: ParsableCommand {
             let source = DistributedDecoding(lm: model, cacheType: arguments.cacheType)
             var args = arguments
             if args.threads == nil { args.threads = 1 }
-            let timings = try args.generate(lm, source: source, writes: comm.rank == 0, ranks: comm.size) { source.cacheBytes }
-            _ = timings
-            let rows = try gatherModelStats(model, cacheBytes: source.cacheBytes, comm: comm)
-            try agree(comm) {
-                if comm.rank == 0, let path = dist.distStats {
-                    let data = try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys])
-                    try data.write(to: URL(fileURLWithPath: path), options: .atomic)
-                }
-            }
+            _ = try args.generate(lm, source: source, writes: comm.rank == 0, ranks: comm.size) { source.cacheBytes }
+            try writeModelStats(model, cacheBytes: source.cacheBytes, to: dist.distStats, comm: comm)
         }
     }
 }
@@ -98,13 +102,7 @@ struct DistPerplexity: ParsableCommand {
             }
             killIfAsked(kill: dist.debugKillRank, hang: dist.debugHangRank, comm)
             try arguments.run(lm, chunkLoss: { chunk, rows in try model.chunkLoss(chunk, rows: rows) }, writes: comm.rank == 0)
-            let rows = try gatherModelStats(model, cacheBytes: 0, comm: comm)
-            try agree(comm) {
-                if comm.rank == 0, let path = dist.distStats {
-                    let data = try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys])
-                    try data.write(to: URL(fileURLWithPath: path), options: .atomic)
-                }
-            }
+            try writeModelStats(model, cacheBytes: 0, to: dist.distStats, comm: comm)
         }
     }
 }

@@ -76,7 +76,7 @@ struct LMEval: ParsableCommand {
         abstract: "Logits, mean next-token loss and gradients of a checkpoint (optionally with a PEFT LoRA adapter) on tokens [B, T].")
     @Option(help: "A GGUF file, or a checkpoint directory (config.json + safetensors, transformers' names).")
     var model: String
-    @Option(help: "exact: multiply by the dequantised weights in float32; fast: 8-bit integer kernels on the quantised blocks for inputs of ≤ 16 tokens (more take the exact path).")
+    @Option(help: "exact: multiply by the dequantised weights in float32; fast: 8-bit integer kernels on the quantised blocks, each sequence going through a KV cache 16 tokens at a time as decoding computes it (--logits and --loss; --grads takes the exact path).")
     var matmul = "exact"
     @Option(help: "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")
     var adapter: String?
@@ -108,6 +108,26 @@ struct LMEval: ParsableCommand {
         let lora = try adapter.map { try LoRAAdapter(directory: $0, model: base) }
         let net = try lora.map { try $0.mergedModel(base) } ?? base
         let g = grads != nil ? try ParameterSet(zerosLike: net.parameters) : nil
+        if net.matmul == .fast, g == nil {
+            // Every product on the integer kernels: each sequence decoded 16 tokens at a time.
+            let V = net.config.vocabSize
+            var all = try Tensor(uninitialized: [B, T, V])
+            var total = 0.0
+            for b in 0..<B {
+                let seq = Array(ids[(b * T)..<((b + 1) * T)])
+                let z = try net.stepwiseLogits(tokens: seq, threads: threads)
+                all.unsafeMutableBaseAddress().advanced(by: b * T * V).update(from: z.unsafeBaseAddress, count: T * V)
+                for j in 0..<(T - 1) {
+                    guard let l = CausalLM.tokenLoss(z.unsafeBaseAddress + j * V, vocab: V, target: Int(seq[j + 1])) else {
+                        throw ModelError.nonFinite("logits of sequence \(b), position \(j)")
+                    }
+                    total += l
+                }
+            }
+            if let logits { try Numpy.write(all, to: logits) }
+            if let loss { try Numpy.write(try Tensor(shape: [], scalars: [Float(total / Double(max(1, B * (T - 1))))]), to: loss) }
+            return
+        }
         let result = try net.loss(tokens: ids, batch: B, length: T, gradients: g, keepLogits: logits != nil, threads: threads)
         // Everything is computed before the first file is written.
         var named: [(name: String, tensor: Tensor)]? = nil

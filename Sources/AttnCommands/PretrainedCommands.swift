@@ -74,7 +74,7 @@ public struct PerplexityArguments: ParsableArguments {
     @Option(help: "A GGUF file, or a checkpoint directory.") public var model: String
     @Option(help: "A UTF-8 text file, verbatim.") public var textFile: String
     @Option(help: "Tokens per chunk.") public var ctx: Int
-    @Option(help: "exact (float32 products of the dequantised weights) or fast (8-bit integer kernels for steps of ≤ 16 rows; chunks of --ctx rows take the exact path).") public var matmul = "exact"
+    @Option(help: "exact (float32 products of the dequantised weights, each chunk in one pass) or fast (8-bit integer kernels: each chunk goes through a KV cache 16 tokens at a time, as decoding computes it, so every product takes the integer kernels; attn dist ppl: chunks in one pass).") public var matmul = "exact"
     @Option(help: "Output: the result as JSON.") public var json: String?
     @Option(help: "Worker threads (default: all cores).") public var threads: Int?
 
@@ -97,8 +97,10 @@ public struct PerplexityArguments: ParsableArguments {
     public func run(_ lm: LanguageModel, chunkLoss: ((_ chunk: [Int32], _ rows: [Int]) throws -> Double)?, writes: Bool) throws {
         let text = try readText(text: nil, file: textFile)
         let start = Date()
+        // Under fast, a chunk in one pass would take the exact path (more than 16 rows): step it instead.
+        let stepwise = chunkLoss == nil && lm.model.matmul == .fast ? WeightMatrix.fastRowLimit : nil
         let r = try lm.model.perplexity(tokens: lm.encode(text), context: ctx, bos: lm.addsBOS ? lm.bosToken : nil, threads: threads,
-                                        chunkLoss: chunkLoss) { i, n, ppl in
+                                        rowsPerStep: stepwise, chunkLoss: chunkLoss) { i, n, ppl in
             if writes { FileHandle.standardError.write(String(format: "[%d/%d] %.4f\n", i + 1, n, ppl).data(using: .utf8)!) }
         }
         let seconds = Date().timeIntervalSince(start)

@@ -35,7 +35,11 @@ extension CausalLM {
     /// `chunkLoss`, when given, scores a chunk instead of this process's forward pass: it receives
     /// the chunk's ids and the rows scored (row `j` predicts id `j + 1`) and returns the summed
     /// loss (each term ``tokenLoss(_:vocab:target:)``) — a run across processes.
-    public func perplexity(tokens: [Int32], context C: Int, bos: Int32?, threads: Int? = nil,
+    ///
+    /// `rowsPerStep`, when given, computes each chunk's logits as decoding does
+    /// (``stepwiseLogits(tokens:firstRow:rowsPerStep:cacheType:threads:)``: through a KV cache that
+    /// many tokens at a time), so that under `.fast` the integer kernels' perplexity is measured.
+    public func perplexity(tokens: [Int32], context C: Int, bos: Int32?, threads: Int? = nil, rowsPerStep: Int? = nil,
                            chunkLoss: ((_ chunk: [Int32], _ rows: [Int]) throws -> Double)? = nil,
                            progress: (Int, Int, Double) -> Void = { _, _, _ in }) throws -> PerplexityResult {
         guard C >= 4 else { throw ModelError.invalidArgument("perplexity needs a context of at least 4 tokens, got \(C)") }
@@ -53,6 +57,15 @@ extension CausalLM {
             var loss = 0.0
             if let score = chunkLoss {
                 loss = try score(chunk, rows)
+            } else if let rowsPerStep {
+                let z = try stepwiseLogits(tokens: Array(chunk[..<(C - 1)]), firstRow: first, rowsPerStep: rowsPerStep,
+                                           threads: threads)
+                for (r, j) in rows.enumerated() {
+                    guard let l = Self.tokenLoss(z.unsafeBaseAddress + r * V, vocab: V, target: Int(chunk[j + 1])) else {
+                        throw ModelError.nonFinite("logits of chunk \(i), position \(j)")
+                    }
+                    loss += l
+                }
             } else {
                 let pass = try forward(tokens: chunk, batch: 1, length: C, threads: threads, logitRows: rows)
                 let z = pass.logits.unsafeBaseAddress

@@ -104,6 +104,14 @@ extension CausalLM {
 
     /// ``step(_:cache:threads:)`` for one append's worth of tokens; the last token's logits only when `logits`.
     func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?, logits wantLogits: Bool) throws -> [Float] {
+        try step(tokens, cache: &cache, threads: threads, logitRows: wantLogits ? 1 : 0)
+    }
+
+    /// ``step(_:cache:threads:)`` for one append's worth of tokens, returning the logits of its last
+    /// `logitRows` tokens, `[logitRows, V]` row-major (none for 0). The final norm and the LM head
+    /// run on those rows only, as one product of `logitRows` rows (under `.fast`, ≤ 16 rows take the
+    /// integer kernels, each row bitwise as if alone).
+    func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?, logitRows: Int) throws -> [Float] {
         let c = config
         let (n, D, V, H, Hkv, hd) = (tokens.count, c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
         let start = cache.lengths[0], threads = threads ?? Parallel.defaultThreads
@@ -129,13 +137,14 @@ extension CausalLM {
                 return (try out.reshaped([n, H * hd]), .none)
             }
         }
-        guard wantLogits else { return [] }
-        // Only the last token's logits are needed.
-        var hF = try Tensor(uninitialized: [1, D])
-        norm("model.norm.weight", x.unsafeBaseAddress + (n - 1) * D, hF.unsafeMutableBaseAddress(), rstd: nil, rows: 1, width: D)
-        var logits = [Float](repeating: 0, count: V)
+        let r = min(max(logitRows, 0), n)
+        guard r > 0 else { return [] }
+        // Only the last r tokens' logits are needed.
+        var hF = try Tensor(uninitialized: [r, D])
+        norm("model.norm.weight", x.unsafeBaseAddress + (n - r) * D, hF.unsafeMutableBaseAddress(), rstd: nil, rows: r, width: D)
+        var logits = [Float](repeating: 0, count: r * V)
         logits.withUnsafeMutableBufferPointer {
-            projectWeight(hF.unsafeBaseAddress, headName, $0.baseAddress!, rows: 1, in: D, out: V, threads: threads)
+            projectWeight(hF.unsafeBaseAddress, headName, $0.baseAddress!, rows: r, in: D, out: V, threads: threads)
         }
         return logits
     }

@@ -24,7 +24,7 @@ MODELS = ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"]
 
 # The child that runs llama.cpp: argv = model, prompt file, steps, threads, kv type, out json.
 LLAMA_CHILD = r'''
-import json, resource, sys, time
+import json, sys, time
 import llama_cpp
 from llama_cpp import Llama
 model, prompt_file, steps, threads, kv, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
@@ -42,14 +42,17 @@ ids = probe.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
 del probe
 llm = Llama(model_path=model, n_ctx=len(ids) + steps + 16, n_threads=threads, n_threads_batch=threads, n_batch=512,
             verbose=False, **kw)
-t0 = time.perf_counter(); llm.eval(ids); prefill = time.perf_counter() - t0
-tok = int(llm.scores[len(ids) - 1].argmax())
+import numpy as np
+V = llm.n_vocab()
+def greedy():   # the last evaluated token's logits (llama.cpp computes only those), argmax
+    return int(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(V,)).argmax())
+t0 = time.perf_counter(); llm.eval(ids); tok = greedy(); prefill = time.perf_counter() - t0
 t0 = time.perf_counter()
 for _ in range(steps):
     llm.eval([tok])
-    tok = int(llm.scores[llm.n_tokens - 1].argmax())
+    tok = greedy()
 decode = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))   # this image's peak
 json.dump({"promptTokens": len(ids), "prefillSeconds": prefill, "decodeSeconds": decode, "generatedTokens": steps,
            "peakRss": peak, "baselineRss": base, "version": llama_cpp.__version__}, open(out, "w"))
 '''
@@ -70,13 +73,12 @@ def weight_bytes(path):
 
 
 def copy_bandwidth():
-    import numpy as np
-    a = np.ones(64 << 20, dtype=np.float32)
-    b = np.empty_like(a)
-    best = 1e9
-    for _ in range(5):
-        t0 = time.perf_counter(); np.copyto(b, a); best = min(best, time.perf_counter() - t0)
-    return 2 * a.nbytes / best   # read + write
+    """Bytes read + written per second by a 256 MiB numpy copy, one thread, best of 5 (in a child, so that its
+    arrays never count in this process's peak memory, which forked children inherit)."""
+    code = ("import numpy as np, time; a = np.ones(64 << 20, dtype=np.float32); b = np.empty_like(a); best = 1e9\n"
+            "for _ in range(5):\n t0 = time.perf_counter(); np.copyto(b, a); best = min(best, time.perf_counter() - t0)\n"
+            "print(2 * a.nbytes / best)")
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 def kv_bytes_per_token(timings, context, kv):
@@ -106,7 +108,8 @@ def run_ours(attn, model, prompt, steps, threads, kv, tmp):
     out = os.path.join(tmp, "timings.json")
     cmd = ["/usr/bin/env", attn, "lm", "generate", "--model", model, "--prompt-file", prompt, "--max-tokens", str(steps),
            "--temperature", "0", "--matmul", "fast", "--kv-type", kv, "--threads", str(threads), "--timings-out", out]
-    # A fresh child per run, so that its peak RSS is this run's: wrap in a tiny Python that reports it.
+    # A fresh child per run, so that its peak RSS is this run's: wrap in a tiny Python that reports it (the
+    # child's peak includes the small wrapper's before exec: a few MiB against this engine).
     wrap = [sys.executable, "-c", "import resource,subprocess,sys; r=subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
             "stderr=subprocess.PIPE, text=True); sys.stderr.write(r.stderr[-400:]) if r.returncode else None; "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024); sys.exit(r.returncode)"] + cmd

@@ -7,7 +7,9 @@ import Synchronization
 /// The package uses two sources and never both at once:
 /// - a single large GEMM (``Tensor/matmul(_:_:)``, the sgemm benchmark) uses OpenBLAS's threads;
 /// - attention kernels split their work into independent items (batch, KV head, query block) and
-///   run them on ``Parallel/run(items:threads:_:)``'s workers, each calling single-threaded BLAS.
+///   run them on ``Parallel/run(items:threads:_:)``'s workers, each calling single-threaded BLAS:
+///   the process's worker pool (threads that spin briefly between regions, then park), or
+///   libdispatch's threads for a region that starts while the pool is busy.
 ///
 /// ``run(items:threads:_:)`` sets OpenBLAS to one thread while any parallel region is active and
 /// restores the previous count when the last one ends, so nesting and concurrent callers are safe.
@@ -41,7 +43,11 @@ public enum Parallel {
         BLASThreadGuard.singleThreaded {
             if workers == 1 {
                 worker(0, queue)
+            } else if workers <= WorkerPool.shared.extraThreads + 1, WorkerPool.shared.run(workers: workers, { worker($0, queue) }) {
+                // Ran on the pool's spinning workers (a few microseconds to start, where waking a
+                // parked thread takes tens).
             } else {
+                // The pool is busy (a nested region, or another thread's): libdispatch's threads.
                 // concurrentPerform wants a @Sendable closure; `worker` only runs until it returns,
                 // and its captures are the caller's to make safe (disjoint outputs per item).
                 withoutActuallyEscaping(worker) { body in

@@ -241,6 +241,15 @@ void ak_rope_rows(float *x, long rows, long d, long ldx, const float *cosv, cons
 /// minus the first key of the row, i.e. i + M - N - j0).
 void ak_alibi_row(float *s, long n, float slope, long p);
 
+/// A hint that the calling thread is spin-waiting (x86 `pause`, Arm `yield`): the worker pool's spin loops.
+static inline void ak_spin_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -101,4 +101,21 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
         default: throw GGUFError.notDequantizable(path: nil, tensor: nil, type: self)
         }
     }
+
+    /// The types ``quantize(_:count:into:)`` writes.
+    public var isQuantizable: Bool { self == .q8_0 || self == .q4_0 }
+
+    /// Quantises `count` floats (whole blocks) into this type's blocks at `into`
+    /// (``byteCount(elements:)`` bytes) by ggml's reference rules (quantize_row_q8_0_ref,
+    /// quantize_row_q4_0_ref), so the blocks are what llama.cpp's quantizer writes from the same
+    /// floats. The values must be finite (a NaN or infinity has no block).
+    public func quantize(_ source: UnsafePointer<Float>, count: Int, into: UnsafeMutableRawPointer) throws {
+        guard count >= 0, count % blockSize == 0 else { throw GGUFError.notWholeBlocks(path: nil, tensor: nil, type: self, count: count) }
+        guard isQuantizable else { throw GGUFError.notQuantizable(type: self) }
+        guard count > 0 else { return }
+        switch self {
+        case .q8_0: ak_kv_encode_rows(Int32(AK_KV_Q8_0), source, count, 1, count, into, byteCount(elements: count)!)
+        default: ak_quantize_q4_0(source, into, count)
+        }
+    }
 }

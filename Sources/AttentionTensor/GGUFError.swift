@@ -26,6 +26,8 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
     /// `count` elements (or a row of them) are not whole blocks of `type`.
     case notWholeBlocks(path: String?, tensor: String?, type: GGMLType, count: Int)
     case notDequantizable(path: String?, tensor: String?, type: GGMLType)
+    /// Quantisation into `type` was asked for and is not implemented (``GGMLType/isQuantizable``).
+    case notQuantizable(type: GGMLType)
     case misaligned(path: String, tensor: String, offset: UInt64, alignment: Int)
     /// The tensor's bytes [dataStart + offset, + byteCount) are not inside the file.
     case tensorOutOfBounds(path: String, tensor: String, offset: UInt64, byteCount: Int, dataStart: Int, fileSize: Int)
@@ -74,6 +76,9 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
         case .notDequantizable(let p, let t, let type):
             return gguf_prefix(p, t) + "type \(type.name) cannot be dequantised (supported: "
                 + GGMLType.allCases.filter(\.isDequantizable).map(\.name).joined(separator: ", ") + ")"
+        case .notQuantizable(let type):
+            return "quantising into \(type.name) is not supported (supported: "
+                + GGMLType.allCases.filter(\.isQuantizable).map(\.name).joined(separator: ", ") + ")"
         case .misaligned(let p, let t, let off, let a):
             return "\(p): tensor \(gguf_quoted(t)) data offset \(off) is not a multiple of the alignment \(a)"
         case .tensorOutOfBounds(let p, let t, let off, let n, let start, let size):

@@ -80,6 +80,8 @@ struct LMEval: ParsableCommand {
     var matmul = "exact"
     @Option(help: "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")
     var adapter: String?
+    @Option(help: QuantizeOption.help)
+    var quantize: String?
     @Option(help: "Token ids, int32/int64 .npy [B, T].")
     var tokens: String
     @Option(help: "Output: logits float32 .npy [B, T, V].")
@@ -97,10 +99,11 @@ struct LMEval: ParsableCommand {
         if outs.isEmpty { throw ValidationError("nothing to compute: give --logits, --loss or --grads") }
         if Set(outs).count != outs.count { throw ValidationError("output files must differ") }
         try MatmulOption.check(matmul)
+        _ = try QuantizeOption.type(quantize)
     }
 
     func run() throws {
-        let base = try loadCausalLM(model, matmul: MatmulOption.mode(matmul))
+        let base = try loadCausalLM(model, matmul: MatmulOption.mode(matmul), quantize: try QuantizeOption.type(quantize))
         if grads != nil, !base.frozen.isEmpty, adapter == nil {
             throw ValidationError("\(model): a GGUF model's weight matrices are frozen (quantised, read in place): --grads needs a checkpoint directory")
         }
@@ -273,6 +276,7 @@ public struct GenerateArguments: ParsableArguments {
     @Option(help: "Sampling seed.") public var seed: UInt64 = 0
     @Option(help: "KV cache storage: f32, bf16, f16, int8.") public var kvType = "f32"
     @Option(help: "fast (8-bit integer kernels on the quantised blocks for decoding steps) or exact (float32 products of the dequantised weights).") public var matmul = "fast"
+    @Option(help: QuantizeOption.help) public var quantize: String?
     @Option(help: "Output: the generated ids (not the prompt's, not the end token), int32 .npy.") public var tokensOut: String?
     @Option(help: "Output: the logits of every chosen token, float32 .npy [steps, V] (the prompt's last position first).") public var logitsOut: String?
     @Option(help: "Output: the run's timings as JSON (prompt and generated tokens, prefill and decode seconds, KV cache bytes).") public var timingsOut: String?
@@ -281,6 +285,7 @@ public struct GenerateArguments: ParsableArguments {
 
     public func validate() throws {
         try MatmulOption.check(matmul)
+        _ = try QuantizeOption.type(quantize)
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be >= 0") }
         guard (prompt == nil) != (promptFile == nil) else { throw ValidationError("give exactly one of --prompt and --prompt-file") }
@@ -291,7 +296,9 @@ public struct GenerateArguments: ParsableArguments {
     public var cacheType: KVCacheType { KVCacheType(rawValue: kvType) ?? .float32 }
 
     /// The model, under `--matmul`.
-    public func load() throws -> LanguageModel { try LanguageModel(path: model, matmul: MatmulOption.mode(matmul)) }
+    public func load() throws -> LanguageModel {
+        try LanguageModel(path: model, matmul: MatmulOption.mode(matmul), quantize: try QuantizeOption.type(quantize))
+    }
 
     /// The prompt (`--prompt` or `--prompt-file`), through the chat template with `--chat`.
     public func promptText(_ lm: LanguageModel) throws -> String {

@@ -3,13 +3,30 @@ import AttentionTensor
 import Foundation
 import LongContextModel
 
-/// `--model`: a GGUF file, or a checkpoint directory.
-func loadCausalLM(_ path: String, matmul: MatmulMode = .exact) throws -> CausalLM {
+/// `--model`: a GGUF file, or a checkpoint directory (its matrices quantised with `--quantize`).
+func loadCausalLM(_ path: String, matmul: MatmulMode = .exact, quantize: GGMLType? = nil) throws -> CausalLM {
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
         throw ValidationError("\(path): no such file or directory")
     }
-    return isDirectory.boolValue ? try CausalLM(directory: path) : try CausalLM(gguf: path, matmul: matmul)
+    guard isDirectory.boolValue else {
+        if quantize != nil { throw ValidationError("\(path): --quantize applies to a checkpoint folder (a GGUF file is quantised already)") }
+        return try CausalLM(gguf: path, matmul: matmul)
+    }
+    let m = try CausalLM(directory: path)
+    return try quantize.map { try m.quantizing(to: $0).withMatmul(matmul) } ?? m
+}
+
+/// `--quantize q8_0|q4_0`: a checkpoint folder's float matrices quantised at load (``CausalLM/quantizing(to:)``).
+enum QuantizeOption {
+    static let help: ArgumentHelp = "Quantise a checkpoint folder's float weight matrices at load: q8_0 or q4_0 (ggml's rules; under q4_0 the embedding and LM head take q8_0), so --matmul fast runs them on the integer kernels."
+    static func type(_ value: String?) throws -> GGMLType? {
+        guard let value else { return nil }
+        guard let t = GGMLType.allCases.first(where: { $0.name == value }), t.isQuantizable else {
+            throw ValidationError("--quantize must be q8_0 or q4_0, got \(value)")
+        }
+        return t
+    }
 }
 
 /// `--matmul exact|fast` (``MatmulMode``): exact multiplies by weights dequantised a panel at a
@@ -75,11 +92,13 @@ public struct PerplexityArguments: ParsableArguments {
     @Option(help: "A UTF-8 text file, verbatim.") public var textFile: String
     @Option(help: "Tokens per chunk.") public var ctx: Int
     @Option(help: "exact (float32 products of the dequantised weights, each chunk in one pass) or fast (8-bit integer kernels: each chunk goes through a KV cache 16 tokens at a time, as decoding computes it, so every product takes the integer kernels; attn dist ppl: chunks in one pass).") public var matmul = "exact"
+    @Option(help: QuantizeOption.help) public var quantize: String?
     @Option(help: "Output: the result as JSON.") public var json: String?
     @Option(help: "Worker threads (default: all cores).") public var threads: Int?
 
     public func validate() throws {
         try MatmulOption.check(matmul)
+        _ = try QuantizeOption.type(quantize)
         guard ctx >= 4, ctx <= 1 << 20 else { throw ValidationError("--ctx must lie in 4...2^20, got \(ctx)") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
@@ -90,7 +109,9 @@ public struct PerplexityArguments: ParsableArguments {
         let chunkPerplexities: [Double]
     }
 
-    public func load() throws -> LanguageModel { try LanguageModel(path: model, matmul: MatmulOption.mode(matmul)) }
+    public func load() throws -> LanguageModel {
+        try LanguageModel(path: model, matmul: MatmulOption.mode(matmul), quantize: try QuantizeOption.type(quantize))
+    }
 
     /// Scores the text (`chunkLoss`: a distributed run's scorer, nil for this process's forward);
     /// with `writes`, prints the progress, the result line and the JSON (rank 0 of a distributed run).

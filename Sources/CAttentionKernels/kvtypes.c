@@ -239,3 +239,5 @@ void ak_kv_rows_times_values(int kind, const float *p, long ldp, long rows, cons
 #endif
     kv_rows_times_values_portable(kind, p, ldp, rows, (const uint8_t *)v, ldvb, w, dv, o, ldo);
 }
+
+uint16_t ak_fp32_to_fp16(float f) { return f32_to_f16(f); }

@@ -43,10 +43,13 @@ QD_TARGET static inline __m256i QD_NAME(high_bits)(uint32_t bits) {
             if (type == T_Q5_0 || type == T_Q5_1) wq = _mm256_or_si256(wq, QD_NAME(high_bits)(qh));          \
             wq = _mm256_sub_epi8(wq, offset);                                                                \
         }                                                                                                    \
-        const __m256i u = _mm256_sign_epi8(wq, wq);                                                          \
+        /* u8 · s8 products: q4_1/q5_1 quants are unsigned as stored; signed ones take |w| and the  */     \
+        /* activation with w's sign (the same integers either way).                                 */     \
+        const __m256i u = hasMin ? wq : _mm256_sign_epi8(wq, wq);                                            \
         for (long r = 0; r < nx; r++) {                                                                      \
             const act32 *a = (const act32 *)xa + r * nb + b + (set);                                         \
-            const __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)a->q), wq);              \
+            const __m256i aq = _mm256_loadu_si256((const __m256i *)a->q);                                    \
+            const __m256i s = hasMin ? aq : _mm256_sign_epi8(aq, wq);                                        \
             const __m256 p = _mm256_cvtepi32_ps(QD_DOT4(u, s));                                              \
             lanes[r][set] = _mm256_add_ps(lanes[r][set], _mm256_mul_ps(_mm256_set1_ps(dw * a->d), p));       \
             if (hasMin) mins[r] += mw * (a->d * (float)a->s);                                                \
@@ -75,9 +78,12 @@ QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)
         if (b + 1 < nb) QD_BLOCK32(1);
         if (b + 2 < nb) QD_BLOCK32(2);
         for (long r = 0; r < nx; r++) {
-            float l[4][8];
-            for (int t = 0; t < 4; t++) _mm256_storeu_ps(l[t], lanes[r][t]);
-            acc[r] = fold_lanes(l[0], l[1], l[2], l[3], mins[r]);
+            // fold_lanes in registers, in its order: sets (0 + 1) + (2 + 3), lanes (j, j+4),
+            // (j, j+2), (0, 1), then the min sum.
+            const __m256 l = _mm256_add_ps(_mm256_add_ps(lanes[r][0], lanes[r][1]), _mm256_add_ps(lanes[r][2], lanes[r][3]));
+            const __m128 t = _mm_add_ps(_mm256_castps256_ps128(l), _mm256_extractf128_ps(l, 1));
+            const __m128 u2 = _mm_add_ps(t, _mm_movehl_ps(t, t));
+            acc[r] = _mm_cvtss_f32(_mm_add_ss(u2, _mm_shuffle_ps(u2, u2, 1))) + mins[r];
         }
         store_rows(acc, nx, y, ldy, i, accumulate);
     }

@@ -226,3 +226,22 @@ AK_CLONES void ak_dequantize_q6_K(const void *src, float *dst, long n) {
         }
     }
 }
+
+void ak_quantize_q4_0(const float *src, void *dst, long n) {
+    uint8_t *out = dst;
+    for (long b = 0; b < n / QK; b++, out += 18) {
+        const float *x = src + b * QK;
+        float amax = 0, max = 0;
+        for (int j = 0; j < QK; j++) {
+            if (amax < fabsf(x[j])) { amax = fabsf(x[j]); max = x[j]; }
+        }
+        const float d = max / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        const uint16_t h = ak_fp32_to_fp16(d);
+        out[0] = (uint8_t)h;
+        out[1] = (uint8_t)(h >> 8);
+        for (int j = 0; j < QK / 2; j++) {
+            const int lo = (int)(int8_t)(x[j] * id + 8.5f), hi = (int)(int8_t)(x[j + QK / 2] * id + 8.5f);
+            out[2 + j] = (uint8_t)((lo < 15 ? lo : 15) | (hi < 15 ? hi : 15) << 4);
+        }
+    }
+}

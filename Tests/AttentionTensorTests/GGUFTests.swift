@@ -373,6 +373,44 @@ final class GGUFTests: XCTestCase {
 
     // MARK: - Dequantisation
 
+    /// GGMLType.quantize (q8_0, q4_0: `--quantize` of a float checkpoint) against gguf-py's
+    /// quantize (Tools/make_quantize_fixtures.py), bit for bit, from an unaligned source; then
+    /// dequantised, every value within half a step of its block; other types and partial blocks refused.
+    func testQuantisationMatchesGGUFPyBitForBit() throws {
+        XCTAssertEqual(Set(GGMLType.allCases.filter(\.isQuantizable)), [.q8_0, .q4_0])
+        for type in [GGMLType.q8_0, .q4_0] {
+            let x = try floats(Self.fixtures.appendingPathComponent("quantize-\(type.name).f32"))
+            let expected = try [UInt8](Data(contentsOf: Self.fixtures.appendingPathComponent("quantize-\(type.name).blocks")))
+            let n = x.count
+            XCTAssertEqual(expected.count, type.byteCount(elements: n), type.name)
+            var got = [UInt8](repeating: 0xAA, count: expected.count)
+            let shifted = [Float(0)] + x
+            try shifted.withUnsafeBufferPointer { src in
+                try got.withUnsafeMutableBytes { try type.quantize(src.baseAddress! + 1, count: n, into: $0.baseAddress!) }
+            }
+            let wrong = (0..<got.count).filter { got[$0] != expected[$0] }
+            XCTAssertTrue(wrong.isEmpty, "\(type.name): \(wrong.count) bytes differ from gguf-py, first at \(wrong.first ?? -1)")
+            var back = [Float](repeating: .nan, count: n)
+            try got.withUnsafeBytes { try type.dequantize($0.baseAddress!, count: n, into: &back) }
+            for b in 0..<(n / 32) {
+                let block = x[(b * 32)..<(b * 32 + 32)]
+                let amax = block.map { abs($0) }.max()!
+                // Half a step of rounding (q4_0: a whole step, since its quants reach −8·d on the largest
+                // value's side but only 7·d on the other), plus the f16 rounding of the scale d (half an
+                // ulp: d·2⁻¹¹, or 2⁻²⁵ below f16's normal range) times the largest quant (127, or 8).
+                let qmax: Float = type == .q8_0 ? 127 : 8, d = amax / qmax
+                let bound = (type == .q8_0 ? 0.5 : 1.0) * d + qmax * max(d * 0x1p-11, 0x1p-25)
+                for j in block.indices {
+                    XCTAssertLessThanOrEqual(abs(back[j] - x[j]), bound * 1.0001, "\(type.name) element \(j)")
+                }
+            }
+        }
+        var out = [UInt8](repeating: 0, count: 64)
+        let x = [Float](repeating: 1, count: 64)
+        XCTAssertThrowsError(try out.withUnsafeMutableBytes { try GGMLType.q8_0.quantize(x, count: 31, into: $0.baseAddress!) })
+        XCTAssertThrowsError(try out.withUnsafeMutableBytes { try GGMLType.q4_K.quantize(x, count: 32, into: $0.baseAddress!) })
+    }
+
     func testDequantisationMatchesGGUFPyBitForBit() throws {
         let types = GGMLType.allCases.filter(\.isDequantizable)
         XCTAssertEqual(Set(types), [.f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K])

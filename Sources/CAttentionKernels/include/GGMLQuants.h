@@ -36,6 +36,15 @@ float ak_fp16_to_fp32(uint16_t h);
 /// bfloat16 → float: the 16 bits become the high half (NaNs unchanged).
 float ak_bf16_to_fp32(uint16_t h);
 
+/// float → IEEE half, rounded to nearest even (subnormals kept, overflow to ±inf): ggml's
+/// GGML_FP32_TO_FP16 and numpy's astype(float16).
+uint16_t ak_fp32_to_fp16(float f);
+
+/// ggml's reference q4_0 quantisation (quantize_row_q4_0_ref; gguf-py's `quantize`): `n` floats
+/// (a multiple of 32) into n/32 blocks of 18 bytes. Per block: m = the value of largest magnitude
+/// (the first on ties), d = m / −8, q = min(15, trunc(x · (1/d) + 8.5)) (0 when d = 0), d stored as f16.
+void ak_quantize_q4_0(const float *src, void *dst, long n);
+
 void ak_dequantize_f16(const void *src, float *dst, long n);
 void ak_dequantize_bf16(const void *src, float *dst, long n);
 void ak_dequantize_q4_0(const void *src, float *dst, long n);

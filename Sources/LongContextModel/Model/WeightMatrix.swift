@@ -80,8 +80,9 @@ public struct QuantizedMatrix: @unchecked Sendable {
         let out = gathered ? UnsafeMutablePointer<Float>.allocate(capacity: n * m) : y
         defer { if gathered { out.deallocate() } }
         let items = (m + Self.chunkRows - 1) / Self.chunkRows
-        // A small matrix is not worth waking a second worker for.
-        let workers = rowBytes * m < (1 << 19) ? 1 : max(1, min(threads, items))
+        // A small matrix is not worth a second worker (the pool starts one in a few microseconds,
+        // about what 64 KiB of blocks take on one core).
+        let workers = rowBytes * m < (1 << 17) ? 1 : max(1, min(threads, items))
         nonisolated(unsafe) let o = out, a = UnsafeRawPointer(act), w = base
         let rb = rowBytes, acc: Int32 = (accumulate && !gathered) ? 1 : 0
         Parallel.run(items: items, threads: workers) { _, queue in

@@ -32,13 +32,20 @@ public final class LanguageModel: Sendable {
     /// Loads `path`: a `.gguf` file or a checkpoint folder. `matmul` chooses how decoding
     /// multiplies by quantised weights (``MatmulMode``; `.exact` for scoring, `.fast` for
     /// generation; float32 checkpoints compute the same either way).
-    public convenience init(path: String, matmul: MatmulMode = .exact) throws {
+    ///
+    /// `quantize` (`.q8_0` or `.q4_0`) quantises a checkpoint folder's float weight matrices at
+    /// load (``CausalLM/quantizing(to:)``), so that `.fast` runs them on the integer kernels; a
+    /// GGUF file's matrices are quantised already, and asking for it there is refused.
+    public convenience init(path: String, matmul: MatmulMode = .exact, quantize: GGMLType? = nil) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw ModelError.invalidArgument("\(path): no such file or folder")
         }
         let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
         if !isDirectory.boolValue {
+            if let quantize {
+                throw ModelError.invalidArgument("\(path): a GGUF file's weights are stored quantised already; quantising into \(quantize.name) applies to a checkpoint folder")
+            }
             let file = try GGUFFile(path: path)
             let model = try CausalLM(gguf: path, file: file, matmul: matmul)
             let meta = file
@@ -47,7 +54,8 @@ public final class LanguageModel: Sendable {
             self.init(model: model, codec: .tokenizer(tokenizer), chatTemplate: template, name: name)
             return
         }
-        let model = try CausalLM(directory: path)
+        var model = try CausalLM(directory: path)
+        if let quantize { model = try model.quantizing(to: quantize).withMatmul(matmul) }
         let json = path + "/tokenizer.json", configFile = path + "/tokenizer_config.json"
         if FileManager.default.fileExists(atPath: json) {
             let hasConfig = FileManager.default.fileExists(atPath: configFile)

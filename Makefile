@@ -231,6 +231,7 @@ compare: release
 	python3 Benchmarks/compare.py results/compare/results.json
 	$(MAKE) --no-print-directory compare-lm
 	$(MAKE) --no-print-directory compare-pretrained
+	$(MAKE) --no-print-directory compare-llama-cpp
 
 # Checkpoints both ways with transformers (when torch and transformers import): a Llama and a
 # Mixtral this project trains for a few steps load there with the same logits, and transformers'
@@ -252,6 +253,17 @@ compare-pretrained: release corpus models
 	python3 Tools/compare_pretrained.py --attn .build/release/attn --models data/models --text data/kjv.txt \
 		--json results/pretrained/perplexity.json
 	python3 Tools/check_hf_folders.py --attn .build/release/attn --models data/models --shared $(SHARED)
+
+# This engine (--matmul fast) against llama.cpp (llama-cpp-python, when it imports) on the same GGUF
+# files: prefill and decode tokens/s at 128, 512 and 4,096 tokens (Gemma 3 also 16K), 1 and 2 threads,
+# f16 and int8/q8_0 KV caches, peak resident memory, decode's memory bandwidth (about 15 minutes);
+# then the fast path's quality: perplexity of 4K-token chunks of Job (held out) under fast and exact.
+compare-llama-cpp: release corpus models
+	python3 Tools/compare_llama_cpp.py --attn .build/release/attn --models data/models --corpus $(CORPUS) \
+		--json results/lm-real/llama-cpp.json
+	python3 Benchmarks/validate_results.py results/lm-real/llama-cpp.json
+	python3 Tools/fast_quality.py --attn .build/release/attn --models data/models --corpus $(CORPUS) \
+		--shared $(SHARED) --json results/lm-real/fast-quality.json
 
 # The XCTest suite under AddressSanitizer (with LeakSanitizer; XCTest's own bookkeeping is
 # suppressed) and under ThreadSanitizer, each in its own build folder.

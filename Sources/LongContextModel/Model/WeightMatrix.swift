@@ -80,8 +80,10 @@ public struct QuantizedMatrix: @unchecked Sendable {
         let out = gathered ? UnsafeMutablePointer<Float>.allocate(capacity: n * m) : y
         defer { if gathered { out.deallocate() } }
         let items = (m + Self.chunkRows - 1) / Self.chunkRows
-        // A small matrix is not worth waking a second worker for.
-        let workers = rowBytes * m < (1 << 19) ? 1 : max(1, min(threads, items))
+        // A small product is not worth waking a second worker for: the work is the stored bytes
+        // times the activation rows (a batched decoding step's 8 rows through a 200 KB matrix are
+        // worth splitting; one row is not). The threads never change the results.
+        let workers = rowBytes * m * n < (1 << 19) ? 1 : max(1, min(threads, items))
         nonisolated(unsafe) let o = out, a = UnsafeRawPointer(act), w = base
         let rb = rowBytes, acc: Int32 = (accumulate && !gathered) ? 1 : 0
         Parallel.run(items: items, threads: workers) { _, queue in

@@ -43,13 +43,12 @@ QD_TARGET static inline __m256i QD_NAME(high_bits)(uint32_t bits) {
             if (type == T_Q5_0 || type == T_Q5_1) wq = _mm256_or_si256(wq, QD_NAME(high_bits)(qh));          \
             wq = _mm256_sub_epi8(wq, offset);                                                                \
         }                                                                                                    \
-        /* u8 · s8 products: q4_1/q5_1 quants are unsigned as stored; signed ones take |w| and the  */     \
-        /* activation with w's sign (the same integers either way).                                 */     \
-        const __m256i u = hasMin ? wq : _mm256_sign_epi8(wq, wq);                                            \
+        /* q4_1 and q5_1 quants are unsigned (0..31): |w|·sign(a, w) is w·a already. */                  \
+        const __m256i u = unsignedW ? wq : _mm256_sign_epi8(wq, wq);                                         \
         for (long r = 0; r < nx; r++) {                                                                      \
             const act32 *a = (const act32 *)xa + r * nb + b + (set);                                         \
-            const __m256i aq = _mm256_loadu_si256((const __m256i *)a->q);                                    \
-            const __m256i s = hasMin ? aq : _mm256_sign_epi8(aq, wq);                                        \
+            const __m256i av = _mm256_loadu_si256((const __m256i *)a->q);                                    \
+            const __m256i s = unsignedW ? av : _mm256_sign_epi8(av, wq);                                     \
             const __m256 p = _mm256_cvtepi32_ps(QD_DOT4(u, s));                                              \
             lanes[r][set] = _mm256_add_ps(lanes[r][set], _mm256_mul_ps(_mm256_set1_ps(dw * a->d), p));       \
             if (hasMin) mins[r] += mw * (a->d * (float)a->s);                                                \
@@ -59,7 +58,7 @@ QD_TARGET static inline __m256i QD_NAME(high_bits)(uint32_t bits) {
 QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)(int type, const void *w, long rowBytes, long wrows,
         long k, const void *xa, long nx, float *y, long ldy, int accumulate) {
     const long nb = k / QK, bs = block_bytes(type);
-    const int hasMin = type == T_Q4_1 || type == T_Q5_1;
+    const int hasMin = type == T_Q4_1 || type == T_Q5_1, unsignedW = hasMin;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i offset = _mm256_set1_epi8((char)(type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0));
     for (long i = 0; i < wrows; i++) {

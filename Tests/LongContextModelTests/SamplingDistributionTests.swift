@@ -56,4 +56,44 @@ final class SamplingDistributionTests: XCTestCase {
         // (0.40 + 0.24 = 0.64 < 0.7 <= 0.64 + 0.15).
         for o in cases.prefix(2) { XCTAssertEqual(expected(logits, o).indices.filter { expected(logits, o)[$0] > 0 }, [1, 3, 6]) }
     }
+
+    /// The radix-sorted, lazily normalised `pick` chooses exactly the token of the comparison-sort
+    /// reference (`pickBySorting`) for the same seed: random vocabularies of 49,152 logits with
+    /// ties, signed zeros and repeated values, under every option.
+    func testPickEqualsTheSortingReference() {
+        var g = SplitMix64(seed: 77)
+        let V = 49_152
+        for trial in 0..<24 {
+            var logits = (0..<V).map { _ in Float(g.nextUnitOpen() * 30 - 15) }
+            // Ties (quantised values), signed zeros, a repeated maximum.
+            if trial % 2 == 0 { logits = logits.map { ($0 * 4).rounded() / 4 } }
+            for j in stride(from: 0, to: V, by: 97) { logits[j] = j % 2 == 0 ? 0 : -0.0 }
+            logits[V - 1] = logits.max()!
+            let options = [
+                SamplingOptions(temperature: 0.7, seed: UInt64(trial)),
+                SamplingOptions(temperature: 1, topK: 40, seed: UInt64(trial)),
+                SamplingOptions(temperature: 0.9, topP: 0.95, seed: UInt64(trial)),
+                SamplingOptions(temperature: 1.3, topK: 100, topP: 0.5, minP: 0.05, seed: UInt64(trial)),
+                SamplingOptions(temperature: 50, minP: 0.3, seed: UInt64(trial)),
+                SamplingOptions(temperature: 0.01, seed: UInt64(trial)),
+            ]
+            logits.withUnsafeBufferPointer { l in
+                for o in options {
+                    var r1 = SplitMix64(seed: o.seed), r2 = SplitMix64(seed: o.seed)
+                    for _ in 0..<4 {
+                        XCTAssertEqual(o.pick(l.baseAddress!, vocab: V, rng: &r1), o.pickBySorting(l.baseAddress!, vocab: V, rng: &r2),
+                                       "trial \(trial), \(o)")
+                    }
+                }
+            }
+        }
+        // Small vocabularies: orders of distinct, equal and signed-zero logits.
+        let small: [[Float]] = [[0, -0.0, 0, 1, 1, -1], [3], [-0.0, 0], [-1e30, 1e30, 2, 2]]
+        for l in small {
+            l.withUnsafeBufferPointer { b in
+                XCTAssertEqual(descendingOrder(b.baseAddress!, count: l.count),
+                               l.indices.sorted { l[$0] != l[$1] ? l[$0] > l[$1] : $0 < $1 })
+            }
+        }
+    }
 }

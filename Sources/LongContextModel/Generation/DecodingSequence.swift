@@ -157,10 +157,22 @@ public struct DecodingSequence {
             for (r, i) in group.enumerated() { batch[i].storedCache = caches[r] }
             switch outcome {
             case .success(let logits):
-                let lp = logits.unsafeBaseAddress
-                for (r, i) in group.enumerated() {
-                    batch[i].logits = Array(UnsafeBufferPointer(start: lp + r * V, count: V))
-                    results[i] = Result { try batch[i].sample() }
+                // Each sequence samples from its own row with its own random source, so the rows
+                // are sampled on the step's threads at once (a 49,152-token row takes about a
+                // millisecond: sort, exponentials), each with the result it gets alone.
+                nonisolated(unsafe) let lp = logits.unsafeBaseAddress
+                let rows = group.count
+                batch.withUnsafeMutableBufferPointer { b in
+                    results.withUnsafeMutableBufferPointer { out in
+                        nonisolated(unsafe) let (b, out) = (b, out)
+                        Parallel.run(items: rows, threads: rows > 1 ? (threads ?? b[group[0]].options.threads ?? Parallel.defaultThreads) : 1) { _, queue in
+                            while let r = queue.next() {
+                                let i = group[r]
+                                b[i].logits = Array(UnsafeBufferPointer(start: lp + r * V, count: V))
+                                out[i] = Result { try b[i].sample() }
+                            }
+                        }
+                    }
                 }
             case .failure(let error):
                 for i in group { results[i] = .failure(error) }

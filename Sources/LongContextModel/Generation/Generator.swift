@@ -48,7 +48,51 @@ public struct SamplingOptions: Sendable, Equatable {
     }
 
     /// Picks a token from `logits` (V values) with the random source `rng`.
+    ///
+    /// The candidates are ordered by logit (descending, ties to the lower id) with a stable radix
+    /// sort of the logits' bits, and normalised lazily (only the weights the top-p cut and the
+    /// walk visit are divided): the same order and the same floating-point operations, in the
+    /// same order, as ``pickBySorting(_:vocab:rng:)`` (a comparison sort, eager normalisation),
+    /// so the same token for the same seed, at a fraction of the time (a comparison sort of a
+    /// 49,152-token vocabulary took ~7 ms per token, a third of a SmolLM2 decoding step).
     func pick(_ logits: UnsafePointer<Float>, vocab V: Int, rng: inout SplitMix64) -> Int32 {
+        if temperature == 0 {
+            var best = 0
+            for i in 1..<V where logits[i] > logits[best] { best = i }
+            return Int32(best)
+        }
+        var order = descendingOrder(logits, count: V)
+        if topK > 0, topK < order.count { order.removeLast(order.count - topK) }
+        let m = Double(logits[order[0]])
+        var n = order.count
+        let w = [Double](unsafeUninitializedCapacity: n) { b, c in
+            for i in 0..<n { b[i] = Foundation.exp((Double(logits[order[i]]) - m) / temperature) }
+            c = n
+        }
+        if minP > 0 {
+            // w[0] is the most likely (its weight is exp(0) = 1): keep weights ≥ minP.
+            n = w.firstIndex(where: { $0 < minP }) ?? n
+        }
+        var total = 0.0
+        for i in 0..<n { total += w[i] }
+        // p[i] = w[i] / total (then / s after a top-p cut), computed only where it is read.
+        var s: Double? = nil
+        if topP < 1 {
+            var acc = 0.0, keep = 0
+            while keep < n { acc += w[keep] / total; keep += 1; if acc >= topP { break } }
+            n = keep
+            var t = 0.0
+            for i in 0..<n { t += w[i] / total }
+            s = t
+        }
+        func p(_ i: Int) -> Double { s.map { w[i] / total / $0 } ?? w[i] / total }
+        var u = rng.nextUnitOpen(), i = 0
+        while i < n - 1, u >= p(i) { u -= p(i); i += 1 }
+        return Int32(order[i])
+    }
+
+    /// The reference for ``pick(_:vocab:rng:)``: a comparison sort and eager normalisation.
+    func pickBySorting(_ logits: UnsafePointer<Float>, vocab V: Int, rng: inout SplitMix64) -> Int32 {
         if temperature == 0 {
             var best = 0
             for i in 1..<V where logits[i] > logits[best] { best = i }
@@ -80,6 +124,53 @@ public struct SamplingOptions: Sendable, Equatable {
         while i < p.count - 1, u >= p[i] { u -= p[i]; i += 1 }
         return Int32(order[i])
     }
+}
+
+/// The ids `0..<count` ordered by `logits` descending, ties to the lower id (the order of the
+/// comparison `a != b ? a > b : i < j` for finite logits; -0 and +0 are equal): a stable LSD radix
+/// sort (three passes of 11 bits) of an order-preserving 32-bit key, from the ids in order.
+func descendingOrder(_ logits: UnsafePointer<Float>, count V: Int) -> [Int] {
+    var keys = [UInt32](unsafeUninitializedCapacity: V) { b, c in
+        for i in 0..<V {
+            let z = logits[i]
+            let bits = z == 0 ? 0 : z.bitPattern
+            // Ascending order of floats as unsigned integers, then complemented: descending.
+            let ascending = bits & 0x8000_0000 != 0 ? ~bits : bits | 0x8000_0000
+            b[i] = ~ascending
+        }
+        c = V
+    }
+    var ids = [Int32](unsafeUninitializedCapacity: V) { b, c in
+        for i in 0..<V { b[i] = Int32(i) }
+        c = V
+    }
+    var keys2 = [UInt32](repeating: 0, count: V), ids2 = [Int32](repeating: 0, count: V)
+    var counts = [Int](repeating: 0, count: 2048)
+    for shift in [0, 11, 22] as [UInt32] {
+        keys.withUnsafeBufferPointer { k in
+            ids.withUnsafeBufferPointer { d in
+                keys2.withUnsafeMutableBufferPointer { k2 in
+                    ids2.withUnsafeMutableBufferPointer { d2 in
+                        counts.withUnsafeMutableBufferPointer { c in
+                            for j in 0..<2048 { c[j] = 0 }
+                            for i in 0..<V { c[Int((k[i] >> shift) & 2047)] += 1 }
+                            var sum = 0
+                            for j in 0..<2048 { let x = c[j]; c[j] = sum; sum += x }
+                            for i in 0..<V {
+                                let b = Int((k[i] >> shift) & 2047)
+                                k2[c[b]] = k[i]
+                                d2[c[b]] = d[i]
+                                c[b] += 1
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        swap(&keys, &keys2)
+        swap(&ids, &ids2)
+    }
+    return ids.map { Int($0) }
 }
 
 extension CausalLM {

@@ -43,7 +43,8 @@ public enum Parallel {
         BLASThreadGuard.singleThreaded {
             if workers == 1 {
                 worker(0, queue)
-            } else if workers <= WorkerPool.shared.extraThreads + 1, WorkerPool.shared.run(workers: workers, { worker($0, queue) }) {
+            } else if WorkerPool.shared.extraThreads > 0, workers <= WorkerPool.shared.extraThreads + 1,
+                      WorkerPool.shared.run(workers: workers, { worker($0, queue) }) {
                 // Ran on the pool's spinning workers (a few microseconds to start, where waking a
                 // parked thread takes tens).
             } else {

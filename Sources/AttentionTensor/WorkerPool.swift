@@ -48,8 +48,11 @@ final class WorkerPool: @unchecked Sendable {
     private static func places(_ s: Int) -> Int { (s >> 32) & 0x7fff }
     private static func joined(_ s: Int) -> Int { (s >> 16) & 0xffff }
 
-    /// The process's pool: one thread per active processor beyond the first, started on first use.
-    static let shared = WorkerPool(extraThreads: max(0, min(Parallel.defaultThreads - 1, 0x7fff)))
+    /// The process's pool: one thread per active processor beyond the first, started on first use;
+    /// none when the environment sets `ATTN_WORKER_POOL=0` (every region then takes libdispatch's
+    /// threads, which park at once: for hosts that must not see a spinning thread).
+    static let shared = WorkerPool(extraThreads: ProcessInfo.processInfo.environment["ATTN_WORKER_POOL"] == "0"
+                                   ? 0 : max(0, min(Parallel.defaultThreads - 1, 0x7fff)))
 
     init(extraThreads: Int) {
         self.extraThreads = extraThreads

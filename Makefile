@@ -50,7 +50,7 @@ release: deps
 # that exist, through the release `attn` binary.
 test: deps corpus models
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	$(ROOT_MPI) $(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory client-check
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory check
@@ -254,16 +254,21 @@ compare-pretrained: release corpus models
 	python3 Tools/check_hf_folders.py --attn .build/release/attn --models data/models --shared $(SHARED)
 
 # The XCTest suite under AddressSanitizer (with LeakSanitizer; XCTest's own bookkeeping is
-# suppressed) and under ThreadSanitizer, each in its own build folder.
+# suppressed) and under ThreadSanitizer, each in its own build folder. DistributedAttentionTests run on their
+# own under ASan, with whole stacks so that OpenMPI's own allocations match Tests/lsan-suppressions.txt.
 sanitize: sanitize-address sanitize-thread
 
 sanitize-address: deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan-suppressions.txt $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --skip AttnServerTests
+	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan-suppressions.txt $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan \
+		--skip AttnServerTests --skip DistributedAttentionTests
+	$(ROOT_MPI) OMPI_MCA_mca_component_disable_dlclose=1 ASAN_OPTIONS=fast_unwind_on_malloc=0 \
+		LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan-suppressions.txt \
+		$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --filter DistributedAttentionTests
 
 sanitize-thread: deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
+	$(ROOT_MPI) $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
 
 # libFuzzer over the .npy, .safetensors and GGUF readers and over attn's argument handling, FUZZ_SECONDS each. New
 # inputs go to .build-fuzz/corpus-*; a crash leaves crash-* here: add it to Fuzz/corpus/ once fixed.

@@ -57,6 +57,7 @@ public final class CausalLM: @unchecked Sendable {
         }
         rope = cache(config.positions)
         slidingRope = config.slidingPositions.flatMap(cache)
+        try checkExpertWeights()
     }
 
     /// The same weights (shared, not copied) multiplied under `mode`.

@@ -86,6 +86,13 @@ bench-serve: deps models
 # README's "Use it as a library" shows (Tests/ClientPackage): the products and the snippet build.
 client-check: deps
 	$(SWIFT) build --package-path Tests/ClientPackage
+	@mkdir -p .build; if CLIENT_MISUSE=1 $(SWIFT) build --package-path Tests/ClientPackage --product Misuse > .build/client-misuse.log 2>&1; then \
+		echo "client-check: Tests/ClientPackage/Misuse compiled: Tensor.unsafeBaseAddress is reachable from outside the package" >&2; exit 1; fi
+	@grep -q "'unsafeBaseAddress' is inaccessible" .build/client-misuse.log || { cat .build/client-misuse.log; exit 1; }
+	@for t in ParameterSet AdamW ForwardPass LoRAAdapter AttachedLoRA; do \
+		grep -q "type '$$t' does not conform to the 'Sendable' protocol" .build/client-misuse.log || { \
+			echo "client-check: $$t is Sendable" >&2; cat .build/client-misuse.log; exit 1; }; done
+	@echo "client-check: the products build; a client cannot take a Tensor's escaping pointer nor send mutable training state"
 
 # The benchmark's quick mode, and its JSON checked against the contract (every row finite).
 bench-smoke: release corpus models

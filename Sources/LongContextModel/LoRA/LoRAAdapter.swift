@@ -10,7 +10,10 @@ import Foundation
 /// `dA = s · Bᵀ dW'`. Dropout on the adapter's input needs the unmerged form and is not applied:
 /// an adapter saved with `lora_dropout` ≠ 0 (PEFT's training default is 0.05) loads, and since
 /// PEFT applies no dropout at inference, it computes what PEFT computes there.
-public final class LoRAAdapter: @unchecked Sendable {
+///
+/// Not `Sendable`: its A and B (``parameters``) are trained in place, unsynchronised. A model it is
+/// attached to (``CausalLM/attaching(_:)``) only reads them and may be shared.
+public final class LoRAAdapter {
     /// PEFT's `target_modules` names this implementation can adapt (`lm_head`: an untied output layer).
     public static let supportedModules: Set<String> = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                                                        "lm_head"]

@@ -9,7 +9,10 @@ import Foundation
 ///
 /// A reference type: the model, the trainer and the optimizer update one buffer in place. Not for
 /// concurrent mutation.
-public final class ParameterSet: @unchecked Sendable {
+/// Not `Sendable`: one mutable buffer that the trainer, the optimiser and the model's backward
+/// write in place without synchronisation. A model holding one (``CausalLM``) is shared read-only
+/// across threads; the set itself is not handed to another thread to mutate.
+public final class ParameterSet {
     public struct Entry: Sendable, Equatable {
         public let name: String
         public let shape: [Int]

@@ -95,22 +95,23 @@ public final class LoRAAdapter {
             throw ModelError.invalidCheckpoint("adapter_config.json: \(key) other than PEFT's default is not supported")
         }
         try self.init(model: model, rank: r, alpha: alpha, targetModules: modules, useRSLoRA: (o["use_rslora"] as? Bool) ?? false, seed: 0)
-        let archive = try SafeTensors.read(directory + "/adapter_model.safetensors")
+        let file = directory + "/adapter_model.safetensors"
+        let archive = try SafeTensors.read(file)
         var found = Set<String>()
         for name in archive.names {
             guard let e = parameters.entry(name) else {
-                throw ModelError.invalidCheckpoint("adapter tensor \(name) does not match a targeted projection of this model")
+                throw ModelError.unexpectedTensor(name: name, file: file)
             }
             guard archive.entry(name)?.shape == e.shape else {
-                throw ModelError.invalidCheckpoint("adapter tensor \(name) has shape \(archive.entry(name)?.shape ?? []), expected \(e.shape)")
+                throw ModelError.misshapenTensor(name: name, shape: archive.entry(name)?.shape ?? [], expected: e.shape, file: file)
             }
             let t = try archive.tensor(name)
-            guard t.scanValues().invalidIndex == nil else { throw ModelError.invalidCheckpoint("\(name) holds NaN or Inf") }
+            if let i = t.scanValues().invalidIndex { throw ModelError.nonFiniteTensor(name: name, file: file, index: rowMajor(i, t.shape)) }
             try parameters.set(name, t)
             found.insert(name)
         }
         if let missing = parameters.names.first(where: { !found.contains($0) }) {
-            throw ModelError.invalidCheckpoint("adapter tensor \(missing) is missing")
+            throw ModelError.missingTensor(name: missing, shape: parameters.entry(missing)!.shape, file: file)
         }
     }
 

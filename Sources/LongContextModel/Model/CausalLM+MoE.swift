@@ -26,7 +26,7 @@ extension CausalLM {
                           w3: (0..<E).map { UnsafePointer(P.pointer(p + "experts.\($0).w3.weight")) })
     }
 
-    /// Throws ``ModelError/invalidCheckpoint(_:)`` naming the first router or expert weight that holds
+    /// Throws ``ModelError/nonFiniteTensor(name:file:index:)`` for the first router or expert weight that holds
     /// a NaN or infinity (a Mixtral; other models have none). The MoE kernels check their input rows
     /// on every call but read the weights unchecked, so the model checks them once, when it is made:
     /// whatever built the parameters (a checkpoint loader, which scans every tensor it reads, or a
@@ -38,7 +38,7 @@ extension CausalLM {
             do {
                 try mixtureWeights(layer: layer).checkFinite(moe, prefix: "model.layers.\(layer).block_sparse_moe.")
             } catch MoEError.nonFinite(let name, let index) {
-                throw ModelError.invalidCheckpoint("\(name) holds NaN or Inf (element \(index))")
+                throw ModelError.nonFiniteTensor(name: name, file: nil, index: index)
             }
         }
     }

@@ -80,9 +80,9 @@ public final class ParameterSet {
 
     /// Copies `tensor` (same shape) into `name`.
     public func set(_ name: String, _ tensor: Tensor) throws {
-        guard let e = entry(name) else { throw ModelError.invalidCheckpoint("unexpected tensor \(name)") }
+        guard let e = entry(name) else { throw ModelError.unexpectedTensor(name: name, file: nil) }
         guard tensor.shape == e.shape else {
-            throw ModelError.invalidCheckpoint("\(name) has shape \(tensor.shape), the config needs \(e.shape)")
+            throw ModelError.misshapenTensor(name: name, shape: tensor.shape, expected: e.shape, file: nil)
         }
         let c = tensor.contiguous()
         c.withUnsafePointer { (scalars + e.offset).update(from: $0, count: e.count) }

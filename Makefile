@@ -50,7 +50,7 @@ release: deps
 # that exist, through the release `attn` binary.
 test: deps corpus models
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	$(ROOT_MPI) $(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory client-check
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory check
@@ -86,6 +86,13 @@ bench-serve: deps models
 # README's "Use it as a library" shows (Tests/ClientPackage): the products and the snippet build.
 client-check: deps
 	$(SWIFT) build --package-path Tests/ClientPackage
+	@mkdir -p .build; if CLIENT_MISUSE=1 $(SWIFT) build --package-path Tests/ClientPackage --product Misuse > .build/client-misuse.log 2>&1; then \
+		echo "client-check: Tests/ClientPackage/Misuse compiled: Tensor.unsafeBaseAddress is reachable from outside the package" >&2; exit 1; fi
+	@grep -q "'unsafeBaseAddress' is inaccessible" .build/client-misuse.log || { cat .build/client-misuse.log; exit 1; }
+	@for t in ParameterSet AdamW ForwardPass LoRAAdapter AttachedLoRA; do \
+		grep -q "type '$$t' does not conform to the 'Sendable' protocol" .build/client-misuse.log || { \
+			echo "client-check: $$t is Sendable" >&2; cat .build/client-misuse.log; exit 1; }; done
+	@echo "client-check: the products build; a client cannot take a Tensor's escaping pointer nor send mutable training state"
 
 # The benchmark's quick mode, and its JSON checked against the contract (every row finite).
 bench-smoke: release corpus models
@@ -266,16 +273,21 @@ compare-llama-cpp: release corpus models
 		--shared $(SHARED) --json results/lm-real/fast-quality.json
 
 # The XCTest suite under AddressSanitizer (with LeakSanitizer; XCTest's own bookkeeping is
-# suppressed) and under ThreadSanitizer, each in its own build folder.
+# suppressed) and under ThreadSanitizer, each in its own build folder. DistributedAttentionTests run on their
+# own under ASan, with whole stacks so that OpenMPI's own allocations match Tests/lsan-suppressions.txt.
 sanitize: sanitize-address sanitize-thread
 
 sanitize-address: deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan-suppressions.txt $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --skip AttnServerTests
+	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan-suppressions.txt $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan \
+		--skip AttnServerTests --skip DistributedAttentionTests
+	$(ROOT_MPI) OMPI_MCA_mca_component_disable_dlclose=1 ASAN_OPTIONS=fast_unwind_on_malloc=0 \
+		LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan-suppressions.txt \
+		$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --filter DistributedAttentionTests
 
 sanitize-thread: deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
+	$(ROOT_MPI) $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
 
 # libFuzzer over the .npy, .safetensors and GGUF readers and over attn's argument handling, FUZZ_SECONDS each. New
 # inputs go to .build-fuzz/corpus-*; a crash leaves crash-* here: add it to Fuzz/corpus/ once fixed.

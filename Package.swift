@@ -146,6 +146,14 @@ let package = Package(
         .testTarget(name: "LongAttentionTests", dependencies: ["LongAttention", "AttentionTensor", "AttentionEvaluation"]),
         .testTarget(name: "BenchmarkSupportTests", dependencies: ["BenchmarkSupport"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["SequenceParallel"]),
+        // The MPI layer, ring attention, the sharded KV cache, distributed linear attention and the
+        // distributed model on a one-rank world (MPI_COMM_WORLD of the test process, no mpirun);
+        // `make test-dist` runs the same code on 2, 3 and 4 ranks.
+        .testTarget(
+            name: "DistributedAttentionTests",
+            dependencies: ["DistributedAttention", "DistributedModel", "SwiftMPI", "SequenceParallel", "LongAttention",
+                           "AttentionTensor", "LongContextModel"]
+        ),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
         .testTarget(name: "AttnCommandsTests", dependencies: ["AttnCommands", "AttentionTensor"]),

@@ -44,8 +44,7 @@ public enum BLAS {
     /// whose vector units the elementwise kernels use (AVX2 or AVX-512): typical of an OpenBLAS
     /// release older than the CPU (Debian 12's 0.3.21 on recent Xeons). Nil otherwise.
     public static var kernelWarning: String? {
-        let generic = ["Prescott", "Core2", "Katmai", "Coppermine", "Northwood", "Banias", "Penryn", "Dunnington", "Atom", "Nehalem"]
-        guard generic.contains(coreName), VectorKernels.isa != "baseline" else { return nil }
+        guard BLASKernelSelection.genericKernels.contains(coreName), VectorKernels.isa != "baseline" else { return nil }
         if let marker = ProcessInfo.processInfo.environment[BLASKernelSelection.markerVariable], marker.hasPrefix("declined:") {
             return "OpenBLAS runs its generic '\(coreName)' kernel: the vector kernel was probed and declined (\(marker))."
         }

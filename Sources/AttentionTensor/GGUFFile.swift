@@ -49,7 +49,8 @@ public struct GGUFTensorInfo: Sendable, Equatable {
 /// against overflow, each tensor's type id, row length (whole blocks), offset (aligned) and extent
 /// (inside the file); names and keys must be unique and valid UTF-8. Failures are ``GGUFError``s
 /// naming the file and what is wrong. After `init` the object is immutable; tensor bytes point
-/// into the mapping and stay valid while the object lives.
+/// into the mapping and stay valid while the object lives (hence `@unchecked Sendable`: the mapping
+/// is read-only and every property a `let`).
 public final class GGUFFile: @unchecked Sendable {
     /// The most dimensions a tensor may have (ggml's GGML_MAX_DIMS).
     public static let maxDimensions = 4

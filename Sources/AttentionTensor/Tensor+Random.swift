@@ -15,9 +15,15 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
     public mutating func nextUnitOpen() -> Double { (Double(next() >> 11) + 0.5) * 0x1p-53 }
     /// A standard normal draw: Box–Muller's cosine branch, in Float64, from two uniforms (the one
     /// draw the model's initialisation and FAVOR+'s features share).
-    public mutating func nextNormal() -> Double {
+    public mutating func nextNormal() -> Double { nextNormalPair().cosine }
+
+    /// Box–Muller (the package's one implementation), in Float64: two independent normal draws of
+    /// standard deviation `scale` from two uniforms, `r·cos θ` and `r·sin θ` with
+    /// `r = sqrt(−2 ln u₁)·scale`, `θ = 2π·u₂`.
+    public mutating func nextNormalPair(scale: Double = 1) -> (cosine: Double, sine: Double) {
         let u1 = nextUnitOpen(), u2 = nextUnitOpen()
-        return (-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2)
+        let r = (-2 * Foundation.log(u1)).squareRoot() * scale
+        return (r * Foundation.cos(2 * Double.pi * u2), r * Foundation.sin(2 * Double.pi * u2))
     }
 }
 
@@ -34,10 +40,9 @@ extension Tensor {
         t.withUnsafeMutableBufferPointer { buf in
             var i = 0
             while i < buf.count {
-                let u1 = rng.nextUnitOpen(), u2 = rng.nextUnitOpen()
-                let r = (-2 * Foundation.log(u1)).squareRoot() * s
-                buf[i] = Float(r * Foundation.cos(2 * Double.pi * u2))
-                if i + 1 < buf.count { buf[i + 1] = Float(r * Foundation.sin(2 * Double.pi * u2)) }
+                let (c, sn) = rng.nextNormalPair(scale: s)
+                buf[i] = Float(c)
+                if i + 1 < buf.count { buf[i + 1] = Float(sn) }
                 i += 2
             }
         }

@@ -1,6 +1,8 @@
 import Foundation
 
 /// 64-byte aligned Float32 memory shared by tensors (copy-on-write: only mutated when unique).
+/// `@unchecked Sendable` because ``Tensor`` is a Sendable value: a storage shared by two tensors is
+/// only read; a write first makes the writer's storage unique (`makeUnique`).
 final class TensorStorage: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<Float>
     let count: Int

@@ -30,6 +30,9 @@ public enum AdmissionError: Error, Sendable {
 /// The decoding steps of one round are batched (``DecodingSequence/advance(_:threads:)``): the
 /// running sequences' rows go through each weight once per step, and each row's result is bitwise
 /// what it would be alone, so a stream's text never depends on what it was batched with.
+///
+/// `@unchecked Sendable`: request handlers only submit and cancel, under `condition` (which guards
+/// the queue and the jobs); everything else is the scheduler thread's own.
 public final class Scheduler: @unchecked Sendable {
     public let model: LanguageModel
     public let parallel: Int

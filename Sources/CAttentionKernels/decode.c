@@ -216,103 +216,25 @@ AK_CLONES static void rows_times_values_wide(const float *p, long ldp, long rows
 // accumulators (8 ymm) plus two key vectors and one query vector in registers, and take groups of
 // 2 and 3 rows whole instead of row by row. A single row keeps the one-row paths (four keys per
 // reduction tree), which measured faster for it (Hkv = H).
-typedef float y8 __attribute__((ext_vector_type(8)));
+//
+// The 8-lane kernels are kvtypes_body.h's (the typed caches' bodies) at the float32 kind: one
+// blocking for every storage type. Their order of work, per R-row group and key block:
+// - q·k: two keys at a time, R × 2 accumulators of 8 lanes over 8-column chunks (the tail
+//   columns scalar), the last key of an odd count alone;
+// - p·v: four value rows at a time, front to back: each 8-column chunk of the four rows loaded
+//   once and added into every row's output chunk, which lives in L1 (loaded and stored per chunk:
+//   R stores per 4R FMAs); whole rows prefetched PREFETCH_KEYS ahead. The column-pass order (keys
+//   inner, output in registers) measured 5.0–5.4 GB/s from memory on one Zen 3 core at R = 2–4,
+//   against 20–27 GB/s from L1: it reads a block line by line across 32 rows, which the memory
+//   pipeline does not stream. This order measured 6.4–8.1 GB/s (R = 2–4), and 30–49 GB/s from L1.
+#if defined(__x86_64__) && defined(__clang__) && !defined(AK_NO_CLONES)
+#define DECODE_HAVE_Y8 1
 #define Y8_TARGET __attribute__((target("avx2,fma")))
-#define Y8LOAD(p) ({ y8 v_; memcpy(&v_, (p), sizeof v_); v_; })
-#define Y8STORE(p, v) do { y8 v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
-
-/// Sum of the 8 lanes.
-#define Y8SUM(v) ({ y8 v_ = (v); v4 a_ = v_.lo + v_.hi; a_.x + a_.y + a_.z + a_.w; })
-
-/// s[r·lds + j] = q_r · k_j for R rows (1 ≤ R ≤ 4) and keys j0 ..< j1, two keys at a time.
-static inline __attribute__((always_inline)) Y8_TARGET
-void dot_keys_y8(const float *q, long ldq, int R, long d, const float *k, long ldk, long j0, long j1,
-                 float *s, long lds, int prefetch) {
-    long j = j0;
-    for (; j + 2 <= j1; j += 2) {
-        const float *k0 = k + j * ldk, *k1 = k0 + ldk;
-        if (prefetch) { prefetch_floats(k0, PREFETCH_KEYS * ldk, d); prefetch_floats(k1, PREFETCH_KEYS * ldk, d); }
-        y8 a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
-        float t00 = 0, t01 = 0, t10 = 0, t11 = 0, t20 = 0, t21 = 0, t30 = 0, t31 = 0;
-        long c = 0;
-        for (; c + 8 <= d; c += 8) {
-            y8 b0 = Y8LOAD(k0 + c), b1 = Y8LOAD(k1 + c), x;
-            x = Y8LOAD(q + c); a00 += x * b0; a01 += x * b1;
-            if (R > 1) { x = Y8LOAD(q + ldq + c); a10 += x * b0; a11 += x * b1; }
-            if (R > 2) { x = Y8LOAD(q + 2 * ldq + c); a20 += x * b0; a21 += x * b1; }
-            if (R > 3) { x = Y8LOAD(q + 3 * ldq + c); a30 += x * b0; a31 += x * b1; }
-        }
-        for (; c < d; c++) {
-            float b0 = k0[c], b1 = k1[c];
-            t00 += q[c] * b0; t01 += q[c] * b1;
-            if (R > 1) { t10 += q[ldq + c] * b0; t11 += q[ldq + c] * b1; }
-            if (R > 2) { t20 += q[2 * ldq + c] * b0; t21 += q[2 * ldq + c] * b1; }
-            if (R > 3) { t30 += q[3 * ldq + c] * b0; t31 += q[3 * ldq + c] * b1; }
-        }
-        s[j] = Y8SUM(a00) + t00; s[j + 1] = Y8SUM(a01) + t01;
-        if (R > 1) { s[lds + j] = Y8SUM(a10) + t10; s[lds + j + 1] = Y8SUM(a11) + t11; }
-        if (R > 2) { s[2 * lds + j] = Y8SUM(a20) + t20; s[2 * lds + j + 1] = Y8SUM(a21) + t21; }
-        if (R > 3) { s[3 * lds + j] = Y8SUM(a30) + t30; s[3 * lds + j + 1] = Y8SUM(a31) + t31; }
-    }
-    for (; j < j1; j++) {   // the last key of an odd count
-        const float *kj = k + j * ldk;
-        for (int r = 0; r < R; r++) {
-            y8 acc = 0;
-            float t = 0;
-            long c = 0;
-            for (; c + 8 <= d; c += 8) acc += Y8LOAD(q + r * ldq + c) * Y8LOAD(kj + c);
-            for (; c < d; c++) t += q[r * ldq + c] * kj[c];
-            s[r * lds + j] = Y8SUM(acc) + t;
-        }
-    }
-}
-
-/// o_r += Σ_j p_r[j] v_j for R rows (1 ≤ R ≤ 4), four value rows at a time: each 8-column chunk
-/// of the four rows is loaded once and added into every row's output chunk, which lives in L1
-/// (loaded and stored per chunk: R stores per 4R FMAs). Value rows are read front to back, four
-/// side by side, with whole rows prefetched PREFETCH_KEYS ahead. The column-pass order (keys
-/// inner, output in registers) measured 5.0–5.4 GB/s from memory on one Zen 3 core at R = 2–4,
-/// against 20–27 GB/s from L1: it reads a block line by line across 32 rows, which the memory
-/// pipeline does not stream. This order measured 6.4–8.1 GB/s (R = 2–4), and 30–49 GB/s from L1.
-static inline __attribute__((always_inline)) Y8_TARGET
-void times_values_y8(const float *p, long ldp, int R, const float *v, long ldv, long j0, long j1, long dv,
-                     float *o, long ldo, int prefetch) {
-    const long dv8 = dv & ~7L;
-    long j = j0;
-    for (; j + 4 <= j1; j += 4) {
-        const float *v0 = v + j * ldv, *v1 = v0 + ldv, *v2 = v1 + ldv, *v3 = v2 + ldv;
-        if (prefetch) {
-            for (int t = 0; t < 4; t++) prefetch_floats(v0, (t + PREFETCH_KEYS) * ldv, dv);
-        }
-        y8 x[4][4];
-        for (int r = 0; r < R; r++) {
-            for (int t = 0; t < 4; t++) x[r][t] = p[r * ldp + j + t];
-        }
-        for (long c = 0; c < dv8; c += 8) {
-            y8 b0 = Y8LOAD(v0 + c), b1 = Y8LOAD(v1 + c), b2 = Y8LOAD(v2 + c), b3 = Y8LOAD(v3 + c);
-            for (int r = 0; r < R; r++) {
-                y8 a = Y8LOAD(o + r * ldo + c);
-                a += x[r][0] * b0; a += x[r][1] * b1; a += x[r][2] * b2; a += x[r][3] * b3;
-                Y8STORE(o + r * ldo + c, a);
-            }
-        }
-        for (long c = dv8; c < dv; c++) {
-            for (int r = 0; r < R; r++) {
-                const float *pr = p + r * ldp + j;
-                o[r * ldo + c] += pr[0] * v0[c] + pr[1] * v1[c] + pr[2] * v2[c] + pr[3] * v3[c];
-            }
-        }
-    }
-    for (; j < j1; j++) {   // the last w % 4 value rows
-        const float *vj = v + j * ldv;
-        for (int r = 0; r < R; r++) {
-            y8 x = p[r * ldp + j];
-            long c = 0;
-            for (; c < dv8; c += 8) Y8STORE(o + r * ldo + c, Y8LOAD(o + r * ldo + c) + x * Y8LOAD(vj + c));
-            for (; c < dv; c++) o[r * ldo + c] += p[r * ldp + j] * vj[c];
-        }
-    }
-}
+// In kvtypes.c (target avx2, fma, f16c: every x86-64-v3 CPU, the only ones this path runs on).
+void ak_f32_dot_keys_y8(const float *q, long ldq, int R, long d, const float *k, long ldk, long j0, long j1,
+                        float *s, long lds, int prefetch);
+void ak_f32_times_values_y8(const float *p, long ldp, int R, const float *v, long ldv, long j0, long j1, long dv,
+                            float *o, long ldo, int prefetch);
 
 static Y8_TARGET void rows_dot_keys_avx2(const float *q, long ldq, long rows, long d, const float *k, long ldk,
                                          long w, float *s, long lds) {
@@ -323,9 +245,9 @@ static Y8_TARGET void rows_dot_keys_avx2(const float *q, long ldq, long rows, lo
             const float *qr = q + r * ldq;
             float *sr = s + r * lds;
             switch (n) {   // constant R: the unused accumulators disappear
-            case 4: dot_keys_y8(qr, ldq, 4, d, k, ldk, j0, j1, sr, lds, r == 0); break;
-            case 3: dot_keys_y8(qr, ldq, 3, d, k, ldk, j0, j1, sr, lds, r == 0); break;
-            case 2: dot_keys_y8(qr, ldq, 2, d, k, ldk, j0, j1, sr, lds, r == 0); break;
+            case 4: ak_f32_dot_keys_y8(qr, ldq, 4, d, k, ldk, j0, j1, sr, lds, r == 0); break;
+            case 3: ak_f32_dot_keys_y8(qr, ldq, 3, d, k, ldk, j0, j1, sr, lds, r == 0); break;
+            case 2: ak_f32_dot_keys_y8(qr, ldq, 2, d, k, ldk, j0, j1, sr, lds, r == 0); break;
             default: dot_keys_1row(qr, d, k, ldk, j0, j1, sr); break;   // one row: four keys per reduction tree
             }
         }
@@ -341,14 +263,16 @@ static Y8_TARGET void rows_times_values_avx2(const float *p, long ldp, long rows
             const float *pr = p + r * ldp;
             float *or_ = o + r * ldo;
             switch (n) {
-            case 4: times_values_y8(pr, ldp, 4, v, ldv, j0, j1, dv, or_, ldo, r == 0); break;
-            case 3: times_values_y8(pr, ldp, 3, v, ldv, j0, j1, dv, or_, ldo, r == 0); break;
-            case 2: times_values_y8(pr, ldp, 2, v, ldv, j0, j1, dv, or_, ldo, r == 0); break;
+            case 4: ak_f32_times_values_y8(pr, ldp, 4, v, ldv, j0, j1, dv, or_, ldo, r == 0); break;
+            case 3: ak_f32_times_values_y8(pr, ldp, 3, v, ldv, j0, j1, dv, or_, ldo, r == 0); break;
+            case 2: ak_f32_times_values_y8(pr, ldp, 2, v, ldv, j0, j1, dv, or_, ldo, r == 0); break;
             default: times_values_1row(pr, v, ldv, j0, j1, dv, or_); break;   // one row: masked keys skipped
             }
         }
     }
 }
+
+#endif
 
 /// 1 for the 8-lane kernels: on CPUs with AVX2 and FMA but not AVX-512, and on AMD CPUs with
 /// AVX-512 (Zen 4 and 5), else 0 (Intel's AVX-512 takes the 16-lane kernels).
@@ -388,11 +312,15 @@ void ak_decode_force_wide(int wide) {
 const char *ak_decode_kernel_path(void) { return use_avx2_kernels() ? "8-lane (AVX2)" : "16-lane"; }
 
 void ak_rows_dot_keys(const float *q, long ldq, long rows, long d, const float *k, long ldk, long w, float *s, long lds) {
-    if (use_avx2_kernels()) rows_dot_keys_avx2(q, ldq, rows, d, k, ldk, w, s, lds);
-    else rows_dot_keys_wide(q, ldq, rows, d, k, ldk, w, s, lds);
+#ifdef DECODE_HAVE_Y8
+    if (use_avx2_kernels()) { rows_dot_keys_avx2(q, ldq, rows, d, k, ldk, w, s, lds); return; }
+#endif
+    rows_dot_keys_wide(q, ldq, rows, d, k, ldk, w, s, lds);
 }
 
 void ak_rows_times_values(const float *p, long ldp, long rows, const float *v, long ldv, long w, long dv, float *o, long ldo) {
-    if (use_avx2_kernels()) rows_times_values_avx2(p, ldp, rows, v, ldv, w, dv, o, ldo);
-    else rows_times_values_wide(p, ldp, rows, v, ldv, w, dv, o, ldo);
+#ifdef DECODE_HAVE_Y8
+    if (use_avx2_kernels()) { rows_times_values_avx2(p, ldp, rows, v, ldv, w, dv, o, ldo); return; }
+#endif
+    rows_times_values_wide(p, ldp, rows, v, ldv, w, dv, o, ldo);
 }

@@ -140,6 +140,7 @@ static inline __attribute__((always_inline)) void kv_prefetch(const uint8_t *p, 
 // One stored value, for the columns past the last multiple of 8.
 static inline __attribute__((always_inline)) float kv_value(int K, const uint8_t *row, long c) {
     switch (K) {
+    case AK_KV_F32: { float f; memcpy(&f, row + 4 * c, 4); return f; }
     case AK_KV_BF16: return bits_f32((uint32_t)load_u16(row + 2 * c) << 16);
     case AK_KV_F16: return f16_to_f32(load_u16(row + 2 * c));
     default: {
@@ -161,6 +162,34 @@ static inline __attribute__((always_inline)) float kv_value(int K, const uint8_t
 #define KV_F16X8(p) ((y8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p))))
 #define KV_H2F(h) _cvtsh_ss(h)
 #include "kvtypes_body.h"
+
+// decode.c's 8-lane float32 kernels (its AVX2 path): the bodies above at K = AK_KV_F32, for R
+// rows (1 ≤ R ≤ 4; a constant in each case) of q against keys (values) j0 ..< j1 of one block.
+// Declared in decode.c.
+KV_TARGET void ak_f32_dot_keys_y8(const float *q, long ldq, int R, long d, const float *k, long ldk, long j0, long j1,
+                                  float *s, long lds, int prefetch) {
+    const uint8_t *kb = (const uint8_t *)k;
+    const long ldkb = ldk * 4, rowBytes = d * 4;
+    switch (R) {
+    case 4: KV_FN(kv_dot_keys)(AK_KV_F32, q, ldq, 4, d, kb, ldkb, j0, j1, s, lds, prefetch, rowBytes); break;
+    case 3: KV_FN(kv_dot_keys)(AK_KV_F32, q, ldq, 3, d, kb, ldkb, j0, j1, s, lds, prefetch, rowBytes); break;
+    case 2: KV_FN(kv_dot_keys)(AK_KV_F32, q, ldq, 2, d, kb, ldkb, j0, j1, s, lds, prefetch, rowBytes); break;
+    default: KV_FN(kv_dot_keys)(AK_KV_F32, q, ldq, 1, d, kb, ldkb, j0, j1, s, lds, prefetch, rowBytes); break;
+    }
+}
+
+KV_TARGET void ak_f32_times_values_y8(const float *p, long ldp, int R, const float *v, long ldv, long j0, long j1, long dv,
+                                      float *o, long ldo, int prefetch) {
+    const uint8_t *vb = (const uint8_t *)v;
+    const long ldvb = ldv * 4, rowBytes = dv * 4;
+    switch (R) {
+    case 4: KV_FN(kv_times_values)(AK_KV_F32, p, ldp, 4, vb, ldvb, j0, j1, dv, o, ldo, prefetch, rowBytes); break;
+    case 3: KV_FN(kv_times_values)(AK_KV_F32, p, ldp, 3, vb, ldvb, j0, j1, dv, o, ldo, prefetch, rowBytes); break;
+    case 2: KV_FN(kv_times_values)(AK_KV_F32, p, ldp, 2, vb, ldvb, j0, j1, dv, o, ldo, prefetch, rowBytes); break;
+    default: KV_FN(kv_times_values)(AK_KV_F32, p, ldp, 1, vb, ldvb, j0, j1, dv, o, ldo, prefetch, rowBytes); break;
+    }
+}
+
 #undef KV_FN
 #undef KV_TARGET
 #undef KV_F16X8

@@ -4,14 +4,21 @@
 //   KV_F16X8(p)   eight f16 at p as a y8;  KV_H2F(h)  one f16 as a float
 // The kind K and the row count R are constants at every call of the inline bodies, so each
 // (K, R) pair compiles to its own loop with the other branches and accumulators gone.
+//
+// K = AK_KV_F32 is float32 rows (4 bytes a value, no scale): decode.c's 8-lane AVX2 kernels are
+// these bodies at that kind (ak_f32_dot_keys_y8 and ak_f32_times_values_y8 in kvtypes.c), so the
+// blocking exists once. At K = AK_KV_F32 the sums are taken in the same order as a flat loop over
+// 8-column chunks (the 32-column blocks only group the chunks), and the second accumulator set of
+// R <= 2 is not used: the float32 loop is not conversion-bound.
 
 /// Where the values of the 32-column block starting at column cb (a multiple of 32) of stored
 /// row `r` begin: past the f16 scale for q8_0. Loads inside a block then address from this
 /// pointer, so the loop does no division per load.
-#define KV_BLOCKPTR(K, r, cb) ((K) == AK_KV_Q8_0 ? (r) + (cb) / KV_BLOCK * KV_BLOCK_BYTES + 2 : (r) + 2 * (cb))
+#define KV_BLOCKPTR(K, r, cb) ((K) == AK_KV_Q8_0 ? (r) + (cb) / KV_BLOCK * KV_BLOCK_BYTES + 2 \
+                              : (K) == AK_KV_F32 ? (r) + 4 * (cb) : (r) + 2 * (cb))
 /// Eight values at offset i (a multiple of 8) inside a block starting at `bp`; q8_0 values unscaled.
-#define KV_LOAD8_AT(K, bp, i) ((K) == AK_KV_BF16 ? KV_BF16X8((bp) + 2 * (i)) : (K) == AK_KV_F16 ? KV_F16X8((bp) + 2 * (i)) \
-                               : KV_I8X8((bp) + (i)))
+#define KV_LOAD8_AT(K, bp, i) ((K) == AK_KV_F32 ? Y8LOAD((bp) + 4 * (i)) : (K) == AK_KV_BF16 ? KV_BF16X8((bp) + 2 * (i)) \
+                               : (K) == AK_KV_F16 ? KV_F16X8((bp) + 2 * (i)) : KV_I8X8((bp) + (i)))
 /// Eight values of stored row `r` from column c, a multiple of 8 (outside the block loops).
 #define KV_LOAD8(K, r, c) KV_LOAD8_AT(K, KV_BLOCKPTR(K, r, (c) / KV_BLOCK * KV_BLOCK), (c) % KV_BLOCK)
 /// The scale of the 32-value block holding column c: q8_0's f16 `d`, 1 for bf16 and f16 (folded away).
@@ -40,7 +47,7 @@ void KV_FN(kv_dot_keys)(const int K, const float *q, long ldq, const int R, long
             const uint8_t *p0 = KV_BLOCKPTR(K, k0, cb), *p1 = KV_BLOCKPTR(K, k1, cb);
             const long ce = cb + KV_BLOCK < d8 ? cb + KV_BLOCK : d8;
             long c = cb;
-            if (R <= 2) {
+            if (R <= 2 && K != AK_KV_F32) {
                 for (; c + 16 <= ce; c += 16) {
                     y8 b0 = KV_LOAD8_AT(K, p0, c - cb) * sc0, b1 = KV_LOAD8_AT(K, p1, c - cb) * sc1;
                     y8 f0 = KV_LOAD8_AT(K, p0, c - cb + 8) * sc0, f1 = KV_LOAD8_AT(K, p1, c - cb + 8) * sc1, x, y;

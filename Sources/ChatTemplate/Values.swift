@@ -328,6 +328,10 @@ func pyStr(_ v: Value) -> String {
 }
 
 // MARK: JSON (Python's json.dumps)
+//
+// A JSON escaper of its own, not AttentionTensor's `SafeTensors.jsonString`: ChatTemplate depends
+// on Foundation only (a product of its own), and this one writes what Python's json.dumps writes
+// (`\uXXXX` for non-ASCII under ensure_ascii, surrogate pairs), which serde_json's rules do not.
 
 struct JSONOptions {
     var ensureASCII = false

@@ -1,4 +1,5 @@
 import AttentionTensor
+import CAttentionKernels
 
 /// A mixture-of-experts layer's shape and routing rule (SPEC.md § Mixture of experts).
 ///
@@ -130,6 +131,37 @@ public struct MoEWeights {
         self.w1 = w1
         self.w2 = w2
         self.w3 = w3
+    }
+}
+
+extension MoEWeights {
+    /// Throws ``MoEError/nonFinite(name:index:)`` for the first NaN or infinity in the router or
+    /// an expert's `w1`, `w2`, `w3` (sizes from `config`), naming the tensor as a safetensors
+    /// archive does after `prefix` (`gate.weight`, `experts.{e}.w{1,2,3}.weight`) with the
+    /// row-major index; ``MoEError/expertCountMismatch(expected:got:)`` when pointers are given for
+    /// another number of experts.
+    ///
+    /// ``moeForward(_:weights:x:tokens:output:keepForBackward:threads:)`` checks its input rows on
+    /// every call but reads the weights unchecked (a scan per call would double a decode step's
+    /// memory traffic): weights are checked once, where they are loaded. ``MixtureOfExperts``'s
+    /// initialisers do; a caller with weights of its own calls this.
+    public func checkFinite(_ config: MoEConfig, prefix: String = "") throws {
+        let E = config.experts, D = config.hidden
+        for count in [w1.count, w2.count, w3.count] where count != E {
+            throw MoEError.expertCountMismatch(expected: E, got: count)
+        }
+        var largest: Float = 0
+        func scan(_ name: String, _ p: UnsafePointer<Float>, _ n: Int) throws {
+            let bad = ak_scan_values(p, n, 0, &largest)
+            if bad >= 0 { throw MoEError.nonFinite(name: prefix + name, index: bad) }
+        }
+        try scan("gate.weight", gate, E * D)
+        for e in 0..<E {
+            let n = config.expertSizes[e] * D
+            try scan("experts.\(e).w1.weight", w1[e], n)
+            try scan("experts.\(e).w2.weight", w2[e], n)
+            try scan("experts.\(e).w3.weight", w3[e], n)
+        }
     }
 }
 

@@ -6,6 +6,9 @@ import Synchronization
 /// ``Plan`` sized before anything is allocated. The buffer comes from ``MoEWorkspace``'s cache
 /// when one is large enough (else a fresh allocation checked against ``MemoryBudget``) and goes
 /// back to it when the scratch is released.
+///
+/// `@unchecked Sendable`: the work items of one call write disjoint regions of it (fixed by the
+/// routing) from the worker threads; the cache hands a buffer to one scratch at a time, under its lock.
 final class MoEScratch: @unchecked Sendable {
     /// The regions of a scratch, measured before allocation.
     struct Plan {
@@ -40,7 +43,8 @@ final class MoEScratch: @unchecked Sendable {
     func ints(_ offset: Int) -> UnsafeMutablePointer<Int32> { (buffer.base + offset).assumingMemoryBound(to: Int32.self) }
 }
 
-/// An aligned allocation owned by the workspace cache or by one scratch.
+/// An aligned allocation owned by the workspace cache or by one scratch (`@unchecked Sendable`:
+/// an immutable pointer and size; who may write the memory is the owner's business, see above).
 final class MoEBuffer: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     let capacity: Int

@@ -90,6 +90,9 @@ public enum MPI {
 }
 
 /// A pending non-blocking operation. Complete it with ``Communicator/wait(_:what:)`` (bounded).
+///
+/// `@unchecked Sendable`: a value wrapping MPI's opaque handle (a C pointer), moved between the
+/// caller and a ``BackgroundProgress`` thread, never used by two at once (MPI_THREAD_SERIALIZED).
 public struct Request: @unchecked Sendable {
     var raw: MPI_Request?
     /// A request that is already complete.
@@ -101,6 +104,10 @@ public struct Request: @unchecked Sendable {
 /// uses: rank and size, non-blocking point-to-point, and collectives — every wait bounded by
 /// ``timeout`` (MPI_Test polling), so a dead peer ends in ``MPIError/timedOut(what:seconds:)``
 /// instead of a hang.
+///
+/// `@unchecked Sendable`: immutable (MPI's communicator handle, a C pointer, with the rank and size
+/// read at creation); MPI calls through it come from one thread at a time (MPI_THREAD_SERIALIZED),
+/// as the ring and ``BackgroundProgress`` arrange.
 public struct Communicator: @unchecked Sendable {
     let comm: MPI_Comm?
     public let rank: Int
@@ -300,6 +307,9 @@ public struct Communicator: @unchecked Sendable {
 /// after it. Under `MPI_THREAD_SERIALIZED` only this thread calls MPI until ``finish()``; the
 /// caller makes no MPI call in between. Without that thread level, ``finish()`` just returns the
 /// requests (they complete in the caller's bounded wait).
+///
+/// `@unchecked Sendable`: the polling thread and the caller share `requests`, `stopping` and
+/// `failure` only under `lock`; the caller reads them after the thread has signalled its exit.
 public final class BackgroundProgress: @unchecked Sendable {
     private var requests: [Request]
     private let comm: Communicator

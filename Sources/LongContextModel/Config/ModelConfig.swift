@@ -292,8 +292,18 @@ public struct StreamingWindow: Sendable, Equatable, Codable {
 public enum ModelError: Error, Equatable, CustomStringConvertible, Sendable {
     /// config.json is malformed, inconsistent, or asks for something this implementation lacks.
     case invalidConfig(String)
-    /// A checkpoint or adapter lacks a tensor, has one of the wrong shape, or has one too many.
+    /// A checkpoint, adapter or optimiser state that cannot be used as a whole: a file missing or
+    /// malformed, a setting not supported. Problems of one tensor are the typed cases below.
     case invalidCheckpoint(String)
+    /// Tensor `name` (as `file` names it; `file` nil for parameters built in memory) holds a NaN or an
+    /// infinity, at row-major element `index` when known.
+    case nonFiniteTensor(name: String, file: String?, index: Int?)
+    /// Tensor `name`, which the config needs (with `shape`), is not in `file`.
+    case missingTensor(name: String, shape: [Int], file: String)
+    /// Tensor `name` has `shape`; the config needs `expected`.
+    case misshapenTensor(name: String, shape: [Int], expected: [Int], file: String?)
+    /// Tensor `name` is no part of the model (or adapter) the config describes.
+    case unexpectedTensor(name: String, file: String?)
     /// A token id outside the vocabulary, a sequence longer than the positions, an empty batch.
     case invalidTokens(String)
     /// Training or generation options out of range.
@@ -305,11 +315,23 @@ public enum ModelError: Error, Equatable, CustomStringConvertible, Sendable {
         switch self {
         case .invalidConfig(let s): return "config: \(s)"
         case .invalidCheckpoint(let s): return "checkpoint: \(s)"
+        case .nonFiniteTensor(let name, let file, let index):
+            return "checkpoint: \(file.map { $0 + ": " } ?? "")\(name) holds NaN or Inf" + (index.map { " (element \($0))" } ?? "")
+        case .missingTensor(let name, let shape, let file): return "checkpoint: \(file): tensor \(name) \(shape) is missing"
+        case .misshapenTensor(let name, let shape, let expected, let file):
+            return "checkpoint: \(file.map { $0 + ": " } ?? "")\(name) has shape \(shape), the config needs \(expected)"
+        case .unexpectedTensor(let name, let file):
+            return "checkpoint: \(file.map { $0 + ": " } ?? "")tensor \(name) is not part of this model"
         case .invalidTokens(let s): return "tokens: \(s)"
         case .invalidArgument(let s): return "invalid argument: \(s)"
         case .nonFinite(let s): return "non-finite value: \(s)"
         }
     }
+}
+
+/// The row-major position of multi-index `index` in a tensor of `shape` (what the typed errors report).
+func rowMajor(_ index: [Int], _ shape: [Int]) -> Int {
+    zip(index, shape).reduce(0) { $0 * $1.1 + $1.0 }
 }
 
 extension ModelConfig.RopeScaling {

@@ -15,7 +15,10 @@ import Foundation
 /// Gradients accumulate (+=) into ``gradients`` (the adapter's layout) whenever the model's
 /// backward runs; the caller zeroes them between steps. One training step at a time per model:
 /// the accumulation is not synchronised.
-public final class AttachedLoRA: @unchecked Sendable {
+///
+/// Not `Sendable`: ``gradients`` accumulate without synchronisation in every backward. The model
+/// holding it (``CausalLM``, shared read-only) reads only A and B in its forward.
+public final class AttachedLoRA {
     public let adapter: LoRAAdapter
     /// dL/dA and dL/dB of every adapted projection, under PEFT's names.
     public let gradients: ParameterSet

@@ -10,7 +10,10 @@ import Foundation
 /// `dA = s · Bᵀ dW'`. Dropout on the adapter's input needs the unmerged form and is not applied:
 /// an adapter saved with `lora_dropout` ≠ 0 (PEFT's training default is 0.05) loads, and since
 /// PEFT applies no dropout at inference, it computes what PEFT computes there.
-public final class LoRAAdapter: @unchecked Sendable {
+///
+/// Not `Sendable`: its A and B (``parameters``) are trained in place, unsynchronised. A model it is
+/// attached to (``CausalLM/attaching(_:)``) only reads them and may be shared.
+public final class LoRAAdapter {
     /// PEFT's `target_modules` names this implementation can adapt (`lm_head`: an untied output layer).
     public static let supportedModules: Set<String> = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                                                        "lm_head"]
@@ -92,22 +95,23 @@ public final class LoRAAdapter: @unchecked Sendable {
             throw ModelError.invalidCheckpoint("adapter_config.json: \(key) other than PEFT's default is not supported")
         }
         try self.init(model: model, rank: r, alpha: alpha, targetModules: modules, useRSLoRA: (o["use_rslora"] as? Bool) ?? false, seed: 0)
-        let archive = try SafeTensors.read(directory + "/adapter_model.safetensors")
+        let file = directory + "/adapter_model.safetensors"
+        let archive = try SafeTensors.read(file)
         var found = Set<String>()
         for name in archive.names {
             guard let e = parameters.entry(name) else {
-                throw ModelError.invalidCheckpoint("adapter tensor \(name) does not match a targeted projection of this model")
+                throw ModelError.unexpectedTensor(name: name, file: file)
             }
             guard archive.entry(name)?.shape == e.shape else {
-                throw ModelError.invalidCheckpoint("adapter tensor \(name) has shape \(archive.entry(name)?.shape ?? []), expected \(e.shape)")
+                throw ModelError.misshapenTensor(name: name, shape: archive.entry(name)?.shape ?? [], expected: e.shape, file: file)
             }
             let t = try archive.tensor(name)
-            guard t.scanValues().invalidIndex == nil else { throw ModelError.invalidCheckpoint("\(name) holds NaN or Inf") }
+            if let i = t.scanValues().invalidIndex { throw ModelError.nonFiniteTensor(name: name, file: file, index: rowMajor(i, t.shape)) }
             try parameters.set(name, t)
             found.insert(name)
         }
         if let missing = parameters.names.first(where: { !found.contains($0) }) {
-            throw ModelError.invalidCheckpoint("adapter tensor \(missing) is missing")
+            throw ModelError.missingTensor(name: missing, shape: parameters.entry(missing)!.shape, file: file)
         }
     }
 

@@ -37,19 +37,22 @@ extension CausalLM {
             for name in archive.names {
                 if p.entry(name) == nil {
                     if name.hasSuffix("rotary_emb.inv_freq") || (name == "lm_head.weight" && config.tieWordEmbeddings) { continue }
-                    throw ModelError.invalidCheckpoint("\(archive.path): tensor \(name) is not part of a \(config.architecture.rawValue) model with this config")
+                    throw ModelError.unexpectedTensor(name: name, file: archive.path)
                 }
                 guard found.insert(name).inserted else { throw ModelError.invalidCheckpoint("tensor \(name) appears in two shards") }
                 guard let e = archive.entry(name), e.shape == p.entry(name)!.shape else {
-                    throw ModelError.invalidCheckpoint("\(archive.path): \(name) has shape \(archive.entry(name)?.shape ?? []), the config needs \(p.entry(name)!.shape)")
+                    throw ModelError.misshapenTensor(name: name, shape: archive.entry(name)?.shape ?? [], expected: p.entry(name)!.shape,
+                                                     file: archive.path)
                 }
                 let t = try archive.tensor(name)
-                guard t.scanValues().invalidIndex == nil else { throw ModelError.invalidCheckpoint("\(name) holds NaN or Inf") }
+                if let i = t.scanValues().invalidIndex {
+                    throw ModelError.nonFiniteTensor(name: name, file: archive.path, index: rowMajor(i, t.shape))
+                }
                 try p.set(name, t)
             }
         }
         if let missing = layout.first(where: { !found.contains($0.name) }) {
-            throw ModelError.invalidCheckpoint("\(directory): tensor \(missing.name) \(missing.shape) is missing")
+            throw ModelError.missingTensor(name: missing.name, shape: missing.shape, file: directory)
         }
         try self.init(config: config, parameters: p)
     }

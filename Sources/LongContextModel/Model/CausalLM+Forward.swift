@@ -52,7 +52,10 @@ enum MLPActivations {
 }
 
 /// A forward pass's results: logits `[B, T, V]` and, when kept, what the backward needs.
-public final class ForwardPass: @unchecked Sendable {
+///
+/// Not `Sendable`: the layers add into it during the forward (the MoE losses) and the backward
+/// reads its activations; it belongs to the one training step that made it.
+public final class ForwardPass {
     public let batch: Int, length: Int
     public let tokens: [Int32]
     /// `[B, T, V]`.

@@ -26,6 +26,23 @@ extension CausalLM {
                           w3: (0..<E).map { UnsafePointer(P.pointer(p + "experts.\($0).w3.weight")) })
     }
 
+    /// Throws ``ModelError/nonFiniteTensor(name:file:index:)`` for the first router or expert weight that holds
+    /// a NaN or infinity (a Mixtral; other models have none). The MoE kernels check their input rows
+    /// on every call but read the weights unchecked, so the model checks them once, when it is made:
+    /// whatever built the parameters (a checkpoint loader, which scans every tensor it reads, or a
+    /// caller's own ``ParameterSet``).
+    func checkExpertWeights() throws {
+        guard config.architecture == .mixtral else { return }
+        let moe = try mixtureConfig
+        for layer in 0..<config.layers {
+            do {
+                try mixtureWeights(layer: layer).checkFinite(moe, prefix: "model.layers.\(layer).block_sparse_moe.")
+            } catch MoEError.nonFinite(let name, let index) {
+                throw ModelError.nonFiniteTensor(name: name, file: nil, index: index)
+            }
+        }
+    }
+
     /// The experts on `h [N, D]`, added into the residual stream `x`; the router's auxiliary losses
     /// are summed into `pass`.
     func mixtureForward(layer: Int, h: Tensor, into x: inout Tensor, rows N: Int, keep: Bool, pass: ForwardPass,

@@ -9,6 +9,12 @@ import LongAttention
 ///
 /// Forward, backward and the loss are in `CausalLM+Forward.swift` and `CausalLM+Backward.swift`,
 /// written loop by loop over `[B·T, ·]` activations (token-major rows), each projection one GEMM.
+///
+/// `@unchecked Sendable`, for sharing read-only (the server's scheduler and handlers, the worker
+/// threads of a forward): every stored property is fixed at `init` except ``lora``, which is set
+/// only on a fresh model before it is returned (``attaching(_:)``, ``withMatmul(_:)``); the RoPE
+/// tables grow under a lock. The weights' values change only in training (``Trainer``, Temp-LoRA),
+/// which owns the model on one thread: do not train a model that another thread is running.
 public final class CausalLM: @unchecked Sendable {
     public let config: ModelConfig
     /// The weights that live in float32 memory, under transformers' names: all of them for a
@@ -57,6 +63,7 @@ public final class CausalLM: @unchecked Sendable {
         }
         rope = cache(config.positions)
         slidingRope = config.slidingPositions.flatMap(cache)
+        try checkExpertWeights()
     }
 
     /// The same weights (shared, not copied) multiplied under `mode`.
@@ -159,6 +166,7 @@ public final class CausalLM: @unchecked Sendable {
 
 /// RoPE tables for the longest sequence seen so far (grown on demand, shared by threads). Dynamic
 /// NTK's table depends on the sequence length itself, so it is built for exactly that length.
+/// `@unchecked Sendable`: `table` is read and replaced only under `lock`.
 final class RopeCache: @unchecked Sendable {
     let headDim: Int, theta: Double, scaling: ModelConfig.RopeScaling, maxPositionEmbeddings: Int
     private var table: RotaryEmbedding?

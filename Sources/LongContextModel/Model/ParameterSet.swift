@@ -9,7 +9,10 @@ import Foundation
 ///
 /// A reference type: the model, the trainer and the optimizer update one buffer in place. Not for
 /// concurrent mutation.
-public final class ParameterSet: @unchecked Sendable {
+/// Not `Sendable`: one mutable buffer that the trainer, the optimiser and the model's backward
+/// write in place without synchronisation. A model holding one (``CausalLM``) is shared read-only
+/// across threads; the set itself is not handed to another thread to mutate.
+public final class ParameterSet {
     public struct Entry: Sendable, Equatable {
         public let name: String
         public let shape: [Int]
@@ -77,9 +80,9 @@ public final class ParameterSet: @unchecked Sendable {
 
     /// Copies `tensor` (same shape) into `name`.
     public func set(_ name: String, _ tensor: Tensor) throws {
-        guard let e = entry(name) else { throw ModelError.invalidCheckpoint("unexpected tensor \(name)") }
+        guard let e = entry(name) else { throw ModelError.unexpectedTensor(name: name, file: nil) }
         guard tensor.shape == e.shape else {
-            throw ModelError.invalidCheckpoint("\(name) has shape \(tensor.shape), the config needs \(e.shape)")
+            throw ModelError.misshapenTensor(name: name, shape: tensor.shape, expected: e.shape, file: nil)
         }
         let c = tensor.contiguous()
         c.withUnsafePointer { (scalars + e.offset).update(from: $0, count: e.count) }

@@ -17,6 +17,9 @@ public enum MatmulMode: String, Sendable, CaseIterable, Codable {
 /// Linear): float32 rows in memory (a trainable parameter, or a GGUF F32 tensor mapped in place),
 /// or rows stored in a block format (a GGUF tensor of ggml's quantisation types) that are
 /// dequantised a panel of rows at a time into scratch, never as a whole float32 copy.
+///
+/// `@unchecked Sendable`: the pointers are into memory nobody writes while a model shares them (a
+/// read-only file mapping, or parameters that change only in training; see ``CausalLM``).
 public enum WeightMatrix: @unchecked Sendable {
     case dense(UnsafePointer<Float>)
     case blocks(BlockRows)
@@ -48,6 +51,8 @@ public struct BlockRows: Sendable {
 /// `rowOrder`, when given, says that row `r` of the matrix the model uses is stored row
 /// `rowOrder[r]` (llama's Q and K, which llama.cpp's converter permuted): products are computed
 /// in stored order and the outputs gathered through the map.
+///
+/// `@unchecked Sendable`: `base` points into a read-only mapping its owner keeps alive.
 public struct QuantizedMatrix: @unchecked Sendable {
     public let type: GGMLType
     public let base: UnsafeRawPointer

@@ -30,11 +30,11 @@ extension CausalLM {
         for (name, shape) in layout {
             let ggufName = try GGUFModelDescription.ggufName(name, sandwich: config.sandwichNorms)
             guard let info = file.tensor(named: ggufName) else {
-                throw ModelError.invalidCheckpoint("\(path): tensor \(ggufName) (\(name)) is missing")
+                throw ModelError.missingTensor(name: ggufName, shape: Array(shape.reversed()), file: path)
             }
             // GGUF lists dimensions innermost first: a [out, in] matrix is stored as [in, out].
             guard info.shape == Array(shape.reversed()) else {
-                throw ModelError.invalidCheckpoint("\(path): \(ggufName) has GGUF shape \(info.shape), the config needs \(Array(shape.reversed()))")
+                throw ModelError.misshapenTensor(name: ggufName, shape: info.shape, expected: Array(shape.reversed()), file: path)
             }
             sources[name] = info
             if shape.count == 2 {
@@ -53,13 +53,13 @@ extension CausalLM {
             try file.withBytes(of: info) { raw in
                 try info.type.dequantize(raw.baseAddress!, count: n, into: parameters.pointer(name))
             }
-            guard (0..<n).allSatisfy({ parameters.pointer(name)[$0].isFinite }) else {
-                throw ModelError.invalidCheckpoint("\(path): \(info.name) holds NaN or Inf")
+            if let bad = (0..<n).first(where: { !parameters.pointer(name)[$0].isFinite }) {
+                throw ModelError.nonFiniteTensor(name: info.name, file: path, index: bad)
             }
         }
         let used = Set(sources.values.map(\.name))
         if let extra = file.tensors.map(\.name).first(where: { !used.contains($0) }) {
-            throw ModelError.invalidCheckpoint("\(path): tensor \(extra) is not part of a \(arch) model this implementation computes")
+            throw ModelError.unexpectedTensor(name: extra, file: path)
         }
         try self.init(config: config, parameters: parameters, frozen: frozen, storage: file, matmul: matmul)
     }

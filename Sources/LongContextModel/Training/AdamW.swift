@@ -9,7 +9,10 @@ import Foundation
 ///
 /// Weight decay applies to rank-2 tensors (projections, embeddings, experts), not to norms or
 /// Infini's gates, as GPT-2/llm.c and most Llama recipes do.
-public final class AdamW: @unchecked Sendable {
+///
+/// Not `Sendable`: its moments and step count change on every update, unsynchronised; an
+/// optimiser belongs to one training loop on one thread.
+public final class AdamW {
     public var beta1: Float, beta2: Float, epsilon: Float, weightDecay: Float
     /// First and second moments, in the parameters' layout.
     public let m: ParameterSet, v: ParameterSet

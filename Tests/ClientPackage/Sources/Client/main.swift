@@ -9,6 +9,10 @@ let q = try Tensor.randomNormal([1, 4, 64, 16], seed: 1)   // [B, H, N, d]
 let k = try Tensor.randomNormal([1, 2, 64, 16], seed: 2)   // [B, Hkv, M, d]
 let v = try Tensor.randomNormal([1, 2, 64, 16], seed: 3)
 let exact = try scaledDotProductAttention(queries: q, keys: k, values: v, mask: .causal)
+// Raw access is scoped: the pointer lives inside the closure.
+let first = exact.withUnsafePointer { $0[0] }
+var scratch = try Tensor(zeros: [8])
+scratch.withUnsafeMutableBufferPointer { $0.update(repeating: first) }
 
 let config = try ModelConfig(vocabSize: ByteTokenizer.vocabSize, hiddenSize: 32, intermediateSize: 64, layers: 1,
                              heads: 4, kvHeads: 2)

@@ -20,6 +20,9 @@ import Synchronization
 ///
 /// One region at a time: a caller that finds the pool busy (a nested region, or another thread's)
 /// is told so and takes another source of threads for that region.
+///
+/// `@unchecked Sendable`: its mutable fields (`body`, `sleepers`) are handed over through the
+/// atomic region state (release/acquire) or guarded by `lock`, as their comments say.
 final class WorkerPool: @unchecked Sendable {
     /// How long an idle worker spins before it parks: longer than the serial gaps inside a
     /// decoding step (norms, RoPE, short attention), short enough that an idle process stops

@@ -2,7 +2,8 @@ import AttentionTensor
 import Foundation
 
 /// The blocks of a model quantised at load (``CausalLM/quantizing(to:)``), and whatever kept the
-/// original model's frozen matrices alive.
+/// original model's frozen matrices alive. `@unchecked Sendable`: the bytes are written once,
+/// before the model that reads them exists, and only read after.
 final class QuantizedWeights: @unchecked Sendable {
     let bytes: UnsafeMutableRawPointer
     let previous: (any Sendable)?

@@ -182,9 +182,13 @@ extension CausalLM {
     /// their keys and values to `cache`; returns the logits of the last token `[V]`. The layer is
     /// the forward pass's own (``decoderLayer``); only its attention reads the cache. A cache with
     /// sliding-window layers takes at most ``LongAttention/KVCache/maxAppend`` tokens per append
-    /// (its rings are sized for that): longer inputs, a prompt, go through in chunks of that many.
+    /// (its rings are sized for that): longer inputs, a prompt, go through in chunks of that many;
+    /// other caches take chunks of ``prefillChunk``, which bounds a step's activations.
     public func step(_ tokens: [Int32], cache: inout KVCache, threads: Int?) throws -> [Float] {
-        let chunk = cache.windows.contains { $0 != nil } ? cache.maxAppend : max(1, tokens.count)
+        // Sliding layers' rings take at most maxAppend rows per append; full layers take any, but a
+        // long prompt still goes through in chunks of prefillChunk, which bounds the activations a
+        // step holds (a 4K-token prompt in one pass held ~350 MB of them at SmolLM2's width).
+        let chunk = cache.windows.contains { $0 != nil } ? cache.maxAppend : Self.prefillChunk
         var first = 0
         while tokens.count - first > chunk {
             _ = try step(Array(tokens[first..<(first + chunk)]), cache: &cache, threads: threads, logits: false)

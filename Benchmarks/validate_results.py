@@ -46,7 +46,7 @@ for i, r in enumerate(rows):
     if r.get("variant") in ("lm-train", "lm-generate", "lora-train"):
         check(isinstance(r.get("tokensPerSecond"), (int, float)) and r["tokensPerSecond"] > 0, f"row {i} ({r['variant']}) has tokensPerSecond")
     if r.get("variant") == "lm-real":
-        for k in ("model", "weights", "phase", "matmul"):
+        for k in ("model", "weights", "phase") + (() if "peer" in r else ("matmul",)):
             check(isinstance(r.get(k), str), f"row {i} (lm-real) has {k}")
         check(r.get("phase") in ("prefill", "decode", "decode-batch"), f"row {i} (lm-real) phase is prefill, decode or decode-batch")
         if "peer" not in r:   # a peer's rows (llama.cpp) have no matmul mode of ours

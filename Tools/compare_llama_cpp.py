@@ -65,11 +65,13 @@ def weight_bytes(path):
     mats = [t for t in r.tensors if len(t.shape) == 2]
     types = sorted({t.tensor_type.name for t in mats})
     total = sum(int(t.n_bytes) for t in mats if t.name != "token_embd.weight")
+    params = sum(int(t.n_elements) for t in mats if t.name != "token_embd.weight")
     emb = [t for t in r.tensors if t.name == "token_embd.weight"]
     tied = not any(t.name == "output.weight" for t in r.tensors)
     if tied and emb:
         total += int(emb[0].n_bytes)
-    return total, ",".join(types)
+        params += int(emb[0].n_elements)
+    return total, params, ",".join(types)
 
 
 def copy_bandwidth():
@@ -155,7 +157,7 @@ def main():
             if not os.path.exists(path):
                 print(f"{name}: missing (make models)")
                 continue
-            wbytes, types = weight_bytes(path)
+            wbytes, params, types = weight_bytes(path)
             settings = [(128, 2, "f16"), (512, 2, "f16")] if a.quick else \
                 [(128, 1, "f16"), (128, 2, "f16"), (512, 1, "f16"), (512, 2, "f16"), (4096, 2, "f16"), (4096, 2, "int8")]
             if not a.quick and name.startswith("gemma"):
@@ -173,17 +175,21 @@ def main():
                     prefill = P / t["prefillSeconds"]
                     decode = t["generatedTokens"] / t["decodeSeconds"] if t["generatedTokens"] > 0 else None
                     ctx = P + a.steps // 2
+                    # The benchmark contract's shape keys: B sequences, H/Hkv heads, N tokens, M context, d head
+                    # dimension; gflops counts the weight products only (2 · matrix elements per token).
                     common = {"variant": "lm-real", "model": name.rsplit(".", 1)[0], "weights": types, "threads": threads,
-                              "kvType": kvname, "rssBytes": rss, "cpu": cpu}
+                              "kvType": kvname, "rssBytes": rss, "cpu": cpu, "B": 1, "H": ours["heads"], "Hkv": ours["kvHeads"],
+                              "d": ours["headDim"], "causal": True, "peakFraction": None, "workspaceBytes": 0, "relError": None}
                     if who == "llama.cpp":
                         common.update(peer="llama.cpp", peerVersion=t["version"], rssBaselineBytes=base)
                     else:
                         common.update(matmul="fast")
                     rows.append(dict(common, impl=f"{common['model']}-{who}", phase="prefill", promptTokens=P, seconds=t["prefillSeconds"],
-                                     tokensPerSecond=prefill))
+                                     tokensPerSecond=prefill, N=P, M=P, gflops=2 * params * prefill * 1e-9))
                     if decode:
                         traffic = wbytes + kv_bytes_per_token(ours, ctx, kv)
                         rows.append(dict(common, impl=f"{common['model']}-{who}", phase="decode", promptTokens=P,
+                                         N=t["generatedTokens"], M=ctx, gflops=2 * params * decode * 1e-9,
                                          seconds=t["decodeSeconds"], tokensPerSecond=decode, bytesPerToken=traffic,
                                          bytesPerSecond=traffic * decode, bandwidthFraction=traffic * decode / bandwidth))
                     pair[who] = (P, prefill, decode, rss)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AttentionTensor
 import AttnServerCore
 import Foundation
 import LongAttention
@@ -27,6 +28,7 @@ struct AttnServerCommand: AsyncParsableCommand {
     var prefixCache = 0
     @Option(help: "Log level (trace, debug, info, notice, warning, error).") var logLevel = "info"
     @Option(help: "exact (dequantised float32 products) or fast (the quantised kernels, as attn lm generate).") var matmul = "fast"
+    @Option(help: "Quantise a checkpoint folder's float weight matrices at load: q8_0 or q4_0 (as attn lm generate --quantize).") var quantize: String?
 
     func validate() throws {
         guard KVCacheType(rawValue: kvType) != nil else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
@@ -36,13 +38,22 @@ struct AttnServerCommand: AsyncParsableCommand {
         }
         if let ctx, ctx < 2 { throw ValidationError("--ctx must be >= 2") }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
+        _ = try quantizeType()
+    }
+
+    func quantizeType() throws -> GGMLType? {
+        guard let quantize else { return nil }
+        guard let t = GGMLType.allCases.first(where: { $0.name == quantize }), t.isQuantizable else {
+            throw ValidationError("--quantize must be q8_0 or q4_0, got \(quantize)")
+        }
+        return t
     }
 
     func run() async throws {
         var logger = Logger(label: "attn-server")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         guard let mode = MatmulMode(rawValue: matmul) else { throw ValidationError("--matmul must be exact or fast, got \(matmul)") }
-        let lm = try LanguageModel(path: model, matmul: mode)
+        let lm = try LanguageModel(path: model, matmul: mode, quantize: try quantizeType())
         var options = ServerOptions()
         options.host = host
         options.port = port

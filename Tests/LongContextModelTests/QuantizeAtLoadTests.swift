@@ -48,5 +48,10 @@ extension GGUFModelTests {
         guard case .dense = s.weightMatrix("model.layers.0.self_attn.q_proj.weight") else { return XCTFail("12 columns were quantised") }
         XCTAssertThrowsError(try base.quantizing(to: .q4_K))
         XCTAssertThrowsError(try base.quantizing(to: .f16))
+        // A GGUF file is quantised already: asking again is refused, by name.
+        let (_, url) = try q8Model()
+        XCTAssertThrowsError(try LanguageModel(path: url.path, quantize: .q8_0)) { error in
+            XCTAssertTrue("\(error)".contains("quantised already"), "\(error)")
+        }
     }
 }

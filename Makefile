@@ -268,7 +268,7 @@ compare-pretrained: release corpus models
 compare-llama-cpp: release corpus models
 	python3 Tools/compare_llama_cpp.py --attn .build/release/attn --models data/models --corpus $(CORPUS) \
 		--json results/lm-real/llama-cpp.json
-	python3 Benchmarks/validate_results.py results/lm-real/llama-cpp.json
+	@if python3 -c "import llama_cpp" 2>/dev/null; then python3 Benchmarks/validate_results.py results/lm-real/llama-cpp.json; fi
 	python3 Tools/fast_quality.py --attn .build/release/attn --models data/models --corpus $(CORPUS) \
 		--shared $(SHARED) --json results/lm-real/fast-quality.json
 

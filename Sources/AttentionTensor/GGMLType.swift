@@ -105,6 +105,11 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
     /// The types ``quantize(_:count:into:)`` writes.
     public var isQuantizable: Bool { self == .q8_0 || self == .q4_0 }
 
+    /// The quantisable type called `name` (ggml's name: `q8_0`, `q4_0`), or nil.
+    public static func quantizable(named name: String) -> GGMLType? {
+        allCases.first { $0.name == name && $0.isQuantizable }
+    }
+
     /// Quantises `count` floats (whole blocks) into this type's blocks at `into`
     /// (``byteCount(elements:)`` bytes) by ggml's reference rules (quantize_row_q8_0_ref,
     /// quantize_row_q4_0_ref), so the blocks are what llama.cpp's quantizer writes from the same

@@ -22,7 +22,7 @@ enum QuantizeOption {
     static let help: ArgumentHelp = "Quantise a checkpoint folder's float weight matrices at load: q8_0 or q4_0 (ggml's rules; under q4_0 the embedding and LM head take q8_0), so --matmul fast runs them on the integer kernels."
     static func type(_ value: String?) throws -> GGMLType? {
         guard let value else { return nil }
-        guard let t = GGMLType.allCases.first(where: { $0.name == value }), t.isQuantizable else {
+        guard let t = GGMLType.quantizable(named: value) else {
             throw ValidationError("--quantize must be q8_0 or q4_0, got \(value)")
         }
         return t

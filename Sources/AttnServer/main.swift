@@ -43,7 +43,7 @@ struct AttnServerCommand: AsyncParsableCommand {
 
     func quantizeType() throws -> GGMLType? {
         guard let quantize else { return nil }
-        guard let t = GGMLType.allCases.first(where: { $0.name == quantize }), t.isQuantizable else {
+        guard let t = GGMLType.quantizable(named: quantize) else {
             throw ValidationError("--quantize must be q8_0 or q4_0, got \(quantize)")
         }
         return t

@@ -237,17 +237,18 @@ public struct KVCache: Sendable {
         }
         maxKey[layer] = max(maxKey[layer], k.maxMagnitude)
         maxValue[layer] = max(maxValue[layer], v.maxMagnitude)
-        write(keys, into: &keyStore[layer], width: headDimension, slots: slots[layer], position: length)
-        write(values, into: &valueStore[layer], width: valueDimension, slots: slots[layer], position: length)
+        Self.write(keys, into: &keyStore[layer], type: type, width: headDimension, slots: slots[layer], position: length)
+        Self.write(values, into: &valueStore[layer], type: type, width: valueDimension, slots: slots[layer], position: length)
         if length < sinks[layer] {
             let m = min(n, sinks[layer] - length)
             for (src, dst) in [(keys, layer), (values, layer + layers)] {
                 let rows = try src.rows(0..<m).contiguous()
-                let width = rows.shape[3], S = sinks[layer]
+                // Locals only: a nested function reading `self` would hold a copy of the stores.
+                let width = rows.shape[3], S = sinks[layer], heads = batch * kvHeads
                 func copy(_ store: inout Tensor) {
                     store.withUnsafeMutableBufferPointer { d in
                         rows.withUnsafePointer { p in
-                            for bh in 0..<(batch * kvHeads) {
+                            for bh in 0..<heads {
                                 (d.baseAddress! + (bh * S + length) * width).update(from: p + bh * m * width, count: m * width)
                             }
                         }
@@ -261,8 +262,12 @@ public struct KVCache: Sendable {
 
     /// Writes `src [B, Hkv, n, width]` (`n <= slots`) at positions `position ..< position + n` of
     /// every (batch, head) of a store of `slots` rows per head, position `p` at row `p mod slots`
-    /// (one contiguous run, or two across the ring's end), converting to the stored type.
-    func write(_ src: Tensor, into dst: inout Tensor, width w: Int, slots: Int, position: Int) {
+    /// (one contiguous run, or two across the ring's end), converting to `type`.
+    ///
+    /// Static on purpose: a non-mutating method called from a mutating one with `&keyStore[layer]`
+    /// gets a copy of `self`, which holds a second reference to every store, so the write copied
+    /// the whole layer's store first (copy-on-write) on every append: 14 MB per token on SmolLM2.
+    static func write(_ src: Tensor, into dst: inout Tensor, type: KVCacheType, width w: Int, slots: Int, position: Int) {
         let s = src.contiguous()
         let (B, H, n) = (s.shape[0], s.shape[1], s.shape[2])
         precondition(n <= slots, "an append longer than the layer's rows")
@@ -390,8 +395,8 @@ public struct KVCache: Sendable {
             let (length, held) = taken(layer)
             let keep = min(held, slots[layer])
             let k = try other.keys(layer: layer).rows((held - keep)..<held), v = try other.values(layer: layer).rows((held - keep)..<held)
-            write(k, into: &keyStore[layer], width: headDimension, slots: slots[layer], position: length - keep)
-            write(v, into: &valueStore[layer], width: valueDimension, slots: slots[layer], position: length - keep)
+            Self.write(k, into: &keyStore[layer], type: type, width: headDimension, slots: slots[layer], position: length - keep)
+            Self.write(v, into: &valueStore[layer], type: type, width: valueDimension, slots: slots[layer], position: length - keep)
             lengths[layer] = length
             heldFrom[layer] = length - keep
             maxKey[layer] = other.maxKey[layer]

@@ -64,8 +64,16 @@ long ak_qdot_activation_bytes(int type, long k) {
     return (k / QK) * (long)sizeof(act32);
 }
 
+/// roundf (halves away from zero) without the libm call, so the loop below vectorises: v − trunc(v)
+/// is exact for |v| < 2^23. Equal to roundf on every float of [−128, 128] (checked exhaustively)
+/// except the sign of a zero result, which the int8 conversion drops.
+AK_INLINE float round_half_away(float v) {
+    const float t = truncf(v);
+    return t + (fabsf(v - t) >= 0.5f ? copysignf(1.0f, v) : 0.0f);
+}
+
 /// Quants of `n` floats with d = max|x| / 127 (0 for an all-zero block): q = round(x · (1/d)).
-static float quantize_block(const float *x, int n, int8_t *q) {
+AK_INLINE float quantize_block(const float *x, int n, int8_t *q) {
     float amax = 0;
     for (int j = 0; j < n; j++) {
         float a = fabsf(x[j]);
@@ -73,14 +81,14 @@ static float quantize_block(const float *x, int n, int8_t *q) {
     }
     const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
     for (int j = 0; j < n; j++) {
-        float v = roundf(x[j] * id);
+        float v = round_half_away(x[j] * id);
         v = v > 127 ? 127 : v < -127 ? -127 : v;
         q[j] = (int8_t)v;
     }
     return d;
 }
 
-void ak_qdot_quantize(int type, const float *x, long ldx, long n, long k, void *dst) {
+AK_CLONES void ak_qdot_quantize(int type, const float *x, long ldx, long n, long k, void *dst) {
     uint8_t *out = dst;
     const long rowBytes = ak_qdot_activation_bytes(type, k);
     for (long r = 0; r < n; r++, out += rowBytes) {
@@ -320,6 +328,7 @@ AK_CLONES static void qdot_float(int type, const void *w, long rowBytes, long wr
 #undef QD_DOT4_SCALED
 #undef QD_SCALES
 #undef HALFV
+#undef HALFV_LAST
 
 #define QD_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 #define QD_NAME(x) x##_vnni

@@ -3,8 +3,20 @@
 // u8 · s8) and QD_DOT4_SCALED (the same times per-lane scales from QD_SCALES). Both instruction
 // sets compute the same integers as the portable path: the products never saturate.
 
-/// f16 → f32 with F16C (exact, as the portable conversion: the scales are never NaN here).
-#define HALFV(p) _cvtsh_ss(rd16(p))
+/// f16 → f32 with F16C (exact, as the portable conversion: the scales are never NaN here). Not
+/// `_cvtsh_ss`, nor any load intrinsic: clang sees that only 16 bits matter, loads them with
+/// `vpinsrw`, which merges with the old value of the register it picks, and it picked the previous
+/// block's product, so every block's scale waited for the block before (q4_0 ran at half of
+/// q5_0's speed). `vcvtph2ps` from memory writes the whole register. It reads 8 bytes: HALFV(p)
+/// needs p + 8 inside the block (the halves at offsets 0 and 2 of every block here do);
+/// HALFV_LAST(p) converts the last 2 bytes of a block through the 8 bytes that end there.
+QD_TARGET static inline __m128 QD_NAME(halves4)(const uint8_t *p) {
+    __m128 r;
+    __asm__("vcvtph2ps %1, %0" : "=x"(r) : "m"(*(const uint8_t(*)[8])p));
+    return r;
+}
+#define HALFV(p) _mm_cvtss_f32(QD_NAME(halves4)(p))
+#define HALFV_LAST(p) _mm_cvtss_f32(_mm_permute_ps(QD_NAME(halves4)((p) - 6), 3))
 
 QD_TARGET static inline int QD_NAME(hsum)(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -102,7 +114,7 @@ QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdotK_body)(
             if (type == T_Q6_K) {
                 const uint8_t *ql = blk, *qhp = blk + 128;
                 const int8_t *s8 = (const int8_t *)(blk + 192);
-                const float d = HALFV(blk + 208);
+                const float d = HALFV_LAST(blk + 208);
                 for (int h = 0; h < 2; h++) {
                     const __m256i hv = _mm256_loadu_si256((const __m256i *)(qhp + 32 * h));
                     for (int c = 0; c < 4; c++) {

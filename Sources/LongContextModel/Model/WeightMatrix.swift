@@ -124,6 +124,18 @@ public struct QuantizedMatrix: @unchecked Sendable {
 @inline(__always)
 func panelRows(columns k: Int) -> Int { max(16, min(512, (1 << 18) / max(1, k))) }
 
+/// Panels of `rows` weight rows for `threads` workers: as many as ``panelRows(columns:)`` needs,
+/// rounded up to a multiple of `threads` so every worker gets the same share (Gemma 3's k/v
+/// projections, 256 rows, were one panel: one worker did them while the other waited; its q
+/// projection was 3 panels, 2 + 1), each a multiple of 8 rows (whole sgemm register tiles).
+func panelPlan(rows n: Int, columns k: Int, threads: Int) -> (rows: Int, panels: Int) {
+    let most = panelRows(columns: k), t = max(1, threads)
+    var panels = (n + most - 1) / most
+    if t > 1 { panels = min((panels + t - 1) / t * t, max(1, n / 16)) }
+    let P = min(n, ((n + panels - 1) / panels + 7) / 8 * 8)
+    return (max(1, P), (n + max(1, P) - 1) / max(1, P))
+}
+
 extension WeightMatrix {
     /// The most activation rows ``MatmulMode/fast`` sends to the quantised kernels.
     public static let fastRowLimit = Int(AK_QDOT_MAX_ROWS)
@@ -145,7 +157,7 @@ func project(_ x: UnsafePointer<Float>, _ w: WeightMatrix, _ y: UnsafeMutablePoi
             q.multiply(x, y, rows: rows, accumulate: accumulate, threads: threads)
             return
         }
-        let P = panelRows(columns: k), panels = (n + P - 1) / P
+        let (P, panels) = panelPlan(rows: n, columns: k, threads: threads)
         let workers = max(1, min(threads, panels))
         Parallel.run(items: panels, threads: workers) { _, queue in
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: P * k)

@@ -29,6 +29,10 @@ struct AttnServerCommand: AsyncParsableCommand {
     @Option(help: "Log level (trace, debug, info, notice, warning, error).") var logLevel = "info"
     @Option(help: "exact (dequantised float32 products) or fast (the quantised kernels, as attn lm generate).") var matmul = "fast"
     @Option(help: "Quantise a checkpoint folder's float weight matrices at load: q8_0 or q4_0 (as attn lm generate --quantize).") var quantize: String?
+    @Option(help: "StreamingLLM attention sinks (with --attention-window): the first S positions stay in every sequence's KV cache.")
+    var sinks: Int?
+    @Option(help: "StreamingLLM window: full layers see the sinks and the last W positions, so a sequence's KV cache holds S + W positions whatever --ctx is (as attn lm generate --attention-window).")
+    var attentionWindow: Int?
 
     func validate() throws {
         guard KVCacheType(rawValue: kvType) != nil else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
@@ -39,6 +43,17 @@ struct AttnServerCommand: AsyncParsableCommand {
         if let ctx, ctx < 2 { throw ValidationError("--ctx must be >= 2") }
         if let threads, threads < 1 { throw ValidationError("--threads must be >= 1") }
         _ = try quantizeType()
+        _ = try streaming()
+    }
+
+    /// The sinks + window, if asked for (``ContextExtension`` checks the values).
+    func streaming() throws -> ContextExtension? {
+        if sinks == nil && attentionWindow == nil { return nil }
+        do {
+            return try ContextExtension(sinks: sinks ?? (attentionWindow != nil ? 0 : nil), window: attentionWindow)
+        } catch {
+            throw ValidationError("\(error)")
+        }
     }
 
     func quantizeType() throws -> GGMLType? {
@@ -53,7 +68,12 @@ struct AttnServerCommand: AsyncParsableCommand {
         var logger = Logger(label: "attn-server")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         guard let mode = MatmulMode(rawValue: matmul) else { throw ValidationError("--matmul must be exact or fast, got \(matmul)") }
-        let lm = try LanguageModel(path: model, matmul: mode, quantize: try quantizeType())
+        var lm = try LanguageModel(path: model, matmul: mode, quantize: try quantizeType())
+        if let ext = try streaming() {
+            // The sequences' caches are made from the model's config: its sinks and window bound them.
+            lm = LanguageModel(model: try lm.model.with(config: try ext.apply(to: lm.model.config)), codec: lm.codec,
+                               chatTemplate: lm.chatTemplate, name: lm.name)
+        }
         var options = ServerOptions()
         options.host = host
         options.port = port
@@ -66,7 +86,8 @@ struct AttnServerCommand: AsyncParsableCommand {
         options.kvBudgetBytes = kvBudgetMb.map { $0 << 20 }
         options.prefillChunk = prefillChunk
         options.prefixCacheEntries = prefixCache
-        logger.info("serving \(lm.name) (\(lm.model.config.layers) layers, context \(options.context), \(parallel) sequences, KV \(kvType))")
+        let window = lm.model.config.streaming.map { ", sinks \($0.sinks) + window \($0.window)" } ?? ""
+        logger.info("serving \(lm.name) (\(lm.model.config.layers) layers, context \(options.context), \(parallel) sequences, KV \(kvType)\(window))")
         try await OpenAIServer.run(model: lm, options: options, logger: logger)
     }
 }

@@ -40,7 +40,10 @@ final class KVCacheTypeTests: XCTestCase {
                     try cache.append(layer: 0, keys: k, values: v)
                     let out = try decodeAttention(queries: q, cache: cache, layer: 0)
                     let ref = reference(q, try cache.keys(layer: 0), try cache.values(layer: 0))
-                    XCTAssertLessThan(Reference.relError(out, ref), 2e-6, "\(type) H \(H) Hkv \(Hkv) d \(d): against float64 over the stored values")
+                    // int8: groups of up to 4 query heads round the query to 8-bit blocks of 32 for the
+                    // integer q·k (½ · max|q_block| / 127 per value; measured ≤ 5e-3 here).
+                    let storedBound = type == .int8 && H / Hkv <= 4 ? 1e-2 : 2e-6
+                    XCTAssertLessThan(Reference.relError(out, ref), storedBound, "\(type) H \(H) Hkv \(Hkv) d \(d): against float64 over the stored values")
                     let err = Reference.relError(out, exact.scalars.map(Double.init))
                     XCTAssertLessThan(err, bound(type), "\(type) H \(H) Hkv \(Hkv) d \(d): against the float32 cache")
                     XCTAssertGreaterThan(err, 0, "\(type): a lower-precision cache that equals float32 stored nothing lower")

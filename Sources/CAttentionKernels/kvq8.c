@@ -93,18 +93,22 @@ void ak_kv_q8_quantize_queries(const float *q, long ldq, long rows, long d, void
 #define KQ_KEYVEC(p) (p)
 #define KQ_DOT(kv, qb) KQ_DOT_PORTABLE(kv, qb)
 #define KQ_KEYTYPE const uint8_t *
+#define KQ_HALF(p) kq_half(p)
 #include "kvq8_body.h"
 #undef KQ_FN
 #undef KQ_TARGET
 #undef KQ_KEYVEC
 #undef KQ_DOT
 #undef KQ_KEYTYPE
+#undef KQ_HALF
 
 #if defined(__x86_64__) && defined(__clang__) && !defined(AK_NO_CLONES)
 #define KQ_HAVE_SIMD 1
 #define KQ_FN(name) name##_avx2
 #define KQ_TARGET __attribute__((target("avx2,fma,f16c")))
 #define KQ_KEYTYPE __m256i
+/// F16C's conversion: exact, as kq_half (the scales are finite).
+#define KQ_HALF(p) _cvtsh_ss((unsigned short)((p)[0] | (unsigned short)(p)[1] << 8))
 #define KQ_KEYVEC(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
 #define KQ_DOT(kv, qb) ({                                                                                   \
     const __m256i qv_ = _mm256_loadu_si256((const __m256i *)(const void *)(qb)->q);                         \
@@ -116,10 +120,12 @@ void ak_kv_q8_quantize_queries(const float *q, long ldq, long rows, long d, void
 #undef KQ_KEYVEC
 #undef KQ_DOT
 #undef KQ_KEYTYPE
+#undef KQ_HALF
 
 #define KQ_FN(name) name##_vnni
 #define KQ_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 #define KQ_KEYTYPE __m256i
+#define KQ_HALF(p) _cvtsh_ss((unsigned short)((p)[0] | (unsigned short)(p)[1] << 8))
 /// k + 128 as unsigned bytes (the sign bit flipped).
 #define KQ_KEYVEC(p) _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(p)), _mm256_set1_epi8((char)0x80))
 #define KQ_DOT(kv, qb) ((kq_i8)_mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(qb)->corr), (kv), \
@@ -130,6 +136,7 @@ void ak_kv_q8_quantize_queries(const float *q, long ldq, long rows, long d, void
 #undef KQ_KEYVEC
 #undef KQ_DOT
 #undef KQ_KEYTYPE
+#undef KQ_HALF
 #endif
 
 /// -1 not chosen yet; 0 portable, 1 AVX2, 2 AVX-512 VNNI. ak_kv_force_portable resets it.

@@ -3,6 +3,7 @@
 //   KQ_TARGET        its target attribute (empty for the portable path)
 //   KQ_KEYTYPE       what KQ_KEYVEC gives (a pointer on the portable path, a vector otherwise)
 //   KQ_KEYVEC(p)     the 32 quants of a key block at p, prepared for KQ_DOT
+//   KQ_HALF(p)       the f16 block scale at p as a float (exact)
 //   KQ_DOT(kv, qb)   eight int32 lanes: lane j = Σ_{e = 4j}^{4j+3} k[e] · q[e] for query block qb
 // R (rows, 1–4) is a constant at every call of the inline body, so each R compiles to its own loop.
 
@@ -23,7 +24,7 @@ void KQ_FN(kq_dot_keys)(const kq_block *qa, const int R, long nb, const uint8_t 
         kq_f8 a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
         for (long b = 0; b < nb; b++) {
             const uint8_t *b0 = k0 + b * KQ_KEY_BLOCK_BYTES, *b1 = k1 + b * KQ_KEY_BLOCK_BYTES;
-            const float d0 = kq_half(b0), d1 = kq_half(b1);
+            const float d0 = KQ_HALF(b0), d1 = KQ_HALF(b1);
             KQ_KEYTYPE v0 = KQ_KEYVEC(b0 + 2);
             KQ_KEYTYPE v1 = KQ_KEYVEC(b1 + 2);
 #define KQ_ROW(r, x0, x1) do {                                                                      \
@@ -52,7 +53,7 @@ void KQ_FN(kq_dot_keys)(const kq_block *qa, const int R, long nb, const uint8_t 
                 const kq_block *qb = qa + r * nb + b;
                 KQ_KEYTYPE v = KQ_KEYVEC(bj + 2);
                 const kq_i8 i = KQ_DOT(v, qb);
-                acc += (kq_f8)(kq_half(bj) * qb->d) * __builtin_convertvector(i, kq_f8);
+                acc += (kq_f8)(KQ_HALF(bj) * qb->d) * __builtin_convertvector(i, kq_f8);
             }
             s[r * lds + j] = KQ_FOLD(acc);
         }

@@ -13,6 +13,9 @@
 // - `_portable`: generic vector code; f16 is decoded with integer bit operations (exact, subnormals
 //   included), so any x86-64 or other CPU computes the same values.
 //
+// q8_0 keys' scores are not computed here: ak_kv_rows_dot_keys hands them to kvq8.c's integer
+// kernels (the query quantised to 8-bit blocks). q8_0 values (P·V) still take the float path below.
+//
 // Both decode every stored value to the same float exactly and sum in the same order; they differ
 // only where the F16C path fuses a multiply and add (FMA), so they agree to float32 rounding.
 

@@ -1,4 +1,5 @@
 import AttentionTensor
+import CAttentionKernels
 import Foundation
 @testable import LongAttention
 import XCTest
@@ -23,6 +24,36 @@ final class KVCacheTypeTests: XCTestCase {
         case .bfloat16: return 1e-2    // 2⁻⁹ per value, amplified by the softmax through q·k
         case .float16: return 2e-3     // 2⁻¹²
         case .int8: return 2e-2        // 0.57 · max|group| / 127 per value
+        }
+    }
+
+    /// The int8 cache's integer q·k: one decode step bitwise the same on 1 and 2 threads, on the
+    /// vector and the portable path, for GQA groups 1, 2 and 4 and 1, 7, 33 and 129 keys.
+    func testInt8DecodeSameBitsAcrossThreadsAndPaths() throws {
+        defer { ak_kv_force_portable(0) }
+        for (H, Hkv) in [(2, 2), (4, 2), (8, 2)] {
+            for M in [1, 7, 33, 129] {
+                for d in [64, 80] {
+                    let (q, k, v) = try Reference.inputs(B: 1, H: H, Hkv: Hkv, N: 1, M: M, d: d, dv: d, seed: UInt64(M * 10 + H + d))
+                    var cache = try KVCache(layers: 1, batch: 1, kvHeads: Hkv, capacity: 130, headDimension: d, type: .int8)
+                    try cache.append(layer: 0, keys: k, values: v)
+                    var outs = [[UInt32]]()
+                    for portable in [false, true] {
+                        ak_kv_force_portable(portable ? 1 : 0)
+                        for threads in [1, 2] {
+                            outs.append(try decodeAttention(queries: q, cache: cache, layer: 0, threads: threads).scalars.map(\.bitPattern))
+                        }
+                    }
+                    XCTAssertEqual(outs[0], outs[1], "H \(H) Hkv \(Hkv) M \(M) d \(d): 1 and 2 threads")
+                    XCTAssertEqual(outs[2], outs[3], "H \(H) Hkv \(Hkv) M \(M) d \(d): 1 and 2 threads, portable")
+                    // The integer q·k is bitwise across paths; P·V's float path fuses multiply-adds on
+                    // F16C only (as before), so the outputs agree to float32 rounding there.
+                    let a = outs[0].map { Double(Float(bitPattern: $0)) }, b = outs[2].map { Double(Float(bitPattern: $0)) }
+                    let scale = max(1, b.map(abs).max() ?? 0)
+                    let diff = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+                    XCTAssertLessThan(diff / scale, 1e-5, "H \(H) Hkv \(Hkv) M \(M) d \(d): vector and portable")
+                }
+            }
         }
     }
 

@@ -153,7 +153,8 @@ void ak_kv_encode_rows(int kind, const float *src, long lds, long rows, long d, 
 /// Reads rows of `kind` back as floats (exact: every stored value is a float).
 void ak_kv_decode_rows(int kind, const void *src, long ldb, long rows, long d, float *dst, long ldd);
 
-/// ak_rows_dot_keys with keys stored as `kind` (byte stride ldkb): s[r·lds + j] = q_r · k_j.
+/// ak_rows_dot_keys with keys stored as `kind` (byte stride ldkb): s[r·lds + j] = q_r · k_j. For
+/// q8_0 keys, q_r is first rounded to 8-bit blocks of 32 (integer q·k; see "q8_0 keys" below).
 void ak_kv_rows_dot_keys(int kind, const float *q, long ldq, long rows, long d, const void *k, long ldkb, long w,
                          float *s, long lds);
 

@@ -13,6 +13,9 @@
 // - `_portable`: generic vector code; f16 is decoded with integer bit operations (exact, subnormals
 //   included), so any x86-64 or other CPU computes the same values.
 //
+// q8_0 keys' scores are not computed here: ak_kv_rows_dot_keys hands them to kvq8.c's integer
+// kernels (the query quantised to 8-bit blocks). q8_0 values (P·V) still take the float path below.
+//
 // Both decode every stored value to the same float exactly and sum in the same order; they differ
 // only where the F16C path fuses a multiply and add (FMA), so they agree to float32 rounding.
 
@@ -237,6 +240,7 @@ static int use_f16c_path(void) {
 }
 
 void ak_kv_force_portable(int portable) {
+    ak_kv_q8_force_portable(portable);
     kv_path = -1;
     if (portable) kv_path = 2;
 }
@@ -254,6 +258,7 @@ void ak_kv_decode_rows(int kind, const void *src, long ldb, long rows, long d, f
 void ak_kv_rows_dot_keys(int kind, const float *q, long ldq, long rows, long d, const void *k, long ldkb, long w,
                          float *s, long lds) {
     if (kind == AK_KV_F32) { ak_rows_dot_keys(q, ldq, rows, d, (const float *)k, ldkb / 4, w, s, lds); return; }
+    if (kind == AK_KV_Q8_0) { ak_kv_q8_dot_keys_float(q, ldq, rows, d, k, ldkb, w, s, lds); return; }
 #ifdef KV_HAVE_F16C_PATH
     if (use_f16c_path()) { kv_rows_dot_keys_f16c(kind, q, ldq, rows, d, (const uint8_t *)k, ldkb, w, s, lds); return; }
 #endif

@@ -167,7 +167,10 @@ final class KVTypeKernelTests: XCTestCase {
                     let term = Double(q[r * ldq + t]) * Double(deq[j * d + t])
                     exact += term; mag += abs(term)
                 }
-                XCTAssertLessThanOrEqual(abs(Double(s[r * lds + j]) - exact), 1e-5 * mag + 1e-30, "\(name): s[\(r), \(j)]")
+                // q8_0 keys meet the query quantised to 8-bit blocks: within half a step of each
+                // block's query quant times that block's Σ|k| (see testQ8IntegerKeys for the exact check).
+                let bound = kind == Int32(AK_KV_Q8_0) ? Self.queryQuantisationBound(Array(q[(r * ldq)..<(r * ldq + d)]), Array(deq[(j * d)..<(j * d + d)])) : 0
+                XCTAssertLessThanOrEqual(abs(Double(s[r * lds + j]) - exact), 1e-5 * mag + bound + 1e-30, "\(name): s[\(r), \(j)]")
             }
             XCTAssertTrue(s[r * lds + w].isNaN, "\(name): wrote past w")
             for t in 0..<d {
@@ -180,5 +183,100 @@ final class KVTypeKernelTests: XCTestCase {
             }
             XCTAssertEqual(o[r * ldo + d], o0[r * ldo + d], "\(name): wrote past dv")
         }
+    }
+
+    /// Σ over blocks of 32 of ½ · (max|q_block| / 127) · Σ|k_block|: how far a product with the
+    /// query rounded to 8-bit blocks may be from the product with the float query.
+    static func queryQuantisationBound(_ q: [Float], _ k: [Float]) -> Double {
+        var bound = 0.0
+        for c0 in stride(from: 0, to: q.count, by: 32) {
+            let c1 = min(c0 + 32, q.count)
+            let amax = q[c0..<c1].map { Double(abs($0)) }.max() ?? 0
+            bound += 0.5 * amax / 127 * (1 + 1e-6) * k[c0..<c1].reduce(0.0) { $0 + Double(abs($1)) }
+        }
+        return bound
+    }
+
+    /// The query rows quantised as the kernel does (per 32: d = max|q| / 127, round half away from
+    /// zero, clamped to ±127), as floats q̂ = d · quant, written from the definition.
+    static func quantisedQuery(_ q: [Float]) -> [Double] {
+        var out = [Double]()
+        for c0 in stride(from: 0, to: q.count, by: 32) {
+            let c1 = min(c0 + 32, q.count)
+            let amax = q[c0..<c1].map { abs($0) }.max() ?? 0
+            let d = amax / 127, inv: Float = d != 0 ? 1 / d : 0
+            for t in c0..<c1 { out.append(Double(d) * Double(max(-127, min(127, (q[t] * inv).rounded(.toNearestOrAwayFromZero))))) }
+        }
+        return out
+    }
+
+    /// The integer q·k over q8_0 keys (kvq8.c) on every path the CPU has (portable, AVX2, VNNI):
+    /// against a float64 product of the dequantised keys and the query quantised from the
+    /// definition (1e-5 of Σ|q̂ k|: only float rounding may differ) and against the float query
+    /// (the quantisation bound); bitwise the same on every path, for any grouping of rows
+    /// (GQA groups 1, 2, 4 and more), through the one-call and the quantise-once entry points.
+    func testQ8IntegerKeysAgainstFloat64() {
+        defer { _ = ak_kv_q8_set_path(-1) }
+        let best = ak_kv_q8_set_path(-1)
+        let kind = Int32(AK_KV_Q8_0)
+        for d in [1, 7, 31, 32, 33, 64, 80, 128, 129, 256] {
+            for w in [1, 7, 33, 129] {
+                for rows in [1, 2, 3, 4, 7] {
+                    let rb = ak_kv_row_bytes(kind, d), ldb = rb + 6, ldq = d + 3, lds = w + 2
+                    var keys = values(w * d, seed: UInt64(d * 131 + w), bound: 2)
+                    for i in stride(from: 5, to: keys.count, by: 11) { keys[i] *= 1e-3 }
+                    var stored = [UInt8](repeating: 0xAB, count: w * ldb)
+                    ak_kv_encode_rows(kind, keys, d, w, d, &stored, ldb)
+                    var deq = [Float](repeating: 0, count: w * d)
+                    ak_kv_decode_rows(kind, stored, ldb, w, d, &deq, d)
+                    var q = values(rows * ldq, seed: UInt64(rows * 29 + d), bound: 3)
+                    if d > 40 { for i in 0..<rows { q[i * ldq + 33] *= 50 } }   // an outlier in one block
+                    var results = [[Float]]()
+                    for path in 0...best {
+                        XCTAssertEqual(ak_kv_q8_set_path(Int32(path)), Int32(path))
+                        var s = [Float](repeating: .nan, count: rows * lds)
+                        ak_kv_rows_dot_keys(kind, q, ldq, rows, d, stored, ldb, w, &s, lds)
+                        results.append(s)
+                        // Quantised once, then the kernel: the same bits.
+                        var qa = [UInt8](repeating: 0, count: rows * ak_kv_q8_query_bytes(d))
+                        ak_kv_q8_quantize_queries(q, ldq, rows, d, &qa)
+                        var s2 = [Float](repeating: .nan, count: rows * lds)
+                        ak_kv_q8_rows_dot_keys(qa, rows, d, stored, ldb, w, &s2, lds)
+                        XCTAssertEqual(s.map(\.bitPattern), s2.map(\.bitPattern), "path \(path) d \(d) w \(w) rows \(rows): quantise-once")
+                        // Each row alone: the same bits as in its group.
+                        for r in 0..<rows {
+                            var one = [Float](repeating: .nan, count: w)
+                            ak_kv_rows_dot_keys(kind, Array(q[(r * ldq)...]), ldq, 1, d, stored, ldb, w, &one, w)
+                            XCTAssertEqual(one.map(\.bitPattern), s[(r * lds)..<(r * lds + w)].map(\.bitPattern), "path \(path) d \(d) w \(w) row \(r) alone")
+                        }
+                    }
+                    for (path, s) in results.enumerated() {
+                        XCTAssertEqual(s.map(\.bitPattern), results[0].map(\.bitPattern), "path \(path) against portable, d \(d) w \(w) rows \(rows)")
+                    }
+                    let s = results[results.count - 1]
+                    for r in 0..<rows {
+                        let qr = Array(q[(r * ldq)..<(r * ldq + d)]), qh = Self.quantisedQuery(qr)
+                        for j in 0..<w {
+                            let kj = Array(deq[(j * d)..<(j * d + d)])
+                            var exactQ = 0.0, magQ = 0.0, exact = 0.0, mag = 0.0
+                            for t in 0..<d {
+                                exactQ += qh[t] * Double(kj[t]); magQ += abs(qh[t] * Double(kj[t]))
+                                exact += Double(qr[t]) * Double(kj[t]); mag += abs(Double(qr[t]) * Double(kj[t]))
+                            }
+                            let got = Double(s[r * lds + j])
+                            XCTAssertLessThanOrEqual(abs(got - exactQ), 1e-5 * magQ + 1e-30, "d \(d) w \(w) rows \(rows): s[\(r), \(j)] against q̂·k")
+                            XCTAssertLessThanOrEqual(abs(got - exact), 1e-5 * mag + Self.queryQuantisationBound(qr, kj) + 1e-30,
+                                                     "d \(d) w \(w) rows \(rows): s[\(r), \(j)] against q·k")
+                        }
+                        XCTAssertTrue(s[r * lds + w].isNaN, "wrote past w")
+                    }
+                }
+            }
+        }
+        // The portable switch reaches the integer kernel too.
+        ak_kv_force_portable(1)
+        XCTAssertEqual(ak_kv_q8_path(), 0)
+        ak_kv_force_portable(0)
+        XCTAssertEqual(ak_kv_q8_path(), Int32(best))
     }
 }

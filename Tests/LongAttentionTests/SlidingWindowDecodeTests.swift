@@ -76,6 +76,10 @@ final class SlidingWindowDecodeTests: XCTestCase {
             XCTAssertEqual(out.shape, [B, H, n, dv], file: file, line: line)
             let stored = try reference(qn, try ks.rows(0..<at), try vs.rows(0..<at), window: window, alibi: slopes)
             let err = Reference.relError(out, stored)
+            // An int8 cache's decode rows (up to 4 stacked query rows) also round the query to 8-bit
+            // blocks of 32 for the integer q·k: ½ · max|q_block| / 127 per value, the order of the keys'
+            // own storage bound (measured ≤ 1.4e-2 over these few-key softmaxes).
+            let rounding = type == .int8 ? 2e-2 : self.rounding
             XCTAssertLessThan(err, rounding, "\(what): at \(at), against float64 over the stored values", file: file, line: line)
             if type != .float32 && (at == L || err >= rounding) {
                 let exact = try reference(qn, try k.rows(0..<at), try v.rows(0..<at), window: window, alibi: slopes)
@@ -187,14 +191,16 @@ final class SlidingWindowDecodeTests: XCTestCase {
                 if n == 1 { XCTAssertGreaterThan(plan.keySplits, 1, "the decode shape splits its keys") }
                 let out = try decodeAttention(queries: qn, cache: cache, layer: 0, threads: 2)
                 let expected = try reference(qn, try ks.rows(0..<at), try vs.rows(0..<at), window: W)
-                XCTAssertLessThan(Reference.relError(out, expected), rounding * 4, "\(type) at \(at)")
+                // int8: the integer q·k's 8-bit query blocks (measured ≤ 4.6e-4 over these 4K-key windows).
+                let tolerance = type == .int8 ? 2e-3 : rounding * 4
+                XCTAssertLessThan(Reference.relError(out, expected), tolerance, "\(type) at \(at)")
                 let tokenMajor = try decodeAttention(queries: qn, cache: cache, layer: 0, outputLayout: .tokenMajor, threads: 2)
                 XCTAssertEqual(tokenMajor.shape, [B, n, H, d])
                 XCTAssertEqual(tokenMajor.scalars, try out.permuted([0, 2, 1, 3]).contiguous().scalars, "\(type) at \(at): token-major")
                 // The same window on a full cache of the same type agrees to rounding.
                 let windowed = try decodeAttention(queries: qn, cache: full, layer: 0, slidingWindow: W, threads: 2)
                 XCTAssertEqual(windowed.shape, out.shape)
-                XCTAssertLessThan(Reference.relError(windowed, expected), rounding * 4, "\(type) at \(at): full layer, W given")
+                XCTAssertLessThan(Reference.relError(windowed, expected), tolerance, "\(type) at \(at): full layer, W given")
             }
             XCTAssertEqual(cache.positions(layer: 0), (at - W - 63)..<at)
         }

@@ -153,13 +153,38 @@ void ak_kv_encode_rows(int kind, const float *src, long lds, long rows, long d, 
 /// Reads rows of `kind` back as floats (exact: every stored value is a float).
 void ak_kv_decode_rows(int kind, const void *src, long ldb, long rows, long d, float *dst, long ldd);
 
-/// ak_rows_dot_keys with keys stored as `kind` (byte stride ldkb): s[r·lds + j] = q_r · k_j.
+/// ak_rows_dot_keys with keys stored as `kind` (byte stride ldkb): s[r·lds + j] = q_r · k_j. For
+/// q8_0 keys, q_r is first rounded to 8-bit blocks of 32 (integer q·k; see "q8_0 keys" below).
 void ak_kv_rows_dot_keys(int kind, const float *q, long ldq, long rows, long d, const void *k, long ldkb, long w,
                          float *s, long lds);
 
 /// ak_rows_times_values with values stored as `kind` (byte stride ldvb): o_r += Σ_j p_r[j] · v_j.
 void ak_kv_rows_times_values(int kind, const float *p, long ldp, long rows, const void *v, long ldvb, long w,
                              long dv, float *o, long ldo);
+
+// ---- q8_0 keys: integer q·k (kvq8.c) ----
+//
+// For a q8_0 cache, ak_kv_rows_dot_keys quantises the query rows to 8-bit blocks of 32 (scale
+// d = max|q| / 127, q = round(x / d)) and takes integer dot products against the key blocks, the
+// block scales applied per block in float (as the quantised weight kernels do): portable C, AVX2
+// (vpmaddubsw) and AVX-512 VNNI (vpdpbusd) give the same bits, and each row's scores do not
+// depend on the rows or keys computed with it. Callers that visit many key tiles quantise once:
+
+/// Bytes of one quantised query row of d values.
+long ak_kv_q8_query_bytes(long d);
+/// Quantises query rows `q [rows, d]` (stride ldq) into `dst`: rows of ak_kv_q8_query_bytes(d), consecutive.
+void ak_kv_q8_quantize_queries(const float *q, long ldq, long rows, long d, void *dst);
+/// s[r·lds + j] = q̂_r · k_j for the quantised rows `qa` (from ak_kv_q8_quantize_queries) and q8_0 keys.
+void ak_kv_q8_rows_dot_keys(const void *qa, long rows, long d, const void *k, long ldkb, long w, float *s, long lds);
+/// ak_kv_q8_quantize_queries then ak_kv_q8_rows_dot_keys, four rows at a time.
+void ak_kv_q8_dot_keys_float(const float *q, long ldq, long rows, long d, const void *k, long ldkb, long w, float *s, long lds);
+/// Tests: the integer path, -1 the best the CPU has (the default), 0 portable, 1 AVX2, 2 AVX-512
+/// VNNI; returns the path then in effect. ak_kv_force_portable(1) forces 0 as well.
+int ak_kv_q8_set_path(int path);
+/// The path in effect, numbered as ak_kv_q8_set_path.
+int ak_kv_q8_path(void);
+/// Part of ak_kv_force_portable.
+void ak_kv_q8_force_portable(int portable);
 
 // ---- Language-model rows (model.c) ----
 

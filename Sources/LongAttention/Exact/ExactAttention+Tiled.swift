@@ -49,11 +49,16 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
     let storedRows = 4
     let converted = L.stored != nil && R > storedRows ? Bc * max(d, dv) : 0
     floats += converted
+    // A q8_0 cache: the stacked query rows quantised once per block (8-bit blocks of 32) for the
+    // integer q·k kernel, which every key tile of the block then reads.
+    let quantisedRowBytes = L.stored?.kind == Int32(AK_KV_Q8_0) && R <= storedRows ? ak_kv_q8_query_bytes(d) : 0
+    floats += (R * quantisedRowBytes + 3) / 4
     try runWithScratch(items: blocks * splits, threads: plan.threads, floats: floats, ints: ints,
                        purpose: "tiled attention") { ws, queue in
         let qp = ws.floats(R * d), s = ws.floats(R * Bc), o = ws.floats(R * dv)
         let m = ws.floats(R), l = ws.floats(R), valid = ws.ints(R), lower = ws.ints(R)
         let tileBuffer = ws.floats(converted)
+        let quantised = UnsafeMutableRawPointer(ws.floats((R * quantisedRowBytes + 3) / 4))
         var blk = QueryBlock(b: 0, kvHead: 0, i0: 0, rows: 0, heads: 0..<G)
         /// One key tile `j0 ..< j0 + w` for the stacked rows `rs`: scores, online softmax, P·V.
         func tile(rows rs: Range<Int>, j0: Int, w: Int, masked: Bool) {
@@ -62,7 +67,9 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
             let slot = L.keySlot(j0)
             if let kv = L.stored {
                 let k = kv.keyRow(blk.b, blk.kvHead, slot), v = kv.valueRow(blk.b, blk.kvHead, slot)
-                if n <= storedRows {
+                if n <= storedRows && quantisedRowBytes > 0 {
+                    ak_kv_q8_rows_dot_keys(quantised + r0 * quantisedRowBytes, n, d, k, kv.keyStride.m, w, sr, Bc)
+                } else if n <= storedRows {
                     ak_kv_rows_dot_keys(kv.kind, qp + r0 * d, d, n, d, k, kv.keyStride.m, w, sr, Bc)
                 } else {
                     ak_kv_decode_rows(kv.kind, k, kv.keyStride.m, w, d, tileBuffer, d)
@@ -107,6 +114,7 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
             blk = L.queryBlock(item: item / splits, blockRows: Br)
             let rows = G * blk.rows
             L.packQueries(blk, into: qp)
+            if quantisedRowBytes > 0 { ak_kv_q8_quantize_queries(qp, d, rows, d, quantised) }
             o.update(repeating: 0, count: rows * dv)
             m.update(repeating: -.infinity, count: rows)
             l.update(repeating: 0, count: rows)

@@ -286,32 +286,19 @@ public struct RingAttention: Sendable {
         do {
             for step in 0..<P {
                 let owner = (comm.rank - step + P) % P
-                var requests: [Request] = []
-                if step < P - 1 {
-                    let sending = geo.floats(owner: owner), incoming = geo.floats(owner: (owner - 1 + P) % P)
-                    requests.append(try comm.isend(pCurrent, count: sending, to: comm.next, tag: Self.keyValueTag(step: step)))
-                    requests.append(try comm.irecv(pArriving, count: incoming, from: comm.previous, tag: Self.keyValueTag(step: step)))
-                    stats.bytesSent += sending * 4
-                    stats.messages += 1
-                }
+                var requests = try startKeyValueExchange(step: step, geo: geo, sending: pCurrent, arriving: pArriving, stats: &stats)
                 let block = try geo.block(owner: owner, in: current)
                 let t0 = MPI.wtime()
                 var polled = 0.0
                 let stepPoller = BackgroundProgress(comm: comm, requests: requests)
                 poller = stepPoller
-                for (a, qr) in queries.ranges.enumerated() {
-                    for (b, kr) in block.ranges.enumerated() {
-                        let qpos = qr.lowerBound + M - N
-                        let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
-                                                           keyPosition: kr.lowerBound, causal: causal)
-                        if vis == .none { stats.blocksSkipped += 1; continue }
-                        let part = try attentionBlockForward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
-                                                             scale: scale, causal: causal, queryPosition: qpos,
-                                                             keyPosition: kr.lowerBound, keyLengths: keyLengths, threads: threads)
-                        try mergeAttentionBlock(output: &outputs[a], logSumExp: &lses[a], blockOutput: part.output,
-                                                blockLogSumExp: part.logSumExp)
-                        stats.blocksComputed += 1
-                    }
+                try forEachVisibleBlock(queries: queries.ranges, block: block, queryOffset: M - N, causal: causal,
+                                        stats: &stats) { a, b, qpos, kpos in
+                    let part = try attentionBlockForward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
+                                                         scale: scale, causal: causal, queryPosition: qpos,
+                                                         keyPosition: kpos, keyLengths: keyLengths, threads: threads)
+                    try mergeAttentionBlock(output: &outputs[a], logSumExp: &lses[a], blockOutput: part.output,
+                                            blockLogSumExp: part.logSumExp)
                 }
                 let tp = MPI.wtime()
                 requests = try stepPoller.finish()
@@ -336,6 +323,39 @@ public struct RingAttention: Sendable {
         withExtendedLifetime((current, arriving)) {}
         stats.seconds = MPI.wtime() - start
         return (ShardedTensor(shards: queries.shards, rank: comm.rank, chunks: outputs), lses, stats)
+    }
+
+    /// Step `step`'s K/V exchange, started (none at the last step): the block held, which belongs
+    /// to rank `(rank - step) mod P`, goes to the next rank while the previous rank's arrives.
+    /// Shared by ``forward(queries:keys:values:scale:causal:keyLengths:)`` and the backward.
+    func startKeyValueExchange(step: Int, geo: Geometry, sending: UnsafeMutablePointer<Float>,
+                               arriving: UnsafeMutablePointer<Float>, stats: inout RingStatistics) throws -> [Request] {
+        let P = comm.size
+        guard step < P - 1 else { return [] }
+        let owner = (comm.rank - step + P) % P
+        let count = geo.floats(owner: owner), incoming = geo.floats(owner: (owner - 1 + P) % P)
+        let requests = [try comm.isend(sending, count: count, to: comm.next, tag: Self.keyValueTag(step: step)),
+                        try comm.irecv(arriving, count: incoming, from: comm.previous, tag: Self.keyValueTag(step: step))]
+        stats.bytesSent += count * 4
+        stats.messages += 1
+        return requests
+    }
+
+    /// Calls `body(a, b, queryPosition, keyPosition)` for every pair of this rank's query chunk `a`
+    /// and the held block's key chunk `b` that a query can see (every pair unless causal), and
+    /// counts the pairs computed and skipped. Query row 0 sits at key position `queryOffset`.
+    func forEachVisibleBlock(queries: [Range<Int>], block: Block, queryOffset: Int, causal: Bool,
+                             stats: inout RingStatistics, _ body: (Int, Int, Int, Int) throws -> Void) throws {
+        for (a, qr) in queries.enumerated() {
+            for (b, kr) in block.ranges.enumerated() {
+                let qpos = qr.lowerBound + queryOffset
+                let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
+                                                   keyPosition: kr.lowerBound, causal: causal)
+                if vis == .none { stats.blocksSkipped += 1; continue }
+                try body(a, b, qpos, kr.lowerBound)
+                stats.blocksComputed += 1
+            }
+        }
     }
 
     /// Gradients of `L = Σ out ⊙ dOut` over the ring: this rank's dq chunks, and the dk/dv chunks
@@ -373,14 +393,7 @@ public struct RingAttention: Sendable {
             for step in 0..<P {
                 let owner = (comm.rank - step + P) % P
                 let floats = geo.floats(owner: owner)
-                var requests: [Request] = []
-                if step < P - 1 {
-                    let incoming = geo.floats(owner: (owner - 1 + P) % P)
-                    requests.append(try comm.isend(pCurrent, count: floats, to: comm.next, tag: Self.keyValueTag(step: step)))
-                    requests.append(try comm.irecv(pArriving, count: incoming, from: comm.previous, tag: Self.keyValueTag(step: step)))
-                    stats.bytesSent += floats * 4
-                    stats.messages += 1
-                }
+                var requests = try startKeyValueExchange(step: step, geo: geo, sending: pCurrent, arriving: pArriving, stats: &stats)
                 var gradRecv: [Request] = []
                 if step > 0 {
                     gradRecv.append(try comm.irecv(pGradIn, count: floats, from: comm.previous, tag: Self.gradientTag(step: step - 1)))
@@ -397,23 +410,17 @@ public struct RingAttention: Sendable {
                 var polled = 0.0
                 let stepPoller = BackgroundProgress(comm: comm, requests: requests + gradRecv)
                 poller = stepPoller
-                for (a, qr) in queries.ranges.enumerated() {
-                    for (b, kr) in block.ranges.enumerated() {
-                        let qpos = qr.lowerBound + M - N
-                        let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
-                                                           keyPosition: kr.lowerBound, causal: causal)
-                        if vis == .none { stats.blocksSkipped += 1; continue }
-                        let g = try attentionBlockBackward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
-                                                           output: output.chunks[a], logSumExp: logSumExp[a],
-                                                           outputGradient: outputGradient.chunks[a], scale: scale, causal: causal,
-                                                           queryPosition: qpos, keyPosition: kr.lowerBound, keyLengths: keyLengths,
-                                                           threads: threads)
-                        dq[a].add(g.queries)
-                        accumulate(UnsafeMutablePointer(mutating: gradBlock.keys[b].unsafeBaseAddress), g.keys.unsafeBaseAddress, g.keys.count)
-                        accumulate(UnsafeMutablePointer(mutating: gradBlock.values[b].unsafeBaseAddress), g.values.unsafeBaseAddress, g.values.count)
-                        withExtendedLifetime(g) {}
-                        stats.blocksComputed += 1
-                    }
+                try forEachVisibleBlock(queries: queries.ranges, block: block, queryOffset: M - N, causal: causal,
+                                        stats: &stats) { a, b, qpos, kpos in
+                    let g = try attentionBlockBackward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
+                                                       output: output.chunks[a], logSumExp: logSumExp[a],
+                                                       outputGradient: outputGradient.chunks[a], scale: scale, causal: causal,
+                                                       queryPosition: qpos, keyPosition: kpos, keyLengths: keyLengths,
+                                                       threads: threads)
+                    dq[a].add(g.queries)
+                    accumulate(UnsafeMutablePointer(mutating: gradBlock.keys[b].unsafeBaseAddress), g.keys.unsafeBaseAddress, g.keys.count)
+                    accumulate(UnsafeMutablePointer(mutating: gradBlock.values[b].unsafeBaseAddress), g.values.unsafeBaseAddress, g.values.count)
+                    withExtendedLifetime(g) {}
                 }
                 let tp = MPI.wtime()
                 let handedBack = try stepPoller.finish()

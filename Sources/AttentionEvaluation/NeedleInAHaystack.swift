@@ -72,8 +72,8 @@ public enum NeedleInAHaystack {
         let settings: Settings
 
         public init(length: Int, settings: Settings = Settings()) throws {
-            guard length >= 2 else { throw AttentionError.invalidArgument("a haystack needs at least 2 tokens, got \(length)") }
-            guard settings.d >= 2, settings.sharpness.isFinite else { throw AttentionError.invalidArgument("needle settings out of range") }
+            guard length >= 2 else { throw AttentionError.invalidArgument(name: "length", value: "\(length)", expected: "at least 2 tokens") }
+            guard settings.d >= 2, settings.sharpness.isFinite else { throw AttentionError.invalidArgument(name: settings.d >= 2 ? "sharpness" : "d", value: settings.d >= 2 ? "\(settings.sharpness)" : "\(settings.d)", expected: settings.d >= 2 ? "finite" : "at least 2") }
             self.length = length
             d = settings.d
             self.settings = settings

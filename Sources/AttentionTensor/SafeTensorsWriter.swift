@@ -77,8 +77,10 @@ extension SafeTensors {
     }
 
     /// A JSON string literal escaped as `serde_json` escapes it: quote, backslash and control
-    /// characters (the short forms where JSON has them), everything else as UTF-8. The one JSON
-    /// string escaper of the package (config.json and adapter_config.json use it too).
+    /// characters (the short forms where JSON has them), everything else as UTF-8. The JSON
+    /// string escaper of every module above this one (config.json and adapter_config.json use it
+    /// too); ChatTemplate, which depends on nothing here, keeps its own for `tojson` (which also
+    /// has Python's `ensure_ascii` form).
     public static func jsonString(_ s: String) -> String {
         var out = "\""
         for scalar in s.unicodeScalars {

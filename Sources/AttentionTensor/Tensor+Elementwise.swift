@@ -46,7 +46,7 @@ extension Tensor {
     /// Elementwise sum of two tensors of the same shape.
     public static func + (lhs: Tensor, rhs: Tensor) throws -> Tensor {
         guard lhs.shape == rhs.shape else {
-            throw TensorError.shapeMismatch("\(lhs.shape) + \(rhs.shape)")
+            throw TensorError.shapeMismatch(operation: "+", shapes: [lhs.shape, rhs.shape], expected: "equal shapes")
         }
         var out = lhs.contiguous()
         let r = rhs.contiguous()
@@ -67,11 +67,13 @@ extension Tensor {
             break
         case .prefix(let valid):
             guard valid.count == rows else {
-                throw TensorError.shapeMismatch("prefix mask has \(valid.count) entries for \(rows) rows")
+                throw TensorError.shapeMismatch(operation: "softmax prefix mask", shapes: [shape, [valid.count]],
+                                                expected: "one valid count per row (\(rows))")
             }
         case .additive(let bias):
             guard bias.rank <= rank, Array(shape.suffix(bias.rank)) == bias.shape, bias.rank >= 1 else {
-                throw TensorError.shapeMismatch("additive mask \(bias.shape) does not broadcast to \(shape)")
+                throw TensorError.shapeMismatch(operation: "softmax additive mask", shapes: [shape, bias.shape],
+                                                expected: "a mask of rank >= 1 equal to the tensor's trailing axes")
             }
             let b = bias.contiguous()
             let n = b.count

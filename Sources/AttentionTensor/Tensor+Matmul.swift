@@ -46,12 +46,13 @@ extension Tensor {
     /// The result shape of ``matmul(_:_:)``, or the error it would throw.
     public static func matmulShape(_ a: Tensor, _ b: Tensor) throws -> [Int] {
         guard a.rank >= 2, b.rank >= 2 else {
-            throw TensorError.shapeMismatch("matmul needs rank >= 2, got \(a.shape) and \(b.shape)")
+            throw TensorError.shapeMismatch(operation: "matmul", shapes: [a.shape, b.shape], expected: "operands of rank >= 2")
         }
         let m = a.shape[a.rank - 2], k = a.shape[a.rank - 1]
         let kb = b.shape[b.rank - 2], n = b.shape[b.rank - 1]
         guard k == kb else {
-            throw TensorError.shapeMismatch("matmul inner dimensions \(a.shape) · \(b.shape)")
+            throw TensorError.shapeMismatch(operation: "matmul", shapes: [a.shape, b.shape],
+                                            expected: "equal inner dimensions (\(k) and \(kb))")
         }
         let batchRank = max(a.rank, b.rank) - 2
         func batchDims(_ t: Tensor) -> (shape: [Int], strides: [Int]) { t.batchDims(batchRank) }
@@ -60,8 +61,8 @@ extension Tensor {
         for i in 0..<batchRank {
             let x = aShape[i], y = bShape[i], o = max(x, y)
             guard x > 0, y > 0, o % x == 0, o % y == 0 else {
-                throw TensorError.shapeMismatch(
-                    "batch axis \(i): sizes \(x) and \(y) do not divide each other (\(a.shape) · \(b.shape))")
+                throw TensorError.shapeMismatch(operation: "matmul", shapes: [a.shape, b.shape],
+                                                expected: "batch axis \(i)'s sizes (\(x) and \(y)) to divide each other")
             }
             outBatch.append(o)
         }
@@ -73,7 +74,8 @@ extension Tensor {
     public static func matmul(_ a: Tensor, _ b: Tensor, into out: inout Tensor) throws {
         let shape = try matmulShape(a, b)
         guard out.shape == shape else {
-            throw TensorError.shapeMismatch("matmul output is \(out.shape), the product is \(shape)")
+            throw TensorError.shapeMismatch(operation: "matmul(into:)", shapes: [out.shape],
+                                            expected: "the product's shape \(shape)")
         }
         out.makeUnique()
         let m = shape[shape.count - 2], n = shape[shape.count - 1], k = a.shape[a.rank - 1]

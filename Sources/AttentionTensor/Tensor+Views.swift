@@ -3,9 +3,9 @@ extension Tensor {
     /// The elements with index in `range` along `axis` (negative axes count from the end).
     public func slice(axis: Int, _ range: Range<Int>) throws -> Tensor {
         let a = axis < 0 ? axis + rank : axis
-        guard a >= 0, a < rank else { throw TensorError.outOfRange("axis \(axis) of a rank-\(rank) tensor") }
+        guard a >= 0, a < rank else { throw TensorError.outOfRange(argument: "axis", value: "\(axis)", bounds: "-\(rank)..<\(rank) (a rank-\(rank) tensor)") }
         guard range.lowerBound >= 0, range.upperBound <= shape[a] else {
-            throw TensorError.outOfRange("\(range) on axis \(a) of size \(shape[a])")
+            throw TensorError.outOfRange(argument: "range on axis \(a)", value: "\(range)", bounds: "0..<\(shape[a])")
         }
         var view = self
         view.offset += range.lowerBound * strides[a]
@@ -35,7 +35,7 @@ extension Tensor {
     /// `[B, H, T, d]` view attention reads (last axis still contiguous).
     public func permuted(_ axes: [Int]) throws -> Tensor {
         guard axes.count == rank, Set(axes) == Set(0..<rank) else {
-            throw TensorError.outOfRange("\(axes) is not a permutation of the \(rank) axes")
+            throw TensorError.outOfRange(argument: "axes", value: "\(axes)", bounds: "a permutation of 0..<\(rank)")
         }
         var view = self
         view.shape = axes.map { shape[$0] }

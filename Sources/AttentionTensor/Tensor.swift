@@ -52,7 +52,8 @@ public struct Tensor: Sendable {
     public init(shape: [Int], scalars: [Float]) throws {
         let n = try elementCount(of: shape)
         guard n == scalars.count else {
-            throw TensorError.shapeMismatch("shape \(shape) holds \(n) elements, got \(scalars.count)")
+            throw TensorError.shapeMismatch(operation: "Tensor(shape:scalars:)", shapes: [shape, [scalars.count]],
+                                            expected: "\(n) scalars")
         }
         try self.init(uninitialized: shape)
         scalars.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: n) }
@@ -164,7 +165,7 @@ public struct Tensor: Sendable {
     /// The same elements with a new shape (a view when contiguous, else a copy first).
     public func reshaped(_ newShape: [Int]) throws -> Tensor {
         guard try elementCount(of: newShape) == count else {
-            throw TensorError.shapeMismatch("cannot reshape \(shape) to \(newShape)")
+            throw TensorError.shapeMismatch(operation: "reshape", shapes: [shape, newShape], expected: "the same element count")
         }
         let c = contiguous()
         return Tensor(storage: c.storage, shape: newShape, strides: rowMajorStrides(newShape), offset: c.offset)

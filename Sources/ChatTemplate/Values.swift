@@ -341,6 +341,9 @@ struct JSONOptions {
     var sortKeys = false
 }
 
+/// A JSON string literal as Python's `json.dumps` writes it (`ascii`: `ensure_ascii`). With
+/// `ascii` false it escapes exactly as `SafeTensorsWriter.jsonString` (AttentionTensor); it is
+/// kept here so that ChatTemplate depends on nothing else in the package.
 func jsonString(_ s: String, ascii: Bool) -> String {
     var out = "\""
     for c in s.unicodeScalars {

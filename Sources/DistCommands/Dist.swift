@@ -282,7 +282,7 @@ struct DistGradFull: ParsableCommand {
             let dO = try agree(comm) { () -> ShardedTensor in
                 let g = try Numpy.readTensor(dout, rank: 4)
                 guard g.shape == [q.chunks[0].shape[0], q.chunks[0].shape[1], q.shards.length, v.chunks[0].shape[3]] else {
-                    throw AttentionError.shapeMismatch("output gradient is \(g.shape), the output is \([q.chunks[0].shape[0], q.chunks[0].shape[1], q.shards.length, v.chunks[0].shape[3]])")
+                    throw AttentionError.shapeMismatch(tensor: "outputGradient \(dout)", shape: g.shape, expected: "the output's \([q.chunks[0].shape[0], q.chunks[0].shape[1], q.shards.length, v.chunks[0].shape[3]])")
                 }
                 let s = try ShardedTensor(slicing: g, shards: q.shards, rank: comm.rank)
                 try checkFinite("outputGradient", s)

@@ -25,7 +25,7 @@ public struct DistributedKVCache: Sendable {
 
     public init(comm: Communicator, layers: Int, batch: Int, kvHeads: Int, capacity: Int, headDimension d: Int,
                 valueDimension dv: Int? = nil, type: KVCacheType = .float32) throws {
-        guard capacity >= 1 else { throw AttentionError.invalidArgument("KV cache capacity must be positive, got \(capacity)") }
+        guard capacity >= 1 else { throw AttentionError.invalidArgument(name: "capacity", value: "\(capacity)", expected: "positive") }
         self.comm = comm
         self.capacity = capacity
         positions = StripedPositions(ranks: comm.size)
@@ -52,13 +52,13 @@ public struct DistributedKVCache: Sendable {
         var n = 0, start = 0
         do {
             guard (0..<lengths.count).contains(layer) else {
-                throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(lengths.count)")
+                throw AttentionError.invalidArgument(name: "layer", value: "\(layer)", expected: "0..<\(lengths.count)")
             }
             let c = local
             guard keys.rank == 4, values.rank == 4, keys.shape[0] == c.batch, keys.shape[1] == c.kvHeads,
                   keys.shape[3] == c.headDimension, values.shape[0] == c.batch, values.shape[1] == c.kvHeads,
                   values.shape[3] == c.valueDimension, keys.shape[2] == values.shape[2] else {
-                throw AttentionError.shapeMismatch("append \(keys.shape) / \(values.shape) to a cache of [B, Hkv, ·, d] = [\(c.batch), \(c.kvHeads), ·, \(c.headDimension)] / dv = \(c.valueDimension)")
+                throw AttentionError.shapeMismatch(tensor: "keys / values", shape: keys.shape + values.shape, expected: "the cache's [B, Hkv, ·, d] = [\(c.batch), \(c.kvHeads), ·, \(c.headDimension)] / dv = \(c.valueDimension), of one length")
             }
             n = keys.shape[2]
             start = lengths[layer]
@@ -70,7 +70,7 @@ public struct DistributedKVCache: Sendable {
             if let i = v.invalidIndex { throw AttentionError.nonFinite(name: "values", index: i) }
             let limit = c.type.largestMagnitude
             if k.maxMagnitude > limit || v.maxMagnitude > limit {
-                throw AttentionError.overflow("a \(c.type) KV cache stores magnitudes up to \(limit); the \(k.maxMagnitude > limit ? "keys reach \(k.maxMagnitude)" : "values reach \(v.maxMagnitude)")")
+                throw AttentionError.overflow(quantity: "the \(k.maxMagnitude > limit ? "keys" : "values") stored in a \(c.type) KV cache", bound: Double(max(k.maxMagnitude, v.maxMagnitude)), limit: Double(limit))
             }
             let mine = positions.owned(rank: comm.rank, start: start, count: n).map { $0 - start }
             if !mine.isEmpty {
@@ -103,10 +103,11 @@ public struct DistributedKVCache: Sendable {
         try comm.allreduce(&packed, .min)
         if packed[0] < Int64(comm.size) {
             if let localError, packed[0] == Int64(comm.rank) { throw localError }
-            throw AttentionError.invalidArgument("rank \(packed[0]) of \(comm.size) refused the append to the sharded KV cache (its error says why); no rank stored it")
+            throw AttentionError.rankRefused(rank: Int(packed[0]), ranks: comm.size, operation: "the append to the sharded KV cache")
         }
-        guard packed[1] == -packed[2], packed[3] == -packed[4], packed[5] == -packed[6] else {
-            throw AttentionError.shapeMismatch("the ranks append different tokens: layers \(packed[1])...\(-packed[2]), counts \(packed[3])...\(-packed[4]), at lengths \(packed[5])...\(-packed[6]); no rank stored them")
+        for (i, value) in ["layer", "appended token count", "cache length"].enumerated() where packed[1 + 2 * i] != -packed[2 + 2 * i] {
+            throw AttentionError.ranksDisagree(value: "the \(value) of an append (no rank stored it)",
+                                               lowest: "\(packed[1 + 2 * i])", highest: "\(-packed[2 + 2 * i])")
         }
         // Checked above (a subset of the agreed tokens, within ⌈capacity/P⌉): cannot throw.
         if let picked { try local.append(layer: layer, keys: picked.keys, values: picked.values) }
@@ -119,7 +120,7 @@ public struct DistributedKVCache: Sendable {
     public mutating func decode(queries: Tensor, layer: Int, scale: Float? = nil, root: Int = 0,
                                 threads: Int? = nil) throws -> Tensor {
         guard queries.rank == 4, queries.shape[2] == 1 else {
-            throw AttentionError.invalidArgument("distributed decoding takes one new query per sequence, [B, H, 1, d]; got \(queries.shape)")
+            throw AttentionError.shapeMismatch(tensor: "queries", shape: queries.shape, expected: "one new query per sequence, [B, H, 1, d]")
         }
         var q = queries.contiguous()
         let t0 = MPI.wtime()

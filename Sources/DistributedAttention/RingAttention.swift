@@ -116,17 +116,17 @@ public struct RingAttention: Sendable {
     /// `[B, heads, len, width]` (B, heads and width those of its first chunk).
     func checkSharding(_ name: String, _ t: ShardedTensor) throws {
         guard t.shards.ranks == comm.size, t.rank == comm.rank else {
-            throw AttentionError.shapeMismatch("\(name) are sharded for rank \(t.rank) of \(t.shards.ranks); this is rank \(comm.rank) of \(comm.size)")
+            throw AttentionError.shapeMismatch(tensor: name, shape: t.chunks.first?.shape ?? [], expected: "sharding for rank \(comm.rank) of \(comm.size) (it is for rank \(t.rank) of \(t.shards.ranks))")
         }
         let ranges = t.ranges
         guard t.chunks.count == ranges.count else {
-            throw AttentionError.shapeMismatch("\(name) hold \(t.chunks.count) chunks; the \(t.shards.layout) sharding gives rank \(t.rank) \(ranges.count)")
+            throw AttentionError.shapeMismatch(tensor: "\(name) chunks", shape: [t.chunks.count], expected: "\(ranges.count) chunks, as the \(t.shards.layout) sharding gives rank \(t.rank)")
         }
         guard let first = t.chunks.first, first.rank == 4 else {
             throw AttentionError.wrongRank(name: name, expected: 4, shape: t.chunks.first?.shape ?? [])
         }
         for (c, r) in zip(t.chunks, ranges) where c.shape != [first.shape[0], first.shape[1], r.count, first.shape[3]] {
-            throw AttentionError.shapeMismatch("a chunk of \(name) is \(c.shape) for positions \(r) (\(r.count) rows of [\(first.shape[0]), \(first.shape[1]), ·, \(first.shape[3])])")
+            throw AttentionError.shapeMismatch(tensor: "the chunk of \(name) for positions \(r)", shape: c.shape, expected: "\([first.shape[0], first.shape[1], r.count, first.shape[3]])")
         }
     }
 
@@ -158,19 +158,19 @@ public struct RingAttention: Sendable {
             try checkSharding("keys", keys)
             try checkSharding("values", values)
             guard keys.shards == values.shards else {
-                throw AttentionError.shapeMismatch("keys and values must be sharded alike")
+                throw AttentionError.shapeMismatch(tensor: "values", shape: [values.shards.length], expected: "sharded as the keys (\(keys.shards.layout) over \(keys.shards.length) positions)")
             }
             shape = try AttentionShape(queries: queries.chunks[0], keys: keys.chunks[0], values: values.chunks[0])
             shape.N = queries.shards.length
             shape.M = keys.shards.length
-            if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
-            if let scale, !scale.isFinite { throw AttentionError.invalidArgument("scale must be finite, got \(scale)") }
+            if let threads, threads < 1 { throw AttentionError.invalidArgument(name: "threads", value: "\(threads)", expected: "at least 1") }
+            if let scale, !scale.isFinite { throw AttentionError.invalidArgument(name: "scale", value: "\(scale)", expected: "a finite number") }
             if let keyLengths {
                 guard keyLengths.count == shape.B else {
-                    throw AttentionError.shapeMismatch("\(keyLengths.count) key lengths for batch size \(shape.B)")
+                    throw AttentionError.shapeMismatch(tensor: "keyLengths", shape: [keyLengths.count], expected: "one length per sequence (B = \(shape.B))")
                 }
                 if let bad = keyLengths.first(where: { $0 < 0 || $0 > shape.M }) {
-                    throw AttentionError.invalidArgument("key length \(bad) outside 0...\(shape.M)")
+                    throw AttentionError.invalidArgument(name: "keyLengths", value: "\(bad)", expected: "a length in 0...\(shape.M)")
                 }
             }
             magnitudes[0] = Double(try scan("queries", queries))
@@ -183,14 +183,14 @@ public struct RingAttention: Sendable {
                 for (name, t) in [("output", saved.output), ("outputGradient", saved.outputGradient)] {
                     guard t.shards == queries.shards, t.chunks[0].shape[0] == shape.B, t.chunks[0].shape[1] == shape.H,
                           t.chunks[0].shape[3] == shape.dv else {
-                        throw AttentionError.shapeMismatch("\(name) must be sharded as the queries with the output's shape \(outputShape); got chunks of \(t.chunks[0].shape) over \(t.shards.length) positions")
+                        throw AttentionError.shapeMismatch(tensor: name, shape: t.chunks[0].shape, expected: "chunks sharded as the queries with the output's shape \(outputShape) (got \(t.shards.length) positions)")
                     }
                 }
                 guard saved.logSumExp.count == queries.ranges.count else {
-                    throw AttentionError.shapeMismatch("\(saved.logSumExp.count) log-sum-exp chunks for \(queries.ranges.count) query chunks")
+                    throw AttentionError.shapeMismatch(tensor: "logSumExp chunks", shape: [saved.logSumExp.count], expected: "one per query chunk (\(queries.ranges.count))")
                 }
                 for (l, r) in zip(saved.logSumExp, queries.ranges) where l.shape != [shape.B, shape.H, r.count] {
-                    throw AttentionError.shapeMismatch("a log-sum-exp chunk is \(l.shape) for query positions \(r); expected \([shape.B, shape.H, r.count])")
+                    throw AttentionError.shapeMismatch(tensor: "the logSumExp chunk for query positions \(r)", shape: l.shape, expected: "\([shape.B, shape.H, r.count])")
                 }
                 magnitudes[3] = Double(try scan("outputGradient", saved.outputGradient))
             }
@@ -214,10 +214,10 @@ public struct RingAttention: Sendable {
         if packed[0] > 0 {
             let failing = comm.size - Int(packed[0])
             if let localError, failing == comm.rank { throw localError }
-            throw AttentionError.invalidArgument("rank \(failing) of \(comm.size) refused its ring attention inputs (its error says why); no rank started the ring")
+            throw AttentionError.rankRefused(rank: failing, ranks: comm.size, operation: "its ring attention inputs")
         }
         for (i, (name, _)) in shared.enumerated() where packed[5 + 2 * i] != -packed[6 + 2 * i] {
-            throw AttentionError.shapeMismatch("the ranks disagree on \(name) (from \(-packed[6 + 2 * i]) to \(packed[5 + 2 * i]))")
+            throw AttentionError.ranksDisagree(value: name, lowest: "\(-packed[6 + 2 * i])", highest: "\(packed[5 + 2 * i])")
         }
         // The key lengths themselves, element by element (a count and sums let [2, 0, 2] pass for
         // [1, 2, 1]): a second all-reduce, of B pairs, now that every rank has B lengths.
@@ -225,7 +225,7 @@ public struct RingAttention: Sendable {
             var pairs = lengths.flatMap { [Double($0), -Double($0)] }
             try comm.allreduce(&pairs, .max)
             if let b = lengths.indices.first(where: { pairs[2 * $0] != -pairs[2 * $0 + 1] }) {
-                throw AttentionError.shapeMismatch("the ranks disagree on the key length of sequence \(b) (from \(Int(-pairs[2 * b + 1])) to \(Int(pairs[2 * b])))")
+                throw AttentionError.ranksDisagree(value: "keyLengths[\(b)]", lowest: "\(Int(-pairs[2 * b + 1]))", highest: "\(Int(pairs[2 * b]))")
             }
         }
         // The whole problem's float32 bounds (as the single-process call checks them).
@@ -235,10 +235,10 @@ public struct RingAttention: Sendable {
         let limit = Double(sign: .plus, exponent: 124, significand: 1)
         let scores = effectiveScale * Double(s.d) * maxQ * maxK
         if scores > limit {
-            throw AttentionError.overflow("scores may reach |scale|·d·max|q|·max|k| = \(scores), over 2^124; rescale q or k")
+            throw AttentionError.overflow(quantity: "the scores |scale|·d·max|q|·max|k|", bound: scores, limit: limit)
         }
         if Double(s.M) * maxV > limit {
-            throw AttentionError.overflow("accumulated outputs may reach M·max|v| = \(Double(s.M) * maxV), over 2^124; rescale v")
+            throw AttentionError.overflow(quantity: "the accumulated outputs M·max|v|", bound: Double(s.M) * maxV, limit: limit)
         }
         if saved != nil {
             let dS = 2 * Double(s.dv) * maxDO * maxV
@@ -246,7 +246,7 @@ public struct RingAttention: Sendable {
                             Double(s.group) * Double(s.N) * dS * effectiveScale * Double(s.d) * maxQ,
                             Double(s.group) * Double(s.N) * maxDO)
             if bound > limit {
-                throw AttentionError.overflow("gradients may reach \(bound), over 2^124; rescale the inputs or the output gradient")
+                throw AttentionError.overflow(quantity: "the gradients (from the inputs and the output gradient)", bound: bound, limit: limit)
             }
         }
         return Geometry(keyShards: keys.shards, B: s.B, Hkv: s.Hkv, d: s.d, dv: s.dv)
@@ -286,32 +286,19 @@ public struct RingAttention: Sendable {
         do {
             for step in 0..<P {
                 let owner = (comm.rank - step + P) % P
-                var requests: [Request] = []
-                if step < P - 1 {
-                    let sending = geo.floats(owner: owner), incoming = geo.floats(owner: (owner - 1 + P) % P)
-                    requests.append(try comm.isend(pCurrent, count: sending, to: comm.next, tag: Self.keyValueTag(step: step)))
-                    requests.append(try comm.irecv(pArriving, count: incoming, from: comm.previous, tag: Self.keyValueTag(step: step)))
-                    stats.bytesSent += sending * 4
-                    stats.messages += 1
-                }
+                var requests = try startKeyValueExchange(step: step, geo: geo, sending: pCurrent, arriving: pArriving, stats: &stats)
                 let block = try geo.block(owner: owner, in: current)
                 let t0 = MPI.wtime()
                 var polled = 0.0
                 let stepPoller = BackgroundProgress(comm: comm, requests: requests)
                 poller = stepPoller
-                for (a, qr) in queries.ranges.enumerated() {
-                    for (b, kr) in block.ranges.enumerated() {
-                        let qpos = qr.lowerBound + M - N
-                        let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
-                                                           keyPosition: kr.lowerBound, causal: causal)
-                        if vis == .none { stats.blocksSkipped += 1; continue }
-                        let part = try attentionBlockForward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
-                                                             scale: scale, causal: causal, queryPosition: qpos,
-                                                             keyPosition: kr.lowerBound, keyLengths: keyLengths, threads: threads)
-                        try mergeAttentionBlock(output: &outputs[a], logSumExp: &lses[a], blockOutput: part.output,
-                                                blockLogSumExp: part.logSumExp)
-                        stats.blocksComputed += 1
-                    }
+                try forEachVisibleBlock(queries: queries.ranges, block: block, queryOffset: M - N, causal: causal,
+                                        stats: &stats) { a, b, qpos, kpos in
+                    let part = try attentionBlockForward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
+                                                         scale: scale, causal: causal, queryPosition: qpos,
+                                                         keyPosition: kpos, keyLengths: keyLengths, threads: threads)
+                    try mergeAttentionBlock(output: &outputs[a], logSumExp: &lses[a], blockOutput: part.output,
+                                            blockLogSumExp: part.logSumExp)
                 }
                 let tp = MPI.wtime()
                 requests = try stepPoller.finish()
@@ -336,6 +323,39 @@ public struct RingAttention: Sendable {
         withExtendedLifetime((current, arriving)) {}
         stats.seconds = MPI.wtime() - start
         return (ShardedTensor(shards: queries.shards, rank: comm.rank, chunks: outputs), lses, stats)
+    }
+
+    /// Step `step`'s K/V exchange, started (none at the last step): the block held, which belongs
+    /// to rank `(rank - step) mod P`, goes to the next rank while the previous rank's arrives.
+    /// Shared by ``forward(queries:keys:values:scale:causal:keyLengths:)`` and the backward.
+    func startKeyValueExchange(step: Int, geo: Geometry, sending: UnsafeMutablePointer<Float>,
+                               arriving: UnsafeMutablePointer<Float>, stats: inout RingStatistics) throws -> [Request] {
+        let P = comm.size
+        guard step < P - 1 else { return [] }
+        let owner = (comm.rank - step + P) % P
+        let count = geo.floats(owner: owner), incoming = geo.floats(owner: (owner - 1 + P) % P)
+        let requests = [try comm.isend(sending, count: count, to: comm.next, tag: Self.keyValueTag(step: step)),
+                        try comm.irecv(arriving, count: incoming, from: comm.previous, tag: Self.keyValueTag(step: step))]
+        stats.bytesSent += count * 4
+        stats.messages += 1
+        return requests
+    }
+
+    /// Calls `body(a, b, queryPosition, keyPosition)` for every pair of this rank's query chunk `a`
+    /// and the held block's key chunk `b` that a query can see (every pair unless causal), and
+    /// counts the pairs computed and skipped. Query row 0 sits at key position `queryOffset`.
+    func forEachVisibleBlock(queries: [Range<Int>], block: Block, queryOffset: Int, causal: Bool,
+                             stats: inout RingStatistics, _ body: (Int, Int, Int, Int) throws -> Void) throws {
+        for (a, qr) in queries.enumerated() {
+            for (b, kr) in block.ranges.enumerated() {
+                let qpos = qr.lowerBound + queryOffset
+                let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
+                                                   keyPosition: kr.lowerBound, causal: causal)
+                if vis == .none { stats.blocksSkipped += 1; continue }
+                try body(a, b, qpos, kr.lowerBound)
+                stats.blocksComputed += 1
+            }
+        }
     }
 
     /// Gradients of `L = Σ out ⊙ dOut` over the ring: this rank's dq chunks, and the dk/dv chunks
@@ -373,14 +393,7 @@ public struct RingAttention: Sendable {
             for step in 0..<P {
                 let owner = (comm.rank - step + P) % P
                 let floats = geo.floats(owner: owner)
-                var requests: [Request] = []
-                if step < P - 1 {
-                    let incoming = geo.floats(owner: (owner - 1 + P) % P)
-                    requests.append(try comm.isend(pCurrent, count: floats, to: comm.next, tag: Self.keyValueTag(step: step)))
-                    requests.append(try comm.irecv(pArriving, count: incoming, from: comm.previous, tag: Self.keyValueTag(step: step)))
-                    stats.bytesSent += floats * 4
-                    stats.messages += 1
-                }
+                var requests = try startKeyValueExchange(step: step, geo: geo, sending: pCurrent, arriving: pArriving, stats: &stats)
                 var gradRecv: [Request] = []
                 if step > 0 {
                     gradRecv.append(try comm.irecv(pGradIn, count: floats, from: comm.previous, tag: Self.gradientTag(step: step - 1)))
@@ -397,23 +410,17 @@ public struct RingAttention: Sendable {
                 var polled = 0.0
                 let stepPoller = BackgroundProgress(comm: comm, requests: requests + gradRecv)
                 poller = stepPoller
-                for (a, qr) in queries.ranges.enumerated() {
-                    for (b, kr) in block.ranges.enumerated() {
-                        let qpos = qr.lowerBound + M - N
-                        let vis = AttentionBlockVisibility(queryRows: qr.count, keyRows: kr.count, queryPosition: qpos,
-                                                           keyPosition: kr.lowerBound, causal: causal)
-                        if vis == .none { stats.blocksSkipped += 1; continue }
-                        let g = try attentionBlockBackward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
-                                                           output: output.chunks[a], logSumExp: logSumExp[a],
-                                                           outputGradient: outputGradient.chunks[a], scale: scale, causal: causal,
-                                                           queryPosition: qpos, keyPosition: kr.lowerBound, keyLengths: keyLengths,
-                                                           threads: threads)
-                        dq[a].add(g.queries)
-                        accumulate(UnsafeMutablePointer(mutating: gradBlock.keys[b].unsafeBaseAddress), g.keys.unsafeBaseAddress, g.keys.count)
-                        accumulate(UnsafeMutablePointer(mutating: gradBlock.values[b].unsafeBaseAddress), g.values.unsafeBaseAddress, g.values.count)
-                        withExtendedLifetime(g) {}
-                        stats.blocksComputed += 1
-                    }
+                try forEachVisibleBlock(queries: queries.ranges, block: block, queryOffset: M - N, causal: causal,
+                                        stats: &stats) { a, b, qpos, kpos in
+                    let g = try attentionBlockBackward(queries: queries.chunks[a], keys: block.keys[b], values: block.values[b],
+                                                       output: output.chunks[a], logSumExp: logSumExp[a],
+                                                       outputGradient: outputGradient.chunks[a], scale: scale, causal: causal,
+                                                       queryPosition: qpos, keyPosition: kpos, keyLengths: keyLengths,
+                                                       threads: threads)
+                    dq[a].add(g.queries)
+                    accumulate(UnsafeMutablePointer(mutating: gradBlock.keys[b].unsafeBaseAddress), g.keys.unsafeBaseAddress, g.keys.count)
+                    accumulate(UnsafeMutablePointer(mutating: gradBlock.values[b].unsafeBaseAddress), g.values.unsafeBaseAddress, g.values.count)
+                    withExtendedLifetime(g) {}
                 }
                 let tp = MPI.wtime()
                 let handedBack = try stepPoller.finish()

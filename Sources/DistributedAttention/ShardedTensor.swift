@@ -23,10 +23,10 @@ public struct ShardedTensor: Sendable {
     public init(slicing whole: Tensor, shards: SequenceShards, rank: Int) throws {
         guard whole.rank == 4 else { throw AttentionError.wrongRank(name: "the sharded tensor", expected: 4, shape: whole.shape) }
         guard whole.shape[2] == shards.length else {
-            throw AttentionError.shapeMismatch("a tensor of \(whole.shape[2]) positions \(whole.shape) split as \(shards.length) positions")
+            throw AttentionError.shapeMismatch(tensor: "the sharded tensor", shape: whole.shape, expected: "\(shards.length) positions on axis 2, as the shards")
         }
         guard (0..<shards.ranks).contains(rank) else {
-            throw AttentionError.invalidArgument("rank \(rank) outside 0..<\(shards.ranks)")
+            throw AttentionError.invalidArgument(name: "rank", value: "\(rank)", expected: "0..<\(shards.ranks)")
         }
         self.init(shards: shards, rank: rank, chunks: try shards.ranges(rank: rank).map { try whole.rows($0).contiguous() })
     }

@@ -603,4 +603,34 @@ final class GGUFTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(valid, 3)
     }
     func testGemma3() throws { try checkModel("gemma-3-270m-q4_k_m") }
+
+    /// The header and tensor-table refusals asserted field by field (the damage tests above match
+    /// some of them only by pattern): where the file ends, the counts it claims, the bytes a tensor
+    /// needs against the bytes the file has.
+    func testHeaderAndTensorRefusalsCarryEveryField() {
+        let p = "model.gguf"
+        XCTAssertEqual(readError(Array("GGUF".utf8) + [3, 0]), .truncated(path: p, what: "the version", offset: 4))
+        var r = Raw()
+        r.b += Array("GGUF".utf8); r.u32(3); r.u32(0)
+        XCTAssertEqual(readError(r.b), .truncated(path: p, what: "the tensor count", offset: 8))
+        r = Raw()
+        r.header(tensors: 1 << 60, kv: 0)
+        XCTAssertEqual(readError(r.b), .absurdCount(path: p, what: "tensor", count: 1 << 60, remaining: 0))
+        r = Raw()
+        r.header(tensors: 0, kv: 5)
+        r.b += [UInt8](repeating: 0, count: 10)
+        XCTAssertEqual(readError(r.b), .absurdCount(path: p, what: "metadata", count: 5, remaining: 10))
+        r = Raw()
+        r.header(tensors: 0, kv: 1)
+        r.u64(1 << 20); r.b += [UInt8](repeating: 0x41, count: 16)
+        XCTAssertEqual(readError(r.b), .absurdLength(path: p, what: "the key of metadata pair 0", length: 1 << 20, offset: 24))
+        // A q8_0 tensor of 64 values (2 blocks of 34 bytes) with 64 bytes of data: the tensor info
+        // ends at byte 24 + 9 + 4 + 16 + 4 + 8 = 65, so the data starts at 96 and the file has 160.
+        r = Raw()
+        r.header(tensors: 1, kv: 0)
+        r.tensor("t", [32, 2], 8, 0)
+        r.pad()
+        r.b += [UInt8](repeating: 0, count: 64)
+        XCTAssertEqual(readError(r.b), .tensorOutOfBounds(path: p, tensor: "t", offset: 0, byteCount: 68, dataStart: 96, fileSize: 160))
+    }
 }

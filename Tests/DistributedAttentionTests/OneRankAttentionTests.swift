@@ -77,10 +77,10 @@ final class OneRankAttentionTests: XCTestCase {
         let sq = try sharded(q, s), sk = try sharded(k, s), sv = try sharded(v, s)
         let ring = RingAttention(comm: comm, threads: 1)
         XCTAssertThrowsError(try ring.forward(queries: sq, keys: sk, values: sv, causal: true, keyLengths: [12, 13])) {
-            XCTAssertEqual($0 as? AttentionError, .invalidArgument("key length 13 outside 0...12"))
+            XCTAssertEqual($0 as? AttentionError, .invalidArgument(name: "keyLengths", value: "13", expected: "a length in 0...12"))
         }
         XCTAssertThrowsError(try ring.forward(queries: sq, keys: sk, values: sv, keyLengths: [3])) {
-            XCTAssertEqual($0 as? AttentionError, .shapeMismatch("1 key lengths for batch size 2"))
+            XCTAssertEqual($0 as? AttentionError, .shapeMismatch(tensor: "keyLengths", shape: [1], expected: "one length per sequence (B = 2)"))
         }
         var bad = sk
         bad.chunks[1][1, 0, 2, 3] = .nan
@@ -91,19 +91,21 @@ final class OneRankAttentionTests: XCTestCase {
         var short = sk
         short.chunks.removeLast()
         XCTAssertThrowsError(try ring.forward(queries: sq, keys: short, values: sv, causal: true)) {
-            guard case .shapeMismatch(let m)? = $0 as? AttentionError else { return XCTFail("\($0)") }
-            XCTAssertTrue(m.contains("keys hold 1 chunks"), m)
+            guard case .shapeMismatch(let tensor, let shape, _)? = $0 as? AttentionError else { return XCTFail("\($0)") }
+            XCTAssertEqual(tensor, "keys chunks")
+            XCTAssertEqual(shape, [1])
         }
         let twoRanks = ShardedTensor(shards: SequenceShards(length: 12, ranks: 2, layout: .zigzag), rank: 1, chunks: sq.chunks)
         XCTAssertThrowsError(try ring.forward(queries: twoRanks, keys: sk, values: sv)) {
-            guard case .shapeMismatch(let m)? = $0 as? AttentionError else { return XCTFail("\($0)") }
-            XCTAssertTrue(m.contains("rank 1 of 2"), m)
+            guard case .shapeMismatch(let tensor, _, let expected)? = $0 as? AttentionError else { return XCTFail("\($0)") }
+            XCTAssertEqual(tensor, "queries")
+            XCTAssertTrue(expected.contains("rank 1 of 2"), expected)
         }
         XCTAssertThrowsError(try ring.forward(queries: sq, keys: sk, values: sv, scale: .nan)) {
-            XCTAssertEqual($0 as? AttentionError, .invalidArgument("scale must be finite, got nan"))
+            XCTAssertEqual($0 as? AttentionError, .invalidArgument(name: "scale", value: "nan", expected: "a finite number"))
         }
         XCTAssertThrowsError(try RingAttention(comm: comm, threads: 0).forward(queries: sq, keys: sk, values: sv)) {
-            XCTAssertEqual($0 as? AttentionError, .invalidArgument("threads must be at least 1, got 0"))
+            XCTAssertEqual($0 as? AttentionError, .invalidArgument(name: "threads", value: "0", expected: "at least 1"))
         }
         var huge = sv
         huge.chunks[0][0, 0, 0, 0] = 1e37
@@ -113,7 +115,7 @@ final class OneRankAttentionTests: XCTestCase {
         let f = try ring.forward(queries: sq, keys: sk, values: sv, causal: true)
         XCTAssertThrowsError(try ring.backward(queries: sq, keys: sk, values: sv, output: f.output, logSumExp: Array(f.logSumExp.prefix(1)),
                                                outputGradient: f.output, causal: true)) {
-            XCTAssertEqual($0 as? AttentionError, .shapeMismatch("1 log-sum-exp chunks for 2 query chunks"))
+            XCTAssertEqual($0 as? AttentionError, .shapeMismatch(tensor: "logSumExp chunks", shape: [1], expected: "one per query chunk (2)"))
         }
         var nanGradient = f.output
         nanGradient.chunks[0][0, 1, 0, 0] = .infinity
@@ -138,7 +140,7 @@ final class OneRankAttentionTests: XCTestCase {
             guard case .shapeMismatch? = $0 as? AttentionError else { return XCTFail("\($0)") }
         }
         XCTAssertThrowsError(try ShardedTensor(slicing: q, shards: s, rank: 1)) {
-            XCTAssertEqual($0 as? AttentionError, .invalidArgument("rank 1 outside 0..<1"))
+            XCTAssertEqual($0 as? AttentionError, .invalidArgument(name: "rank", value: "1", expected: "0..<1"))
         }
         let t = try sharded(q, s)
         XCTAssertEqual(t.ranges, [0..<5, 5..<10])
@@ -155,7 +157,7 @@ final class OneRankAttentionTests: XCTestCase {
         var single = try KVCache(layers: 1, batch: 1, kvHeads: Hkv, capacity: capacity, headDimension: d, type: .float16)
         var dist = try DistributedKVCache(comm: comm, layers: 1, batch: 1, kvHeads: Hkv, capacity: capacity, headDimension: d, type: .float16)
         XCTAssertThrowsError(try DistributedKVCache(comm: comm, layers: 1, batch: 1, kvHeads: Hkv, capacity: 0, headDimension: d)) {
-            XCTAssertEqual($0 as? AttentionError, .invalidArgument("KV cache capacity must be positive, got 0"))
+            XCTAssertEqual($0 as? AttentionError, .invalidArgument(name: "capacity", value: "0", expected: "positive"))
         }
         try single.append(layer: 0, keys: try k.rows(0..<7), values: try v.rows(0..<7))
         try dist.append(layer: 0, keys: try k.rows(0..<7), values: try v.rows(0..<7))
@@ -173,7 +175,7 @@ final class OneRankAttentionTests: XCTestCase {
             guard case .overflow? = $0 as? AttentionError else { return XCTFail("\($0)") }
         }
         XCTAssertThrowsError(try dist.append(layer: 1, keys: try k.rows(7..<8), values: try v.rows(7..<8))) {
-            XCTAssertEqual($0 as? AttentionError, .invalidArgument("layer 1 outside 0..<1"))
+            XCTAssertEqual($0 as? AttentionError, .invalidArgument(name: "layer", value: "1", expected: "0..<1"))
         }
         XCTAssertThrowsError(try dist.append(layer: 0, keys: try Tensor.randomNormal([1, Hkv, 1, d + 1], seed: 1), values: try v.rows(7..<8))) {
             guard case .shapeMismatch? = $0 as? AttentionError else { return XCTFail("\($0)") }
@@ -186,7 +188,7 @@ final class OneRankAttentionTests: XCTestCase {
         let want = try decodeAttention(queries: q, cache: single, layer: 0, threads: 1)
         XCTAssertLessThan(relativeError(try dist.decode(queries: q, layer: 0, threads: 1), want), 1e-6)
         XCTAssertThrowsError(try dist.decode(queries: try Tensor.randomNormal([1, H, 2, d], seed: 2), layer: 0)) {
-            guard case .invalidArgument? = $0 as? AttentionError else { return XCTFail("\($0)") }
+            guard case .shapeMismatch(tensor: "queries", shape: [1, H, 2, d], _)? = $0 as? AttentionError else { return XCTFail("\($0)") }
         }
         XCTAssertThrowsError(try dist.append(layer: 0, keys: try k.rows(10..<11), values: try v.rows(10..<11))) {
             XCTAssertEqual($0 as? AttentionError, .cacheFull(capacity: 10, length: 10, appending: 1))

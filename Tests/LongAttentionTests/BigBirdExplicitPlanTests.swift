@@ -30,13 +30,15 @@ final class BigBirdExplicitPlanTests: XCTestCase {
         let bias = try BigBirdOracle.bias(N: N, H: 1, b: b, g: 2, w: 3, causal: true, random: explicit.random)
         XCTAssertLessThan(Reference.relError(out, Reference.attention(q: q, k: k, v: v, bias: bias)), 2e-6)
         // A sink as a random block, and an entry in the row of global block 1: refused.
-        for (slot, bad, words) in [(9 * 2, 1, "not an eligible block"), (0, 0, "global blocks")] {
+        for (slot, bad, words) in [(9 * 2, 1, "an eligible block"), (0, 0, "global blocks")] {
             var p = plan
             p[slot] = bad
             XCTAssertThrowsError(try BigBirdPlan(sequenceLength: N, heads: 1, blockSize: b, globalBlocks: 2, randomPlan: p,
                                                  planShape: [1, 10, 2], causal: true)) { e in
-                guard case .invalidArgument(let text)? = e as? AttentionError else { return XCTFail("\(e)") }
-                XCTAssertTrue(text.contains(words), text)
+                guard case .invalidArgument(let name, let value, let expected)? = e as? AttentionError else { return XCTFail("\(e)") }
+                XCTAssertEqual(name, "random plan entry at [0, \(slot / 2)]")
+                XCTAssertEqual(value, "\(bad)")
+                XCTAssertTrue(expected.contains(words), expected)
             }
         }
         // The non-causal layout stays Hugging Face's, g = 1 only.

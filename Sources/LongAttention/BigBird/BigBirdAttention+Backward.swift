@@ -61,7 +61,7 @@ func runBigBirdBackward(_ L: AttentionLayout, _ grad: GradientLayout, plan: BigB
     let R = Gp * b, ldS = bigBirdMaxColumns(plan: plan)
     let runs = BigBirdRunTable(plan)
     let (scores, overflow) = R.multipliedReportingOverflow(by: 2 * ldS)
-    guard !overflow else { throw AttentionError.tooLarge("BigBird score blocks of \(R) × \(ldS) overflow") }
+    guard !overflow else { throw AttentionError.tooLarge(buffer: "BigBird score blocks of \(R) × 2·\(ldS)", bytes: nil, limit: nil) }
     let kv = try HeadPartGradients(dk: grad.dk, dv: grad.dv, sequences: L.B * L.Hkv, parts: parts, M: N, d: d, dvWidth: dv,
                                    purpose: "BigBird backward")
     defer { kv.deallocate() }

@@ -30,10 +30,11 @@ func bigBirdInputs(queries: Tensor, keys: Tensor, values: Tensor, plan: BigBirdP
                                      mask: AttentionMask(isCausal: plan.causal, alibi: alibi), threads: threads)
     let shape = inputs.shape
     guard shape.N == shape.M else {
-        throw AttentionError.shapeMismatch("BigBird is self-attention: N = \(shape.N) queries but M = \(shape.M) keys")
+        throw AttentionError.shapeMismatch(tensor: "keys", shape: keys.shape, expected: "N = \(shape.N) positions, as the queries (BigBird is self-attention)")
     }
     guard plan.sequenceLength == shape.N, plan.heads == shape.H else {
-        throw AttentionError.shapeMismatch("plan is for N = \(plan.sequenceLength), H = \(plan.heads); inputs have N = \(shape.N), H = \(shape.H)")
+        throw AttentionError.shapeMismatch(tensor: "queries", shape: queries.shape,
+                                           expected: "the plan's N = \(plan.sequenceLength) positions and H = \(plan.heads) heads")
     }
     try inputs.checkSoftmaxRange()
     // The sparse rows' scratch is checked before anything runs: a plan whose blocks need more than
@@ -41,7 +42,7 @@ func bigBirdInputs(queries: Tensor, keys: Tensor, values: Tensor, plan: BigBirdP
     let workers = min(inputs.threads, max(1, shape.B * shape.Hkv * plan.blockCount))
     let perWorker = bigBirdWorkspaceBytesPerThread(plan: plan, shape: shape)
     let (scratch, overflow) = perWorker.multipliedReportingOverflow(by: workers)
-    guard !overflow else { throw AttentionError.tooLarge("BigBird scratch of \(perWorker) bytes × \(workers) workers overflows") }
+    guard !overflow else { throw AttentionError.tooLarge(buffer: "BigBird scratch of \(perWorker) bytes × \(workers) workers", bytes: nil, limit: nil) }
     try checkBudget(bytes: scratch, purpose: "BigBird blocks (\(perWorker) bytes per worker × \(workers))")
     return inputs
 }
@@ -140,7 +141,7 @@ func runBigBird(_ L: AttentionLayout, plan: BigBirdPlan, middle: [Int], threads:
     let perSequence = middle.count
     let runs = BigBirdRunTable(plan)
     let (scores, overflow) = R.multipliedReportingOverflow(by: ldS)
-    guard !overflow else { throw AttentionError.tooLarge("BigBird score block of \(R) × \(ldS) overflows") }
+    guard !overflow else { throw AttentionError.tooLarge(buffer: "BigBird score block of \(R) × \(ldS)", bytes: nil, limit: nil) }
     try runWithScratch(items: L.B * L.Hkv * perSequence, threads: threads, floats: R * (d + dv + 1) + scores, ints: R,
                        purpose: "BigBird blocks of \(R) stacked rows × \(ldS) columns") { ws, queue in
         let qp = ws.floats(R * d), s = ws.floats(R * ldS), o = ws.floats(R * dv), rowLSE = ws.floats(R), valid = ws.ints(R)

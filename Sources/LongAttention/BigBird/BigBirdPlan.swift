@@ -85,13 +85,13 @@ public struct BigBirdPlan: Sendable, Equatable {
     ///   than `r` eligible blocks).
     ///
     /// `-1` marks an unused slot in both layouts; any other entry outside the rules is refused
-    /// with ``AttentionError/invalidArgument(_:)``. ``explicitRandomPlan()`` exports a plan in
+    /// with ``AttentionError/invalidArgument(name:value:expected:)``. ``explicitRandomPlan()`` exports a plan in
     /// the same layout.
     public init(sequenceLength: Int, heads: Int, blockSize: Int, globalBlocks g: Int = 1, windowBlocks: Int = 3,
                 randomPlan plan: [Int], planShape: [Int], causal: Bool = false) throws {
         try Self.validate(N: sequenceLength, H: heads, b: blockSize, g: g, w: windowBlocks, r: planShape.last ?? 0)
         guard causal || g == 1 else {
-            throw AttentionError.invalidArgument("the non-causal explicit plan layout [H, nb - 2, r] is for one global block, not g = \(g)")
+            throw AttentionError.invalidArgument(name: "globalBlocks", value: "\(g)", expected: "1 for the non-causal explicit plan layout [H, nb - 2, r]")
         }
         let nb = (sequenceLength + blockSize - 1) / blockSize
         let rowsPerHead = Self.explicitRows(nb: nb, causal: causal)
@@ -99,7 +99,8 @@ public struct BigBirdPlan: Sendable, Equatable {
         guard planShape.count == 3, planShape[0] == heads, planShape[1] == rowsPerHead,
               planShape.reduce(1, *) == plan.count else {
             throw AttentionError.shapeMismatch(
-                "\(causal ? "causal " : "")random plan \(planShape) must be \(layout) = [\(heads), \(rowsPerHead), r] for N = \(sequenceLength), b = \(blockSize)")
+                tensor: "\(causal ? "causal " : "")random plan", shape: planShape,
+                expected: "\(layout) = [\(heads), \(rowsPerHead), r] for N = \(sequenceLength), b = \(blockSize), holding \(plan.count) entries")
         }
         let r = planShape[2]
         self.sequenceLength = sequenceLength
@@ -118,7 +119,8 @@ public struct BigBirdPlan: Sendable, Equatable {
                     // A global (sink) query block already sees every earlier key: its row is unused.
                     if let j = listed.first(where: { $0 != -1 }) {
                         throw AttentionError.invalidArgument(
-                            "random plan entry \(j) at [\(h), \(i - 1)]: query block \(i) is one of the \(g) global blocks, its row must be all -1")
+                            name: "random plan entry at [\(h), \(i - 1)]", value: "\(j)",
+                            expected: "-1: query block \(i) is one of the \(g) global blocks, its row must be all -1")
                     }
                     continue
                 }
@@ -127,7 +129,8 @@ public struct BigBirdPlan: Sendable, Equatable {
                     guard eligible else {
                         let rule = causal ? "\(g) ..< \(max(g, i - windowBlocks / 2)) (after the sinks, before the window)" : "0 ..< \(nb)"
                         throw AttentionError.invalidArgument(
-                            "random plan entry \(j) at [\(h), \(i - 1)] is not an eligible block for query block \(i): allowed \(rule), or -1 for an unused slot")
+                            name: "random plan entry at [\(h), \(i - 1)]", value: "\(j)",
+                            expected: "an eligible block for query block \(i): \(rule), or -1 for an unused slot")
                     }
                 }
                 let taken = Set(Self.structuralBlocks(i, nb: nb, g: g, w: windowBlocks, causal: causal))
@@ -147,7 +150,7 @@ public struct BigBirdPlan: Sendable, Equatable {
     /// reads back into the same plan. Non-causal plans need one global block (the layout's rows assume it).
     public func explicitRandomPlan() throws -> (shape: [Int], values: [Int]) {
         guard causal || globalBlocks == 1 else {
-            throw AttentionError.invalidArgument("the explicit plan layout is for one global block, this plan has g = \(globalBlocks)")
+            throw AttentionError.invalidArgument(name: "globalBlocks", value: "\(globalBlocks)", expected: "1 for the explicit plan layout")
         }
         let rows = Self.explicitRows(nb: blockCount, causal: causal)
         var values = [Int](repeating: -1, count: heads * rows * randomBlocks)
@@ -162,13 +165,15 @@ public struct BigBirdPlan: Sendable, Equatable {
     }
 
     static func validate(N: Int, H: Int, b: Int, g: Int, w: Int, r: Int) throws {
-        guard N >= 1, H >= 1 else { throw AttentionError.invalidArgument("BigBird needs N >= 1 and H >= 1, got N = \(N), H = \(H)") }
-        guard b >= 1 else { throw AttentionError.invalidArgument("block size must be at least 1, got \(b)") }
-        guard g >= 0 else { throw AttentionError.invalidArgument("global blocks must be >= 0, got \(g)") }
-        guard w >= 1, w % 2 == 1 else { throw AttentionError.invalidArgument("window blocks must be odd and >= 1, got \(w)") }
-        guard r >= 0 else { throw AttentionError.invalidArgument("random blocks must be >= 0, got \(r)") }
+        guard N >= 1, H >= 1 else { throw AttentionError.invalidArgument(name: N >= 1 ? "heads H" : "sequence length N", value: "\(N >= 1 ? H : N)", expected: "at least 1") }
+        guard b >= 1 else { throw AttentionError.invalidArgument(name: "blockSize", value: "\(b)", expected: "at least 1") }
+        guard g >= 0 else { throw AttentionError.invalidArgument(name: "globalBlocks", value: "\(g)", expected: ">= 0") }
+        guard w >= 1, w % 2 == 1 else { throw AttentionError.invalidArgument(name: "windowBlocks", value: "\(w)", expected: "odd and >= 1") }
+        guard r >= 0 else { throw AttentionError.invalidArgument(name: "randomBlocks", value: "\(r)", expected: ">= 0") }
         guard b <= 1 << 16, H <= 1 << 16, g <= 1 << 20, w <= 1 << 20, r <= 1 << 16 else {
-            throw AttentionError.invalidArgument("BigBird option out of range (b \(b), H \(H), g \(g), w \(w), r \(r))")
+            let (name, value, most) = b > 1 << 16 ? ("blockSize", b, 1 << 16) : H > 1 << 16 ? ("heads H", H, 1 << 16)
+                : g > 1 << 20 ? ("globalBlocks", g, 1 << 20) : w > 1 << 20 ? ("windowBlocks", w, 1 << 20) : ("randomBlocks", r, 1 << 16)
+            throw AttentionError.invalidArgument(name: name, value: "\(value)", expected: "at most \(most)")
         }
     }
 

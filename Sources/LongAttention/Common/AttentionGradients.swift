@@ -48,14 +48,17 @@ struct BackwardInputs {
     init(_ inputs: AttentionInputs, outputGradient dOut: Tensor, forward: SoftmaxAttentionForward? = nil) throws {
         let s = inputs.shape
         guard dOut.shape == s.outputShape else {
-            throw AttentionError.shapeMismatch("output gradient is \(dOut.shape), the output is \(s.outputShape)")
+            throw AttentionError.shapeMismatch(tensor: "outputGradient", shape: dOut.shape, expected: "the output's shape \(s.outputShape)")
         }
         let scan = dOut.scanValues()
         if let i = scan.invalidIndex { throw AttentionError.nonFinite(name: "outputGradient", index: i) }
         if let forward {
             guard forward.headMajorOutput.shape == s.outputShape, forward.logSumExp.shape == [s.B, s.H, s.N] else {
+                let output = forward.headMajorOutput.shape == s.outputShape
                 throw AttentionError.shapeMismatch(
-                    "saved forward has output \(forward.headMajorOutput.shape) (head-major) and log-sum-exp \(forward.logSumExp.shape); the inputs need \(s.outputShape) and \([s.B, s.H, s.N])")
+                    tensor: output ? "saved forward's logSumExp" : "saved forward's output (head-major)",
+                    shape: output ? forward.logSumExp.shape : forward.headMajorOutput.shape,
+                    expected: output ? "\([s.B, s.H, s.N]) for these inputs" : "\(s.outputShape) for these inputs")
             }
         }
         self.dOut = dOut.lastAxisContiguous()
@@ -73,7 +76,8 @@ struct BackwardInputs {
                         Double(s.group) * Double(s.N) * dS * scale * Double(s.d) * Double(inputs.maxQ),
                         Double(s.group) * Double(s.N) * Double(maxDOut))
         if bound > AttentionInputs.magnitudeLimit {
-            throw AttentionError.overflow("gradients may reach \(bound), over 2^124; rescale the inputs or the output gradient")
+            throw AttentionError.overflow(quantity: "the gradients (from the inputs and the output gradient)", bound: bound,
+                                         limit: AttentionInputs.magnitudeLimit)
         }
     }
 }

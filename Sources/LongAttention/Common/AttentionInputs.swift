@@ -31,9 +31,9 @@ struct AttentionInputs {
          threads: Int? = nil, scan: Scan = .all, shapeOverride: AttentionShape? = nil, maskOverride: AttentionMask? = nil) throws {
         let shape = try shapeOverride ?? AttentionShape(queries: queries, keys: keys, values: values)
         let mask = maskOverride ?? mask
-        if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
+        if let threads, threads < 1 { throw AttentionError.invalidArgument(name: "threads", value: "\(threads)", expected: "at least 1") }
         let scale = scale ?? 1 / Float(shape.d).squareRoot()
-        guard scale.isFinite else { throw AttentionError.invalidArgument("scale must be finite, got \(scale)") }
+        guard scale.isFinite else { throw AttentionError.invalidArgument(name: "scale", value: "\(scale)", expected: "a finite number") }
         let (bias, maxBias) = try mask.validated(for: shape)
         func scanned(_ name: String, _ t: Tensor) throws -> Float {
             let r = t.scanValues()
@@ -98,7 +98,7 @@ struct AttentionInputs {
 
     /// Softmax attention: every score obeys |scale·q·k + bias| <= |scale|·d·max|q|·max|k| + max|bias|
     /// (plus ALiBi's largest penalty), and the unnormalised output of the online softmax is at
-    /// most M·max|v| (every p <= 1). Throws ``AttentionError/overflow(_:)`` when either bound
+    /// most M·max|v| (every p <= 1). Throws ``AttentionError/overflow(quantity:bound:limit:)`` when either bound
     /// exceeds ``magnitudeLimit`` (e.g. q = k = 1e19); typical inputs are 30 orders of magnitude below.
     func checkSoftmaxRange() throws {
         let s = shape
@@ -107,11 +107,11 @@ struct AttentionInputs {
             scores += Double(alibi.slopes.map { abs($0) }.max() ?? 0) * Double(max(s.N, s.M))
         }
         if scores > Self.magnitudeLimit {
-            throw AttentionError.overflow("scores may reach |scale|·d·max|q|·max|k| + max|bias| = \(scores), over 2^124; rescale q or k")
+            throw AttentionError.overflow(quantity: "the scores |scale|·d·max|q|·max|k| + max|bias|", bound: scores, limit: Self.magnitudeLimit)
         }
         let outputs = Double(s.M) * Double(maxV)
         if outputs > Self.magnitudeLimit {
-            throw AttentionError.overflow("accumulated outputs may reach M·max|v| = \(outputs), over 2^124; rescale v")
+            throw AttentionError.overflow(quantity: "the accumulated outputs M·max|v|", bound: outputs, limit: Self.magnitudeLimit)
         }
     }
 

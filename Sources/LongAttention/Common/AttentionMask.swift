@@ -13,7 +13,7 @@ public struct AttentionMask: Sendable {
     /// `i` at position `p = i + M - N` (bottom-right), key `j` is visible iff `p - W < j <= p`,
     /// i.e. the query sees itself and its `W - 1` predecessors. `W >= 1`, and only together with
     /// ``isCausal`` (transformers' sliding mask is always causal; a window without it is refused
-    /// with ``AttentionError/invalidWindow(_:)``, as is `W < 1`). The exact kernels skip every key
+    /// with ``AttentionError/invalidWindow(window:layer:reason:)``, as is `W < 1`). The exact kernels skip every key
     /// tile outside the band: O(N·W·d) work instead of O(N·M·d).
     public var slidingWindow: Int?
     /// Per batch entry `b`, only keys `j < keyLengths[b]` are attended (right padding).
@@ -52,13 +52,13 @@ public struct AttentionMask: Sendable {
     /// lengths the elementwise minimum; biases added (broadcast against each other: `[N, M]` + `[H, N, M]` gives
     /// `[H, N, M]`); two ALiBi sets add their slopes (penalties add).
     ///
-    /// - Throws: ``AttentionError/shapeMismatch(_:)`` when key-length counts, bias shapes or slope
+    /// - Throws: ``AttentionError/shapeMismatch(tensor:shape:expected:)`` when key-length counts, bias shapes or slope
     ///   counts cannot be combined.
     public func combined(with other: AttentionMask) throws -> AttentionMask {
         var lengths = keyLengths ?? other.keyLengths
         if let a = keyLengths, let b = other.keyLengths {
             guard a.count == b.count else {
-                throw AttentionError.shapeMismatch("cannot combine \(a.count) key lengths with \(b.count)")
+                throw AttentionError.shapeMismatch(tensor: "keyLengths", shape: [b.count], expected: "\(a.count) lengths, as the other mask has")
             }
             lengths = zip(a, b).map { Swift.min($0, $1) }
         }
@@ -67,7 +67,7 @@ public struct AttentionMask: Sendable {
         var slopes = alibi ?? other.alibi
         if let a = alibi, let b = other.alibi {
             guard a.slopes.count == b.slopes.count else {
-                throw AttentionError.shapeMismatch("cannot combine ALiBi with \(a.slopes.count) and \(b.slopes.count) slopes")
+                throw AttentionError.shapeMismatch(tensor: "ALiBi slopes", shape: [b.slopes.count], expected: "\(a.slopes.count) slopes, as the other mask has")
             }
             slopes = ALiBi(slopes: zip(a.slopes, b.slopes).map { $0 + $1 })
         }
@@ -80,22 +80,22 @@ public struct AttentionMask: Sendable {
     /// The sliding window's own rule: `W >= 1`, and only with a causal mask.
     func validateWindow() throws {
         guard let w = slidingWindow else { return }
-        guard w >= 1 else { throw AttentionError.invalidWindow("a sliding window must be at least 1 position, got \(w)") }
+        guard w >= 1 else { throw AttentionError.invalidWindow(window: w, layer: nil, reason: "a window must be at least 1 position") }
         guard isCausal else {
-            throw AttentionError.invalidWindow("a sliding window of \(w) needs a causal mask (use .slidingWindow(W) or isCausal: true)")
+            throw AttentionError.invalidWindow(window: w, layer: nil, reason: "a window needs a causal mask (use .slidingWindow(W) or isCausal: true)")
         }
     }
 
     /// `a + b` broadcast over their leading axes (ranks 2–4, the last two equal).
     static func addBiases(_ a: Tensor, _ b: Tensor) throws -> Tensor {
         guard (2...4).contains(a.rank), (2...4).contains(b.rank) else {
-            throw AttentionError.shapeMismatch("biases \(a.shape) and \(b.shape) must be rank 2 to 4")
+            throw AttentionError.shapeMismatch(tensor: "bias", shape: (2...4).contains(a.rank) ? b.shape : a.shape, expected: "rank 2 to 4")
         }
         let pa = [Int](repeating: 1, count: 4 - a.rank) + a.shape, pb = [Int](repeating: 1, count: 4 - b.rank) + b.shape
         var shape = [Int](repeating: 0, count: 4)
         for axis in 0..<4 {
             guard pa[axis] == pb[axis] || (axis < 2 && (pa[axis] == 1 || pb[axis] == 1)) else {
-                throw AttentionError.shapeMismatch("biases \(a.shape) and \(b.shape) do not broadcast against each other")
+                throw AttentionError.shapeMismatch(tensor: "bias", shape: b.shape, expected: "a shape that broadcasts against the other bias \(a.shape)")
             }
             shape[axis] = Swift.max(pa[axis], pb[axis])
         }
@@ -125,18 +125,18 @@ public struct AttentionMask: Sendable {
         try validateWindow()
         if let alibi {
             guard alibi.slopes.count == s.H else {
-                throw AttentionError.shapeMismatch("ALiBi has \(alibi.slopes.count) slopes for H = \(s.H) heads")
+                throw AttentionError.shapeMismatch(tensor: "ALiBi slopes", shape: [alibi.slopes.count], expected: "one slope per query head (H = \(s.H))")
             }
             if let h = alibi.slopes.firstIndex(where: { !$0.isFinite }) {
-                throw AttentionError.invalidArgument("ALiBi slope \(h) is \(alibi.slopes[h]): slopes must be finite")
+                throw AttentionError.invalidArgument(name: "ALiBi slope \(h)", value: "\(alibi.slopes[h])", expected: "a finite number")
             }
         }
         if let lengths = keyLengths {
             guard lengths.count == s.B else {
-                throw AttentionError.shapeMismatch("\(lengths.count) key lengths for batch size \(s.B)")
+                throw AttentionError.shapeMismatch(tensor: "keyLengths", shape: [lengths.count], expected: "one length per sequence (B = \(s.B))")
             }
             if let bad = lengths.first(where: { $0 < 0 || $0 > s.M }) {
-                throw AttentionError.invalidArgument("key length \(bad) outside 0...\(s.M)")
+                throw AttentionError.invalidArgument(name: "keyLengths", value: "\(bad)", expected: "a length in 0...\(s.M)")
             }
         }
         guard let bias else { return (nil, 0) }
@@ -155,12 +155,12 @@ struct BroadcastBias {
 
     init(_ bias: Tensor, shape s: AttentionShape) throws {
         guard (2...4).contains(bias.rank) else {
-            throw AttentionError.shapeMismatch("bias \(bias.shape) must be [N, M], [H, N, M] or [B, H, N, M]")
+            throw AttentionError.shapeMismatch(tensor: "bias", shape: bias.shape, expected: "[N, M], [H, N, M] or [B, H, N, M]")
         }
         let full = [s.B, s.H, s.N, s.M]
         let padded = [Int](repeating: 1, count: 4 - bias.rank) + bias.shape
         for axis in 0..<4 where padded[axis] != full[axis] && !(axis < 2 && padded[axis] == 1) {
-            throw AttentionError.shapeMismatch("bias \(bias.shape) does not broadcast to [B, H, N, M] = \(full)")
+            throw AttentionError.shapeMismatch(tensor: "bias", shape: bias.shape, expected: "a shape that broadcasts to [B, H, N, M] = \(full)")
         }
         tensor = bias.contiguous()
         let st = rowMajorStrides(padded)

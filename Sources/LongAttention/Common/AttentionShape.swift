@@ -17,16 +17,17 @@ public struct AttentionShape: Sendable, Equatable, CustomStringConvertible {
         }
         self.init(B: q.shape[0], H: q.shape[1], Hkv: k.shape[1], N: q.shape[2], M: k.shape[2], d: q.shape[3], dv: v.shape[3])
         guard k.shape[0] == B, v.shape[0] == B else {
-            throw AttentionError.shapeMismatch("batch sizes differ: queries \(q.shape), keys \(k.shape), values \(v.shape)")
+            let (name, t) = k.shape[0] != B ? ("keys", k) : ("values", v)
+            throw AttentionError.shapeMismatch(tensor: name, shape: t.shape, expected: "the queries' batch size B = \(B) (queries \(q.shape))")
         }
         guard k.shape[3] == d else {
-            throw AttentionError.shapeMismatch("queries have d = \(d) but keys have d = \(k.shape[3])")
+            throw AttentionError.shapeMismatch(tensor: "keys", shape: k.shape, expected: "the queries' head dimension d = \(d)")
         }
         guard v.shape[1] == Hkv, v.shape[2] == M else {
-            throw AttentionError.shapeMismatch("keys \(k.shape) and values \(v.shape) differ in heads or length")
+            throw AttentionError.shapeMismatch(tensor: "values", shape: v.shape, expected: "the keys' heads and length (keys \(k.shape))")
         }
         guard Hkv > 0, H % Hkv == 0 else { throw AttentionError.headsNotGrouped(H: H, Hkv: Hkv) }
-        guard d > 0 else { throw AttentionError.invalidArgument("head dimension d must be positive") }
+        guard d > 0 else { throw AttentionError.invalidArgument(name: "head dimension d", value: "\(d)", expected: "positive") }
     }
 
     /// Query heads sharing one KV head.

@@ -20,7 +20,7 @@ struct HeadPartGradients {
         (self.dk, self.dv_, self.sequences, self.parts, self.M, self.d, self.dv) = (dk, dv, sequences, parts, M, d, dvWidth)
         self.tokenMajorHeads = tokenMajorHeads
         let (floats, overflow) = (sequences * (parts - 1)).multipliedReportingOverflow(by: M * (d + dvWidth))
-        guard !overflow else { throw AttentionError.tooLarge("\(purpose): dK/dV partials overflow") }
+        guard !overflow else { throw AttentionError.tooLarge(buffer: "\(purpose) dK/dV partials", bytes: nil, limit: nil) }
         try checkBudget(bytes: floats * 4, purpose: "\(purpose) dK/dV partials of \(parts) head parts")
         partials = parts > 1 ? .allocate(capacity: floats) : nil
     }

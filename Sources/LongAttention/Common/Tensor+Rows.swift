@@ -12,7 +12,8 @@ extension Tensor {
     mutating func copyRows(from rows: Tensor, at offset: Int) throws {
         guard rank == 4, rows.rank == 4, rows.shape[0] == shape[0], rows.shape[1] == shape[1],
               rows.shape[3] == shape[3], offset + rows.shape[2] <= shape[2] else {
-            throw TensorError.shapeMismatch("cannot place rows \(rows.shape) into \(shape) at \(offset)")
+            throw TensorError.shapeMismatch(operation: "copyRows(at: \(offset))", shapes: [shape, rows.shape],
+                                            expected: "rank-4 [B, H, ·, dv] rows that fit after the offset")
         }
         let src = rows.contiguous()
         let (B, H, n, dv, N) = (shape[0], shape[1], rows.shape[2], shape[3], shape[2])
@@ -29,7 +30,8 @@ extension Tensor {
     mutating func addRows(_ rows: Tensor, at offset: Int) throws {
         guard rank == 4, rows.rank == 4, rows.shape[0] == shape[0], rows.shape[1] == shape[1],
               rows.shape[3] == shape[3], offset + rows.shape[2] <= shape[2] else {
-            throw TensorError.shapeMismatch("cannot add rows \(rows.shape) into \(shape) at \(offset)")
+            throw TensorError.shapeMismatch(operation: "addRows(at: \(offset))", shapes: [shape, rows.shape],
+                                            expected: "rank-4 [B, H, ·, w] rows that fit after the offset")
         }
         let src = rows.contiguous()
         let (BH, n, w, N) = (shape[0] * shape[1], rows.shape[2], shape[3], shape[2])
@@ -45,7 +47,8 @@ extension Tensor {
     mutating func copyColumns(from columns: Tensor, at offset: Int) throws {
         guard rank == 3, columns.rank == 3, columns.shape[0] == shape[0], columns.shape[1] == shape[1],
               offset + columns.shape[2] <= shape[2] else {
-            throw TensorError.shapeMismatch("cannot place columns \(columns.shape) into \(shape) at \(offset)")
+            throw TensorError.shapeMismatch(operation: "copyColumns(at: \(offset))", shapes: [shape, columns.shape],
+                                            expected: "rank-3 [B, H, ·] columns that fit after the offset")
         }
         let src = columns.contiguous()
         let (BH, n, N) = (shape[0] * shape[1], columns.shape[2], shape[2])

@@ -18,7 +18,7 @@ struct Workspace {
         let (raw, o2) = elements.multipliedReportingOverflow(by: 4)
         let (total, o3) = raw.addingReportingOverflow(arrays * 64)
         guard !o1, !o2, !o3, floats >= 0, ints >= 0 else {
-            throw AttentionError.tooLarge("scratch of \(floats) floats and \(ints) ints overflows")
+            throw AttentionError.tooLarge(buffer: "scratch of \(floats) floats and \(ints) ints", bytes: nil, limit: nil)
         }
         return (max(total, 64) + 63) & ~63
     }
@@ -51,7 +51,7 @@ struct WorkerScratch {
     init(workers: Int, floats: Int, ints: Int = 0, arrays: Int = 8, purpose: String) throws {
         let per = try Workspace.bytes(floats: floats, ints: ints, arrays: arrays)
         let (total, overflow) = per.multipliedReportingOverflow(by: max(1, workers))
-        guard !overflow else { throw AttentionError.tooLarge("\(purpose): scratch of \(per) bytes × \(workers) workers overflows") }
+        guard !overflow else { throw AttentionError.tooLarge(buffer: "\(purpose) scratch of \(per) bytes × \(workers) workers", bytes: nil, limit: nil) }
         try checkBudget(bytes: total, purpose: "\(purpose) (\(per) bytes per worker × \(workers))")
         self.workers = max(1, workers)
         bytesPerWorker = per
@@ -67,12 +67,12 @@ struct WorkerScratch {
     func free() { base.deallocate() }
 }
 
-/// Throws ``AttentionError/tooLarge(_:)`` when `bytes` of scratch exceed the memory budget.
+/// Throws ``AttentionError/tooLarge(buffer:bytes:limit:)`` when `bytes` of scratch exceed the memory budget.
 func checkBudget(bytes: Int, purpose: String) throws {
     do {
         try MemoryBudget.check(bytes)
     } catch {
-        throw AttentionError.tooLarge("\(purpose) needs \(bytes) bytes of scratch; the memory budget allows \(MemoryBudget.availableBytes)")
+        throw AttentionError.tooLarge(buffer: "\(purpose) scratch", bytes: bytes, limit: MemoryBudget.availableBytes)
     }
 }
 

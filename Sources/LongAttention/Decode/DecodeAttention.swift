@@ -27,7 +27,7 @@ import AttentionTensor
 ///   - alibi: ALiBi slopes (one per query head): a penalty on the distance `p - j`, with or without a window.
 ///   - slidingWindow: `W >= 1`, or nil (a full layer: plain causal; a windowed layer: its own `W`).
 ///   - threads: worker threads (default: all cores); the result does not depend on them.
-/// - Throws: ``AttentionError/invalidWindow(_:)`` for `W < 1`, a `W` wider than a windowed
+/// - Throws: ``AttentionError/invalidWindow(window:layer:reason:)`` for `W < 1`, a `W` wider than a windowed
 ///   layer's, or queries whose windows reach positions the ring no longer holds (`n + W - 1`
 ///   positions needed: more queries than the `maxAppend` the ring was sized for); shape, NaN/Inf
 ///   and overflow errors as any attention call.
@@ -62,15 +62,15 @@ public func decodeAttentionKeepingLSE(queries: Tensor, cache: KVCache, layer: In
 func withDecodeInputs<R>(queries: Tensor, cache: KVCache, layer: Int, scale: Float?, alibi: ALiBi?, slidingWindow: Int?,
                          threads: Int?, _ body: (AttentionInputs) throws -> R) throws -> R {
     guard (0..<cache.layers).contains(layer) else {
-        throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(cache.layers)")
+        throw AttentionError.invalidArgument(name: "layer", value: "\(layer)", expected: "0..<\(cache.layers)")
     }
     if let w = slidingWindow, w < 1 {
-        throw AttentionError.invalidWindow("a sliding window must be at least 1 position, got \(w)")
+        throw AttentionError.invalidWindow(window: w, layer: nil, reason: "a window must be at least 1 position")
     }
     var window = slidingWindow
     if let layerWindow = cache.windows[layer] {
         if let w = slidingWindow, w > layerWindow {
-            throw AttentionError.invalidWindow("a window of \(w) on cache layer \(layer), whose ring serves a window of \(layerWindow)")
+            throw AttentionError.invalidWindow(window: w, layer: layer, reason: "the layer's ring serves a window of \(layerWindow)")
         }
         window = slidingWindow ?? layerWindow
     }
@@ -85,7 +85,7 @@ func withDecodeInputs<R>(queries: Tensor, cache: KVCache, layer: Int, scale: Flo
     if held.lowerBound > 0 {
         let n = shape.N
         guard let w = window, n <= held.count, w - 1 <= held.count - n else {
-            throw AttentionError.invalidWindow("cache layer \(layer) holds positions \(held.lowerBound)..<\(held.upperBound); \(shape.N) queries with a window of \(window.map(String.init) ?? "all positions") need the last \(shape.N) + W - 1 (maxAppend is \(cache.maxAppend))")
+            throw AttentionError.invalidWindow(window: window, layer: layer, reason: "the layer holds positions \(held.lowerBound)..<\(held.upperBound); \(shape.N) queries need the last \(shape.N) + W - 1 (maxAppend is \(cache.maxAppend))")
         }
     }
     let mask = AttentionMask(isCausal: true, slidingWindow: window, alibi: alibi)

@@ -75,22 +75,22 @@ public struct KVCache: Sendable {
     ///     (a ring of `min(capacity, W + maxAppend - 1)` rows). nil: every layer full.
     ///   - maxAppend: the longest append a windowed layer takes (default 1: token-by-token
     ///     decoding); it sizes the rings. Ignored by full layers.
-    /// - Throws: ``AttentionError/invalidArgument(_:)`` for sizes below 1 or a `windows` count
-    ///   other than `layers`; ``AttentionError/invalidWindow(_:)`` for a window below 1;
-    ///   ``AttentionError/tooLarge(_:)`` when the bytes overflow or exceed the memory budget.
+    /// - Throws: ``AttentionError/invalidArgument(name:value:expected:)`` for sizes below 1 or a `windows` count
+    ///   other than `layers`; ``AttentionError/invalidWindow(window:layer:reason:)`` for a window below 1;
+    ///   ``AttentionError/tooLarge(buffer:bytes:limit:)`` when the bytes overflow or exceed the memory budget.
     public init(layers: Int, batch: Int, kvHeads: Int, capacity: Int, headDimension d: Int, valueDimension dv: Int? = nil,
                 type: KVCacheType = .float32, windows: [Int?]? = nil, maxAppend: Int = 1, sinks: [Int]? = nil) throws {
         let dv = dv ?? d
         guard layers >= 1, batch >= 1, kvHeads >= 1, capacity >= 1, d >= 1, dv >= 1 else {
-            throw AttentionError.invalidArgument("KV cache sizes must be positive (layers \(layers), B \(batch), Hkv \(kvHeads), capacity \(capacity), d \(d), dv \(dv))")
+            throw AttentionError.invalidArgument(name: "KV cache sizes [layers, B, Hkv, capacity, d, dv]", value: "\([layers, batch, kvHeads, capacity, d, dv])", expected: "all positive")
         }
         let slots = try Self.slots(layers: layers, capacity: capacity, windows: windows, maxAppend: maxAppend)
         let sinks = sinks ?? Array(repeating: 0, count: layers)
         guard sinks.count == layers, sinks.allSatisfy({ $0 >= 0 && $0 <= capacity }) else {
-            throw AttentionError.invalidArgument("sinks must list \(layers) counts in 0...\(capacity), got \(sinks)")
+            throw AttentionError.invalidArgument(name: "sinks", value: "\(sinks)", expected: "\(layers) counts in 0...\(capacity)")
         }
         for (layer, s) in sinks.enumerated() where s > 0 && (windows?[layer] ?? nil) == nil {
-            throw AttentionError.invalidArgument("layer \(layer) is a full layer: only windowed layers take attention sinks")
+            throw AttentionError.invalidArgument(name: "sinks[\(layer)]", value: "\(s)", expected: "0: layer \(layer) is a full layer, only windowed layers take attention sinks")
         }
         self.sinks = sinks
         self.layers = layers
@@ -112,10 +112,10 @@ public struct KVCache: Sendable {
         self.type = type
         // The whole cache's size, checked before anything is allocated.
         guard let total = Self.bytes(batch: batch, kvHeads: kvHeads, slots: slots, headDimension: d, valueDimension: dv, type: type) else {
-            throw AttentionError.tooLarge("a KV cache of \(layers) layers × B \(batch) × Hkv \(kvHeads) × \(capacity) positions × d \(d)/\(dv) overflows")
+            throw AttentionError.tooLarge(buffer: "a KV cache of \(layers) layers × B \(batch) × Hkv \(kvHeads) × \(capacity) positions × d \(d)/\(dv)", bytes: nil, limit: nil)
         }
         do { try MemoryBudget.check(total) } catch {
-            throw AttentionError.tooLarge("a \(type) KV cache of \(total) bytes; the memory budget allows \(MemoryBudget.availableBytes)")
+            throw AttentionError.tooLarge(buffer: "a \(type) KV cache", bytes: total, limit: MemoryBudget.availableBytes)
         }
         // Float32 caches are tensors `[B, Hkv, slots, d]` (views read them in place); the other
         // types are rows of bytes (`type.rowBytes(d)` each) in a flat float buffer used as storage.
@@ -134,21 +134,21 @@ public struct KVCache: Sendable {
     /// positions `0 ..< s`, `s = min(sinks[layer], lengths[layer])` (float32 whatever ``type`` is;
     /// views of the sink store).
     public func sinkRows(layer: Int) throws -> (keys: Tensor, values: Tensor) {
-        guard (0..<layers).contains(layer) else { throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(layers)") }
+        guard (0..<layers).contains(layer) else { throw AttentionError.invalidArgument(name: "layer", value: "\(layer)", expected: "0..<\(layers)") }
         let s = min(sinks[layer], lengths[layer])
         return (try sinkKeyStore[layer].rows(0..<s), try sinkValueStore[layer].rows(0..<s))
     }
 
     /// The rows each layer stores (see the type's description), after checking `windows` and `maxAppend`.
     static func slots(layers: Int, capacity: Int, windows: [Int?]?, maxAppend: Int) throws -> [Int] {
-        guard maxAppend >= 1 else { throw AttentionError.invalidArgument("maxAppend must be at least 1, got \(maxAppend)") }
+        guard maxAppend >= 1 else { throw AttentionError.invalidArgument(name: "maxAppend", value: "\(maxAppend)", expected: "at least 1") }
         guard let windows else { return Array(repeating: capacity, count: layers) }
         guard windows.count == layers else {
-            throw AttentionError.invalidArgument("\(windows.count) windows for a cache of \(layers) layers")
+            throw AttentionError.invalidArgument(name: "windows", value: "\(windows.count) windows", expected: "one per layer (\(layers))")
         }
         return try windows.map { w in
             guard let w else { return capacity }
-            guard w >= 1 else { throw AttentionError.invalidWindow("a KV cache layer's window must be at least 1 position, got \(w)") }
+            guard w >= 1 else { throw AttentionError.invalidWindow(window: w, layer: nil, reason: "a KV cache layer's window must be at least 1 position") }
             let (sum, overflow) = w.addingReportingOverflow(maxAppend - 1)
             return overflow ? capacity : min(capacity, sum)
         }
@@ -219,11 +219,13 @@ public struct KVCache: Sendable {
     ///   a windowed layer; shape, NaN/Inf and range errors as typed ``AttentionError``s. Nothing is
     ///   appended when it throws.
     public mutating func append(layer: Int, keys: Tensor, values: Tensor) throws {
-        guard (0..<layers).contains(layer) else { throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(layers)") }
+        guard (0..<layers).contains(layer) else { throw AttentionError.invalidArgument(name: "layer", value: "\(layer)", expected: "0..<\(layers)") }
         guard keys.rank == 4, values.rank == 4, keys.shape[0] == batch, keys.shape[1] == kvHeads, keys.shape[3] == headDimension,
               values.shape[0] == batch, values.shape[1] == kvHeads, values.shape[3] == valueDimension,
               keys.shape[2] == values.shape[2] else {
-            throw AttentionError.shapeMismatch("append \(keys.shape) / \(values.shape) to a cache of [B, Hkv, ·, d] = [\(batch), \(kvHeads), ·, \(headDimension)] / dv = \(valueDimension)")
+            throw AttentionError.shapeMismatch(tensor: keys.rank == 4 && keys.shape[0] == batch && keys.shape[1] == kvHeads && keys.shape[3] == headDimension ? "values" : "keys",
+                                               shape: keys.rank == 4 && keys.shape[0] == batch && keys.shape[1] == kvHeads && keys.shape[3] == headDimension ? values.shape : keys.shape,
+                                               expected: "the cache's [B, Hkv, ·, d] = [\(batch), \(kvHeads), ·, \(headDimension)] / dv = \(valueDimension), keys and values of one length")
         }
         let n = keys.shape[2], length = lengths[layer]
         guard n <= capacity - length else { throw AttentionError.cacheFull(capacity: capacity, length: length, appending: n) }
@@ -233,7 +235,7 @@ public struct KVCache: Sendable {
         if let i = v.invalidIndex { throw AttentionError.nonFinite(name: "values", index: i) }
         let limit = type.largestMagnitude
         if k.maxMagnitude > limit || v.maxMagnitude > limit {
-            throw AttentionError.overflow("a \(type) KV cache stores magnitudes up to \(limit); the \(k.maxMagnitude > limit ? "keys reach \(k.maxMagnitude)" : "values reach \(v.maxMagnitude)")")
+            throw AttentionError.overflow(quantity: "the \(k.maxMagnitude > limit ? "keys" : "values") stored in a \(type) KV cache", bound: Double(max(k.maxMagnitude, v.maxMagnitude)), limit: Double(limit))
         }
         maxKey[layer] = max(maxKey[layer], k.maxMagnitude)
         maxValue[layer] = max(maxValue[layer], v.maxMagnitude)
@@ -312,13 +314,13 @@ public struct KVCache: Sendable {
     /// view of a float32 full layer, a copy otherwise (dequantised, or a wrapped ring's segments
     /// joined; decoding never makes one).
     public func keys(layer: Int) throws -> Tensor {
-        guard (0..<layers).contains(layer) else { throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(layers)") }
+        guard (0..<layers).contains(layer) else { throw AttentionError.invalidArgument(name: "layer", value: "\(layer)", expected: "0..<\(layers)") }
         return try filled(keyStore[layer], width: headDimension, layer: layer)
     }
 
     /// The held values of `layer`, `[B, Hkv, held, dv]` in position order (view or copy as ``keys(layer:)``).
     public func values(layer: Int) throws -> Tensor {
-        guard (0..<layers).contains(layer) else { throw AttentionError.invalidArgument("layer \(layer) outside 0..<\(layers)") }
+        guard (0..<layers).contains(layer) else { throw AttentionError.invalidArgument(name: "layer", value: "\(layer)", expected: "0..<\(layers)") }
         return try filled(valueStore[layer], width: valueDimension, layer: layer)
     }
 
@@ -357,18 +359,19 @@ public struct KVCache: Sendable {
     /// Windows may differ: a windowed layer here keeps the last of the source's held positions
     /// that fit its ring, and needs at least `min(length, W - 1)` of them (what its next append's
     /// first query reads before the append); a full layer here needs every position the source
-    /// appended (a source ring that dropped positions throws ``AttentionError/invalidWindow(_:)``).
+    /// appended (a source ring that dropped positions throws ``AttentionError/invalidWindow(window:layer:reason:)``).
     ///
     /// With `positions`, only the source's first `positions` positions are taken (a prompt's
     /// shared prefix: a server's prefix cache); a source layer that no longer holds what this
-    /// cache's layer needs of them throws ``AttentionError/invalidWindow(_:)``.
+    /// cache's layer needs of them throws ``AttentionError/invalidWindow(window:layer:reason:)``.
     public mutating func copy(from other: KVCache, positions limit: Int? = nil) throws {
         guard other.layers == layers, other.batch == batch, other.kvHeads == kvHeads,
               other.headDimension == headDimension, other.valueDimension == valueDimension else {
-            throw AttentionError.shapeMismatch("caches differ in layers, batch, heads or widths")
+            throw AttentionError.shapeMismatch(tensor: "source cache [layers, B, Hkv, d, dv]", shape: [other.layers, other.batch, other.kvHeads, other.headDimension, other.valueDimension],
+                                               expected: "this cache's \([layers, batch, kvHeads, headDimension, valueDimension])")
         }
-        guard other.sinks == sinks else { throw AttentionError.shapeMismatch("caches differ in their attention sinks") }
-        if let limit, limit < 0 { throw AttentionError.invalidArgument("a prefix of \(limit) positions") }
+        guard other.sinks == sinks else { throw AttentionError.shapeMismatch(tensor: "source cache's sinks", shape: other.sinks, expected: "this cache's sinks \(sinks)") }
+        if let limit, limit < 0 { throw AttentionError.invalidArgument(name: "positions", value: "\(limit)", expected: ">= 0") }
         // Per layer: the positions taken, and how many of them the source still holds (the last ones).
         func taken(_ layer: Int) -> (length: Int, held: Int) {
             let length = min(other.lengths[layer], limit ?? .max), from = other.positions(layer: layer).lowerBound
@@ -382,14 +385,14 @@ public struct KVCache: Sendable {
             let keep = min(held, slots[layer])
             if let w = windows[layer] {
                 guard keep >= min(length, w - 1) else {
-                    throw AttentionError.invalidWindow("layer \(layer) of the source holds \(held) positions; a window of \(w) needs the last \(min(length, w - 1))")
+                    throw AttentionError.invalidWindow(window: w, layer: layer, reason: "the source layer holds \(held) positions; the window needs the last \(min(length, w - 1))")
                 }
             } else if held < length {
-                throw AttentionError.invalidWindow("layer \(layer) of the source keeps only its last \(held) of \(length) positions; a full layer needs them all")
+                throw AttentionError.invalidWindow(window: nil, layer: layer, reason: "the source layer keeps only its last \(held) of \(length) positions; a full layer needs them all")
             }
         }
         for layer in 0..<layers where max(other.maxKey[layer], other.maxValue[layer]) > type.largestMagnitude {
-            throw AttentionError.overflow("a \(type) KV cache stores magnitudes up to \(type.largestMagnitude); layer \(layer) of the source reaches \(max(other.maxKey[layer], other.maxValue[layer]))")
+            throw AttentionError.overflow(quantity: "layer \(layer) of the source, stored in a \(type) KV cache", bound: Double(max(other.maxKey[layer], other.maxValue[layer])), limit: Double(type.largestMagnitude))
         }
         for layer in 0..<layers {
             let (length, held) = taken(layer)

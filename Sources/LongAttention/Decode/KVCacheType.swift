@@ -12,7 +12,7 @@ import CAttentionKernels
 /// Decoding reads the stored type directly (see ``decodeAttention(queries:cache:layer:scale:alibi:slidingWindow:outputLayout:threads:)``):
 /// a bf16 cache is half the bytes of a float32 one and an int8 cache 27%, and since a decode step
 /// streams the whole cache, fewer bytes are also faster steps. Appending a value beyond the
-/// largest magnitude throws ``AttentionError/overflow(_:)``.
+/// largest magnitude throws ``AttentionError/overflow(quantity:bound:limit:)``.
 public enum KVCacheType: String, Sendable, CaseIterable, CustomStringConvertible {
     case float32 = "f32"
     case bfloat16 = "bf16"

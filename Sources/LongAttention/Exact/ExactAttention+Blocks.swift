@@ -32,13 +32,13 @@ private func blockInputs(queries: Tensor, keys: Tensor, values: Tensor, scale: F
     var mask = AttentionMask(isCausal: visibility == .partial)
     if let keyLengths {
         guard keyLengths.count == shape.B else {
-            throw AttentionError.shapeMismatch("\(keyLengths.count) key lengths for a batch of \(shape.B)")
+            throw AttentionError.shapeMismatch(tensor: "keyLengths", shape: [keyLengths.count], expected: "one length per sequence (B = \(shape.B))")
         }
         // Lengths are sequence positions: the block cannot know the sequence's M (its caller checks
         // the upper bound, as ring attention does against the whole M), but a negative one is wrong
         // at any M. Within the block, a length before it masks every key and one past it none.
         if let bad = keyLengths.first(where: { $0 < 0 }) {
-            throw AttentionError.invalidArgument("key length \(bad) is negative")
+            throw AttentionError.invalidArgument(name: "keyLengths", value: "\(bad)", expected: "a length >= 0")
         }
         mask.keyLengths = keyLengths.map { min(max($0 - keyPosition, 0), shape.M) }
     }
@@ -123,8 +123,11 @@ public func mergeAttentionBlock(output: inout Tensor, logSumExp: inout Tensor, b
                                 blockLogSumExp: Tensor) throws {
     guard output.shape == blockOutput.shape, logSumExp.shape == blockLogSumExp.shape, output.rank == 4,
           logSumExp.shape == Array(output.shape.prefix(3)) else {
+        let outputs = output.shape == blockOutput.shape && output.rank == 4
         throw AttentionError.shapeMismatch(
-            "merge of output \(output.shape) / lse \(logSumExp.shape) with block \(blockOutput.shape) / \(blockLogSumExp.shape)")
+            tensor: outputs ? "blockLogSumExp" : "blockOutput", shape: outputs ? blockLogSumExp.shape : blockOutput.shape,
+            expected: outputs ? "[B, H, n] = \(Array(output.shape.prefix(3))) (the output's, whose logSumExp is \(logSumExp.shape))"
+                              : "the rank-4 output's shape \(output.shape)")
     }
     let dv = output.shape[3], rows = logSumExp.count
     let bo = blockOutput.contiguous(), bl = blockLogSumExp.contiguous()

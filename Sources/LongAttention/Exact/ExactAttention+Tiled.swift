@@ -36,7 +36,7 @@ func runTiled(_ L: AttentionLayout, plan: ExactAttentionPlan) throws {
     var partial: UnsafeMutablePointer<Float>? = nil
     if splits > 1 {
         let (count, overflow) = (blocks * splits).multipliedReportingOverflow(by: partialStride)
-        guard !overflow else { throw AttentionError.tooLarge("key-split partial results overflow") }
+        guard !overflow else { throw AttentionError.tooLarge(buffer: "key-split partial results", bytes: nil, limit: nil) }
         try checkBudget(bytes: count * 4, purpose: "key-split partial results")
         partial = .allocate(capacity: count)
     }

@@ -54,7 +54,7 @@ public func exactAttention(
 func exactAttention(_ inputs: AttentionInputs, plan: ExactAttentionPlan, queryOffset: Int? = nil,
                     outputLayout: AttentionOutputLayout = .headMajor) throws -> Tensor {
     guard inputs.shape == plan.shape else {
-        throw AttentionError.shapeMismatch("plan is for \(plan.shape), inputs are \(inputs.shape)")
+        throw AttentionError.shapeMismatch(tensor: "queries", shape: [inputs.shape.B, inputs.shape.H, inputs.shape.N, inputs.shape.d], expected: "the plan's \(plan.shape) (inputs \(inputs.shape))")
     }
     try inputs.checkSoftmaxRange()
     var out = try inputs.makeOutput(outputLayout)

@@ -17,7 +17,7 @@ public struct CompressiveMemory: Sendable {
 
     public init(batch: Int, kvHeads: Int, headDimension d: Int, valueDimension dv: Int) throws {
         guard batch >= 1, kvHeads >= 1, d >= 1, dv >= 1 else {
-            throw AttentionError.invalidArgument("memory sizes must be positive (B \(batch), Hkv \(kvHeads), d \(d), dv \(dv))")
+            throw AttentionError.invalidArgument(name: "memory sizes [B, Hkv, d, dv]", value: "\([batch, kvHeads, d, dv])", expected: "all positive")
         }
         self.batch = batch
         self.kvHeads = kvHeads
@@ -59,7 +59,7 @@ public struct CompressiveMemory: Sendable {
     public static func load(from path: String) throws -> CompressiveMemory {
         let packed = try Numpy.readTensor(path, rank: 4)
         let (B, H, d, w) = (packed.shape[0], packed.shape[1], packed.shape[2], packed.shape[3])
-        guard w >= 2 else { throw AttentionError.shapeMismatch("\(path): memory file \(packed.shape) needs [B, Hkv, d, dv + 1] with dv >= 1") }
+        guard w >= 2 else { throw AttentionError.shapeMismatch(tensor: "memory file \(path)", shape: packed.shape, expected: "[B, Hkv, d, dv + 1] with dv >= 1") }
         var mem = try CompressiveMemory(batch: B, kvHeads: H, headDimension: d, valueDimension: w - 1)
         mem.memory.withUnsafeMutableBufferPointer { pm in
             mem.normalizer.withUnsafeMutableBufferPointer { pz in
@@ -72,7 +72,7 @@ public struct CompressiveMemory: Sendable {
             }
         }
         guard mem.memory.scalars.allSatisfy(\.isFinite), mem.normalizer.scalars.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
-            throw AttentionError.invalidArgument("\(path): memory holds non-finite values or a negative normaliser")
+            throw AttentionError.invalidArgument(name: "memory file \(path)", value: "non-finite values or a negative normaliser", expected: "finite values and normalisers >= 0")
         }
         return mem
     }

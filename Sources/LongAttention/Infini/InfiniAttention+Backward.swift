@@ -29,10 +29,10 @@ extension InfiniAttention {
         let all = try AttentionInputs(queries: queries, keys: keys, values: values, mask: .causal, threads: threads)
         let shape = all.shape
         guard shape.N == shape.M else {
-            throw AttentionError.shapeMismatch("Infini-Attention is self-attention: N = \(shape.N), M = \(shape.M)")
+            throw AttentionError.shapeMismatch(tensor: "keys", shape: [shape.B, shape.Hkv, shape.M, shape.d], expected: "N = \(shape.N) positions, as the queries (Infini-Attention is self-attention)")
         }
         guard beta.count == shape.H else {
-            throw AttentionError.shapeMismatch("\(beta.count) gate logits β for H = \(shape.H) query heads")
+            throw AttentionError.shapeMismatch(tensor: "beta", shape: [beta.count], expected: "one gate logit per query head (H = \(shape.H))")
         }
         let back = try BackwardInputs(all, outputGradient: outputGradient)
         let (B, H, Hkv, N, d, dv) = (shape.B, shape.H, shape.Hkv, shape.N, shape.d, shape.dv)
@@ -42,7 +42,7 @@ extension InfiniAttention {
         let segments = (N + segmentLength - 1) / segmentLength
         let stateFloats = d * dv + d
         let (checkpointFloats, overflow) = (segments * B * Hkv).multipliedReportingOverflow(by: stateFloats)
-        guard !overflow else { throw AttentionError.tooLarge("Infini checkpoints overflow") }
+        guard !overflow else { throw AttentionError.tooLarge(buffer: "Infini checkpoints", bytes: nil, limit: nil) }
         try checkBudget(bytes: checkpointFloats * 4, purpose: "Infini-Attention memory checkpoints (\(segments) segments)")
         let checkpoints = UnsafeMutablePointer<Float>.allocate(capacity: checkpointFloats)
         defer { checkpoints.deallocate() }

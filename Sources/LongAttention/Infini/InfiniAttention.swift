@@ -27,8 +27,8 @@ public struct InfiniAttention: Sendable {
     public let beta: [Float]
 
     public init(segmentLength: Int, update: Update = .linear, beta: [Float]) throws {
-        guard segmentLength >= 1 else { throw AttentionError.invalidArgument("segment length must be at least 1, got \(segmentLength)") }
-        guard beta.allSatisfy(\.isFinite) else { throw AttentionError.invalidArgument("gate logits β must be finite") }
+        guard segmentLength >= 1 else { throw AttentionError.invalidArgument(name: "segmentLength", value: "\(segmentLength)", expected: "at least 1") }
+        guard beta.allSatisfy(\.isFinite) else { throw AttentionError.invalidArgument(name: "beta", value: "\(beta.first(where: { !$0.isFinite }) ?? 0)", expected: "finite gate logits") }
         self.segmentLength = segmentLength
         self.update = update
         self.beta = beta
@@ -63,18 +63,19 @@ public struct InfiniAttention: Sendable {
                                          scan: scan)
         let shape = inputs.shape
         guard shape.N == shape.M else {
-            throw AttentionError.shapeMismatch("a segment's queries and keys must have the same length (\(shape.N) vs \(shape.M))")
+            throw AttentionError.shapeMismatch(tensor: "keys", shape: [shape.B, shape.Hkv, shape.M, shape.d], expected: "the segment's N = \(shape.N) positions, as the queries")
         }
         guard shape.N <= segmentLength else {
-            throw AttentionError.shapeMismatch("segment of \(shape.N) tokens is longer than S = \(segmentLength)")
+            throw AttentionError.shapeMismatch(tensor: "queries", shape: [shape.B, shape.H, shape.N, shape.d], expected: "a segment of at most S = \(segmentLength) positions")
         }
         guard beta.count == shape.H else {
-            throw AttentionError.shapeMismatch("\(beta.count) gate logits β for H = \(shape.H) query heads")
+            throw AttentionError.shapeMismatch(tensor: "beta", shape: [beta.count], expected: "one gate logit per query head (H = \(shape.H))")
         }
         guard memory.batch == shape.B, memory.kvHeads == shape.Hkv, memory.headDimension == shape.d,
               memory.valueDimension == shape.dv else {
             throw AttentionError.shapeMismatch(
-                "memory [B, Hkv, d, dv] = [\(memory.batch), \(memory.kvHeads), \(memory.headDimension), \(memory.valueDimension)] for inputs \(shape)")
+                tensor: "memory [B, Hkv, d, dv]", shape: [memory.batch, memory.kvHeads, memory.headDimension, memory.valueDimension],
+                expected: "\([shape.B, shape.Hkv, shape.d, shape.dv]) for inputs \(shape)")
         }
         try checkRange(inputs, memory: memory)
         // Local causal attention within the segment: the exact kernel.
@@ -135,7 +136,7 @@ public struct InfiniAttention: Sendable {
         let newM = maxM + Double(s.N) * sk * 2 * Double(inputs.maxV), newZ = maxZ + Double(s.N) * sk
         let bound = max(Double(s.d) * sq * max(newM, newZ), Double(s.d) * sk * max(newM, newZ))
         if bound > AttentionInputs.magnitudeLimit {
-            throw AttentionError.overflow("Infini-Attention's memory reads may reach d·σ(x)·max|M| = \(bound), over 2^124; rescale the inputs")
+            throw AttentionError.overflow(quantity: "Infini-Attention's memory reads d·σ(x)·max|M|", bound: bound, limit: AttentionInputs.magnitudeLimit)
         }
     }
 
@@ -146,7 +147,7 @@ public struct InfiniAttention: Sendable {
                                threads: Int? = nil) throws -> Tensor {
         let shape = try AttentionShape(queries: queries, keys: keys, values: values)
         guard shape.N == shape.M else {
-            throw AttentionError.shapeMismatch("Infini-Attention is self-attention: N = \(shape.N), M = \(shape.M)")
+            throw AttentionError.shapeMismatch(tensor: "keys", shape: [shape.B, shape.Hkv, shape.M, shape.d], expected: "N = \(shape.N) positions, as the queries (Infini-Attention is self-attention)")
         }
         // NaN/Inf are reported with indices of the whole sequence: scanned once here, not per segment.
         let scan = try AttentionInputs(queries: queries, keys: keys, values: values, mask: .causal, threads: threads)

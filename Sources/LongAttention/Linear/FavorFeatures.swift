@@ -20,10 +20,10 @@ public struct FavorFeatures: Sendable, Equatable {
 
     public init(dimension d: Int, features m: Int, seed: UInt64) throws {
         guard d > 0, m > 0 else {
-            throw AttentionError.invalidArgument("FAVOR+ needs d > 0 and m > 0 features, got d = \(d), m = \(m)")
+            throw AttentionError.invalidArgument(name: d > 0 ? "FAVOR+ features m" : "FAVOR+ head dimension d", value: "\(d > 0 ? m : d)", expected: "positive")
         }
         guard m <= 1 << 16, d <= 1 << 12 else {
-            throw AttentionError.invalidArgument("FAVOR+ features m = \(m) (at most 65536) or d = \(d) (at most 4096) too large")
+            throw AttentionError.invalidArgument(name: m > 65536 ? "FAVOR+ features m" : "FAVOR+ head dimension d", value: "\(m > 65536 ? m : d)", expected: m > 65536 ? "at most 65536" : "at most 4096")
         }
         dimension = d
         count = m
@@ -38,7 +38,7 @@ public struct FavorFeatures: Sendable, Equatable {
             let info1 = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, Int32(d), Int32(d), &block, Int32(d), &tau)
             let info2 = LAPACKE_sorgqr(LAPACK_ROW_MAJOR, Int32(d), Int32(d), Int32(d), &block, Int32(d), &tau)
             guard info1 == 0, info2 == 0 else {
-                throw AttentionError.invalidArgument("LAPACK QR failed (sgeqrf \(info1), sorgqr \(info2))")
+                throw AttentionError.invalidArgument(name: "FAVOR+ orthogonal features", value: "LAPACK info sgeqrf \(info1), sorgqr \(info2)", expected: "a successful QR (info 0)")
             }
             // Q's columns are orthonormal; its transpose's rows are too. Take rows of Qᵀ.
             for r in 0..<min(d, m - row) {

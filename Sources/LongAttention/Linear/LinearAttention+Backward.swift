@@ -33,16 +33,19 @@ public func linearAttentionBackward(
     featureMap: LinearFeatureMap = .elu, causal: Bool = false, epsilon: Float = 1e-6, chunkSize: Int = 64, threads: Int? = nil
 ) throws -> AttentionGradients {
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: 1, threads: threads)
-    guard epsilon.isFinite, epsilon >= 0 else { throw AttentionError.invalidArgument("epsilon must be finite and >= 0") }
+    guard epsilon.isFinite, epsilon >= 0 else { throw AttentionError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "finite and >= 0") }
     if causal, featureMap == .softmax {
-        throw AttentionError.invalidArgument("the softmax feature map (Efficient Attention) is non-causal only")
+        throw AttentionError.invalidArgument(name: "causal", value: "true", expected: "false with the softmax feature map (Efficient Attention is non-causal only)")
     }
     let back = try BackwardInputs(inputs, outputGradient: outputGradient)
     try checkLinearRange(inputs, featureMap: featureMap)
     if let forward {
         guard forward.output.shape == inputs.shape.outputShape,
               forward.normalizers.shape == [inputs.shape.B, inputs.shape.H, inputs.shape.N] else {
-            throw AttentionError.shapeMismatch("saved forward has output \(forward.output.shape) and normalisers \(forward.normalizers.shape) for inputs \(inputs.shape)")
+            let output = forward.output.shape == inputs.shape.outputShape
+            throw AttentionError.shapeMismatch(tensor: output ? "saved forward's normalizers" : "saved forward's output",
+                                               shape: output ? forward.normalizers.shape : forward.output.shape,
+                                               expected: output ? "\([inputs.shape.B, inputs.shape.H, inputs.shape.N])" : "\(inputs.shape.outputShape) for inputs \(inputs.shape)")
         }
     }
     // FAVOR+'s saved normalisers are in its forward's running stabiliser units: recomputed instead.

@@ -11,7 +11,7 @@ import CAttentionKernels
 public func linearAttentionState(keys: Tensor, values: Tensor, featureMap: LinearFeatureMap = .elu,
                                  threads: Int? = nil) throws -> Tensor {
     guard featureMap == .elu || featureMap == .relu else {
-        throw AttentionError.invalidArgument("a linear-attention state from a piece of the keys needs the elu or relu feature map, not \(featureMap.name)")
+        throw AttentionError.invalidArgument(name: "featureMap", value: featureMap.name, expected: "elu or relu for a linear-attention state from a piece of the keys")
     }
     guard keys.rank == 4, values.rank == 4 else {
         throw AttentionError.wrongRank(name: keys.rank != 4 ? "keys" : "values", expected: 4, shape: keys.rank != 4 ? keys.shape : values.shape)
@@ -71,11 +71,11 @@ public func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, initi
                             featureMap: LinearFeatureMap = .elu, causal: Bool = false, epsilon: Float = 1e-6,
                             chunkSize: Int = 64, threads: Int? = nil) throws -> Tensor {
     guard featureMap == .elu || featureMap == .relu else {
-        throw AttentionError.invalidArgument("linear attention from an initial state needs the elu or relu feature map, not \(featureMap.name)")
+        throw AttentionError.invalidArgument(name: "featureMap", value: featureMap.name, expected: "elu or relu for linear attention from an initial state")
     }
     let shape = try AttentionShape(queries: queries, keys: keys, values: values)
     guard initialState.shape == [shape.B, shape.Hkv, shape.d, shape.dv + 1] else {
-        throw AttentionError.shapeMismatch("initial state is \(initialState.shape), the inputs need \([shape.B, shape.Hkv, shape.d, shape.dv + 1])")
+        throw AttentionError.shapeMismatch(tensor: "initialState", shape: initialState.shape, expected: "\([shape.B, shape.Hkv, shape.d, shape.dv + 1]) for these inputs")
     }
     let scan = initialState.scanValues()
     if let i = scan.invalidIndex { throw AttentionError.nonFinite(name: "initialState", index: i) }

@@ -72,14 +72,14 @@ func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsilon: Flo
     let inputs = try AttentionInputs(queries: queries, keys: keys, values: values, scale: 1, threads: plan.threads)
     let shape = inputs.shape
     guard out.shape == shape.outputShape else {
-        throw AttentionError.shapeMismatch("output is \(out.shape), attention gives \(shape.outputShape)")
+        throw AttentionError.shapeMismatch(tensor: "output", shape: out.shape, expected: "attention's output shape \(shape.outputShape)")
     }
     guard shape == plan.shape else {
-        throw AttentionError.shapeMismatch("plan is for \(plan.shape), inputs are \(shape)")
+        throw AttentionError.shapeMismatch(tensor: "queries", shape: [shape.B, shape.H, shape.N, shape.d], expected: "the plan's \(plan.shape) (inputs \(shape))")
     }
-    guard epsilon.isFinite, epsilon >= 0 else { throw AttentionError.invalidArgument("epsilon must be finite and >= 0") }
+    guard epsilon.isFinite, epsilon >= 0 else { throw AttentionError.invalidArgument(name: "epsilon", value: "\(epsilon)", expected: "finite and >= 0") }
     if plan.causal, plan.featureMap == .softmax {
-        throw AttentionError.invalidArgument("the softmax feature map (Efficient Attention) is non-causal only")
+        throw AttentionError.invalidArgument(name: "causal", value: "true", expected: "false with the softmax feature map (Efficient Attention is non-causal only)")
     }
     try checkLinearRange(inputs, featureMap: plan.featureMap)
     var favor: FavorFeatures?
@@ -97,7 +97,7 @@ func linearAttention(queries: Tensor, keys: Tensor, values: Tensor, epsilon: Flo
 /// Linear attention's float32 range: with φ(x) <= max|x| + 1 (elu, relu), the state sums at most
 /// `M·φ(k)·max|v|` and a read at most `F` times that, scaled by φ(q); Efficient Attention's and
 /// FAVOR+'s features are at most 1 after their max shifts, but FAVOR+'s projection and |k|² are
-/// formed first. Any bound over 2^124 is an ``AttentionError/overflow(_:)``.
+/// formed first. Any bound over 2^124 is an ``AttentionError/overflow(quantity:bound:limit:)``.
 func checkLinearRange(_ inputs: AttentionInputs, featureMap: LinearFeatureMap) throws {
     let s = inputs.shape
     let (q, k, v) = (Double(inputs.maxQ), Double(inputs.maxK), Double(inputs.maxV))
@@ -115,6 +115,6 @@ func checkLinearRange(_ inputs: AttentionInputs, featureMap: LinearFeatureMap) t
         what = "m·M·max|v| or d·max(|q|, |k|)²"
     }
     if bound > AttentionInputs.magnitudeLimit {
-        throw AttentionError.overflow("linear attention intermediates may reach \(what) = \(bound), over 2^124; rescale the inputs")
+        throw AttentionError.overflow(quantity: "linear attention intermediates \(what)", bound: bound, limit: AttentionInputs.magnitudeLimit)
     }
 }

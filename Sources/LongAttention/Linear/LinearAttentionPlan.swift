@@ -73,8 +73,8 @@ public struct LinearAttentionPlan: Sendable, Equatable {
     /// The plan the entry points build from their options, after checking them.
     static func checked(shape: AttentionShape, featureMap: LinearFeatureMap, causal: Bool, chunkSize: Int,
                         threads: Int?) throws -> LinearAttentionPlan {
-        if let threads, threads < 1 { throw AttentionError.invalidArgument("threads must be at least 1, got \(threads)") }
-        guard chunkSize >= 1 else { throw AttentionError.invalidArgument("chunk size must be at least 1, got \(chunkSize)") }
+        if let threads, threads < 1 { throw AttentionError.invalidArgument(name: "threads", value: "\(threads)", expected: "at least 1") }
+        guard chunkSize >= 1 else { throw AttentionError.invalidArgument(name: "chunkSize", value: "\(chunkSize)", expected: "at least 1") }
         return LinearAttentionPlan(shape: shape, featureMap: featureMap, causal: causal, chunkSize: chunkSize,
                                    threads: threads ?? Parallel.defaultThreads)
     }

@@ -41,7 +41,7 @@ public struct RotaryEmbedding: Sendable {
         let h = d / 2
         func plain(_ b: Double) -> [Double] { (0..<h).map { 1 / Foundation.pow(b, 2 * Double($0) / Double(d)) } }
         func factorAtLeastOne(_ f: Double, _ what: String) throws {
-            guard f >= 1, f.isFinite else { throw AttentionError.invalidArgument("\(what) scaling factor must be >= 1, got \(f)") }
+            guard f >= 1, f.isFinite else { throw AttentionError.invalidArgument(name: "\(what) scaling factor", value: "\(f)", expected: "finite and >= 1") }
         }
         switch scaling {
         case .none:
@@ -55,7 +55,7 @@ public struct RotaryEmbedding: Sendable {
         case .llama3(let f, let low, let high, let context):
             try factorAtLeastOne(f, "llama3")
             guard low > 0, high > low, context >= 1, low.isFinite, high.isFinite else {
-                throw AttentionError.invalidArgument("llama3 RoPE needs 0 < low_freq_factor < high_freq_factor and a positive original context")
+                throw AttentionError.invalidArgument(name: "llama3 RoPE low_freq_factor, high_freq_factor, original context", value: "\(low), \(high), \(context)", expected: "0 < low_freq_factor < high_freq_factor, both finite, and a positive original context")
             }
             let lowWavelength = Double(context) / low, highWavelength = Double(context) / high
             return (plain(base).map { theta in
@@ -68,7 +68,7 @@ public struct RotaryEmbedding: Sendable {
         case .yarn(let f, let context, let fast, let slow, let attentionFactor, let truncate):
             try factorAtLeastOne(f, "YaRN")
             guard context >= 1, fast > 0, slow > 0, attentionFactor > 0, attentionFactor.isFinite else {
-                throw AttentionError.invalidArgument("YaRN needs a positive original context, beta_fast, beta_slow and attention factor")
+                throw AttentionError.invalidArgument(name: "YaRN original context, beta_fast, beta_slow, attention factor", value: "\(context), \(fast), \(slow), \(attentionFactor)", expected: "all positive (the attention factor finite)")
             }
             // The dimension whose frequency turns `rotations` times over the original context.
             func correction(_ rotations: Double) -> Double {
@@ -87,7 +87,7 @@ public struct RotaryEmbedding: Sendable {
             }, attentionFactor)
         case .dynamicNTK(let f, let context):
             try factorAtLeastOne(f, "dynamic NTK")
-            guard context >= 1 else { throw AttentionError.invalidArgument("dynamic NTK needs a positive original context") }
+            guard context >= 1 else { throw AttentionError.invalidArgument(name: "dynamic NTK original context", value: "\(context)", expected: "positive") }
             let L = Double(Swift.max(maxPositions, context))
             let b = d > 2 ? base * Foundation.pow(f * L / Double(context) - (f - 1), Double(d) / Double(d - 2)) : base
             return (plain(b), 1)
@@ -105,11 +105,11 @@ public struct RotaryEmbedding: Sendable {
     let negatedSin: [Float]
 
     public init(dimension d: Int, maxPositions: Int, base: Double = 10000, scaling: Scaling = .none) throws {
-        guard d > 0, d % 2 == 0 else { throw AttentionError.invalidArgument("RoPE needs an even head dimension, got \(d)") }
+        guard d > 0, d % 2 == 0 else { throw AttentionError.invalidArgument(name: "RoPE head dimension", value: "\(d)", expected: "positive and even") }
         guard maxPositions >= 1, maxPositions <= 1 << 24, maxPositions * d / 2 <= 1 << 28 else {
-            throw AttentionError.invalidArgument("RoPE table of \(maxPositions) positions × \(d / 2) is out of range")
+            throw AttentionError.invalidArgument(name: "RoPE maxPositions", value: "\(maxPositions) (× \(d / 2) frequencies)", expected: "1...2^24, with at most 2^28 table entries")
         }
-        guard base > 1, base.isFinite else { throw AttentionError.invalidArgument("RoPE base must be > 1, got \(base)") }
+        guard base > 1, base.isFinite else { throw AttentionError.invalidArgument(name: "RoPE base", value: "\(base)", expected: "finite and > 1") }
         let (inverse, attentionFactor) = try Self.frequencies(dimension: d, base: base, scaling: scaling, maxPositions: maxPositions)
         dimension = d
         self.base = base
@@ -133,11 +133,11 @@ public struct RotaryEmbedding: Sendable {
     /// the number of tokens already in a KV cache when decoding).
     public func apply(to x: inout Tensor, positionOffset: Int = 0) throws {
         guard x.rank == 4, x.shape[3] == dimension else {
-            throw AttentionError.shapeMismatch("RoPE for d = \(dimension) applied to \(x.shape) (expected [B, H, N, \(dimension)])")
+            throw AttentionError.shapeMismatch(tensor: "RoPE input", shape: x.shape, expected: "[B, H, N, \(dimension)]")
         }
         let (B, H, N) = (x.shape[0], x.shape[1], x.shape[2])
         guard positionOffset >= 0, positionOffset + N <= maxPositions else {
-            throw AttentionError.invalidArgument("positions \(positionOffset)..<\(positionOffset + N) exceed the table's \(maxPositions)")
+            throw AttentionError.invalidArgument(name: "positions", value: "\(positionOffset)..<\(positionOffset + N)", expected: "within the RoPE table's 0..<\(maxPositions)")
         }
         let h = dimension / 2
         x.withUnsafeMutableBufferPointer { buf in
@@ -158,10 +158,10 @@ public struct RotaryEmbedding: Sendable {
     /// backward pass of ``apply(to:positionOffset:)``.
     public func rotate(_ x: UnsafeMutablePointer<Float>, rows: Int, stride: Int, firstPosition: Int, inverse: Bool = false) throws {
         guard rows >= 0, stride >= dimension else {
-            throw AttentionError.invalidArgument("RoPE rows \(rows) with stride \(stride) < d = \(dimension)")
+            throw AttentionError.invalidArgument(name: rows < 0 ? "rows" : "stride", value: "\(rows < 0 ? rows : stride)", expected: rows < 0 ? ">= 0" : "at least d = \(dimension)")
         }
         guard firstPosition >= 0, firstPosition + rows <= maxPositions else {
-            throw AttentionError.invalidArgument("positions \(firstPosition)..<\(firstPosition + rows) exceed the table's \(maxPositions)")
+            throw AttentionError.invalidArgument(name: "positions", value: "\(firstPosition)..<\(firstPosition + rows)", expected: "within the RoPE table's 0..<\(maxPositions)")
         }
         let h = dimension / 2
         cos.withUnsafeBufferPointer { c in

@@ -406,7 +406,7 @@ struct LMLoRAInit: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lora-init",
         abstract: "Write a new LoRA adapter for a checkpoint in PEFT's format (adapter_config.json + adapter_model.safetensors).")
-    @Option(help: "Base checkpoint directory.") var model: String
+    @Option(help: "Base checkpoint directory, or a GGUF file (its adapter is applied unmerged: attn-server --adapter).") var model: String
     @Option(help: "Output adapter directory.") var out: String
     @Option(help: "Rank r.") var rank = 8
     @Option(help: "lora_alpha (the update is scaled by alpha / r).") var alpha = 16.0
@@ -417,7 +417,9 @@ struct LMLoRAInit: ParsableCommand {
     @Option(help: "Seed.") var seed: UInt64 = 1
 
     func run() throws {
-        let base = try CausalLM(directory: model)
+        var isDirectory: ObjCBool = false
+        let file = FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory) && !isDirectory.boolValue
+        let base = file ? try CausalLM(gguf: model) : try CausalLM(directory: model)
         let adapter = try LoRAAdapter(model: base, rank: rank, alpha: alpha,
                                       targetModules: targets.split(separator: ",").map(String.init), seed: seed)
         if randomB {

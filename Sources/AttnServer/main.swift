@@ -33,6 +33,8 @@ struct AttnServerCommand: AsyncParsableCommand {
     var sinks: Int?
     @Option(help: "StreamingLLM window: full layers see the sinks and the last W positions, so a sequence's KV cache holds S + W positions whatever --ctx is (as attn lm generate --attention-window).")
     var attentionWindow: Int?
+    @Option(help: "A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) made for --model, applied unmerged to the projections it adapts.")
+    var adapter: String?
 
     func validate() throws {
         guard KVCacheType(rawValue: kvType) != nil else { throw ValidationError("--kv-type must be f32, bf16, f16 or int8") }
@@ -74,6 +76,18 @@ struct AttnServerCommand: AsyncParsableCommand {
             lm = LanguageModel(model: try lm.model.with(config: try ext.apply(to: lm.model.config)), codec: lm.codec,
                                chatTemplate: lm.chatTemplate, name: lm.name)
         }
+        var adapted = ""
+        if let adapter {
+            // Unmerged (x·Wᵀ + s·(x·Aᵀ)·Bᵀ): a GGUF model's weights are quantised and cannot take W + s·B·A.
+            do {
+                let lora = try LoRAAdapter(directory: adapter, model: lm.model)
+                lm = LanguageModel(model: try lm.model.attaching(lora), codec: lm.codec, chatTemplate: lm.chatTemplate, name: lm.name)
+                adapted = ", LoRA adapter \(adapter) (r \(lora.rank), alpha \(lora.alpha), \(lora.adaptedWeights.count) projections: "
+                    + lora.targetModules.joined(separator: ",") + ")"
+            } catch {
+                throw StartupError(message: "--adapter \(adapter) does not apply to \(model): \(error)")
+            }
+        }
         var options = ServerOptions()
         options.host = host
         options.port = port
@@ -87,7 +101,13 @@ struct AttnServerCommand: AsyncParsableCommand {
         options.prefillChunk = prefillChunk
         options.prefixCacheEntries = prefixCache
         let window = lm.model.config.streaming.map { ", sinks \($0.sinks) + window \($0.window)" } ?? ""
-        logger.info("serving \(lm.name) (\(lm.model.config.layers) layers, context \(options.context), \(parallel) sequences, KV \(kvType)\(window))")
+        logger.info("serving \(lm.name) (\(lm.model.config.layers) layers, context \(options.context), \(parallel) sequences, KV \(kvType)\(window)\(adapted))")
         try await OpenAIServer.run(model: lm, options: options, logger: logger)
     }
+}
+
+/// A setting that cannot be used, found while loading (printed as it is, without the usage text).
+struct StartupError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
 }

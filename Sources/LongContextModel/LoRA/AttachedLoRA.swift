@@ -44,9 +44,28 @@ public final class AttachedLoRA {
     }
 
     /// `y [rows, out] += s·(x·Aᵀ)·Bᵀ` when `weight` is adapted.
+    ///
+    /// Up to ``gemvRowLimit`` rows (a decoding step, a batched one of several sequences, a short
+    /// prompt chunk) are computed row by row, two GEMVs each (`t = A·x`, `y += s·B·t`), as
+    /// ``project`` does the base product: a row's bits are then the same whatever other rows share
+    /// the call. OpenBLAS's sgemm picks kernels and blocking by the row count, so one row of an
+    /// 8-row sgemm can differ in the last bits from the same row alone, and a batched decoding
+    /// step (``CausalLM/step(tokens:caches:threads:)``) would no longer be batch-invariant. `t`
+    /// (r floats) lives on the stack for these. More rows (prefill chunks) take two sgemm calls; a
+    /// sequence's chunks are the same whether it runs alone or beside others.
     func addProduct(_ weight: String, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, in k: Int, out n: Int) {
         guard let s = slots[weight], rows > 0 else { return }
         let r = rank
+        if rows <= gemvRowLimit {
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: r) { buffer in
+                let t = buffer.baseAddress!
+                for i in 0..<rows {
+                    BLAS.sgemv(.none, m: r, n: k, a: s.a, lda: k, x: x + i * k, beta: 0, y: t)
+                    BLAS.sgemv(.none, m: n, n: r, alpha: scale, a: s.b, lda: r, x: t, beta: 1, y: y + i * n)
+                }
+            }
+            return
+        }
         let t = UnsafeMutablePointer<Float>.allocate(capacity: rows * r)
         defer { t.deallocate() }
         BLAS.sgemm(.none, .transpose, m: rows, n: r, k: k, a: x, lda: k, b: s.a, ldb: k, beta: 0, c: t, ldc: r)

@@ -127,7 +127,7 @@ extension CausalLM {
     }
 
     /// The same weights (shared, not copied) under `config`, which may differ from this model's in
-    /// its positions (RoPE scaling) and ``ModelConfig/streaming`` only.
+    /// its positions (RoPE scaling) and ``ModelConfig/streaming`` only; an attached LoRA adapter stays attached.
     public func with(config newConfig: ModelConfig) throws -> CausalLM {
         var same = newConfig
         same.positions = config.positions
@@ -137,6 +137,8 @@ extension CausalLM {
         guard same == config else {
             throw ModelError.invalidArgument("a model's config may change only in its positions and attention sinks at load time")
         }
-        return try CausalLM(config: newConfig, parameters: parameters, frozen: frozen, storage: storage, matmul: matmul)
+        let m = try CausalLM(config: newConfig, parameters: parameters, frozen: frozen, storage: storage, matmul: matmul)
+        m.lora = lora
+        return m
     }
 }

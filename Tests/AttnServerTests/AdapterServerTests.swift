@@ -37,38 +37,39 @@ final class AdapterServerTests: XCTestCase {
         let adapter = try Self.writeAdapter(lm.model, to: dir, seed: 1)
         let adapted = LanguageModel(model: try lm.model.attaching(adapter), codec: lm.codec, chatTemplate: lm.chatTemplate, name: lm.name)
 
+        let started = Date()
         let prompt = "The capital of France is"
-        let body: [String: Any] = ["prompt": prompt, "max_tokens": 16, "temperature": 0]
+        let body: [String: Any] = ["prompt": prompt, "max_tokens": 10, "temperature": 0]
         let baseText: String? = try {
             let base = try ServerProcess(model: path, arguments: ["--ctx", "256"])
             defer { base.stop() }
             return completionText(try base.client.post("/v1/completions", body))
         }()
 
-        let server = try ServerProcess(model: path, arguments: ["--parallel", "3", "--ctx", "256", "--adapter", dir])
+        let server = try ServerProcess(model: path, arguments: ["--parallel", "4", "--ctx", "256", "--adapter", dir])
         defer { server.stop() }
         let c = server.client
         let r = try c.post("/v1/completions", body)
         XCTAssertEqual(r.status, 200, r.text)
         let text = completionText(r)
         var expected = ""
-        _ = try adapted.generate(prompt, options: GenerationOptions(maxTokens: 16)) { expected += $0; return true }
+        _ = try adapted.generate(prompt, options: GenerationOptions(maxTokens: 10)) { expected += $0; return true }
         XCTAssertEqual(text, expected, "the server's text with the adapter is the library's")
         XCTAssertNotNil(baseText)
         XCTAssertNotEqual(text, baseText, "the adapter must change the greedy text")
 
-        // Three streams at once (greedy and seeded sampling): each is its text alone.
-        let cases: [(prompt: String, temperature: Double, seed: Int)] = [
-            ("The capital of France is", 0, 0), ("Once upon a time, in a small village,", 0.8, 7), ("def fibonacci(n):", 0, 0)]
-        func request(_ k: (prompt: String, temperature: Double, seed: Int)) -> [String: Any] {
-            ["prompt": k.prompt, "max_tokens": 16, "temperature": k.temperature, "seed": k.seed]
-        }
-        let solo = try cases.map { completionText(try c.post("/v1/completions", request($0))) }
+        // Four streams at once, each the text it gets alone: two of the greedy request above and
+        // two of one seeded sampling request, whose text alone is asked first. Four rows in a step:
+        // OpenBLAS's sgemm gives each of 2 or 3 rows the bits it gets alone, of 4 and more not.
+        let sampled: [String: Any] = ["prompt": "Once upon a time, in a small village,", "max_tokens": 10, "temperature": 0.8, "seed": 7]
+        let cases = [body, body, sampled, sampled]
+        let sampledText = completionText(try c.post("/v1/completions", sampled))
+        let solo = [text, text, sampledText, sampledText]
         let box = UncheckedBox(NSLock())
         nonisolated(unsafe) var streamed = [String?](repeating: nil, count: cases.count)
         let done = cases.indices.map { expectation(description: "stream \($0)") }
         for (i, k) in cases.enumerated() {
-            var b = request(k)
+            var b = k
             b["stream"] = true
             nonisolated(unsafe) let body = b
             Thread.detachNewThread {
@@ -89,13 +90,14 @@ final class AdapterServerTests: XCTestCase {
             XCTAssertNotNil(solo[i], "request \(i)")
             XCTAssertEqual(together[i], solo[i], "stream \(i) decoded beside others differs from it alone")
         }
-        XCTAssertEqual(solo[0], expected)
+        print("adapter server test: \(Int(Date().timeIntervalSince(started))) s")
         let metrics = try c.request("GET", "/metrics").text
         func value(_ prefix: String) -> Double? {
             metrics.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.split(separator: " ").last!) }
         }
-        let steps = value("attn_server_decode_batch_rows_count") ?? 0, single = value("attn_server_decode_batch_rows_bucket{le=\"1.0\"}") ?? 0
-        XCTAssertGreaterThan(steps - single, 0, "no step decoded two sequences together:\n\(metrics)")
+        // Steps of more than 2 rows (the buckets are 1, 2, 4, ...): the four streams ran together.
+        let steps = value("attn_server_decode_batch_rows_count") ?? 0, two = value("attn_server_decode_batch_rows_bucket{le=\"2.0\"}") ?? 0
+        XCTAssertGreaterThan(steps - two, 0, "no step decoded more than two sequences together:\n\(metrics)")
     }
 
     /// An adapter whose tensors do not fit the model (rank 8 in its config, rank 4 stored; or made

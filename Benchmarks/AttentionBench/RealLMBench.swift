@@ -109,7 +109,10 @@ func benchRealLM(models: String, threads: Int, quick: Bool, contexts: [Int], pre
 
 /// `quant-kernel`: one matrix-vector product per weight type on one thread, `ak_qdot` against a
 /// matrix of about 64 MiB of stored blocks (beyond the caches), 2048 columns, one activation row:
-/// GB/s of stored weights read.
+/// GB/s of stored weights read. Beside each, the same matrix against 8 activation rows in calls of
+/// 64 weight rows (as a batched decoding step of 8 sequences calls it, one thread): `rowSpeedup`
+/// in the note is 8 × the one-row time over the 8-row time, the batching gain a server's 8 streams
+/// can reach at most (8 when the one-row product is bound by memory and the 8 rows cost nothing more).
 func benchQuantKernels(quick: Bool) throws -> [Row] {
     var rows = [Row]()
     let types: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K, .f16, .bf16, .f32]
@@ -144,6 +147,38 @@ func benchQuantKernels(quick: Bool) throws -> [Row] {
         row.bytesPerSecond = gbs * 1e9
         rows.append(row)
         progress(row.note!)
+
+        // 8 rows: the weights are still read once (each 64-row chunk meets all 8 rows from L1).
+        let n = 8, actBytes = ak_qdot_activation_bytes(t, k)
+        let xs = try Tensor.randomUniform([n, k], seed: 5, bound: 1).scalars
+        let acts = UnsafeMutableRawPointer.allocate(byteCount: actBytes * n, alignment: 64)
+        defer { acts.deallocate() }
+        ak_qdot_quantize(t, xs, k, n, k, acts)
+        var ys = [Float](repeating: 0, count: n * m)
+        let chunk = 64, perCall = QuantizedMatrix.blocks32.contains(type) ? 4 : n
+        let r8 = measure(minRuns: 3, budget: quick ? 0.2 : 0.6) {
+            ys.withUnsafeMutableBufferPointer { y in
+                for r0 in stride(from: 0, to: m, by: chunk) {
+                    var g = 0
+                    while g < n {
+                        let rows = min(perCall, n - g)
+                        ak_qdot(t, bytes + r0 * rowBytes, rowBytes, min(chunk, m - r0), k, acts + g * actBytes, rows,
+                                y.baseAddress! + g * m + r0, m, 0)
+                        g += rows
+                    }
+                }
+            }
+        }
+        let speedup = 8 * r.median / r8.median
+        var row8 = Row(variant: "quant-kernel", impl: "\(type)", B: 1, H: 1, Hkv: 1, N: n, M: m, d: k, causal: false, threads: 1,
+                       seconds: r8.median, gflops: 2 * Double(n * m * k) / r8.median * 1e-9, peakFraction: nil,
+                       workspaceBytes: rowBytes * m, relError: nil, runs: r8.runs, minSeconds: r8.min,
+                       note: String(format: "%@ [%d, %d], 8 rows, path %d: %.1f GOP/s, rowSpeedup %.2f (8 x one-row time / 8-row time)",
+                                    "\(type)", m, k, Int(path), 2 * Double(n * m * k) / r8.median * 1e-9, speedup))
+        row8.weights = "\(type)"
+        row8.bytesPerSecond = Double(rowBytes * m) / r8.median
+        rows.append(row8)
+        progress(row8.note!)
     }
     return rows
 }

@@ -71,7 +71,7 @@ public struct QuantizedMatrix: @unchecked Sendable {
     static let chunkRows = 64
 
     /// The types of 32-element blocks (the others: K-quants of 256, and float rows).
-    static let blocks32: Set<GGMLType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0]
+    public static let blocks32: Set<GGMLType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0]
 
     /// `y [n, rows] (+)= x [n, columns] · Wᵀ` for `1 ≤ n ≤ 16`: `x`'s rows quantised once, the
     /// weight rows split across `threads` in chunks of ``chunkRows``. Each output is computed by the

@@ -289,7 +289,8 @@ static Y8_TARGET void rows_times_values_avx2(const float *p, long ldp, long rows
 /// with 16 lanes, and measured 3.1–3.6× there.
 /// -1 until chosen; then 1 for the 8-lane kernels, 0 for the 16-lane ones; 2 forces the 16-lane
 /// kernels (set by ak_decode_force_wide, for tests).
-static int decode_path = -1;
+// _Atomic: worker threads read it while the first call (or a test switching paths) writes it.
+static _Atomic int decode_path = -1;
 
 static int use_avx2_kernels(void) {
     if (decode_path < 0) {

@@ -140,8 +140,9 @@ void ak_kv_q8_quantize_queries(const float *q, long ldq, long rows, long d, void
 #endif
 
 /// -1 not chosen yet; 0 portable, 1 AVX2, 2 AVX-512 VNNI. ak_kv_force_portable resets it.
-static int kq_path = -1;
-static int kq_forced_portable = 0;
+// _Atomic: worker threads read these while the first call (or a test switching paths) writes them.
+static _Atomic int kq_path = -1;
+static _Atomic int kq_forced_portable = 0;
 
 static int kq_best(void) {
 #ifdef KQ_HAVE_SIMD

@@ -225,7 +225,8 @@ KV_TARGET void ak_f32_times_values_y8(const float *p, long ldp, int R, const flo
 
 /// 1 when the CPU runs the F16C path (AVX2, FMA and F16C present), else 0; 2 forces the portable
 /// path (set by ak_kv_force_portable, for tests).
-static int kv_path = -1;
+// _Atomic: worker threads read it while the first call (or a test switching paths) writes it.
+static _Atomic int kv_path = -1;
 
 static int use_f16c_path(void) {
     if (kv_path < 0) {

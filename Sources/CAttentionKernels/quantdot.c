@@ -341,7 +341,8 @@ AK_CLONES static void qdot_float(int type, const void *w, long rowBytes, long wr
 
 // MARK: - Dispatch
 
-static int qdot_path = -1;
+// _Atomic: worker threads read it while the first call (or a test switching paths) writes it.
+static _Atomic int qdot_path = -1;
 
 static int best_path(void) {
 #if defined(QD_HAVE_SIMD) && !defined(AK_NO_CLONES)

@@ -39,7 +39,7 @@ public struct ContextExtension: Sendable, Equatable {
             try requireOption(s >= 0, "--sinks", s, ">= 0")
             try requireOption(w >= 1, "--attention-window", w, ">= 1")
             streaming = StreamingWindow(sinks: s, window: w)
-        case (_?, nil): throw ModelError.invalidOption(name: "--attention-window", value: "none", expected: "given with --sinks")
+        case (let s?, nil): throw ModelError.invalidOption(name: "--sinks", value: "\(s)", expected: "given with --attention-window")
         case (nil, let w?): streaming = StreamingWindow(sinks: 0, window: w)
         }
         method = m

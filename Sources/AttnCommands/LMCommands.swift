@@ -22,7 +22,8 @@ func readTokens(_ path: String) throws -> (tokens: [Int32], batch: Int, length: 
     }
     let (B, T) = shape.count == 2 ? (shape[0], shape[1]) : (1, shape[0])
     guard B >= 1, T >= 1 else { throw ModelError.invalidTokenFile(file: path, shape: shape) }
-    if let bad = values.firstIndex(where: { $0 < 0 || $0 > Int(Int32.max) }) {
+    // Ids that do not fit Int32 (those that do are checked against the model's vocabulary later).
+    if let bad = values.firstIndex(where: { $0 < Int(Int32.min) || $0 > Int(Int32.max) }) {
         throw ModelError.tokenOutOfRange(token: values[bad], sequence: bad / T, position: bad % T, vocabulary: Int(Int32.max))
     }
     return (values.map { Int32($0) }, B, T)

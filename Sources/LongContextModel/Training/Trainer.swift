@@ -198,9 +198,12 @@ public final class Trainer {
             var loss = 0.0
             for a in 0..<options.accumulation {
                 let (tokens, targets) = batch(step: step, micro: a)
-                let r = try model.loss(tokens: tokens, batch: options.batch, length: options.length, targets: targets,
+                let r: LossResult
+                do {
+                    r = try model.loss(tokens: tokens, batch: options.batch, length: options.length, targets: targets,
                                        gradients: grads, gradientScale: 1 / Float(options.accumulation), routerAuxLoss: true,
                                        threads: options.threads)
+                } catch ModelError.nonFiniteLoss(nil) { throw ModelError.nonFiniteLoss(step: step) }
                 loss += r.loss / Double(options.accumulation)
             }
             let norm = grads.squaredNorm().squareRoot()

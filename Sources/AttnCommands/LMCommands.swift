@@ -18,12 +18,13 @@ struct LM: ParsableCommand {
 func readTokens(_ path: String) throws -> (tokens: [Int32], batch: Int, length: Int) {
     let (shape, values) = try Numpy.readIntegers(path)
     guard shape.count == 1 || shape.count == 2 else {
-        throw ModelError.invalidTokens("\(path): tokens must be [B, T] (or [T]), got shape \(shape)")
+        throw ModelError.invalidTokenFile(file: path, shape: shape)
     }
     let (B, T) = shape.count == 2 ? (shape[0], shape[1]) : (1, shape[0])
-    guard B >= 1, T >= 1 else { throw ModelError.invalidTokens("\(path): an empty batch \(shape)") }
-    if let bad = values.first(where: { $0 < Int(Int32.min) || $0 > Int(Int32.max) }) {
-        throw ModelError.invalidTokens("\(path): id \(bad) is outside the vocabulary")
+    guard B >= 1, T >= 1 else { throw ModelError.invalidTokenFile(file: path, shape: shape) }
+    // Ids that do not fit Int32 (those that do are checked against the model's vocabulary later).
+    if let bad = values.firstIndex(where: { $0 < Int(Int32.min) || $0 > Int(Int32.max) }) {
+        throw ModelError.tokenOutOfRange(token: values[bad], sequence: bad / T, position: bad % T, vocabulary: Int(Int32.max))
     }
     return (values.map { Int32($0) }, B, T)
 }
@@ -122,7 +123,7 @@ struct LMEval: ParsableCommand {
                 all.unsafeMutableBaseAddress().advanced(by: b * T * V).update(from: z.unsafeBaseAddress, count: T * V)
                 for j in 0..<(T - 1) {
                     guard let l = CausalLM.tokenLoss(z.unsafeBaseAddress + j * V, vocab: V, target: Int(seq[j + 1])) else {
-                        throw ModelError.nonFinite("logits of sequence \(b), position \(j)")
+                        throw ModelError.nonFiniteLogitsAt(sequence: b, position: j)
                     }
                     total += l
                 }
@@ -144,7 +145,7 @@ struct LMEval: ParsableCommand {
                 named = try net.transformersParameterLayout(g)
             }
             guard named!.allSatisfy({ $0.tensor.scanValues().invalidIndex == nil }) else {
-                throw ModelError.nonFinite("a gradient is not finite")
+                throw ModelError.nonFiniteGradient(step: nil)
             }
         }
         if let logits, let l = result.logits { try Numpy.write(l, to: logits) }

@@ -432,7 +432,7 @@ extension Interpreter {
                 attr = pos.removeFirst()
             }
             let testName = pos.isEmpty ? nil : try requireString(pos.removeFirst(), "test name")
-            if let t = testName, !knownTests.contains(t) { throw rt("No test named '\(t)'") }
+            if let t = testName, !knownTests.contains(t) { throw ChatTemplateError.unknownTest(name: t) }
             let keep = name.hasPrefix("select")
             var out: [Value] = []
             for item in items {
@@ -454,7 +454,7 @@ extension Interpreter {
             var pos = a.positional
             guard !pos.isEmpty else { throw rt("map requires a filter argument") }
             let f = try requireString(pos.removeFirst(), "filter name")
-            guard knownFilters.contains(f) else { throw rt("No filter named '\(f)'") }
+            guard knownFilters.contains(f) else { throw ChatTemplateError.unknownFilter(name: f) }
             return .list(try items.map { try applyFilter(f, $0, Args(positional: pos, keywords: a.keywords)) })
         case "abs":
             switch numeric(v) {
@@ -545,7 +545,7 @@ extension Interpreter {
         case "striptags", "truncate", "format":
             throw rt("filter '\(name)' is not supported")
         default:
-            throw rt("No filter named '\(name)'")
+            throw ChatTemplateError.unknownFilter(name: name)
         }
     }
 
@@ -581,7 +581,7 @@ extension Interpreter {
             return (i & 1 == 1) == (name == "odd")
         case "divisibleby":
             guard case .i(let i)? = numeric(v), let arg, case .i(let n)? = numeric(arg) else { throw rt("divisibleby needs integers") }
-            if n == 0 { throw rt("integer division or modulo by zero") }
+            if n == 0 { throw ChatTemplateError.divisionByZero(operator: "divisibleby") }
             return i % n == 0
         case "eq", "equalto", "==": return pyEquals(v, arg ?? .undefined("missing test argument"))
         case "ne", "!=": return !pyEquals(v, arg ?? .undefined("missing test argument"))
@@ -605,7 +605,7 @@ extension Interpreter {
         case "escaped": if case .markup = v { return true }; return false
         case "filter": return v.stringValue.map { knownFilters.contains($0) } ?? false
         case "test": return v.stringValue.map { knownTests.contains($0) } ?? false
-        default: throw rt("No test named '\(name)' found.")
+        default: throw ChatTemplateError.unknownTest(name: name)
         }
     }
 
@@ -627,7 +627,7 @@ extension Interpreter {
             if step == 0 { throw rt("range() arg 3 must not be zero") }
             let count = step > 0 ? (stop > start ? (stop - start + step - 1) / step : 0)
                                  : (start > stop ? (start - stop - step - 1) / (-step) : 0)
-            if count > 100_000 { throw rt("Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).") }
+            if count > 100_000 { throw ChatTemplateError.rangeTooLarge(count: count, limit: 100_000) }
             return .list((0..<count).map { .int(start + $0 * step) })
         }
         s.vars["namespace"] = method("namespace") { a in

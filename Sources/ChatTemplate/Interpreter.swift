@@ -35,7 +35,7 @@ final class Interpreter {
 
     func write(_ s: String) throws {
         out += s
-        if out.utf8.count > Interpreter.maxOutput { throw rt("output exceeds \(Interpreter.maxOutput) bytes") }
+        if out.utf8.count > Interpreter.maxOutput { throw ChatTemplateError.outputTooLarge(limit: Interpreter.maxOutput) }
     }
 
     // MARK: statements
@@ -121,7 +121,7 @@ final class Interpreter {
     func callMacro(_ name: String, _ params: [MacroParam], _ body: [Node], _ defScope: Scope, _ args: Args) throws -> Value {
         callDepth += 1
         defer { callDepth -= 1 }
-        if callDepth > 64 { throw rt("macro calls nested too deeply (recursion?)") }
+        if callDepth > 64 { throw ChatTemplateError.nestingTooDeep(what: "macro calls", limit: 64) }
         let s = Scope(parent: defScope)
         if args.positional.count > params.count { throw rt("macro '\(name)' takes not more than \(params.count) argument(s)") }
         var bound = [Value?](repeating: nil, count: params.count)
@@ -228,7 +228,7 @@ final class Interpreter {
             switch numeric(v) {
             case .i(let i)?:
                 let (r, o) = Int(0).subtractingReportingOverflow(i)
-                if o { throw rt("integer overflow") }
+                if o { throw ChatTemplateError.integerOverflow(operator: "unary -") }
                 return .int(r)
             case .d(let d)?: return .double(-d)
             case nil:
@@ -275,25 +275,25 @@ final class Interpreter {
         if op == "~" { return .string(pyStr(a) + pyStr(b)) }
         if a.isUndefined { throw undefinedError(a) }
         if b.isUndefined { throw undefinedError(b) }
-        let bad = rt("unsupported operand type(s) for \(op): '\(a.typeName)' and '\(b.typeName)'")
+        let bad = ChatTemplateError.unsupportedOperands(operator: op, left: a.typeName, right: b.typeName)
         if let x = numeric(a), let y = numeric(b) {
             switch (x, y) {
             case (.i(let p), .i(let q)):
                 switch op {
-                case "+": let (r, o) = p.addingReportingOverflow(q); if o { throw rt("integer overflow") }; return .int(r)
-                case "-": let (r, o) = p.subtractingReportingOverflow(q); if o { throw rt("integer overflow") }; return .int(r)
-                case "*": let (r, o) = p.multipliedReportingOverflow(by: q); if o { throw rt("integer overflow") }; return .int(r)
+                case "+": let (r, o) = p.addingReportingOverflow(q); if o { throw ChatTemplateError.integerOverflow(operator: "+") }; return .int(r)
+                case "-": let (r, o) = p.subtractingReportingOverflow(q); if o { throw ChatTemplateError.integerOverflow(operator: "-") }; return .int(r)
+                case "*": let (r, o) = p.multipliedReportingOverflow(by: q); if o { throw ChatTemplateError.integerOverflow(operator: "*") }; return .int(r)
                 case "/":
-                    if q == 0 { throw rt("division by zero") }
+                    if q == 0 { throw ChatTemplateError.divisionByZero(operator: "/") }
                     return .double(Double(p) / Double(q))
                 case "//":
-                    if q == 0 { throw rt("integer division or modulo by zero") }
-                    if p == Int.min && q == -1 { throw rt("integer overflow") }
+                    if q == 0 { throw ChatTemplateError.divisionByZero(operator: "//") }
+                    if p == Int.min && q == -1 { throw ChatTemplateError.integerOverflow(operator: "//") }
                     var r = p / q
                     if (p % q != 0) && ((p < 0) != (q < 0)) { r -= 1 }
                     return .int(r)
                 case "%":
-                    if q == 0 { throw rt("integer division or modulo by zero") }
+                    if q == 0 { throw ChatTemplateError.divisionByZero(operator: "%") }
                     if q == -1 { return .int(0) }
                     var r = p % q
                     if r != 0 && ((r < 0) != (q < 0)) { r += q }
@@ -302,9 +302,9 @@ final class Interpreter {
                     if q < 0 { return .double(pow(Double(p), Double(q))) }
                     var result = 1, base = p, e = q
                     while e > 0 {
-                        if e & 1 == 1 { let (r, o) = result.multipliedReportingOverflow(by: base); if o { throw rt("integer overflow") }; result = r }
+                        if e & 1 == 1 { let (r, o) = result.multipliedReportingOverflow(by: base); if o { throw ChatTemplateError.integerOverflow(operator: "**") }; result = r }
                         e >>= 1
-                        if e > 0 { let (r, o) = base.multipliedReportingOverflow(by: base); if o { throw rt("integer overflow") }; base = r }
+                        if e > 0 { let (r, o) = base.multipliedReportingOverflow(by: base); if o { throw ChatTemplateError.integerOverflow(operator: "**") }; base = r }
                     }
                     return .int(result)
                 default: throw bad
@@ -315,10 +315,10 @@ final class Interpreter {
                 case "+": return .double(p + q)
                 case "-": return .double(p - q)
                 case "*": return .double(p * q)
-                case "/": if q == 0 { throw rt("float division by zero") }; return .double(p / q)
-                case "//": if q == 0 { throw rt("float floor division by zero") }; return .double((p / q).rounded(.down))
+                case "/": if q == 0 { throw ChatTemplateError.divisionByZero(operator: "/") }; return .double(p / q)
+                case "//": if q == 0 { throw ChatTemplateError.divisionByZero(operator: "//") }; return .double((p / q).rounded(.down))
                 case "%":
-                    if q == 0 { throw rt("float modulo") }
+                    if q == 0 { throw ChatTemplateError.divisionByZero(operator: "%") }
                     var r = fmod(p, q)
                     if r != 0 && ((r < 0) != (q < 0)) { r += q }
                     return .double(r)
@@ -339,7 +339,7 @@ final class Interpreter {
             let k = max(n, 0)
             switch seq {
             case .string(let s), .markup(let s):
-                if s.utf8.count * k > Interpreter.maxOutput { throw rt("string repetition too large") }
+                if s.utf8.count * k > Interpreter.maxOutput { throw ChatTemplateError.outputTooLarge(limit: Interpreter.maxOutput) }
                 return .string(String(repeating: s, count: k))
             case .list(let l):
                 if l.count * k > 1_000_000 { throw rt("list repetition too large") }
@@ -413,7 +413,7 @@ final class Interpreter {
         default:
             if a.isUndefined { throw undefinedError(a) }
             if b.isUndefined { throw undefinedError(b) }
-            throw rt("'\(op)' not supported between instances of '\(a.typeName)' and '\(b.typeName)'")
+            throw ChatTemplateError.unsupportedOperands(operator: op, left: a.typeName, right: b.typeName)
         }
     }
 

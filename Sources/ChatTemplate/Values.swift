@@ -55,18 +55,54 @@ extension JinjaValue: Decodable {
     }
 }
 
-public enum ChatTemplateError: Error, CustomStringConvertible, Equatable {
-    /// The template does not parse (line and column are 1-based, in the newline-normalised source).
+public enum ChatTemplateError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The template does not parse (line and column are 1-based, in the newline-normalised source);
+    /// `message` is the parser's (what it expected there).
     case syntax(line: Int, column: Int, message: String)
-    /// The template called `raise_exception(message)`.
+    /// The template called `raise_exception(message)`: `message` is the template's own text.
     case raised(String)
-    /// An error while rendering (undefined attribute of an undefined value, bad operand types, …).
+    /// `operator` (`/`, `//`, `%`, `divisibleby`) with a zero divisor.
+    case divisionByZero(operator: String)
+    /// Integer `operator` (`+`, `-`, `*`, `//`, `**`, unary `-`) overflowed 64 bits.
+    case integerOverflow(operator: String)
+    /// `operator` is not defined for operands of the types `left` and `right` (Python's type names).
+    case unsupportedOperands(operator: String, left: String, right: String)
+    /// `range()` of `count` items, beyond the sandbox's `limit` (Jinja's MAX_RANGE).
+    case rangeTooLarge(count: Int, limit: Int)
+    /// `what` (macro calls, `tojson` values) nested more than `limit` deep.
+    case nestingTooDeep(what: String, limit: Int)
+    /// The rendered output (or a string repetition) would exceed `limit` bytes.
+    case outputTooLarge(limit: Int)
+    /// No filter named `name`.
+    case unknownFilter(name: String)
+    /// No test named `name`.
+    case unknownTest(name: String)
+    /// Any other error while rendering, as the Python exception Jinja raises would word it (an undefined
+    /// attribute of an undefined value, a call with a wrong argument, …): free-form because these are
+    /// many and varied, each a sentence of its own.
     case runtime(String)
+
+    /// Whether this is an error of rendering (not of parsing, nor the template's own `raise_exception`).
+    public var isRuntime: Bool {
+        switch self {
+        case .syntax, .raised: return false
+        default: return true
+        }
+    }
 
     public var description: String {
         switch self {
         case .syntax(let l, let c, let m): return "chat template syntax error at line \(l), column \(c): \(m)"
         case .raised(let m): return "chat template raised an exception: \(m)"
+        case .divisionByZero(let op): return "chat template error: \(op) by zero"
+        case .integerOverflow(let op): return "chat template error: integer overflow in \(op)"
+        case .unsupportedOperands(let op, let a, let b): return "chat template error: unsupported operand type(s) for \(op): '\(a)' and '\(b)'"
+        case .rangeTooLarge(let n, let limit):
+            return "chat template error: range of \(n) items too big (the sandbox blocks ranges larger than MAX_RANGE (\(limit)))"
+        case .nestingTooDeep(let what, let limit): return "chat template error: \(what) nested more than \(limit) deep"
+        case .outputTooLarge(let limit): return "chat template error: output exceeds \(limit) bytes"
+        case .unknownFilter(let name): return "chat template error: No filter named '\(name)'"
+        case .unknownTest(let name): return "chat template error: No test named '\(name)'"
         case .runtime(let m): return "chat template error: \(m)"
         }
     }
@@ -380,7 +416,7 @@ func jsonFloat(_ d: Double) -> String {
 }
 
 func toJSON(_ v: Value, _ o: JSONOptions, level: Int = 0) throws -> String {
-    if level > 200 { throw ChatTemplateError.runtime("tojson: value nested too deeply") }
+    if level > 200 { throw ChatTemplateError.nestingTooDeep(what: "tojson values", limit: 200) }
     func nl(_ l: Int) -> String { o.indent.map { "\n" + String(repeating: $0, count: l) } ?? "" }
     switch v {
     case .none: return "null"

@@ -64,12 +64,12 @@ public final class DistributedCausalLM {
 
     public init(model: CausalLM, comm: Communicator, threads: Int = 1) throws {
         guard model.isDenseExact else {
-            throw ModelError.invalidArgument("a distributed run takes exact-attention layers with dense MLPs")
+            throw ModelError.unsupportedModel(operation: "a distributed run", requirement: "exact-attention layers with dense MLPs")
         }
         guard (0..<model.config.layers).allSatisfy({ model.layerMask($0).alibi == nil }) else {
-            throw ModelError.invalidArgument("a distributed run takes RoPE models (ALiBi is not merged across ranks)")
+            throw ModelError.unsupportedModel(operation: "a distributed run", requirement: "RoPE positions (ALiBi is not merged across ranks)")
         }
-        guard threads >= 1 else { throw ModelError.invalidArgument("threads must be at least 1") }
+        guard threads >= 1 else { throw ModelError.invalidOption(name: "threads", value: "\(threads)", expected: "at least 1") }
         (self.model, self.comm, self.threads) = (model, comm, threads)
     }
 
@@ -93,7 +93,7 @@ public final class DistributedCausalLM {
         -> (x: Tensor, ranges: [Range<Int>]) {
         let L = tokens.count
         guard L >= minimumTokens else {
-            throw ModelError.invalidTokens("\(L) tokens across \(P) ranks: a distributed forward takes at least \(minimumTokens) (one per zigzag chunk)")
+            throw ModelError.tooFewTokens(input: "a distributed forward across \(P) ranks (one token per zigzag chunk)", count: L, minimum: minimumTokens)
         }
         let start = MPI.wtime()
         let s = shards(length: L)
@@ -274,7 +274,7 @@ public final class DistributedCausalLM {
             for i in 0..<m {
                 let p = positions[b0 + i]
                 guard let l = CausalLM.tokenLoss(zp + i * V, vocab: V, target: Int(chunk[p + 1])) else {
-                    throw ModelError.nonFinite("logits of position \(p) on rank \(comm.rank)")
+                    throw ModelError.nonFiniteLogitsAt(sequence: 0, position: p)
                 }
                 loss += l
             }

@@ -53,7 +53,7 @@ public struct MixtureOfExperts: Sendable {
     /// misshapen or non-finite tensor, or a tensor under `prefix` that is not one of these, is a
     /// ``MoEError`` naming it; a tensor that cannot be read is the archive's ``SafeTensorsError``.
     public init(archive: SafeTensorsArchive, prefix: String = "") throws {
-        guard let gateEntry = archive.entry(prefix + "gate.weight") else { throw MoEError.missingTensor(prefix + "gate.weight") }
+        guard let gateEntry = archive.entry(prefix + "gate.weight") else { throw MoEError.missingTensor(name: prefix + "gate.weight") }
         guard gateEntry.shape.count == 2, gateEntry.shape[0] >= 1, gateEntry.shape[1] >= 1 else {
             throw MoEError.misshapenTensor(name: prefix + "gate.weight", shape: gateEntry.shape, expected: "[E, D] with E, D ≥ 1")
         }
@@ -61,11 +61,11 @@ public struct MixtureOfExperts: Sendable {
         var expected = Set([prefix + "gate.weight"])
         for e in 0..<E { for w in 1...3 { expected.insert("\(prefix)experts.\(e).w\(w).weight") } }
         if let extra = archive.names.filter({ $0.hasPrefix(prefix) && !expected.contains($0) }).sorted().first {
-            throw MoEError.unexpectedTensor(extra)
+            throw MoEError.unexpectedTensor(name: extra)
         }
         var named: [(String, Tensor)] = []
         for name in [prefix + "gate.weight"] + (0..<E).flatMap({ e in (1...3).map { "\(prefix)experts.\(e).w\($0).weight" } }) {
-            guard archive.entry(name) != nil else { throw MoEError.missingTensor(name) }
+            guard archive.entry(name) != nil else { throw MoEError.missingTensor(name: name) }
         }
         // Shapes before any conversion, so a misshapen file fails without reading its data.
         try Self.checkShapes(E: E, D: gateEntry.shape[1], prefix: prefix) { archive.entry($0)!.shape }

@@ -39,10 +39,10 @@ public func moeBackward(_ config: MoEConfig, weights: MoEWeights, x: UnsafePoint
         throw MoEError.expertCountMismatch(expected: E, got: n)
     }
     guard threads >= 1 else { throw MoEError.invalidThreadCount(threads) }
-    guard forward.config == config else { throw MoEError.forwardMismatch("it was run with another configuration") }
-    guard forward.tokens == T else { throw MoEError.forwardMismatch("it was run on \(forward.tokens) tokens, not \(T)") }
+    guard forward.config == config else { throw MoEError.forwardConfigurationMismatch }
+    guard forward.tokens == T else { throw MoEError.forwardTokenMismatch(saved: forward.tokens, given: T) }
     guard forward.keptForBackward, let activations = forward.activations else {
-        throw MoEError.forwardMismatch("it was run without keepForBackward")
+        throw MoEError.forwardNotKept
     }
     guard loadBalancingWeight.isFinite else { throw MoEError.nonFinite(name: "loadBalancingWeight", index: 0) }
     guard zLossWeight.isFinite else { throw MoEError.nonFinite(name: "zLossWeight", index: 0) }

@@ -47,7 +47,7 @@ public struct MoEConfig: Sendable, Equatable {
         // Every size the kernels form (rows × widths, parameter counts) must fit in Int with room.
         let limit = 1 << 40
         guard hidden <= limit, expertSizes.allSatisfy({ $0 <= limit / hidden }) else {
-            throw MoEError.tooLarge("hidden \(hidden) × expert sizes up to \(expertSizes.max()!) is too large")
+            throw MoEError.tooLarge(hidden: hidden, largestExpert: expertSizes.max()!, limit: limit)
         }
     }
 
@@ -183,30 +183,43 @@ public struct MoEGradients {
 
 /// What is wrong with a mixture-of-experts call, its configuration or its weights.
 public enum MoEError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The hidden size is below 1.
     case invalidHidden(Int)
+    /// The configuration lists no expert.
     case noExperts
+    /// Expert `expert`'s intermediate size `size` is below 1.
     case invalidExpertSize(expert: Int, size: Int)
+    /// Top-k outside `1...experts`.
     case invalidTopK(Int, experts: Int)
+    /// A capacity factor that is not finite and positive.
     case invalidCapacityFactor(Double)
+    /// A token count that is negative or does not fit 32-bit slot indices.
     case invalidTokenCount(Int)
+    /// Fewer than one thread.
     case invalidThreadCount(Int)
-    /// Sizes whose products would not fit.
-    case tooLarge(String)
+    /// `hidden` or the largest expert size `largestExpert` exceeds what the kernels' products fit: each
+    /// must be at most `limit` and their product at most `limit` too.
+    case tooLarge(hidden: Int, largestExpert: Int, limit: Int)
+    /// The scratch a call needs (a sum of per-expert buffers) overflows `Int`.
+    case scratchOverflow
     /// The weight (or gradient) pointers are given for `got` experts; the configuration has `expected`.
     case expertCountMismatch(expected: Int, got: Int)
     /// A NaN or infinity in an input (`x`, the output gradient) or a weight, at row-major `index`.
     case nonFinite(name: String, index: Int)
     /// An input tensor of the wrong shape (`x`, the output gradient).
     case shapeMismatch(name: String, shape: [Int], expected: String)
-    /// A weight archive without a tensor the layer needs.
-    case missingTensor(String)
+    /// A weight archive without tensor `name`, which the layer needs.
+    case missingTensor(name: String)
     /// A weight of the wrong shape.
     case misshapenTensor(name: String, shape: [Int], expected: String)
     /// A tensor in a weight archive that belongs to no part of the layer.
-    case unexpectedTensor(String)
-    /// The saved forward does not belong to this call (another configuration or token count), or
-    /// was run without `keepForBackward`.
-    case forwardMismatch(String)
+    case unexpectedTensor(name: String)
+    /// The saved forward was run with another configuration than the backward call's.
+    case forwardConfigurationMismatch
+    /// The saved forward was run on `saved` tokens; the backward call has `given`.
+    case forwardTokenMismatch(saved: Int, given: Int)
+    /// The saved forward was run without `keepForBackward`.
+    case forwardNotKept
     /// The scratch (bytes) exceeds the memory budget (``MemoryBudget``) or could not be allocated.
     case allocationFailed(bytes: Int)
 
@@ -219,14 +232,18 @@ public enum MoEError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidCapacityFactor(let c): return "capacity factor must be finite and positive, got \(c)"
         case .invalidTokenCount(let t): return "token count must be non-negative and fit 32-bit slot indices, got \(t)"
         case .invalidThreadCount(let t): return "threads must be at least 1, got \(t)"
-        case .tooLarge(let s): return "too large: \(s)"
+        case .tooLarge(let h, let e, let limit): return "too large: hidden \(h) × expert sizes up to \(e) is too large (each and their product at most \(limit))"
+        case .scratchOverflow: return "too large: the scratch size overflows"
         case .expertCountMismatch(let e, let g): return "weights given for \(g) experts, the configuration has \(e)"
         case .nonFinite(let n, let i): return "\(n) holds a non-finite value (NaN or infinity) at element \(i)"
         case .shapeMismatch(let n, let s, let e): return "\(n) has shape \(s), expected \(e)"
         case .missingTensor(let n): return "missing tensor '\(n)'"
         case .misshapenTensor(let n, let s, let e): return "tensor '\(n)' has shape \(s), expected \(e)"
         case .unexpectedTensor(let n): return "unexpected tensor '\(n)' (not part of the mixture of experts)"
-        case .forwardMismatch(let s): return "saved forward does not match the backward call: \(s)"
+        case .forwardConfigurationMismatch: return "saved forward does not match the backward call: it was run with another configuration"
+        case .forwardTokenMismatch(let saved, let given):
+            return "saved forward does not match the backward call: it was run on \(saved) tokens, not \(given)"
+        case .forwardNotKept: return "saved forward does not match the backward call: it was run without keepForBackward"
         case .allocationFailed(let b): return "cannot allocate \(b) bytes of scratch: over the memory budget or refused by the system"
         }
     }

@@ -32,7 +32,7 @@ final class MoEScratch: @unchecked Sendable {
     private let buffer: MoEBuffer
 
     init(_ plan: Plan) throws {
-        guard !plan.overflow else { throw MoEError.tooLarge("the scratch size overflows") }
+        guard !plan.overflow else { throw MoEError.scratchOverflow }
         bytes = max(plan.bytes, 64)
         buffer = try MoEWorkspace.take(bytes: bytes)
     }

@@ -92,11 +92,11 @@ public struct StripedPositions: Sendable, Equatable {
 /// the sharding.
 public func linearKeyRange(queries: SequenceShards, keys M: Int, rank r: Int) throws -> Range<Int> {
     guard queries.layout == .contiguous else {
-        throw SequenceShardsError.invalidArgument("linear attention across ranks needs contiguous query shards, got \(queries.layout)")
+        throw SequenceShardsError.nonContiguousQueries(layout: "\(queries.layout)")
     }
-    guard M >= 0 else { throw SequenceShardsError.invalidArgument("key count \(M) is negative") }
+    guard M >= 0 else { throw SequenceShardsError.negativeKeyCount(M) }
     guard (0..<queries.ranks).contains(r) else {
-        throw SequenceShardsError.invalidArgument("rank \(r) outside 0..<\(queries.ranks)")
+        throw SequenceShardsError.rankOutOfRange(rank: r, ranks: queries.ranks)
     }
     let off = M - queries.length
     let q = queries.chunk(r)
@@ -107,8 +107,19 @@ public func linearKeyRange(queries: SequenceShards, keys M: Int, rank r: Int) th
 
 /// Arguments the sharding helpers refuse.
 public enum SequenceShardsError: Error, Equatable, CustomStringConvertible, Sendable {
-    case invalidArgument(String)
+    /// Linear attention across ranks needs contiguous query shards; the shards have `layout`.
+    case nonContiguousQueries(layout: String)
+    /// A key count below 0.
+    case negativeKeyCount(Int)
+    /// Rank `rank` outside `0..<ranks`.
+    case rankOutOfRange(rank: Int, ranks: Int)
+
     public var description: String {
-        switch self { case .invalidArgument(let s): return "invalid argument: \(s)" }
+        switch self {
+        case .nonContiguousQueries(let layout):
+            return "invalid argument: linear attention across ranks needs contiguous query shards, got \(layout)"
+        case .negativeKeyCount(let m): return "invalid argument: key count \(m) is negative"
+        case .rankOutOfRange(let r, let ranks): return "invalid argument: rank \(r) outside 0..<\(ranks)"
+        }
     }
 }

@@ -8,8 +8,10 @@ public enum MPIError: Error, CustomStringConvertible, Equatable, Sendable {
     case failed(call: String, code: Int32, message: String)
     /// A bounded wait for `what` gave up after `seconds` (a peer that died or stopped answering).
     case timedOut(what: String, seconds: Double)
-    /// A count or argument MPI cannot take (counts are 32-bit in MPI-3).
-    case invalidArgument(String)
+    /// A count MPI cannot take: `count` outside `0...limit` (counts are 32-bit in MPI-3).
+    case countOutOfRange(count: Int, limit: Int)
+    /// A collective given `counts` per-rank counts for a communicator of `ranks` ranks.
+    case countsMismatch(counts: Int, ranks: Int)
     /// MPI is not initialised (or already finalised).
     case notInitialized
 
@@ -17,7 +19,8 @@ public enum MPIError: Error, CustomStringConvertible, Equatable, Sendable {
         switch self {
         case .failed(let call, let code, let message): return "\(call) failed (MPI error \(code)): \(message)"
         case .timedOut(let what, let s): return "no progress for \(String(format: "%.1f", s)) s waiting for \(what) (a peer rank died or hangs)"
-        case .invalidArgument(let s): return "invalid MPI argument: \(s)"
+        case .countOutOfRange(let n, let limit): return "invalid MPI argument: count \(n) outside 0...\(limit)"
+        case .countsMismatch(let counts, let ranks): return "invalid MPI argument: \(counts) counts for \(ranks) ranks"
         case .notInitialized: return "MPI is not initialised"
         }
     }
@@ -136,7 +139,7 @@ public struct Communicator: @unchecked Sendable {
     public var previous: Int { (rank + size - 1) % size }
 
     static func count(_ n: Int) throws -> Int32 {
-        guard n >= 0, n <= Int(Int32.max) else { throw MPIError.invalidArgument("count \(n) outside 0...\(Int32.max)") }
+        guard n >= 0, n <= Int(Int32.max) else { throw MPIError.countOutOfRange(count: n, limit: Int(Int32.max)) }
         return Int32(n)
     }
 
@@ -271,7 +274,7 @@ public struct Communicator: @unchecked Sendable {
     /// offset `Σ_{s<r} counts[s]` of `buffer` (this rank's already written there); afterwards every
     /// rank's are, on every rank.
     public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
-        guard counts.count == size else { throw MPIError.invalidArgument("\(counts.count) counts for \(size) ranks") }
+        guard counts.count == size else { throw MPIError.countsMismatch(counts: counts.count, ranks: size) }
         var c = [Int32](), d = [Int32](), offset = 0
         for n in counts {
             c.append(try Self.count(n))

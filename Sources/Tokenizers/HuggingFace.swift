@@ -170,21 +170,21 @@ extension Tokenizer {
     public static func huggingFace(tokenizerJSON: URL, tokenizerConfig: URL?) throws -> Tokenizer {
         let root = try readJSON(tokenizerJSON)
         let config = try tokenizerConfig.map { try readJSON($0) }
-        guard let model = root["model"] else { throw TokenizerError.unsupportedTokenizerJSON("no model") }
+        guard let model = root["model"] else { throw TokenizerError.unsupportedTokenizerJSON(field: "model", value: "missing") }
         let type = model["type"]?.string ?? "BPE"
-        guard type == "BPE" else { throw TokenizerError.unsupportedTokenizerJSON("model type \(type)") }
-        guard case let .object(vocabPairs)? = model["vocab"] else { throw TokenizerError.unsupportedTokenizerJSON("no model.vocab") }
+        guard type == "BPE" else { throw TokenizerError.unsupportedTokenizerJSON(field: "model type", value: type) }
+        guard case let .object(vocabPairs)? = model["vocab"] else { throw TokenizerError.unsupportedTokenizerJSON(field: "model.vocab", value: "missing") }
 
         // Tokens by id: the model's vocabulary and the added tokens.
         var byID: [Int: String] = [:]
         for (token, idValue) in vocabPairs {
-            guard let id = idValue.int, id >= 0 else { throw TokenizerError.unsupportedTokenizerJSON("vocab id of \(token.debugDescription)") }
+            guard let id = idValue.int, id >= 0 else { throw TokenizerError.unsupportedTokenizerJSON(field: "model.vocab id of \(token.debugDescription)", value: "\(idValue)") }
             byID[id] = token
         }
         var addedType: [Int: Int32] = [:]
         for added in root["added_tokens"]?.array ?? [] {
             guard let id = added["id"]?.int, id >= 0, let content = added["content"]?.string else {
-                throw TokenizerError.unsupportedTokenizerJSON("an added token without id or content")
+                throw TokenizerError.unsupportedTokenizerJSON(field: "added_tokens entry", value: "without id or content")
             }
             byID[id] = content
             addedType[id] = added["special"]?.bool == true ? TokenizerVocabulary.TokenType.control : TokenizerVocabulary.TokenType.userDefined
@@ -192,7 +192,7 @@ extension Tokenizer {
         let count = (byID.keys.max() ?? -1) + 1
         guard count > 0 else { throw TokenizerError.emptyVocabulary }
         guard byID.count == count else {
-            throw TokenizerError.unsupportedTokenizerJSON("ids are not contiguous (\(byID.count) tokens, largest id \(count - 1))")
+            throw TokenizerError.unsupportedTokenizerJSON(field: "token ids", value: "not contiguous (\(byID.count) tokens, largest id \(count - 1))")
         }
         let tokens = (0..<count).map { byID[$0]! }
 
@@ -223,35 +223,35 @@ extension Tokenizer {
         let modelKind: TokenizerVocabulary.Model
         let byteLevel = pres.contains { $0["type"]?.string == "ByteLevel" }
         if byteLevel {
-            guard norms.isEmpty else { throw TokenizerError.unsupportedTokenizerJSON("a normalizer with a byte-level pre-tokenizer") }
+            guard norms.isEmpty else { throw TokenizerError.unsupportedTokenizerJSON(field: "normalizer", value: "given with a byte-level pre-tokenizer") }
             var pre: String? = nil
             var digits = false
             for p in pres {
                 switch p["type"]?.string ?? "" {
                 case "ByteLevel":
-                    if p["add_prefix_space"]?.bool == true { throw TokenizerError.unsupportedTokenizerJSON("ByteLevel add_prefix_space") }
+                    if p["add_prefix_space"]?.bool == true { throw TokenizerError.unsupportedTokenizerJSON(field: "ByteLevel add_prefix_space", value: "true") }
                     if p["use_regex"]?.bool ?? true {
-                        guard pre == nil else { throw TokenizerError.unsupportedTokenizerJSON("two splitting regexes") }
+                        guard pre == nil else { throw TokenizerError.unsupportedTokenizerJSON(field: "pre_tokenizer", value: "two splitting regexes") }
                         pre = "gpt2"
                     }
                 case "Split":
                     guard let pattern = p["pattern"]?["Regex"]?.string, let name = knownSplitPatterns[pattern] else {
                         throw TokenizerError.unknownPreTokenizer("Split \(p["pattern"].map { "\($0)" } ?? "")")
                     }
-                    guard pre == nil else { throw TokenizerError.unsupportedTokenizerJSON("two splitting regexes") }
+                    guard pre == nil else { throw TokenizerError.unsupportedTokenizerJSON(field: "pre_tokenizer", value: "two splitting regexes") }
                     pre = name
                 case "Digits":
                     guard p["individual_digits"]?.bool == true, pre == nil else {
-                        throw TokenizerError.unsupportedTokenizerJSON("Digits other than individual digits first")
+                        throw TokenizerError.unsupportedTokenizerJSON(field: "Digits pre-tokenizer", value: "other than individual digits first")
                     }
                     digits = true
                 default:
                     throw TokenizerError.unknownPreTokenizer(p["type"]?.string ?? "?")
                 }
             }
-            guard var name = pre else { throw TokenizerError.unsupportedTokenizerJSON("ByteLevel without a splitting regex") }
+            guard var name = pre else { throw TokenizerError.unsupportedTokenizerJSON(field: "ByteLevel pre-tokenizer", value: "without a splitting regex") }
             if digits {
-                guard name == "gpt2" else { throw TokenizerError.unsupportedTokenizerJSON("Digits before \(name)") }
+                guard name == "gpt2" else { throw TokenizerError.unsupportedTokenizerJSON(field: "Digits pre-tokenizer", value: "before \(name)") }
                 name = "smollm"
             }
             modelKind = .bytePairEncoding(pre: name)
@@ -262,13 +262,13 @@ extension Tokenizer {
                 switch nrm["type"]?.string ?? "" {
                 case "Replace":
                     guard nrm["pattern"]?["String"]?.string == " ", nrm["content"]?.string == "\u{2581}" else {
-                        throw TokenizerError.unsupportedTokenizerJSON("a Replace normalizer other than \" \" → \"▁\"")
+                        throw TokenizerError.unsupportedTokenizerJSON(field: "Replace normalizer", value: "other than \" \" → \"▁\"")
                     }
                     replaces = true
                 case "Prepend":
-                    guard nrm["prepend"]?.string == "\u{2581}" else { throw TokenizerError.unsupportedTokenizerJSON("Prepend other than \"▁\"") }
+                    guard nrm["prepend"]?.string == "\u{2581}" else { throw TokenizerError.unsupportedTokenizerJSON(field: "Prepend normalizer", value: "other than \"▁\"") }
                     prefix = .always
-                default: throw TokenizerError.unsupportedTokenizerJSON("normalizer \(nrm["type"]?.string ?? "?")")
+                default: throw TokenizerError.unsupportedTokenizerJSON(field: "normalizer", value: nrm["type"]?.string ?? "?")
                 }
             }
             for p in pres {
@@ -285,7 +285,7 @@ extension Tokenizer {
                 default: prefix = .never
                 }
             }
-            guard replaces else { throw TokenizerError.unsupportedTokenizerJSON("neither ByteLevel nor a ▁ normalizer") }
+            guard replaces else { throw TokenizerError.unsupportedTokenizerJSON(field: "pre_tokenizer", value: "neither ByteLevel nor a ▁ normalizer") }
             options.spacePrefix = prefix
             modelKind = .sentencePiece
         }

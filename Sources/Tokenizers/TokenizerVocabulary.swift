@@ -82,8 +82,10 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     case invalidID(Int32)
     case unreadableFile(path: String, reason: String)
     case malformedJSON(path: String, reason: String)
-    /// A tokenizer.json feature outside the two supported kinds (byte-level BPE, SentencePiece-style BPE).
-    case unsupportedTokenizerJSON(String)
+    /// A tokenizer.json feature outside the two supported kinds (byte-level BPE, SentencePiece-style BPE):
+    /// `field` names the part of the file (`model.type`, `normalizer`, `pre_tokenizer`, …) and `value`
+    /// what it holds (`missing` when absent).
+    case unsupportedTokenizerJSON(field: String, value: String)
 
     public var description: String {
         switch self {
@@ -99,7 +101,7 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
         case let .invalidID(id): return "token id \(id) is outside the vocabulary"
         case let .unreadableFile(path, reason): return "cannot read \(path): \(reason)"
         case let .malformedJSON(path, reason): return "\(path) is not valid JSON: \(reason)"
-        case let .unsupportedTokenizerJSON(what): return "unsupported tokenizer.json: \(what)"
+        case let .unsupportedTokenizerJSON(field, value): return "unsupported tokenizer.json: \(field) \(value)"
         }
     }
 }

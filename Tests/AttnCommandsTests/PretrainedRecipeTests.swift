@@ -83,10 +83,10 @@ final class PretrainedRecipeTests: XCTestCase {
         let base = ["lm", "profile", "--model", smol, "--books", "Heb", "--corpus", corpus, "--window", "64", "--max-windows", "1"]
         for (extra, words) in [(["--rope-scaling", "linear", "--rope-factor", "0"], "> 0"),
                                (["--rope-scaling", "linear", "--rope-factor=-1"], "> 0"),
-                               (["--rope-scaling", "stretch", "--rope-factor", "2"], "unknown RoPE scaling"),
+                               (["--rope-scaling", "stretch", "--rope-factor", "2"], "--rope-scaling must be one of none, linear"),
                                (["--rope-scaling", "yarn"], "needs --rope-factor"),
-                               (["--sinks", "4", "--attention-window", "8189"], "exceed the model's trained context of 8192"),
-                               (["--sinks", "4"], "--sinks needs --attention-window")] {
+                               (["--sinks", "4", "--attention-window", "8189"], "the model's trained context of 8192 positions, got 4 + 8189"),
+                               (["--sinks", "4"], "--sinks must be given with --attention-window")] {
             XCTAssertThrowsError(try run(base + extra), "\(extra)") { e in
                 XCTAssertTrue("\(e)".contains(words), "\(extra): \(e)")
             }

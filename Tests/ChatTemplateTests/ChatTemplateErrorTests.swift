@@ -85,9 +85,29 @@ final class ChatTemplateErrorTests: XCTestCase {
                   "{{ none() }}", "{% set a, b = [1] %}", "{% set x.y = 1 %}",
                   "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "{{ 9223372036854775807 + 1 }}"] {
             XCTAssertThrowsError(try ChatTemplate(s).render(messages: m, addGenerationPrompt: true), s) { e in
-                guard case .runtime? = e as? ChatTemplateError else { return XCTFail("\(s): \(e)") }
+                guard (e as? ChatTemplateError)?.isRuntime == true else { return XCTFail("\(s): \(e)") }
             }
         }
+        // The typed cases, field by field.
+        let typed: [(String, ChatTemplateError)] = [
+            ("{{ 1 / 0 }}", .divisionByZero(operator: "/")),
+            ("{{ 7 // 0 }}", .divisionByZero(operator: "//")),
+            ("{{ 2.5 % 0 }}", .divisionByZero(operator: "%")),
+            ("{{ 9223372036854775807 + 1 }}", .integerOverflow(operator: "+")),
+            ("{{ 1 + 'a' }}", .unsupportedOperands(operator: "+", left: "int", right: "str")),
+            ("{{ range(10000000)|length }}", .rangeTooLarge(count: 10_000_000, limit: 100_000)),
+            ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", .nestingTooDeep(what: "macro calls", limit: 64)),
+            ("{{ [1]|map('no_such_filter')|list }}", .unknownFilter(name: "no_such_filter")),
+            ("{{ [1]|select('no_such_test')|list }}", .unknownTest(name: "no_such_test")),
+        ]
+        for (s, want) in typed {
+            XCTAssertThrowsError(try ChatTemplate(s).render(messages: m, addGenerationPrompt: true), s) { e in
+                XCTAssertEqual(e as? ChatTemplateError, want, s)
+                XCTAssertEqual((e as? ChatTemplateError)?.isRuntime, true, s)
+            }
+        }
+        XCTAssertEqual("\(ChatTemplateError.rangeTooLarge(count: 10_000_000, limit: 100_000))",
+                       "chat template error: range of 10000000 items too big (the sandbox blocks ranges larger than MAX_RANGE (100000))")
     }
 
     func testDescriptionAndAPI() throws {

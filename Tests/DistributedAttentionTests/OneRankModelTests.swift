@@ -41,15 +41,15 @@ final class OneRankModelTests: XCTestCase {
     func testDistributedModelRefusesWhatItDoesNotCompute() throws {
         let comm = try OneRankWorld.communicator()
         XCTAssertThrowsError(try DistributedCausalLM(model: try tiny(positions: .alibi), comm: comm)) {
-            guard case .invalidArgument? = $0 as? ModelError else { return XCTFail("\($0)") }
+            guard case .unsupportedModel("a distributed run", _)? = $0 as? ModelError else { return XCTFail("\($0)") }
         }
         XCTAssertThrowsError(try DistributedCausalLM(model: try tiny(), comm: comm, threads: 0)) {
-            XCTAssertEqual($0 as? ModelError, .invalidArgument("threads must be at least 1"))
+            XCTAssertEqual($0 as? ModelError, .invalidOption(name: "threads", value: "0", expected: "at least 1"))
         }
         let lm = try DistributedCausalLM(model: try tiny(), comm: comm)
         XCTAssertEqual(lm.minimumTokens, 2)
         XCTAssertThrowsError(try lm.forward([3])) {
-            guard case .invalidTokens? = $0 as? ModelError else { return XCTFail("\($0)") }
+            guard case .tooFewTokens(_, 1, 2)? = $0 as? ModelError else { return XCTFail("\($0)") }
         }
     }
 }

@@ -11,8 +11,8 @@ final class CheckedSizeTests: XCTestCase {
         let json = #"{"model_type": "llama", "vocab_size": 256, "hidden_size": 1048576, "intermediate_size": 16,"#
             + #" "num_hidden_layers": 256, "num_attention_heads": 4096, "num_key_value_heads": 1, "head_dim": 1048576}"#
         XCTAssertThrowsError(try CausalLM(config: ModelConfig(jsonData: Data(json.utf8)), seed: 0)) { error in
-            guard case ModelError.invalidConfig(let s) = error else { return XCTFail("\(error)") }
-            XCTAssertTrue(s.contains("2^63 bytes") && s.contains("hidden_size 1048576"), s)
+            guard case ModelError.tooLarge(let s, nil, Int.max) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(s.contains("parameter bytes") && s.contains("hidden_size 1048576"), s)
         }
     }
 
@@ -22,14 +22,14 @@ final class CheckedSizeTests: XCTestCase {
             config: ModelConfig(architecture: .mixtral, vocabSize: 256, hiddenSize: 1 << 20, intermediateSize: 16,
                                 layers: 256, heads: 4096, kvHeads: 1, headDim: 1 << 20, experts: 8, expertsPerToken: 2),
             seed: 0)) { error in
-            guard case ModelError.invalidConfig(let s) = error else { return XCTFail("\(error)") }
+            guard case ModelError.tooLarge(let s, nil, Int.max) = error else { return XCTFail("\(error)") }
             XCTAssertTrue(s.contains("8 experts"), s)
         }
         // Experts alone: 1024 layers × 1024 experts × 3 · 2^40 floats (no layout is built to find out).
         XCTAssertThrowsError(try ModelConfig(architecture: .mixtral, vocabSize: 256, hiddenSize: 1 << 20,
                                              intermediateSize: 1 << 20, layers: 1024, heads: 1, kvHeads: 1,
                                              experts: 1024, expertsPerToken: 2)) { error in
-            guard case ModelError.invalidConfig(let s) = error else { return XCTFail("\(error)") }
+            guard case ModelError.tooLarge(let s, nil, Int.max) = error else { return XCTFail("\(error)") }
             XCTAssertTrue(s.contains("1024 experts of intermediate_size 1048576"), s)
         }
     }
@@ -38,8 +38,7 @@ final class CheckedSizeTests: XCTestCase {
     func testParameterSetByteCountIsChecked() {
         let layout = (0..<4).map { (name: "t\($0)", shape: [1 << 30, 1 << 29]) }
         XCTAssertThrowsError(try ParameterSet(layout: layout)) { error in
-            guard case ModelError.invalidConfig(let s) = error else { return XCTFail("\(error)") }
-            XCTAssertTrue(s.contains("2^63 bytes"), s)
+            XCTAssertEqual(error as? ModelError, .tooLarge(quantity: "the bytes of \(1 << 61) parameters", value: nil, limit: Int.max))
         }
     }
 

@@ -191,7 +191,7 @@ final class GGUFModelTests: XCTestCase {
                 }
             } catch { XCTFail("\(what): writing failed: \(error)") }
         }
-        refuses("architecture \"bert\"", { _ in }, arch: "bert")
+        refuses("general.architecture = \"bert\"", { _ in }, arch: "bert")
         refuses("partial rotary", { $0.set("llama.rope.dimension_count", .uint32(2)) })
         refuses("vocab_size", { $0.set("llama.vocab_size", .uint32(14)) })
         refuses("blk.0.extra.weight", { $0.addTensor(name: "blk.0.extra.weight", shape: [4], type: .f32, data: Self.bytes([1, 2, 3, 4])) })

@@ -53,8 +53,8 @@ final class LoRAAndLayoutTests: XCTestCase {
         let model = try CausalLM(config: config, seed: 1)
         for module in ["gate_proj", "up_proj", "down_proj"] {
             XCTAssertThrowsError(try LoRAAdapter(model: model, rank: 2, alpha: 4, targetModules: ["q_proj", module], seed: 0)) { error in
-                guard case ModelError.invalidArgument(let s) = error else { return XCTFail("\(error)") }
-                XCTAssertTrue(s.contains(module) && s.contains("mixtral"), s)
+                guard case ModelError.invalidOption("LoRA target module", module, let expected) = error else { return XCTFail("\(error)") }
+                XCTAssertTrue(expected.contains("mixtral"), expected)
             }
         }
         XCTAssertNoThrow(try LoRAAdapter(model: model, rank: 2, alpha: 4, targetModules: ["q_proj", "o_proj"], seed: 0))
@@ -74,8 +74,9 @@ final class LoRAAndLayoutTests: XCTestCase {
         let g = try ParameterSet(zerosLike: other.parameters)
         XCTAssertEqual(g.names, model.parameters.names)
         XCTAssertThrowsError(try model.loss(tokens: tokens, batch: 1, length: tokens.count, gradients: g)) { error in
-            guard case ModelError.invalidArgument(let s) = error else { return XCTFail("\(error)") }
-            XCTAssertTrue(s.contains("model.layers.0.mlp.gate_proj.weight") && s.contains("[24, 16]"), s)
+            guard case ModelError.layoutMismatch(let what, let found, let expected) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(what.contains("the gradients"), what)
+            XCTAssertTrue(found.contains("model.layers.0.mlp.gate_proj.weight") && expected.contains("[24, 16]"), "\(error)")
         }
         XCTAssertTrue((0..<g.count).allSatisfy { g.scalars[$0] == 0 })
         XCTAssertNoThrow(try model.loss(tokens: tokens, batch: 1, length: tokens.count,

@@ -246,13 +246,14 @@ final class QuantizedLoRATests: XCTestCase {
         let m = try TinyGGUF.model(try TinyGGUF.llama(), arch: "llama", path: directory.appendingPathComponent("m.gguf").path)
         let adapter = try LoRAAdapter(model: m, rank: 2, alpha: 2, targetModules: ["q_proj"], seed: 1)
         XCTAssertThrowsError(try adapter.mergedModel(m)) { e in
-            guard case ModelError.invalidArgument(let s) = e else { return XCTFail("\(e)") }
-            XCTAssertTrue(s.contains("frozen"), s)
+            guard case ModelError.unsupportedModel(let operation, let requirement) = e else { return XCTFail("\(e)") }
+            XCTAssertTrue(operation.contains("merging") && requirement.contains("frozen"), "\(e)")
         }
         let other = try CausalLM(config: try TinyGGUF.gemma(), seed: 1)
         let foreign = try LoRAAdapter(model: other, rank: 2, alpha: 2, targetModules: ["q_proj"], seed: 1)
         XCTAssertThrowsError(try m.attaching(foreign)) { e in
-            guard case ModelError.invalidArgument = e else { return XCTFail("\(e)") }
+            guard case ModelError.layoutMismatch(let what, _, _) = e else { return XCTFail("\(e)") }
+            XCTAssertEqual(what, "the LoRA adapter")
         }
     }
 
@@ -371,15 +372,24 @@ final class SparseRefitTests: XCTestCase {
         XCTAssertGreaterThan(UnsafeBufferPointer(start: lg.scalars, count: lg.count).map(abs).max()!, 0)
     }
 
-    /// Refits the kernels cannot compute are refused with ``ModelError/invalidConfig(_:)``.
+    /// Refits the kernels cannot compute are refused with typed errors naming the layer or the option.
     func testBadRefitsAreRefused() throws {
         let g = try TinyGGUF.model(try TinyGGUF.gemma(window: 4), arch: "gemma3", path: directory.appendingPathComponent("g.gguf").path)
         func refused(_ f: @autoclosure () throws -> CausalLM, _ what: String) {
             XCTAssertThrowsError(try f(), what) { e in
-                guard case ModelError.invalidConfig = e else { return XCTFail("\(what): \(e)") }
+                switch e as? ModelError {
+                case .unsupportedRefit?, .invalidOption?, .invalidConfig?: break
+                default: XCTFail("\(what): \(e)")
+                }
             }
         }
         refused(try g.refitting(.bigbird(blockSize: 4, windowBlocks: 3, randomBlocks: 2, seed: 1), layers: .all), "BigBird on sliding layers")
+        XCTAssertThrowsError(try g.refitting(.bigbird(blockSize: 4, windowBlocks: 3, randomBlocks: 2, seed: 1), layers: .all)) {
+            guard case ModelError.unsupportedRefit(0, "BigBird", _)? = $0 as? ModelError else { return XCTFail("\($0)") }
+        }
+        XCTAssertThrowsError(try g.refitting(.sliding(window: 0))) {
+            XCTAssertEqual($0 as? ModelError, .invalidOption(name: "sliding window W", value: "0", expected: ">= 1"))
+        }
         refused(try g.refitting(.sliding(window: 7), layers: .all), "another window on sliding layers")
         refused(try g.refitting(.sliding(window: 0)), "window 0")
         refused(try g.refitting(.bigbird(blockSize: 4, windowBlocks: 2, randomBlocks: 2, seed: 1)), "even window")

@@ -45,8 +45,8 @@ final class TrainingResumeTests: XCTestCase {
             var o = options()
             change(&o)
             XCTAssertThrowsError(try resumed(dir, o), name) { error in
-                guard case ModelError.invalidArgument(let s) = error else { return XCTFail("\(error)") }
-                XCTAssertTrue(s.contains("\(name) is"), s)
+                guard case ModelError.resumeMismatch(dir, name, _, _)? = error as? ModelError else { return XCTFail("\(error)") }
+                XCTAssertTrue("\(error)".contains("\(name) is"), "\(error)")
             }
         }
     }
@@ -68,8 +68,9 @@ final class TrainingResumeTests: XCTestCase {
                 try fm.copyItem(atPath: old + "/" + name, toPath: dir + "/" + name)
             }
             XCTAssertThrowsError(try resumed(dir, options()), replaced) { error in
-                guard case ModelError.invalidCheckpoint(let s) = error else { return XCTFail("\(error)") }
-                XCTAssertTrue(s.contains(replaced) && s.contains("interrupted"), s)
+                guard case ModelError.invalidCheckpoint(let file, let reason) = error else { return XCTFail("\(error)") }
+                XCTAssertEqual(file, dir + "/" + replaced)
+                XCTAssertTrue(reason.contains("interrupted"), reason)
             }
             try fm.removeItem(atPath: dir + "/" + replaced)
             try fm.copyItem(atPath: old + "/" + replaced, toPath: dir + "/" + replaced)

@@ -339,15 +339,15 @@ final class MixtureOfExpertsTests: XCTestCase {
         // Backward: without kept activations, for another configuration or token count, non-finite dout.
         let (_, plain) = try layer.forward(x, config: config)
         XCTAssertThrowsError(try layer.backward(x, config: config, forward: plain, outputGradient: x)) {
-            guard case .forwardMismatch = $0 as? MoEError else { return XCTFail("\($0)") }
+            XCTAssertEqual($0 as? MoEError, .forwardNotKept)
         }
         let (_, kept) = try layer.forward(x, config: config, keepForBackward: true)
         XCTAssertThrowsError(try layer.backward(x, config: try layer.config(topK: 1, renormalize: true), forward: kept, outputGradient: x)) {
-            guard case .forwardMismatch = $0 as? MoEError else { return XCTFail("\($0)") }
+            XCTAssertEqual($0 as? MoEError, .forwardConfigurationMismatch)
         }
         let x4 = try x.slice(axis: 0, 0..<4)
         XCTAssertThrowsError(try layer.backward(x4, config: config, forward: kept, outputGradient: x4)) {
-            guard case .forwardMismatch = $0 as? MoEError else { return XCTFail("\($0)") }
+            XCTAssertEqual($0 as? MoEError, .forwardTokenMismatch(saved: 5, given: 4))
         }
         var dv = [Float](repeating: 1, count: 5 * D)
         dv[7] = .infinity
@@ -377,8 +377,8 @@ final class MixtureOfExpertsTests: XCTestCase {
         XCTAssertEqual(loaded.expertSizes, heterogeneous)
         XCTAssertEqual(loaded.parameters.scalars, layer.parameters.scalars)
 
-        expect(replacing("experts.1.w2.weight", with: nil), .missingTensor("experts.1.w2.weight"))
-        expect(replacing("gate.weight", with: nil), .missingTensor("gate.weight"))
+        expect(replacing("experts.1.w2.weight", with: nil), .missingTensor(name: "experts.1.w2.weight"))
+        expect(replacing("gate.weight", with: nil), .missingTensor(name: "gate.weight"))
         expect(replacing("experts.2.w1.weight", with: tensor(randomRows(5 * (D + 1), seed: 1), [5, D + 1])),
                .misshapenTensor(name: "experts.2.w1.weight", shape: [5, D + 1], expected: "[F_e, \(D)] with F_e ≥ 1 (D = \(D) from the gate)"))
         expect(replacing("experts.2.w3.weight", with: tensor(randomRows(6 * D, seed: 1), [6, D])),
@@ -387,8 +387,8 @@ final class MixtureOfExpertsTests: XCTestCase {
                .misshapenTensor(name: "experts.0.w2.weight", shape: [3, D], expected: "[\(D), 3] (w1 transposed)"))
         expect(replacing("gate.weight", with: tensor(randomRows(5 * D, seed: 1), [5 * D])),
                .misshapenTensor(name: "gate.weight", shape: [5 * D], expected: "[E, D] with E, D ≥ 1"))
-        expect(good + [("experts.5.w1.weight", layer.w1(0))], .unexpectedTensor("experts.5.w1.weight"))
-        expect(good + [("router.bias", layer.w1(0))], .unexpectedTensor("router.bias"))
+        expect(good + [("experts.5.w1.weight", layer.w1(0))], .unexpectedTensor(name: "experts.5.w1.weight"))
+        expect(good + [("router.bias", layer.w1(0))], .unexpectedTensor(name: "router.bias"))
         var w = layer.w2(4).scalars
         w[17] = .nan
         expect(replacing("experts.4.w2.weight", with: tensor(w, [D, 7])), .nonFinite(name: "experts.4.w2.weight", index: 17))

@@ -52,10 +52,20 @@ final class SequenceShardsTests: XCTestCase {
 
     func testLinearKeyRangeRefusesBadArguments() {
         let zigzag = SequenceShards(length: 10, ranks: 2, layout: .zigzag)
-        XCTAssertThrowsError(try linearKeyRange(queries: zigzag, keys: 10, rank: 0))
+        XCTAssertThrowsError(try linearKeyRange(queries: zigzag, keys: 10, rank: 0)) {
+            XCTAssertEqual($0 as? SequenceShardsError, .nonContiguousQueries(layout: "zigzag"))
+        }
         let qs = SequenceShards(length: 10, ranks: 2, layout: .contiguous)
-        XCTAssertThrowsError(try linearKeyRange(queries: qs, keys: 10, rank: 2))
-        XCTAssertThrowsError(try linearKeyRange(queries: qs, keys: -1, rank: 0))
+        XCTAssertThrowsError(try linearKeyRange(queries: qs, keys: 10, rank: 2)) {
+            XCTAssertEqual($0 as? SequenceShardsError, .rankOutOfRange(rank: 2, ranks: 2))
+            XCTAssertEqual("\($0)", "invalid argument: rank 2 outside 0..<2")
+        }
+        XCTAssertThrowsError(try linearKeyRange(queries: qs, keys: 10, rank: -1)) {
+            XCTAssertEqual($0 as? SequenceShardsError, .rankOutOfRange(rank: -1, ranks: 2))
+        }
+        XCTAssertThrowsError(try linearKeyRange(queries: qs, keys: -1, rank: 0)) {
+            XCTAssertEqual($0 as? SequenceShardsError, .negativeKeyCount(-1))
+        }
     }
 
     func testStripedDecodePositions() {

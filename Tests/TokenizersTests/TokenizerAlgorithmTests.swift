@@ -279,7 +279,7 @@ final class TokenizerAlgorithmTests: XCTestCase {
         }
         try Data("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}".utf8).write(to: bad)
         XCTAssertThrowsError(try Tokenizer.huggingFace(tokenizerJSON: bad, tokenizerConfig: nil)) {
-            XCTAssertEqual($0 as? TokenizerError, .unsupportedTokenizerJSON("model type Unigram"))
+            XCTAssertEqual($0 as? TokenizerError, .unsupportedTokenizerJSON(field: "model type", value: "Unigram"))
         }
     }
 }

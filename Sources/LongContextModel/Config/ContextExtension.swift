@@ -27,19 +27,19 @@ public struct ContextExtension: Sendable, Equatable {
     /// otherwise at least 1); `sinks`/`window` together or not at all.
     public init(method name: String = "none", factor: Double = 1, sinks: Int? = nil, window: Int? = nil) throws {
         guard let m = Method(rawValue: name) else {
-            throw ModelError.invalidArgument("unknown RoPE scaling \"\(name)\" (none, linear, ntk, dynamic, yarn)")
+            throw ModelError.invalidOption(name: "--rope-scaling", value: name, expected: "one of none, linear, ntk, dynamic, yarn")
         }
-        guard factor.isFinite, factor > 0 else { throw ModelError.invalidArgument("the RoPE factor must be > 0, got \(factor)") }
+        try requireOption(factor.isFinite && factor > 0, "--rope-factor", factor, "> 0")
         if m != .none, factor < 1 {
-            throw ModelError.invalidArgument("the RoPE factor of \(name) scaling must be at least 1 (it stretches the context), got \(factor)")
+            throw ModelError.invalidOption(name: "--rope-factor", value: "\(factor)", expected: "at least 1 for \(name) scaling (it stretches the context)")
         }
         switch (sinks, window) {
         case (nil, nil): streaming = nil
         case (let s?, let w?):
-            guard s >= 0 else { throw ModelError.invalidArgument("--sinks must be >= 0, got \(s)") }
-            guard w >= 1 else { throw ModelError.invalidArgument("--attention-window must be >= 1, got \(w)") }
+            try requireOption(s >= 0, "--sinks", s, ">= 0")
+            try requireOption(w >= 1, "--attention-window", w, ">= 1")
             streaming = StreamingWindow(sinks: s, window: w)
-        case (_?, nil): throw ModelError.invalidArgument("--sinks needs --attention-window")
+        case (let s?, nil): throw ModelError.invalidOption(name: "--sinks", value: "\(s)", expected: "given with --attention-window")
         case (nil, let w?): streaming = StreamingWindow(sinks: 0, window: w)
         }
         method = m
@@ -54,8 +54,8 @@ public struct ContextExtension: Sendable, Equatable {
     public func apply(to config: ModelConfig) throws -> ModelConfig {
         var c = config
         guard case .rope(let theta, _) = c.positions else {
-            if method != .none { throw ModelError.invalidArgument("RoPE scaling needs a RoPE model") }
-            if streaming != nil { throw ModelError.invalidArgument("attention sinks + window need a RoPE model") }
+            if method != .none { throw ModelError.unsupportedModel(operation: "RoPE scaling", requirement: "a RoPE model") }
+            if streaming != nil { throw ModelError.unsupportedModel(operation: "attention sinks + window", requirement: "a RoPE model") }
             return c
         }
         let C = c.maxPositionEmbeddings
@@ -72,7 +72,7 @@ public struct ContextExtension: Sendable, Equatable {
         }
         if let st = streaming {
             guard st.sinks + st.window <= C else {
-                throw ModelError.invalidArgument("attention sinks + window (\(st.sinks) + \(st.window)) exceed the model's trained context of \(C) positions")
+                throw ModelError.invalidOption(name: "--sinks + --attention-window", value: "\(st.sinks) + \(st.window)", expected: "at most the model's trained context of \(C) positions")
             }
             c.streaming = st
         }

@@ -39,15 +39,15 @@ public enum LayerAttention: Sendable, Equatable {
         switch self {
         case .exact: break
         case .bigbird(let b, let w, let r, _):
-            guard b >= 1, w >= 1, w % 2 == 1, r >= 0 else {
-                throw ModelError.invalidConfig("BigBird needs block size >= 1, an odd window >= 1 and random blocks >= 0, got \(b), \(w), \(r)")
-            }
+            try requireConfig(b >= 1, "block_size", b, "at least 1 (BigBird)")
+            try requireConfig(w >= 1 && w % 2 == 1, "window_blocks", w, "odd and at least 1 (BigBird)")
+            try requireConfig(r >= 0, "random_blocks", r, ">= 0 (BigBird)")
         case .linear(let map):
             guard map == .elu || map == .relu else {
-                throw ModelError.invalidConfig("causal linear attention takes the elu or relu feature map, not \(map.name)")
+                throw ModelError.unsupportedConfig(key: "feature_map", value: map.name, supported: "elu, relu (causal linear attention)")
             }
         case .infini(let s, _):
-            guard s >= 1 else { throw ModelError.invalidConfig("Infini segment must be at least 1, got \(s)") }
+            try requireConfig(s >= 1, "segment", s, "at least 1 (Infini-Attention)")
         }
     }
 
@@ -73,25 +73,25 @@ public enum LayerAttention: Sendable, Equatable {
     init(json: Any, index: Int = 0) throws {
         let at = "long_attention.layers[\(index)]"
         guard let o = json as? [String: Any], let type = o["type"] as? String else {
-            throw ModelError.invalidConfig("\(at) must be an object with a string \"type\"")
+            throw ModelError.invalidConfig(key: at, value: "\(json)", expected: "an object with a string \"type\"")
         }
         guard let allowed = Self.keys[type] else {
-            throw ModelError.invalidConfig("\(at): unknown attention type \"\(type)\" (exact, bigbird, linear, infini)")
+            throw ModelError.unsupportedConfig(key: at + ".type", value: "\"\(type)\"", supported: "exact, bigbird, linear, infini")
         }
         if let unknown = o.keys.sorted().first(where: { $0 != "type" && !allowed.contains($0) }) {
-            throw ModelError.invalidConfig("\(at): unknown key \"\(unknown)\" for \(type) attention"
-                + (allowed.isEmpty ? " (it takes none)" : " (\(allowed.joined(separator: ", ")))"))
+            throw ModelError.unsupportedConfig(key: at + ".\(unknown)", value: "\(o[unknown]!)",
+                                               supported: "\(type) attention takes " + (allowed.isEmpty ? "no keys" : allowed.joined(separator: ", ")))
         }
         func int(_ k: String, _ d: Int) throws -> Int {
             guard let v = o[k] else { return d }
             guard let n = v as? NSNumber, !isJSONBool(v), let i = Int(n.stringValue) else {
-                throw ModelError.invalidConfig("\(at): \(k) must be an integer, got \(v)")
+                throw ModelError.invalidConfig(key: at + ".\(k)", value: "\(v)", expected: "an integer")
             }
             return i
         }
         func string(_ k: String, _ d: String) throws -> String {
             guard let v = o[k] else { return d }
-            guard let s = v as? String else { throw ModelError.invalidConfig("\(at): \(k) must be a string, got \(v)") }
+            guard let s = v as? String else { throw ModelError.invalidConfig(key: at + ".\(k)", value: "\(v)", expected: "a string") }
             return s
         }
         switch type {
@@ -103,7 +103,7 @@ public enum LayerAttention: Sendable, Equatable {
                 // Earlier versions wrote those seeds as their two's-complement Int64: read back as bits.
                 guard let n = v as? NSNumber, !isJSONBool(v),
                       let u = UInt64(n.stringValue) ?? Int64(n.stringValue).map({ UInt64(bitPattern: $0) }) else {
-                    throw ModelError.invalidConfig("\(at): seed must be an integer in 0...\(UInt64.max), got \(v)")
+                    throw ModelError.invalidConfig(key: at + ".seed", value: "\(v)", expected: "an integer in 0...\(UInt64.max)")
                 }
                 seed = u
             }
@@ -113,12 +113,12 @@ public enum LayerAttention: Sendable, Equatable {
             switch try string("feature_map", "elu") {
             case "elu": self = .linear(featureMap: .elu)
             case "relu": self = .linear(featureMap: .relu)
-            case let m: throw ModelError.invalidConfig("\(at): causal linear attention takes feature_map elu or relu, not \(m)")
+            case let m: throw ModelError.unsupportedConfig(key: at + ".feature_map", value: m, supported: "elu, relu (causal linear attention)")
             }
         case "infini":
             let name = try string("update", "linear")
             guard let u = InfiniAttention.Update(rawValue: name) else {
-                throw ModelError.invalidConfig("\(at): infini update must be linear or delta, not \(name)")
+                throw ModelError.unsupportedConfig(key: at + ".update", value: name, supported: "linear, delta")
             }
             self = .infini(segment: try int("segment", 2048), update: u)
         default: preconditionFailure("type \(type) is in keys")

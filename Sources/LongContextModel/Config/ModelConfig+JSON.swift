@@ -8,31 +8,31 @@ extension ModelConfig {
     /// are refused by name; bookkeeping keys (architectures, dtype, initializer_range, …) are ignored.
     public init(jsonData data: Data) throws {
         guard let any = try? JSONSerialization.jsonObject(with: data), let o = any as? [String: Any] else {
-            throw ModelError.invalidConfig("config.json is not a JSON object")
+            throw ModelError.unreadableConfig(file: "config.json")
         }
         func int(_ k: String, default d: Int? = nil) throws -> Int {
             guard let v = o[k], !(v is NSNull) else {
                 if let d { return d }
-                throw ModelError.invalidConfig("\(k) is missing")
+                throw ModelError.missingConfig(key: k)
             }
             guard let n = v as? NSNumber, !isJSONBool(v), n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 1e15 else {
-                throw ModelError.invalidConfig("\(k) must be an integer, got \(v)")
+                throw ModelError.invalidConfig(key: k, value: "\(v)", expected: "an integer")
             }
             return n.intValue
         }
         func double(_ k: String, in obj: [String: Any], default d: Double? = nil) throws -> Double {
             guard let v = obj[k], !(v is NSNull) else {
                 if let d { return d }
-                throw ModelError.invalidConfig("\(k) is missing")
+                throw ModelError.missingConfig(key: k)
             }
             guard let n = v as? NSNumber, !isJSONBool(v), n.doubleValue.isFinite else {
-                throw ModelError.invalidConfig("\(k) must be a number, got \(v)")
+                throw ModelError.invalidConfig(key: k, value: "\(v)", expected: "a number")
             }
             return n.doubleValue
         }
         func flag(_ k: String, default d: Bool) throws -> Bool {
             guard let v = o[k], !(v is NSNull) else { return d }
-            guard isJSONBool(v), let b = v as? Bool else { throw ModelError.invalidConfig("\(k) must be true or false, got \(v)") }
+            guard isJSONBool(v), let b = v as? Bool else { throw ModelError.invalidConfig(key: k, value: "\(v)", expected: "true or false") }
             return b
         }
         func tokenId(_ k: String) throws -> Int? {
@@ -41,30 +41,30 @@ extension ModelConfig {
                 guard let first = list.first else { return nil }
                 v = first
             }
-            guard let n = v as? Int, !isJSONBool(v) else { throw ModelError.invalidConfig("\(k) must be an integer, got \(v)") }
+            guard let n = v as? Int, !isJSONBool(v) else { throw ModelError.invalidConfig(key: k, value: "\(v)", expected: "an integer") }
             return n
         }
-        guard let type = o["model_type"] as? String else { throw ModelError.invalidConfig("model_type is missing") }
+        guard let type = o["model_type"] as? String else { throw ModelError.missingConfig(key: "model_type") }
         guard let arch = Architecture(rawValue: type == "gemma3" ? "gemma3_text" : type) else {
-            throw ModelError.invalidConfig("model_type \"\(type)\" is not supported (\(Architecture.allCases.map(\.rawValue).joined(separator: ", ")))")
+            throw ModelError.unsupportedConfig(key: "model_type", value: "\"\(type)\"", supported: Architecture.allCases.map(\.rawValue).joined(separator: ", "))
         }
         let gemma = arch == .gemma3
         // What this implementation does not compute: refused by name rather than silently ignored.
         let actKey = gemma ? "hidden_activation" : "hidden_act"
         let activationName = (o[actKey] as? String) ?? (o["hidden_act"] as? String) ?? (gemma ? "gelu_pytorch_tanh" : "silu")
         guard let activation = Activation(rawValue: activationName), gemma == (activation == .geluTanh) else {
-            throw ModelError.invalidConfig("\(actKey) \"\(activationName)\" is not supported (\(gemma ? "gelu_pytorch_tanh" : "silu"))")
+            throw ModelError.unsupportedConfig(key: actKey, value: "\"\(activationName)\"", supported: gemma ? "gelu_pytorch_tanh" : "silu")
         }
-        if try flag("attention_bias", default: false) { throw ModelError.invalidConfig("attention_bias = true is not supported") }
-        if try flag("mlp_bias", default: false) { throw ModelError.invalidConfig("mlp_bias = true is not supported") }
-        if try int("pretraining_tp", default: 1) != 1 { throw ModelError.invalidConfig("pretraining_tp other than 1 is not supported") }
-        if try double("attention_dropout", in: o, default: 0) != 0 { throw ModelError.invalidConfig("attention_dropout other than 0 is not supported") }
-        if try double("router_jitter_noise", in: o, default: 0) != 0 { throw ModelError.invalidConfig("router_jitter_noise other than 0 is not supported") }
+        if try flag("attention_bias", default: false) { throw ModelError.unsupportedConfig(key: "attention_bias", value: "true", supported: "false") }
+        if try flag("mlp_bias", default: false) { throw ModelError.unsupportedConfig(key: "mlp_bias", value: "true", supported: "false") }
+        if case let tp = try int("pretraining_tp", default: 1), tp != 1 { throw ModelError.unsupportedConfig(key: "pretraining_tp", value: "\(tp)", supported: "1") }
+        if case let d = try double("attention_dropout", in: o, default: 0), d != 0 { throw ModelError.unsupportedConfig(key: "attention_dropout", value: "\(d)", supported: "0") }
+        if case let d = try double("router_jitter_noise", in: o, default: 0), d != 0 { throw ModelError.unsupportedConfig(key: "router_jitter_noise", value: "\(d)", supported: "0") }
         for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
-            if let v = o[k], !(v is NSNull) { throw ModelError.invalidConfig("\(k) = \(v) is not supported (null)") }
+            if let v = o[k], !(v is NSNull) { throw ModelError.unsupportedConfig(key: k, value: "\(v)", supported: "null") }
         }
         if try flag("use_bidirectional_attention", default: false) {
-            throw ModelError.invalidConfig("use_bidirectional_attention = true is not supported")
+            throw ModelError.unsupportedConfig(key: "use_bidirectional_attention", value: "true", supported: "false")
         }
         let layers = try int("num_hidden_layers")
         // Sliding windows: Mistral slides on every layer; Qwen2/3 on layers >= max_window_layers when
@@ -74,16 +74,16 @@ extension ModelConfig {
         if let w = o["sliding_window"], !(w is NSNull) { window = try int("sliding_window") }
         var kinds = [LayerKind]()
         if let list = o["layer_types"], !(list is NSNull) {
-            guard let names = list as? [String] else { throw ModelError.invalidConfig("layer_types must be a list of strings") }
+            guard let names = list as? [String] else { throw ModelError.invalidConfig(key: "layer_types", value: "\(list)", expected: "a list of strings") }
             kinds = try names.map {
-                guard let k = LayerKind(rawValue: $0) else { throw ModelError.invalidConfig("layer_types entry \"\($0)\" (full_attention, sliding_attention)") }
+                guard let k = LayerKind(rawValue: $0) else { throw ModelError.unsupportedConfig(key: "layer_types", value: "\"\($0)\"", supported: "full_attention, sliding_attention") }
                 return k
             }
-            guard kinds.count == layers else { throw ModelError.invalidConfig("layer_types lists \(kinds.count) layers for \(layers)") }
+            guard kinds.count == layers else { throw ModelError.invalidConfig(key: "layer_types", value: "\(kinds.count) layers", expected: "\(layers) (num_hidden_layers)") }
         }
         switch arch {
         case .llama, .mixtral:
-            if window != nil && arch == .llama { throw ModelError.invalidConfig("sliding_window is not supported on llama (null)") }
+            if window != nil && arch == .llama { throw ModelError.unsupportedConfig(key: "sliding_window", value: "\(window!)", supported: "null on llama") }
             if arch == .mixtral, window != nil { kinds = Array(repeating: .sliding, count: layers) }
         case .mistral:
             if window != nil && kinds.isEmpty { kinds = Array(repeating: .sliding, count: layers) }
@@ -97,25 +97,25 @@ extension ModelConfig {
         case .gemma3:
             if kinds.isEmpty {
                 let pattern = try int("sliding_window_pattern", default: try int("_sliding_window_pattern", default: 6))
-                guard pattern >= 1 else { throw ModelError.invalidConfig("sliding_window_pattern must be >= 1") }
+                guard pattern >= 1 else { throw ModelError.invalidConfig(key: "sliding_window_pattern", value: "\(pattern)", expected: ">= 1") }
                 kinds = (0..<layers).map { ($0 + 1) % pattern == 0 ? .full : .sliding }
             }
         }
         if !kinds.contains(.sliding) { window = nil }
-        if kinds.contains(.sliding) && window == nil { throw ModelError.invalidConfig("layer_types has sliding layers but sliding_window is null") }
+        if kinds.contains(.sliding) && window == nil { throw ModelError.invalidConfig(key: "sliding_window", value: "null", expected: "a window (layer_types has sliding layers)") }
         if let f = o["partial_rotary_factor"] as? NSNumber, f.doubleValue != 1 {
-            throw ModelError.invalidConfig("partial_rotary_factor \(f) is not supported (1)")
+            throw ModelError.unsupportedConfig(key: "partial_rotary_factor", value: "\(f)", supported: "1")
         }
 
         // The project's own keys: every one known and of its type, or refused by name.
         var own = [String: Any]()
         if let v = o["long_attention"], !(v is NSNull) {
-            guard let d = v as? [String: Any] else { throw ModelError.invalidConfig("long_attention must be an object, got \(v)") }
+            guard let d = v as? [String: Any] else { throw ModelError.invalidConfig(key: "long_attention", value: "\(v)", expected: "an object") }
             own = d
         }
         let ownKeys = ["layers", "position_encoding", "rope_ntk", "expert_sizes"]
         if let unknown = own.keys.sorted().first(where: { !ownKeys.contains($0) }) {
-            throw ModelError.invalidConfig("long_attention: unknown key \"\(unknown)\" (\(ownKeys.joined(separator: ", ")))")
+            throw ModelError.unsupportedConfig(key: "long_attention.\(unknown)", value: "\(own[unknown]!)", supported: "the keys " + ownKeys.joined(separator: ", "))
         }
         let maxPositions = try int("max_position_embeddings", default: 2048)
         // RoPE: rope_parameters (transformers 5; Gemma 3 keys it by layer type), else rope_theta +
@@ -139,32 +139,34 @@ extension ModelConfig {
         var (baseTheta, scaling) = (theta, parsedScaling)
         if let v = own["rope_ntk"] {
             guard let ntk = v as? [String: Any] else {
-                throw ModelError.invalidConfig("long_attention.rope_ntk must be an object {\"theta\", \"factor\"}, got \(v)")
+                throw ModelError.invalidConfig(key: "long_attention.rope_ntk", value: "\(v)", expected: "an object {\"theta\", \"factor\"}")
             }
             if let unknown = ntk.keys.sorted().first(where: { $0 != "theta" && $0 != "factor" }) {
-                throw ModelError.invalidConfig("long_attention.rope_ntk: unknown key \"\(unknown)\" (theta, factor)")
+                throw ModelError.unsupportedConfig(key: "long_attention.rope_ntk.\(unknown)", value: "\(ntk[unknown]!)", supported: "the keys theta, factor")
             }
             // Written as default RoPE with the scaled base (what transformers computes); the
             // unscaled base and factor are kept here so the model knows what it was extended from.
             do {
                 baseTheta = try double("theta", in: ntk)
                 scaling = .ntk(factor: try double("factor", in: ntk))
-            } catch ModelError.invalidConfig(let s) { throw ModelError.invalidConfig("long_attention.rope_ntk: \(s)") }
+            } catch ModelError.invalidConfig(let k, let v, let e) {
+                throw ModelError.invalidConfig(key: "long_attention.rope_ntk.\(k)", value: v, expected: e)
+            } catch ModelError.missingConfig(let k) { throw ModelError.missingConfig(key: "long_attention.rope_ntk.\(k)") }
         }
         var positions = PositionEncoding.rope(theta: baseTheta, scaling: scaling)
         if let v = own["position_encoding"] {
             guard let p = v as? String else {
-                throw ModelError.invalidConfig("long_attention.position_encoding must be a string (rope, alibi), got \(v)")
+                throw ModelError.invalidConfig(key: "long_attention.position_encoding", value: "\(v)", expected: "a string (rope, alibi)")
             }
             switch p {
             case "rope": break
             case "alibi": positions = .alibi
-            default: throw ModelError.invalidConfig("long_attention.position_encoding \"\(p)\" (rope, alibi)")
+            default: throw ModelError.unsupportedConfig(key: "long_attention.position_encoding", value: "\"\(p)\"", supported: "rope, alibi")
             }
         }
         var attention: [LayerAttention]? = nil
         if let list = own["layers"] {
-            guard let items = list as? [Any] else { throw ModelError.invalidConfig("long_attention.layers must be a list") }
+            guard let items = list as? [Any] else { throw ModelError.invalidConfig(key: "long_attention.layers", value: "\(list)", expected: "a list") }
             attention = try items.enumerated().map { try LayerAttention(json: $1, index: $0) }
         }
         let heads = try int("num_attention_heads")
@@ -183,11 +185,11 @@ extension ModelConfig {
             routerAuxLossCoef: try double("router_aux_loss_coef", in: o, default: 0.02),
             expertSizes: try own["expert_sizes"].map { value in
                 guard let list = value as? [Any] else {
-                    throw ModelError.invalidConfig("long_attention.expert_sizes must be a list of integers, got \(value)")
+                    throw ModelError.invalidConfig(key: "long_attention.expert_sizes", value: "\(value)", expected: "a list of integers")
                 }
                 return try list.map { v -> Int in
                     guard let n = v as? NSNumber, !isJSONBool(v), let i = Int(n.stringValue) else {
-                        throw ModelError.invalidConfig("long_attention.expert_sizes must be integers, got \(v)")
+                        throw ModelError.invalidConfig(key: "long_attention.expert_sizes", value: "\(v)", expected: "integers")
                     }
                     return i
                 }
@@ -212,7 +214,7 @@ extension ModelConfig {
         }
         if let list = o["eos_token_id"] as? [Any] {
             endTokenIds = try list.map { v in
-                guard let n = v as? Int, !isJSONBool(v) else { throw ModelError.invalidConfig("eos_token_id must list integers, got \(v)") }
+                guard let n = v as? Int, !isJSONBool(v) else { throw ModelError.invalidConfig(key: "eos_token_id", value: "\(v)", expected: "a list of integers") }
                 return n
             }
         } else if let e = eosTokenId { endTokenIds = [e] }
@@ -225,21 +227,21 @@ extension ModelConfig {
         func num(_ k: String, _ d: Double? = nil) throws -> Double {
             guard let v = r[k], !(v is NSNull) else {
                 if let d { return d }
-                throw ModelError.invalidConfig("rope parameter \(k) is missing")
+                throw ModelError.missingConfig(key: "rope_parameters.\(k)")
             }
             guard let n = v as? NSNumber, !isJSONBool(v), n.doubleValue.isFinite else {
-                throw ModelError.invalidConfig("rope parameter \(k) must be a number, got \(v)")
+                throw ModelError.invalidConfig(key: "rope_parameters.\(k)", value: "\(v)", expected: "a number")
             }
             return n.doubleValue
         }
         func count(_ k: String, _ d: Int) throws -> Int {
             let v = try num(k, Double(d))
-            guard v >= 1, v == v.rounded(), v < 1e12 else { throw ModelError.invalidConfig("rope parameter \(k) must be a positive integer, got \(v)") }
+            guard v >= 1, v == v.rounded(), v < 1e12 else { throw ModelError.invalidConfig(key: "rope_parameters.\(k)", value: "\(v)", expected: "a positive integer") }
             return Int(v)
         }
         let theta = try num("rope_theta", 10000)
         if let f = r["partial_rotary_factor"] as? NSNumber, f.doubleValue != 1 {
-            throw ModelError.invalidConfig("partial_rotary_factor \(f) is not supported (1)")
+            throw ModelError.unsupportedConfig(key: "partial_rotary_factor", value: "\(f)", supported: "1")
         }
         let type = r["rope_type"] as? String ?? r["type"] as? String ?? "default"
         switch type {
@@ -264,7 +266,7 @@ extension ModelConfig {
             return (theta, .yarn(factor: factor, originalContext: original, betaFast: fast == 0 ? 32 : fast,
                                  betaSlow: slow == 0 ? 1 : slow, attentionFactor: attentionFactor, truncate: truncate))
         default:
-            throw ModelError.invalidConfig("rope_type \"\(type)\" is not supported (default, linear, dynamic, llama3, yarn)")
+            throw ModelError.unsupportedConfig(key: "rope_type", value: "\"\(type)\"", supported: "default, linear, dynamic, llama3, yarn")
         }
     }
 
@@ -288,7 +290,7 @@ extension ModelConfig {
     /// Reads `DIR/config.json`.
     public init(contentsOf path: String) throws {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ModelError.invalidConfig("cannot read \(path)")
+            throw ModelError.unreadableConfig(file: path)
         }
         try self.init(jsonData: data)
     }

@@ -157,84 +157,90 @@ public struct ModelConfig: Sendable, Equatable {
         try validate()
     }
 
-    /// Throws ``ModelError/invalidConfig(_:)`` naming the first inconsistent value.
+    /// Throws ``ModelError/invalidConfig(key:value:expected:)`` (or another config case) naming the first
+    /// inconsistent key and its value.
     public func validate() throws {
-        func bad(_ s: String) -> ModelError { .invalidConfig(s) }
+        func bad(_ key: String, _ value: Any, _ expected: String) -> ModelError {
+            .invalidConfig(key: key, value: "\(value)", expected: expected)
+        }
         for (name, v) in [("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
                           ("num_hidden_layers", layers), ("num_attention_heads", heads), ("num_key_value_heads", kvHeads),
                           ("head_dim", headDim), ("max_position_embeddings", maxPositionEmbeddings)] where v < 1 {
-            throw bad("\(name) must be at least 1, got \(v)")
+            throw bad(name, v, "at least 1")
         }
         // Caps on each size: with them every single weight matrix has fewer than 2^53 elements
         // (q_proj is H·hd ≤ 2^32 rows of D ≤ 2^20), so shapes cannot overflow; the model as a whole
         // can (L·E experts of 3·D·F each), and ``parameterBytes`` is checked below.
         for (name, v) in [("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
                           ("head_dim", headDim)] where v > 1 << 20 {
-            throw bad("\(name) = \(v) is beyond what this implementation supports (2^20)")
+            throw ModelError.tooLarge(quantity: name, value: v, limit: 1 << 20)
         }
-        guard layers <= 1024, heads <= 4096 else { throw bad("\(layers) layers × \(heads) heads is beyond what this implementation supports") }
-        guard heads % kvHeads == 0 else { throw bad("num_attention_heads \(heads) is not a multiple of num_key_value_heads \(kvHeads)") }
-        guard rmsNormEps > 0, rmsNormEps.isFinite else { throw bad("rms_norm_eps must be positive, got \(rmsNormEps)") }
+        guard layers <= 1024 else { throw ModelError.tooLarge(quantity: "num_hidden_layers", value: layers, limit: 1024) }
+        guard heads <= 4096 else { throw ModelError.tooLarge(quantity: "num_attention_heads", value: heads, limit: 4096) }
+        guard heads % kvHeads == 0 else { throw bad("num_attention_heads", heads, "a multiple of num_key_value_heads (\(kvHeads))") }
+        guard rmsNormEps > 0, rmsNormEps.isFinite else { throw bad("rms_norm_eps", rmsNormEps, "positive") }
         for p in [positions] + (slidingPositions.map { [$0] } ?? []) {
             guard case .rope(let theta, let scaling) = p else { continue }
-            guard headDim % 2 == 0 else { throw bad("RoPE needs an even head_dim, got \(headDim)") }
-            guard theta > 1, theta.isFinite else { throw bad("rope_theta must be > 1, got \(theta)") }
+            guard headDim % 2 == 0 else { throw bad("head_dim", headDim, "even (RoPE)") }
+            guard theta > 1, theta.isFinite else { throw bad("rope_theta", theta, "> 1") }
             do {
                 _ = try RotaryEmbedding.frequencies(dimension: headDim, base: theta, scaling: scaling.rotary(maxPositionEmbeddings),
                                                     maxPositions: 1)
-            } catch { throw bad("rope scaling: \(error)") }
+            } catch { throw bad("rope_scaling", scaling, "a scaling RoPE can compute (\(error))") }
         }
         for id in [bosTokenId, eosTokenId].compactMap({ $0 }) where !(0..<vocabSize).contains(id) {
-            throw bad("token id \(id) outside the vocabulary of \(vocabSize)")
+            throw bad(id == bosTokenId ? "bos_token_id" : "eos_token_id", id, "in 0..<\(vocabSize) (vocab_size)")
         }
         if architecture == .mixtral {
-            guard experts >= 1, experts <= 1024 else { throw bad("num_local_experts must be 1...1024, got \(experts)") }
+            guard experts >= 1, experts <= 1024 else { throw bad("num_local_experts", experts, "in 1...1024") }
             guard (1...experts).contains(expertsPerToken) else {
-                throw bad("num_experts_per_tok must be 1...\(experts), got \(expertsPerToken)")
+                throw bad("num_experts_per_tok", expertsPerToken, "in 1...\(experts)")
             }
             if let sizes = expertSizes {
                 guard sizes.count == experts, sizes.allSatisfy({ (1...(1 << 20)).contains($0) }) else {
-                    throw bad("expert_sizes must list \(experts) sizes in 1...2^20, got \(sizes)")
+                    throw bad("long_attention.expert_sizes", sizes, "\(experts) sizes in 1...2^20")
                 }
             }
         }
-        guard attention.count == layers else { throw bad("\(attention.count) attention variants for \(layers) layers") }
-        guard layerKinds.isEmpty || layerKinds.count == layers else { throw bad("layer_types lists \(layerKinds.count) layers for \(layers)") }
+        guard attention.count == layers else { throw bad("long_attention.layers", "\(attention.count) variants", "\(layers) (num_hidden_layers)") }
+        guard layerKinds.isEmpty || layerKinds.count == layers else { throw bad("layer_types", "\(layerKinds.count) layers", "\(layers) (num_hidden_layers)") }
         for (layer, w) in imposedWindows {
             guard (0..<layers).contains(layer), w >= 1, !isSliding(layer), attention[layer] == .exact else {
-                throw bad("an imposed window needs an exact, full-attention layer in 0..<\(layers) and W >= 1 (layer \(layer), W \(w))")
+                throw ModelError.unsupportedRefit(layer: layer, refit: "an imposed window W = \(w)",
+                                                 requirement: "an exact, full-attention layer in 0..<\(layers) and W >= 1")
             }
         }
         if layerKinds.contains(.sliding) {
-            guard let w = slidingWindow, w >= 1 else { throw bad("sliding layers need sliding_window >= 1") }
+            guard let w = slidingWindow, w >= 1 else { throw bad("sliding_window", slidingWindow.map { "\($0)" } ?? "null", "at least 1 (layer_types has sliding layers)") }
             for (i, a) in attention.enumerated() where layerKinds[i] == .sliding && a != .exact {
-                throw bad("layer \(i) is a sliding-window layer: it takes exact attention, not \(a.name)")
+                throw bad("long_attention.layers[\(i)]", a.name, "exact (layer \(i) is a sliding-window layer)")
             }
         }
         if let st = streaming {
             guard st.sinks >= 0, st.window >= 1 else {
-                throw bad("attention sinks must be >= 0 and the streaming window >= 1, got \(st.sinks) and \(st.window)")
+                throw st.sinks < 0 ? bad("attention sinks", st.sinks, ">= 0") : bad("attention window", st.window, ">= 1")
             }
-            guard case .rope = positions else { throw bad("attention sinks + window need RoPE positions") }
+            guard case .rope = positions else { throw ModelError.unsupportedModel(operation: "attention sinks + window", requirement: "RoPE positions") }
             for (i, a) in attention.enumerated() where !isSliding(i) && a != .exact {
-                throw bad("attention sinks + window on layer \(i) need exact attention, not \(a.name)")
+                throw bad("long_attention.layers[\(i)]", a.name, "exact (attention sinks + window)")
             }
         }
-        if let s = attentionScale { guard s > 0, s.isFinite else { throw bad("the attention scale must be positive, got \(s)") } }
-        if let s = embeddingScale { guard s > 0, s.isFinite else { throw bad("the embedding scale must be positive, got \(s)") } }
-        guard normWeightOffset == 0 || normWeightOffset == 1 else { throw bad("norm weight offset must be 0 or 1") }
-        for id in endTokenIds where !(0..<vocabSize).contains(id) { throw bad("end token id \(id) outside the vocabulary of \(vocabSize)") }
+        if let s = attentionScale { guard s > 0, s.isFinite else { throw bad("attention scale", s, "positive") } }
+        if let s = embeddingScale { guard s > 0, s.isFinite else { throw bad("embedding scale", s, "positive") } }
+        guard normWeightOffset == 0 || normWeightOffset == 1 else { throw bad("norm weight offset", normWeightOffset, "0 or 1") }
+        for id in endTokenIds where !(0..<vocabSize).contains(id) { throw bad("eos_token_id", id, "in 0..<\(vocabSize) (vocab_size)") }
         for a in attention { try a.validate(heads: heads, headDim: headDim) }
         if case .alibi = positions {
             for a in attention where !a.supportsALiBi {
-                throw bad("ALiBi positions with \(a.name) attention: only exact and BigBird attention take an ALiBi bias")
+                throw ModelError.unsupportedConfig(key: "long_attention.position_encoding", value: "alibi with \(a.name) attention",
+                                                   supported: "ALiBi with exact and BigBird attention")
             }
         }
         _ = try parameterBytes()
     }
 
     /// The float32 bytes of every tensor of ``CausalLM/layout(_:)``, by checked arithmetic:
-    /// throws ``ModelError/invalidConfig(_:)`` naming the sizes when the count or the bytes do not
+    /// throws ``ModelError/tooLarge(quantity:value:limit:)`` naming the sizes when the count or the bytes do not
     /// fit in an `Int` (a config can pass every per-key cap and still ask for 2^63 bytes).
     public func parameterBytes() throws -> Int {
         struct Overflow: Error {}
@@ -271,9 +277,9 @@ public struct ModelConfig: Sendable, Equatable {
             }
             return try mul(total, MemoryLayout<Float>.size)
         } catch {
-            throw ModelError.invalidConfig("the parameters of \(layers) layers × hidden_size \(hiddenSize)"
-                + (architecture == .mixtral ? " × \(experts) experts of intermediate_size \(intermediateSize)" : "")
-                + " take more than 2^63 bytes")
+            throw ModelError.tooLarge(quantity: "the parameter bytes of \(layers) layers × hidden_size \(hiddenSize)"
+                + (architecture == .mixtral ? " × \(experts) experts of intermediate_size \(intermediateSize)" : ""),
+                value: nil, limit: Int.max)
         }
     }
 
@@ -288,13 +294,30 @@ public struct StreamingWindow: Sendable, Equatable, Codable {
     public init(sinks: Int, window: Int) { (self.sinks, self.window) = (sinks, window) }
 }
 
-/// Errors of the model layer.
+/// Errors of the model layer. Every case names what is wrong with structured values (a config key, an
+/// option, a token id and its position, a step); `description` renders the message the command line prints.
 public enum ModelError: Error, Equatable, CustomStringConvertible, Sendable {
-    /// config.json is malformed, inconsistent, or asks for something this implementation lacks.
-    case invalidConfig(String)
-    /// A checkpoint, adapter or optimiser state that cannot be used as a whole: a file missing or
-    /// malformed, a setting not supported. Problems of one tensor are the typed cases below.
-    case invalidCheckpoint(String)
+    /// Config key `key` (a config.json key such as `num_hidden_layers`, a dotted `long_attention.*` key,
+    /// or a GGUF metadata key) holds `value`; `expected` says what it must be (`an integer`, `at least 1`).
+    case invalidConfig(key: String, value: String, expected: String)
+    /// Config key `key`, which has no default, is absent.
+    case missingConfig(key: String)
+    /// Config key `key` holds `value`, which this implementation does not compute; `supported` lists what
+    /// it does (empty when there is nothing to list).
+    case unsupportedConfig(key: String, value: String, supported: String)
+    /// The config file (or its top-level object) at `file` cannot be read as JSON.
+    case unreadableConfig(file: String)
+    /// `quantity` (a parameter count, a byte size, a sequence of positions) is `value`, or overflows `Int`
+    /// when `value` is nil, beyond `limit`.
+    case tooLarge(quantity: String, value: Int?, limit: Int)
+    /// A refit of layer `layer` (nil: the model as a whole) to `refit` (BigBird, a sliding window, …)
+    /// the kernels do not compute; `requirement` says what it needs.
+    case unsupportedRefit(layer: Int?, refit: String, requirement: String)
+    /// A checkpoint, adapter, optimiser or trainer state that cannot be used as a whole: `file` names the
+    /// file or folder (empty when the parameters are in memory). `reason` is free-form because the
+    /// problems are varied (a malformed index, a shard outside the folder, an interrupted save);
+    /// problems of one tensor are the typed tensor cases below.
+    case invalidCheckpoint(file: String, reason: String)
     /// Tensor `name` (as `file` names it; `file` nil for parameters built in memory) holds a NaN or an
     /// infinity, at row-major element `index` when known.
     case nonFiniteTensor(name: String, file: String?, index: Int?)
@@ -304,17 +327,62 @@ public enum ModelError: Error, Equatable, CustomStringConvertible, Sendable {
     case misshapenTensor(name: String, shape: [Int], expected: [Int], file: String?)
     /// Tensor `name` is no part of the model (or adapter) the config describes.
     case unexpectedTensor(name: String, file: String?)
-    /// A token id outside the vocabulary, a sequence longer than the positions, an empty batch.
-    case invalidTokens(String)
-    /// Training or generation options out of range.
-    case invalidArgument(String)
-    /// A loss or gradient became NaN or infinite.
-    case nonFinite(String)
+    /// Tensor `name` is stored as `type` (a GGML type), which this implementation does not read.
+    case unsupportedTensorType(name: String, type: String)
+    /// Token id `token`, at `position` of sequence `sequence` of a batch, is outside the vocabulary
+    /// `0..<vocabulary` (for a trainer's streams, sequence 0 is the training and 1 the validation stream).
+    case tokenOutOfRange(token: Int, sequence: Int, position: Int, vocabulary: Int)
+    /// Target `target` at row-major `position` of the batch is neither -1 (ignored) nor in `0..<vocabulary`.
+    case targetOutOfRange(target: Int, position: Int, vocabulary: Int)
+    /// A sequence of `length` positions, beyond the `limit` this implementation supports.
+    case sequenceTooLong(length: Int, limit: Int)
+    /// `input` (the prompt, the text, the training stream) has `count` tokens; it needs at least `minimum`.
+    case tooFewTokens(input: String, count: Int, minimum: Int)
+    /// `count` ids (or targets) do not make a `[batch, length]` batch with both at least 1.
+    case batchMismatch(count: Int, batch: Int, length: Int)
+    /// The token file `file` has `shape`; token files are `[B, T]` or `[T]` with B, T >= 1.
+    case invalidTokenFile(file: String, shape: [Int])
+    /// Training, generation or evaluation option `name` is `value`; `expected` says what it must be.
+    case invalidOption(name: String, value: String, expected: String)
+    /// `operation` (a distributed run, stepwise logits, quantisation, …) needs `requirement` of the model,
+    /// which this one lacks.
+    case unsupportedModel(operation: String, requirement: String)
+    /// `what` (LoRA adapter, optimizer state, a KV cache, a parameter set) has `found`; the model's
+    /// layout needs `expected`.
+    case layoutMismatch(what: String, found: String, expected: String)
+    /// Resuming the training in `directory` with `option` = `value`; the checkpoint was trained with `saved`.
+    case resumeMismatch(directory: String, option: String, value: String, saved: String)
+    /// The model `model` has no chat template (a base model), which chat formatting needs.
+    case noChatTemplate(model: String)
+    /// `path` names no file or folder.
+    case fileNotFound(path: String)
+    /// Non-empty line `line` (1-based) of a corpus, beginning with `text`, lacks a well-formed `book chapter:verse` reference.
+    case malformedCorpusLine(line: Int, text: String)
+    /// The corpus at `path` (nil: given in memory) holds no document or cannot be read.
+    case emptyCorpus(path: String?)
+    /// A streaming generator's `next()` was called before `prefill()`.
+    case notPrefilled
+    /// Generation step `step` (0-based count of tokens produced) gave a NaN or infinite logit for token `token`.
+    case nonFiniteLogits(step: Int, token: Int)
+    /// The logits of `position` in sequence (or chunk) `sequence` hold a NaN or an infinity.
+    case nonFiniteLogitsAt(sequence: Int, position: Int)
+    /// The training loss became NaN or infinite (at optimiser step `step` when known).
+    case nonFiniteLoss(step: Int?)
+    /// A gradient (its norm at step `step`, when known) became NaN or infinite.
+    case nonFiniteGradient(step: Int?)
 
     public var description: String {
         switch self {
-        case .invalidConfig(let s): return "config: \(s)"
-        case .invalidCheckpoint(let s): return "checkpoint: \(s)"
+        case .invalidConfig(let key, let value, let expected): return "config: \(key) must be \(expected), got \(value)"
+        case .missingConfig(let key): return "config: \(key) is missing"
+        case .unsupportedConfig(let key, let value, let supported):
+            return "config: \(key) = \(value) is not supported" + (supported.isEmpty ? "" : " (\(supported))")
+        case .unreadableConfig(let file): return "config: cannot read \(file) as a JSON object"
+        case .tooLarge(let quantity, let value?, let limit): return "too large: \(quantity) is \(value), beyond \(limit)"
+        case .tooLarge(let quantity, nil, let limit): return "too large: \(quantity) overflows (beyond \(limit))"
+        case .unsupportedRefit(let layer, let refit, let requirement):
+            return "config: \(layer.map { "layer \($0): " } ?? "")\(refit) needs \(requirement)"
+        case .invalidCheckpoint(let file, let reason): return "checkpoint: \(file.isEmpty ? "" : file + ": ")\(reason)"
         case .nonFiniteTensor(let name, let file, let index):
             return "checkpoint: \(file.map { $0 + ": " } ?? "")\(name) holds NaN or Inf" + (index.map { " (element \($0))" } ?? "")
         case .missingTensor(let name, let shape, let file): return "checkpoint: \(file): tensor \(name) \(shape) is missing"
@@ -322,11 +390,47 @@ public enum ModelError: Error, Equatable, CustomStringConvertible, Sendable {
             return "checkpoint: \(file.map { $0 + ": " } ?? "")\(name) has shape \(shape), the config needs \(expected)"
         case .unexpectedTensor(let name, let file):
             return "checkpoint: \(file.map { $0 + ": " } ?? "")tensor \(name) is not part of this model"
-        case .invalidTokens(let s): return "tokens: \(s)"
-        case .invalidArgument(let s): return "invalid argument: \(s)"
-        case .nonFinite(let s): return "non-finite value: \(s)"
+        case .unsupportedTensorType(let name, let type): return "checkpoint: \(name): tensor type \(type) is not supported"
+        case .tokenOutOfRange(let token, let sequence, let position, let vocabulary):
+            return "tokens: id \(token) at [\(sequence), \(position)] is outside the vocabulary 0..<\(vocabulary)"
+        case .targetOutOfRange(let target, let position, let vocabulary):
+            return "tokens: target \(target) at \(position) is outside the vocabulary 0..<\(vocabulary) (or -1, ignored)"
+        case .sequenceTooLong(let length, let limit):
+            return "tokens: sequences of \(length) tokens are beyond what this implementation supports (\(limit) positions)"
+        case .tooFewTokens(let input, let count, let minimum): return "tokens: \(input) has \(count) tokens, fewer than \(minimum)"
+        case .batchMismatch(let count, let batch, let length):
+            return "tokens: \(count) ids do not make a [B, T] = [\(batch), \(length)] batch with B, T >= 1"
+        case .invalidTokenFile(let file, let shape): return "tokens: \(file): tokens must be [B, T] (or [T]), got shape \(shape)"
+        case .invalidOption(let name, let value, let expected): return "invalid argument: \(name) must be \(expected), got \(value)"
+        case .unsupportedModel(let operation, let requirement): return "invalid argument: \(operation) needs \(requirement)"
+        case .layoutMismatch(let what, let found, let expected):
+            return "invalid argument: \(what) has \(found), the model's layout needs \(expected)"
+        case .resumeMismatch(let directory, let option, let value, let saved):
+            return "invalid argument: resuming \(directory): \(option) is \(value), the checkpoint was trained with \(saved)"
+        case .noChatTemplate(let model): return "invalid argument: \(model) has no chat template (a base model): --chat needs one"
+        case .fileNotFound(let path): return "invalid argument: \(path): no such file or folder"
+        case .malformedCorpusLine(let line, let text): return "invalid argument: corpus line \(line) lacks a well-formed reference: \(text)"
+        case .emptyCorpus(let path?): return "invalid argument: cannot read the corpus \(path), or it is empty (run `make corpus`)"
+        case .emptyCorpus(nil): return "invalid argument: the corpus is empty"
+        case .notPrefilled: return "invalid argument: next() before prefill()"
+        case .nonFiniteLogits(let step, let token): return "non-finite value: logit \(token) at generation step \(step)"
+        case .nonFiniteLogitsAt(let sequence, let position): return "non-finite value: logits of sequence \(sequence), position \(position)"
+        case .nonFiniteLoss(let step): return "non-finite value: the loss" + (step.map { " at step \($0)" } ?? "")
+        case .nonFiniteGradient(let step): return "non-finite value: the gradient norm" + (step.map { " at step \($0)" } ?? "")
         }
     }
+}
+
+/// Throws ``ModelError/invalidOption(name:value:expected:)`` unless `condition` holds.
+@inline(__always)
+func requireOption(_ condition: Bool, _ name: String, _ value: @autoclosure () -> Any, _ expected: String) throws {
+    if !condition { throw ModelError.invalidOption(name: name, value: "\(value())", expected: expected) }
+}
+
+/// Throws ``ModelError/invalidConfig(key:value:expected:)`` unless `condition` holds.
+@inline(__always)
+func requireConfig(_ condition: Bool, _ key: String, _ value: @autoclosure () -> Any, _ expected: String) throws {
+    if !condition { throw ModelError.invalidConfig(key: key, value: "\(value())", expected: expected) }
 }
 
 /// The row-major position of multi-index `index` in a tensor of `shape` (what the typed errors report).

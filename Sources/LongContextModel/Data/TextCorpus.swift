@@ -41,16 +41,16 @@ public struct TextCorpus: Sendable {
     /// Parses `bible`'s output (the file `make corpus` writes).
     public init(kjvText: String) throws {
         var docs = [Document](), name = "", lines = [Substring]()
-        for line in kjvText.split(separator: "\n", omittingEmptySubsequences: true) {
+        for (n, line) in kjvText.split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
             // "<book><chapter>:<verse> <text>"; the book may start with a digit (1Sm).
-            guard let space = line.firstIndex(of: " ") else { throw ModelError.invalidArgument("corpus line without a reference: \(line.prefix(40))") }
+            guard let space = line.firstIndex(of: " ") else { throw ModelError.malformedCorpusLine(line: n + 1, text: String(line.prefix(40))) }
             let ref = line[..<space]
             var i = ref.startIndex
             if i < ref.endIndex, ref[i].isNumber { i = ref.index(after: i) }
             while i < ref.endIndex, ref[i].isLetter { i = ref.index(after: i) }
             let book = String(ref[..<i])
             guard !book.isEmpty, ref[i...].contains(":") else {
-                throw ModelError.invalidArgument("corpus line with a malformed reference: \(line.prefix(40))")
+                throw ModelError.malformedCorpusLine(line: n + 1, text: String(line.prefix(40)))
             }
             if book != name {
                 if !lines.isEmpty { docs.append(Document(name: name, text: lines.joined(separator: "\n") + "\n")) }
@@ -60,14 +60,14 @@ public struct TextCorpus: Sendable {
             lines.append(line[line.index(after: space)...])
         }
         if !lines.isEmpty { docs.append(Document(name: name, text: lines.joined(separator: "\n") + "\n")) }
-        guard !docs.isEmpty else { throw ModelError.invalidArgument("the corpus is empty") }
+        guard !docs.isEmpty else { throw ModelError.emptyCorpus(path: nil) }
         documents = docs
     }
 
     /// Reads `path` (default: `data/kjv.txt`, which `make corpus` writes).
     public init(path: String) throws {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ModelError.invalidArgument("cannot read the corpus \(path) (run `make corpus`)")
+            throw ModelError.emptyCorpus(path: path)
         }
         try self.init(kjvText: String(decoding: data, as: UTF8.self))
     }

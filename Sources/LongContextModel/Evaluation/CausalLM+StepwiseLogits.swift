@@ -14,15 +14,11 @@ extension CausalLM {
     public func stepwiseLogits(tokens: [Int32], firstRow: Int = 0, rowsPerStep: Int = WeightMatrix.fastRowLimit,
                                cacheType: KVCacheType = .float32, threads: Int? = nil) throws -> Tensor {
         let T = tokens.count, V = config.vocabSize
-        guard T >= 1 else { throw ModelError.invalidTokens("stepwise logits need at least one token") }
-        guard (0..<T).contains(firstRow) else {
-            throw ModelError.invalidArgument("first logits row \(firstRow) is outside the \(T) tokens")
-        }
-        guard (1...Self.prefillChunk).contains(rowsPerStep) else {
-            throw ModelError.invalidArgument("rows per step must lie in 1...\(Self.prefillChunk), got \(rowsPerStep)")
-        }
+        guard T >= 1 else { throw ModelError.tooFewTokens(input: "the stepwise-logits input", count: T, minimum: 1) }
+        try requireOption((0..<T).contains(firstRow), "firstRow", firstRow, "in 0..<\(T) (the tokens)")
+        try requireOption((1...Self.prefillChunk).contains(rowsPerStep), "rowsPerStep", rowsPerStep, "in 1...\(Self.prefillChunk)")
         guard decodesWithCache else {
-            throw ModelError.invalidArgument("stepwise logits need a model whose layers all decode through a KV cache (exact attention)")
+            throw ModelError.unsupportedModel(operation: "stepwise logits", requirement: "layers that all decode through a KV cache (exact attention)")
         }
         try checkTokens(tokens, batch: 1, length: T)
         var cache = try makeCache(positions: T, chunk: rowsPerStep, type: cacheType)

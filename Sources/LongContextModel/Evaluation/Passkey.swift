@@ -30,12 +30,11 @@ public struct PasskeyTask: Sendable {
 
     /// The prompt's tokens: BOS, filler with the needle at `depth`, the question; `length` tokens.
     public static func prompt(length: Int, depth: Double, key: Int) throws -> [Int32] {
-        guard (0...1).contains(depth), (1...maxKey).contains(key) else {
-            throw ModelError.invalidArgument("a passkey prompt needs 0 <= depth <= 1 and 1 <= key <= \(maxKey)")
-        }
+        try requireOption((0...1).contains(depth), "depth", depth, "in 0...1")
+        try requireOption((1...maxKey).contains(key), "key", key, "in 1...\(maxKey)")
         let fillerBytes = length - minimumLength(key: key)
         guard fillerBytes >= 0 else {
-            throw ModelError.invalidArgument("a passkey prompt of \(length) tokens cannot hold the key sentence and the question")
+            throw ModelError.invalidOption(name: "length", value: "\(length)", expected: "at least \(minimumLength(key: key)) tokens (the key sentence and the question)")
         }
         // The filler's last `fillerBytes` bytes of whole repetitions: it ends on a full sentence
         // (the question follows one), and only its start may be a partial sentence.
@@ -86,12 +85,13 @@ public struct PasskeyTuning: Sendable {
     /// Fine-tunes `model`'s parameters in place (AdamW, constant rate after 10 warm-up steps,
     /// global-norm clip 1); returns the mean loss (nats) on the answers' tokens at each step.
     public func run(_ model: CausalLM, progress: (Int, Double) -> Void = { _, _ in }) throws -> [Double] {
-        guard steps >= 0, batch >= 1, !lengths.isEmpty, learningRate > 0 else {
-            throw ModelError.invalidArgument("passkey tuning needs steps >= 0, batch >= 1, lengths and lr > 0")
-        }
+        try requireOption(steps >= 0, "steps", steps, ">= 0")
+        try requireOption(batch >= 1, "batch", batch, ">= 1")
+        try requireOption(!lengths.isEmpty, "lengths", lengths, "at least one length (passkey tuning)")
+        try requireOption(learningRate > 0, "learning rate", learningRate, "> 0")
         for L in lengths where L < PasskeyTask.minimumLength(key: PasskeyTask.maxKey) + PasskeyTask.answer(PasskeyTask.maxKey).utf8.count
             || L > 1 << 16 {
-            throw ModelError.invalidArgument("passkey tuning length \(L) cannot hold a key and its answer")
+            throw ModelError.invalidOption(name: "length", value: "\(L)", expected: "in \(PasskeyTask.minimumLength(key: PasskeyTask.maxKey) + PasskeyTask.answer(PasskeyTask.maxKey).utf8.count)...65536 (a key and its answer)")
         }
         let optimizer = try AdamW(parameters: model.parameters, weightDecay: 0)
         let gradients = try ParameterSet(zerosLike: model.parameters)
@@ -166,9 +166,9 @@ public struct PasskeyResults: Sendable, Codable {
     /// the prompt, then up to 8 greedy tokens; right when their first number is the key.
     public init(model: CausalLM, lengths: [Int], depths: [Double], trials: Int, seed: UInt64 = 7,
                 threads: Int? = nil) throws {
-        guard !lengths.isEmpty, !depths.isEmpty, trials >= 1 else {
-            throw ModelError.invalidArgument("passkey scoring needs lengths, depths and trials >= 1")
-        }
+        try requireOption(!lengths.isEmpty, "lengths", lengths, "at least one length (passkey scoring)")
+        try requireOption(!depths.isEmpty, "depths", depths, "at least one depth (passkey scoring)")
+        try requireOption(trials >= 1, "trials", trials, ">= 1")
         var rng = SplitMix64(seed: seed)
         var accuracy = [[Double]]()
         for L in lengths {
@@ -220,12 +220,12 @@ public enum TokenizedPasskey {
     /// The ids of the longest prompt of at most `length` tokens (`render` maps a text to the ids the
     /// model reads: the tokenizer, through the chat template or not).
     public static func prompt(length: Int, depth: Double, key: Int, render: (String) throws -> [Int32]) throws -> [Int32] {
-        guard (0...1).contains(depth), (1...PasskeyTask.maxKey).contains(key), length >= 1 else {
-            throw ModelError.invalidArgument("a passkey prompt needs 0 <= depth <= 1, 1 <= key <= \(PasskeyTask.maxKey) and a length")
-        }
+        try requireOption((0...1).contains(depth), "depth", depth, "in 0...1")
+        try requireOption((1...PasskeyTask.maxKey).contains(key), "key", key, "in 1...\(PasskeyTask.maxKey)")
+        try requireOption(length >= 1, "length", length, ">= 1")
         let bare = try render(text(repetitions: 0, depth: depth, key: key)).count
         guard bare <= length else {
-            throw ModelError.invalidArgument("a passkey prompt of \(length) tokens cannot hold the instruction, key and question (\(bare) tokens)")
+            throw ModelError.invalidOption(name: "length", value: "\(length)", expected: "at least \(bare) tokens (the instruction, key and question)")
         }
         let per = Double(try render(text(repetitions: 64, depth: depth, key: key)).count - bare) / 64
         var reps = max(0, Int(Double(length - bare) / max(per, 1e-9)))
@@ -254,9 +254,9 @@ public enum TokenizedPasskey {
     public static func score(_ lm: LanguageModel, model: CausalLM, lengths: [Int], depths: [Double], trials: Int, chat: Bool,
                              cacheType: KVCacheType, seed: UInt64 = 7, threads: Int? = nil,
                              progress: (Trial) -> Void = { _ in }) throws -> (results: PasskeyResults, trials: [Trial]) {
-        guard !lengths.isEmpty, !depths.isEmpty, trials >= 1 else {
-            throw ModelError.invalidArgument("passkey scoring needs lengths, depths and trials >= 1")
-        }
+        try requireOption(!lengths.isEmpty, "lengths", lengths, "at least one length (passkey scoring)")
+        try requireOption(!depths.isEmpty, "depths", depths, "at least one depth (passkey scoring)")
+        try requireOption(trials >= 1, "trials", trials, ">= 1")
         func render(_ s: String) throws -> [Int32] {
             chat ? lm.encode(try lm.chatPrompt([ChatMessage(role: "user", content: s)])) : lm.encode(s)
         }

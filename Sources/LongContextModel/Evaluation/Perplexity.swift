@@ -42,10 +42,10 @@ extension CausalLM {
     public func perplexity(tokens: [Int32], context C: Int, bos: Int32?, threads: Int? = nil, rowsPerStep: Int? = nil,
                            chunkLoss: ((_ chunk: [Int32], _ rows: [Int]) throws -> Double)? = nil,
                            progress: (Int, Int, Double) -> Void = { _, _, _ in }) throws -> PerplexityResult {
-        guard C >= 4 else { throw ModelError.invalidArgument("perplexity needs a context of at least 4 tokens, got \(C)") }
+        try requireOption(C >= 4, "context", C, "at least 4 tokens (perplexity)")
         let chunks = tokens.count / C
         guard chunks >= 1 else {
-            throw ModelError.invalidTokens("the text has \(tokens.count) tokens: fewer than one chunk of \(C)")
+            throw ModelError.tooFewTokens(input: "the text", count: tokens.count, minimum: C)
         }
         let first = C / 2, V = config.vocabSize
         let rows = Array(first..<(C - 1))
@@ -62,7 +62,7 @@ extension CausalLM {
                                            threads: threads)
                 for (r, j) in rows.enumerated() {
                     guard let l = Self.tokenLoss(z.unsafeBaseAddress + r * V, vocab: V, target: Int(chunk[j + 1])) else {
-                        throw ModelError.nonFinite("logits of chunk \(i), position \(j)")
+                        throw ModelError.nonFiniteLogitsAt(sequence: i, position: j)
                     }
                     loss += l
                 }
@@ -71,7 +71,7 @@ extension CausalLM {
                 let z = pass.logits.unsafeBaseAddress
                 for (r, j) in rows.enumerated() {
                     guard let l = Self.tokenLoss(z + r * V, vocab: V, target: Int(chunk[j + 1])) else {
-                        throw ModelError.nonFinite("logits of chunk \(i), position \(j)")
+                        throw ModelError.nonFiniteLogitsAt(sequence: i, position: j)
                     }
                     loss += l
                 }

@@ -116,9 +116,10 @@ public struct PositionProfile: Sendable, Codable {
     public init(model: CausalLM, documents: [[Int32]], window: Int, span: Int? = nil, maxWindows: Int = 0, batch: Int = 4,
                 threads: Int? = nil, bos: Int32? = nil, progress: (Int, Int) -> Void = { _, _ in }) throws {
         let span = span ?? window
-        guard window >= 2, batch >= 1, maxWindows >= 0, span >= window, span % window == 0 else {
-            throw ModelError.invalidArgument("a position profile needs window >= 2, a span that is a multiple of it, batch >= 1, max windows >= 0")
-        }
+        try requireOption(window >= 2, "window", window, ">= 2 (position profile)")
+        try requireOption(span >= window && span % window == 0, "span", span, "a multiple of the window \(window)")
+        try requireOption(batch >= 1, "batch", batch, ">= 1")
+        try requireOption(maxWindows >= 0, "maxWindows", maxWindows, ">= 0")
         var spans = [(doc: Int, start: Int)]()
         for (d, doc) in documents.enumerated() {
             for s in stride(from: 0, through: doc.count - span, by: span) { spans.append((d, s)) }
@@ -130,7 +131,7 @@ public struct PositionProfile: Sendable, Codable {
         let starts = spans.flatMap { s in (0..<(span / window)).map { (doc: s.doc, start: s.start + $0 * window) } }
         let count = starts.count
         guard count >= 1 else {
-            throw ModelError.invalidArgument("no document fills one window of \(window) tokens")
+            throw ModelError.tooFewTokens(input: "the longest document", count: documents.map(\.count).max() ?? 0, minimum: span)
         }
         var sums = [Double](repeating: 0, count: window - 1)
         var w = 0
@@ -153,6 +154,6 @@ public struct PositionProfile: Sendable, Codable {
         self.windows = count
         self.nats = sums.map { $0 / Double(count) }
         self.bitsPerByte = sums.map { $0 / Double(count) / M_LN2 }
-        guard bitsPerByte.allSatisfy(\.isFinite) else { throw ModelError.nonFinite("a position's loss is not finite") }
+        guard bitsPerByte.allSatisfy(\.isFinite) else { throw ModelError.nonFiniteLoss(step: nil) }
     }
 }

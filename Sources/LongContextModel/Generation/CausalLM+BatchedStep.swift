@@ -20,21 +20,22 @@ extension CausalLM {
     /// batched with. A RoPE scaling whose table depends on the length (dynamic NTK) and attention
     /// sinks step the sequences one at a time (the same results).
     ///
-    /// - Throws: ``ModelError/invalidArgument(_:)`` for a count mismatch, an empty or oversized
-    ///   batch, or a model that does not decode through a KV cache; a token outside the vocabulary;
+    /// - Throws: ``ModelError/invalidOption(name:value:expected:)`` for a count mismatch or an empty or
+    ///   oversized batch, ``ModelError/unsupportedModel(operation:requirement:)`` for a model that does not decode through a KV cache; a token outside the vocabulary;
     ///   the caches' errors (a full cache, a cache of another shape).
     public func step(tokens: [Int32], caches: inout [KVCache], threads: Int? = nil) throws -> Tensor {
         let c = config
         let S = tokens.count, (D, V, H, Hkv, hd) = (c.hiddenSize, c.vocabSize, c.heads, c.kvHeads, c.headDim)
-        guard S >= 1, S <= Self.maxDecodeBatch else {
-            throw ModelError.invalidArgument("a batched decoding step takes 1...\(Self.maxDecodeBatch) sequences, got \(S)")
+        try requireOption(S >= 1 && S <= Self.maxDecodeBatch, "sequences", S, "in 1...\(Self.maxDecodeBatch) (a batched decoding step)")
+        try requireOption(caches.count == S, "caches", caches.count, "\(S), one per token")
+        guard decodesWithCache else {
+            throw ModelError.unsupportedModel(operation: "a batched decoding step", requirement: "layers that all decode through a KV cache")
         }
-        guard caches.count == S else { throw ModelError.invalidArgument("\(S) tokens for \(caches.count) caches") }
-        guard decodesWithCache else { throw ModelError.invalidArgument("this model has layers that do not decode through a KV cache") }
         try checkTokens(tokens, batch: S, length: 1)
         for (s, cache) in caches.enumerated() {
             guard cache.layers == c.layers, cache.batch == 1, cache.kvHeads == Hkv, cache.headDimension == hd else {
-                throw ModelError.invalidArgument("cache \(s) ([layers \(cache.layers), B \(cache.batch), Hkv \(cache.kvHeads), d \(cache.headDimension)]) is not this model's")
+                throw ModelError.layoutMismatch(what: "cache \(s)", found: "[layers \(cache.layers), B \(cache.batch), Hkv \(cache.kvHeads), d \(cache.headDimension)]",
+                                                expected: "[layers \(c.layers), B 1, Hkv \(Hkv), d \(hd)]")
             }
         }
         let threads = threads ?? Parallel.defaultThreads

@@ -64,12 +64,14 @@ public struct DecodingSequence {
     public init(model: LanguageModel, prompt: [Int32], options: GenerationOptions, prefillChunk: Int = 256,
                 prefix: (cache: KVCache, positions: Int)? = nil) throws {
         try options.sampling.validate()
-        guard !prompt.isEmpty else { throw ModelError.invalidTokens("the prompt encodes to no tokens") }
-        guard options.maxTokens >= 0 else { throw ModelError.invalidArgument("max tokens must be >= 0") }
+        guard !prompt.isEmpty else { throw ModelError.tooFewTokens(input: "the prompt", count: 0, minimum: 1) }
+        try requireOption(options.maxTokens >= 0, "max tokens", options.maxTokens, ">= 0")
         guard model.model.decodesWithCache else {
-            throw ModelError.invalidArgument("\(model.name) has layers that do not decode through a KV cache")
+            throw ModelError.unsupportedModel(operation: "decoding \(model.name)", requirement: "layers that all decode through a KV cache")
         }
         try model.model.checkTokens(prompt, batch: 1, length: prompt.count)
+        let (total, overflow) = prompt.count.addingReportingOverflow(options.maxTokens)
+        guard !overflow, total <= 1 << 22 else { throw ModelError.sequenceTooLong(length: overflow ? Int.max : total, limit: 1 << 22) }
         self.model = model
         self.prompt = prompt
         self.options = options
@@ -83,9 +85,9 @@ public struct DecodingSequence {
         ends = model.endTokens
         if options.maxTokens == 0 { finishReason = "length" }
         if let prefix {
-            guard prefix.positions >= 0, prefix.positions < prompt.count, prefix.positions <= prefix.cache.lengths[0] else {
-                throw ModelError.invalidArgument("a prefix of \(prefix.positions) positions for a prompt of \(prompt.count) tokens from a cache of \(prefix.cache.lengths[0])")
-            }
+            try requireOption(prefix.positions >= 0 && prefix.positions < prompt.count && prefix.positions <= prefix.cache.lengths[0],
+                              "prefix positions", prefix.positions,
+                              "in 0..<\(prompt.count) (the prompt) and at most \(prefix.cache.lengths[0]) (the cache)")
             try storedCache!.copy(from: prefix.cache, positions: prefix.positions)
             prefilled = prefix.positions
         }
@@ -188,7 +190,7 @@ public struct DecodingSequence {
         let t: Int32 = try logits.withUnsafeMutableBufferPointer { buffer in
             let p = buffer.baseAddress!
             if let bad = (0..<V).first(where: { !p[$0].isFinite }) {
-                throw ModelError.nonFinite("logit \(bad) at generation step \(produced) is \(p[bad])")
+                throw ModelError.nonFiniteLogits(step: produced, token: bad)
             }
             return sampling.pick(p, vocab: V, rng: &rng, history: history)
         }

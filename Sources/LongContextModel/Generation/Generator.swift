@@ -25,13 +25,11 @@ public struct SamplingOptions: Sendable, Equatable {
     }
 
     public func validate() throws {
-        guard temperature >= 0, temperature.isFinite, topK >= 0, topP > 0, topP <= 1 else {
-            throw ModelError.invalidArgument("sampling needs temperature >= 0, top-k >= 0, 0 < top-p <= 1")
-        }
-        guard minP >= 0, minP <= 1 else { throw ModelError.invalidArgument("min-p must lie in [0, 1], got \(minP)") }
-        guard repetitionPenalty > 0, repetitionPenalty.isFinite else {
-            throw ModelError.invalidArgument("the repetition penalty must be positive, got \(repetitionPenalty)")
-        }
+        try requireOption(temperature >= 0 && temperature.isFinite, "temperature", temperature, ">= 0 and finite")
+        try requireOption(topK >= 0, "top-k", topK, ">= 0")
+        try requireOption(topP > 0 && topP <= 1, "top-p", topP, "in (0, 1]")
+        try requireOption(minP >= 0 && minP <= 1, "min-p", minP, "in [0, 1]")
+        try requireOption(repetitionPenalty > 0 && repetitionPenalty.isFinite, "repetition penalty", repetitionPenalty, "positive")
     }
 
     /// Picks a token from `logits` (V values) after applying the repetition penalty over `history`
@@ -271,8 +269,8 @@ extension CausalLM {
     /// Generates after `prompt`, handing each new token to `emit` as soon as it is chosen (return
     /// false to stop). Stops at any of `stopTokens` (not emitted) or after `maxTokens`. Exact-attention
     /// models prefill once and decode against a ``KVCache`` of `cacheType`; other variants recompute
-    /// the prefix per token. Non-finite logits stop the generation with ``ModelError/nonFinite(_:)``
-    /// naming the step.
+    /// the prefix per token. Non-finite logits stop the generation with
+    /// ``ModelError/nonFiniteLogits(step:token:)`` naming the step.
     ///
     /// `source`, when given, computes the logits instead of this process's KV cache (a run across
     /// processes, or one that records them); the sampling, stops and emission are the same.
@@ -280,12 +278,12 @@ extension CausalLM {
                          stopTokens: [Int32], cacheType: KVCacheType = .float32, threads: Int? = nil,
                          source: LogitSource? = nil, emit: (Int32) throws -> Bool) throws {
         try sampling.validate()
-        guard !prompt.isEmpty else { throw ModelError.invalidTokens("the prompt is empty") }
-        guard maxTokens >= 0 else { throw ModelError.invalidArgument("max tokens must be >= 0") }
+        guard !prompt.isEmpty else { throw ModelError.tooFewTokens(input: "the prompt", count: 0, minimum: 1) }
+        try requireOption(maxTokens >= 0, "max tokens", maxTokens, ">= 0")
         try checkTokens(prompt, batch: 1, length: prompt.count)
         let (total, overflow) = prompt.count.addingReportingOverflow(maxTokens)
         guard !overflow, total <= 1 << 22 else {
-            throw ModelError.invalidArgument("a prompt of \(prompt.count) tokens and \(maxTokens) new ones exceed what this implementation supports (2^22 positions)")
+            throw ModelError.sequenceTooLong(length: overflow ? Int.max : total, limit: 1 << 22)
         }
         var rng = SplitMix64(seed: sampling.seed)
         let V = config.vocabSize
@@ -293,7 +291,7 @@ extension CausalLM {
         var history = sampling.repetitionPenalty != 1 ? prompt : []
         func choose(_ logits: UnsafeMutablePointer<Float>) throws -> Int32 {
             if let bad = (0..<V).first(where: { !logits[$0].isFinite }) {
-                throw ModelError.nonFinite("logit \(bad) at generation step \(produced) is \(logits[bad])")
+                throw ModelError.nonFiniteLogits(step: produced, token: bad)
             }
             let t = sampling.pick(logits, vocab: V, rng: &rng, history: history)
             if sampling.repetitionPenalty != 1 { history.append(t) }
@@ -352,7 +350,7 @@ public final class CachedDecoding: LogitSource {
     }
 
     public func next(_ token: Int32) throws -> [Float] {
-        guard var c = cache else { throw ModelError.invalidArgument("next() before prefill()") }
+        guard var c = cache else { throw ModelError.notPrefilled }
         cache = nil
         defer { cache = c }
         return try model.step([token], cache: &c, threads: threads)

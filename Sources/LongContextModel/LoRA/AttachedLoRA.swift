@@ -96,9 +96,13 @@ extension CausalLM {
     /// Training reads ``lora``'s gradients after ``loss(tokens:batch:length:targets:gradients:gradientScale:keepLogits:routerAuxLoss:threads:)``
     /// with `gradients` a zeroed set in this model's layout (the float32 vectors' gradients, unused here).
     public func attaching(_ adapter: LoRAAdapter) throws -> CausalLM {
-        guard adapter.baseLayout == parameters.entries,
-              Set(adapter.adaptedWeights).isSubset(of: Set(Self.layout(config).map(\.name))) else {
-            throw ModelError.invalidArgument("the LoRA adapter was made for another model's layout")
+        guard adapter.baseLayout == parameters.entries else {
+            throw ModelError.layoutMismatch(what: "the LoRA adapter", found: "a base layout of \(adapter.baseLayout.count) entries",
+                                            expected: "this model's \(parameters.entries.count) entries")
+        }
+        let names = Set(Self.layout(config).map(\.name))
+        if let stray = adapter.adaptedWeights.first(where: { !names.contains($0) }) {
+            throw ModelError.unexpectedTensor(name: stray, file: nil)
         }
         let m = try CausalLM(config: config, parameters: parameters, frozen: frozen, storage: storage, matmul: matmul)
         m.lora = try AttachedLoRA(adapter: adapter)

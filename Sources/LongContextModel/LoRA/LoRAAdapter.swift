@@ -40,22 +40,23 @@ public final class LoRAAdapter {
     /// A new adapter for `model`: A ~ Kaiming-uniform as PEFT initialises it (bound 1/sqrt(in)),
     /// B = 0, so the adapted model starts equal to the base.
     public init(model: CausalLM, rank: Int, alpha: Double, targetModules: [String], useRSLoRA: Bool = false, seed: UInt64) throws {
-        guard rank >= 1, rank <= 1 << 16 else { throw ModelError.invalidArgument("LoRA rank must be 1...65536, got \(rank)") }
-        guard alpha > 0, alpha.isFinite else { throw ModelError.invalidArgument("lora_alpha must be positive, got \(alpha)") }
+        try requireOption(rank >= 1 && rank <= 1 << 16, "LoRA rank", rank, "in 1...65536")
+        try requireOption(alpha > 0 && alpha.isFinite, "lora_alpha", alpha, "positive")
         if let bad = targetModules.first(where: { !Self.supportedModules.contains($0) }) {
-            throw ModelError.invalidArgument("LoRA target module \(bad) is not supported (\(Self.supportedModules.sorted().joined(separator: ", ")))")
+            throw ModelError.invalidOption(name: "LoRA target module", value: bad, expected: "one of " + Self.supportedModules.sorted().joined(separator: ", "))
         }
-        guard !targetModules.isEmpty else { throw ModelError.invalidArgument("LoRA needs at least one target module") }
+        try requireOption(!targetModules.isEmpty, "LoRA target modules", targetModules, "at least one module")
         (self.rank, self.alpha, self.useRSLoRA, self.targetModules) = (rank, alpha, useRSLoRA, targetModules)
         let weights = Self.targets(model, targetModules)
-        guard !weights.isEmpty else { throw ModelError.invalidArgument("no projection of this model matches \(targetModules)") }
+        try requireOption(!weights.isEmpty, "LoRA target modules", targetModules, "modules that match a projection of this model")
         // Every module must adapt something: on a Mixtral, gate/up/down_proj name no weight (its
         // experts' w1/w2/w3 are not adaptable), and a tied model has no lm_head.
         for module in targetModules where Self.targets(model, [module]).isEmpty {
             let why = model.config.architecture == .mixtral && ["gate_proj", "up_proj", "down_proj"].contains(module)
                 ? ": a Mixtral's MLPs are experts (w1, w2, w3), which LoRA here does not adapt"
                 : module == "lm_head" ? ": the output layer is tied to the embedding" : ""
-            throw ModelError.invalidArgument("LoRA target module \(module) matches no weight of this \(model.config.architecture.rawValue) model\(why)")
+            throw ModelError.invalidOption(name: "LoRA target module", value: module,
+                                           expected: "a module matching a weight of this \(model.config.architecture.rawValue) model\(why)")
         }
         adaptedWeights = weights
         baseLayout = model.parameters.entries
@@ -73,14 +74,19 @@ public final class LoRAAdapter {
     public convenience init(directory: String, model: CausalLM) throws {
         guard let data = FileManager.default.contents(atPath: directory + "/adapter_config.json"),
               let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw ModelError.invalidCheckpoint("\(directory)/adapter_config.json is missing or not a JSON object")
+            throw ModelError.invalidCheckpoint(file: directory + "/adapter_config.json", reason: "missing or not a JSON object")
         }
-        if let t = o["peft_type"] as? String, t != "LORA" { throw ModelError.invalidCheckpoint("peft_type \(t) is not LORA") }
-        guard let r = o["r"] as? Int, let alpha = (o["lora_alpha"] as? NSNumber)?.doubleValue else {
-            throw ModelError.invalidCheckpoint("adapter_config.json needs integer r and numeric lora_alpha")
+        if let t = o["peft_type"] as? String, t != "LORA" {
+            throw ModelError.unsupportedConfig(key: "adapter_config.json: peft_type", value: t, supported: "LORA")
+        }
+        guard let r = o["r"] as? Int else {
+            throw ModelError.invalidConfig(key: "adapter_config.json: r", value: "\(o["r"] ?? "null")", expected: "an integer")
+        }
+        guard let alpha = (o["lora_alpha"] as? NSNumber)?.doubleValue else {
+            throw ModelError.invalidConfig(key: "adapter_config.json: lora_alpha", value: "\(o["lora_alpha"] ?? "null")", expected: "a number")
         }
         guard let modules = o["target_modules"] as? [String] else {
-            throw ModelError.invalidCheckpoint("adapter_config.json: target_modules must be a list of names")
+            throw ModelError.invalidConfig(key: "adapter_config.json: target_modules", value: "\(o["target_modules"] ?? "null")", expected: "a list of names")
         }
         for (key, ok) in [("use_dora", (o["use_dora"] as? Bool) != true), ("fan_in_fan_out", (o["fan_in_fan_out"] as? Bool) != true),
                           ("bias", (o["bias"] as? String ?? "none") == "none"),
@@ -92,7 +98,7 @@ public final class LoRAAdapter {
                           ("alpha_pattern", (o["alpha_pattern"] as? [String: Any] ?? [:]).isEmpty),
                           ("layers_to_transform", o["layers_to_transform"] == nil || o["layers_to_transform"] is NSNull),
                           ("modules_to_save", o["modules_to_save"] == nil || o["modules_to_save"] is NSNull)] where !ok {
-            throw ModelError.invalidCheckpoint("adapter_config.json: \(key) other than PEFT's default is not supported")
+            throw ModelError.unsupportedConfig(key: "adapter_config.json: \(key)", value: "\(o[key] ?? "null")", supported: "PEFT's default")
         }
         try self.init(model: model, rank: r, alpha: alpha, targetModules: modules, useRSLoRA: (o["use_rslora"] as? Bool) ?? false, seed: 0)
         let file = directory + "/adapter_model.safetensors"
@@ -154,12 +160,13 @@ public final class LoRAAdapter {
     /// `W' = W + s·B·A` for every adapted projection, written into `merged` (a copy of the base's
     /// parameters, or the base's own to merge for inference). Both sets must have the layout of
     /// the model this adapter was made for (same names, shapes and offsets) and this adapter's
-    /// parameters its own layout, else ``ModelError/invalidArgument(_:)`` names the first difference.
+    /// parameters its own layout, else ``ModelError/layoutMismatch(what:found:expected:)`` names the first difference.
     public func merge(base: ParameterSet, into merged: ParameterSet) throws {
         try base.checkLayout(baseLayout, "the base parameters of a LoRA merge")
         try merged.checkLayout(baseLayout, "the merged parameters of a LoRA merge")
         if let frozen = adaptedWeights.first(where: { base.entry($0) == nil }) {
-            throw ModelError.invalidArgument("\(frozen) is a frozen (quantised) weight that cannot be merged: apply the adapter unmerged (CausalLM.attaching)")
+            throw ModelError.unsupportedModel(operation: "merging the LoRA adapter into \(frozen)",
+                                              requirement: "a float32 weight, not a frozen (quantised) one: apply the adapter unmerged (CausalLM.attaching)")
         }
         for w in adaptedWeights {
             let e = base.entry(w)!, (out, inn) = (e.shape[0], e.shape[1])

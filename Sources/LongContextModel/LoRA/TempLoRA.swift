@@ -21,9 +21,12 @@ public struct TempLoRAOptions: Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        guard chunk >= 2, window >= 0, epochs >= 0, rank >= 1, alpha > 0, learningRate > 0, learningRate.isFinite else {
-            throw ModelError.invalidArgument("Temp-LoRA needs chunk >= 2, window >= 0, epochs >= 0, rank >= 1, alpha > 0, lr > 0")
-        }
+        try requireOption(chunk >= 2, "chunk", chunk, ">= 2 (Temp-LoRA)")
+        try requireOption(window >= 0, "window", window, ">= 0")
+        try requireOption(epochs >= 0, "epochs", epochs, ">= 0")
+        try requireOption(rank >= 1, "rank", rank, ">= 1")
+        try requireOption(alpha > 0, "alpha", alpha, "> 0")
+        try requireOption(learningRate > 0 && learningRate.isFinite, "learning rate", learningRate, "> 0 and finite")
     }
 }
 
@@ -43,7 +46,7 @@ public struct TempLoRAChunk: Sendable, Codable {
 public func runTempLoRA(model: CausalLM, tokens: [Int32], options o: TempLoRAOptions,
                         progress: (TempLoRAChunk) -> Void = { _ in }) throws -> [TempLoRAChunk] {
     try o.validate()
-    guard tokens.count >= 2 else { throw ModelError.invalidTokens("Temp-LoRA needs a text of at least 2 tokens") }
+    guard tokens.count >= 2 else { throw ModelError.tooFewTokens(input: "the Temp-LoRA text", count: tokens.count, minimum: 2) }
     try model.checkTokens(tokens, batch: 1, length: tokens.count)
     let adapter = try LoRAAdapter(model: model, rank: o.rank, alpha: o.alpha, targetModules: o.targetModules, seed: o.seed)
     if adapter.adaptedWeights.contains(where: { model.parameters.entry($0) == nil }) {

@@ -29,7 +29,7 @@ extension CausalLM {
     /// marks a position without a target, as context-only positions in Temp-LoRA), and with
     /// `gradients` its gradient accumulated (+=) into them, times `gradientScale` (1/steps under
     /// gradient accumulation; `gradients` must have the layout of ``parameters``, else
-    /// ``ModelError/invalidArgument(_:)``). With `routerAuxLoss`, MoE layers add `routerAuxLossCoef` × their mean
+    /// ``ModelError/layoutMismatch(what:found:expected:)``). With `routerAuxLoss`, MoE layers add `routerAuxLossCoef` × their mean
     /// load-balancing loss (`E·Σ f_e·P_e`, per layer; transformers pools the layers' tokens instead)
     /// to the gradient, not to the reported loss (reported apart, as transformers does).
     public func loss(tokens: [Int32], batch B: Int, length T: Int, targets: [Int32]? = nil, gradients: ParameterSet? = nil,
@@ -39,9 +39,9 @@ extension CausalLM {
         // The backward writes each gradient through the offsets of `gradients`: they must be this model's.
         try gradients?.checkLayout(parameters.entries, "the gradients")
         let targets = targets ?? Self.nextTokenTargets(tokens, batch: B, length: T)
-        guard targets.count == B * T else { throw ModelError.invalidTokens("\(targets.count) targets for \(B * T) positions") }
-        if let bad = targets.first(where: { $0 < -1 || Int($0) >= config.vocabSize }) {
-            throw ModelError.invalidTokens("target \(bad) is outside the vocabulary 0..<\(config.vocabSize)")
+        guard targets.count == B * T else { throw ModelError.batchMismatch(count: targets.count, batch: B, length: T) }
+        if let bad = targets.firstIndex(where: { $0 < -1 || Int($0) >= config.vocabSize }) {
+            throw ModelError.targetOutOfRange(target: Int(targets[bad]), position: bad, vocabulary: config.vocabSize)
         }
         let count = targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
         let pass = try forward(tokens: tokens, batch: B, length: T, keepForBackward: gradients != nil, threads: threads)
@@ -65,7 +65,7 @@ extension CausalLM {
             }
         }
         let loss = count > 0 ? sums.reduce(0, +) / Double(count) : 0
-        guard loss.isFinite else { throw ModelError.nonFinite("the loss is \(loss)") }
+        guard loss.isFinite else { throw ModelError.nonFiniteLoss(step: nil) }
         // Training a Mixtral: the load-balancing loss, averaged over layers, weighted by router_aux_loss_coef.
         let auxWeight = routerAuxLoss && config.architecture == .mixtral
             ? Float(config.routerAuxLossCoef) / Float(config.layers) * gradientScale : 0

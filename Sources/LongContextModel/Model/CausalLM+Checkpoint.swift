@@ -21,16 +21,16 @@ extension CausalLM {
         } else if let data = fm.contents(atPath: index) {
             guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
                   let map = o["weight_map"] as? [String: String] else {
-                throw ModelError.invalidCheckpoint("\(index) has no weight_map")
+                throw ModelError.invalidCheckpoint(file: index, reason: "no weight_map")
             }
             for file in Set(map.values).sorted() {
                 guard !file.contains("/"), file.hasSuffix(".safetensors") else {
-                    throw ModelError.invalidCheckpoint("\(index) names a shard outside the directory: \(file)")
+                    throw ModelError.invalidCheckpoint(file: index, reason: "names a shard outside the directory: \(file)")
                 }
                 archives.append(try SafeTensors.read(directory + "/" + file))
             }
         } else {
-            throw ModelError.invalidCheckpoint("\(directory) has neither model.safetensors nor model.safetensors.index.json")
+            throw ModelError.invalidCheckpoint(file: directory, reason: "neither model.safetensors nor model.safetensors.index.json")
         }
         var found = Set<String>()
         for archive in archives {
@@ -39,7 +39,7 @@ extension CausalLM {
                     if name.hasSuffix("rotary_emb.inv_freq") || (name == "lm_head.weight" && config.tieWordEmbeddings) { continue }
                     throw ModelError.unexpectedTensor(name: name, file: archive.path)
                 }
-                guard found.insert(name).inserted else { throw ModelError.invalidCheckpoint("tensor \(name) appears in two shards") }
+                guard found.insert(name).inserted else { throw ModelError.invalidCheckpoint(file: archive.path, reason: "tensor \(name) appears in two shards") }
                 guard let e = archive.entry(name), e.shape == p.entry(name)!.shape else {
                     throw ModelError.misshapenTensor(name: name, shape: archive.entry(name)?.shape ?? [], expected: p.entry(name)!.shape,
                                                      file: archive.path)

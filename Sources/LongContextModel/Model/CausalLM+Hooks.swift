@@ -41,10 +41,9 @@ extension CausalLM {
     /// q/k norms and RoPE) to the output rows `[N, H·hd]`; `projections` replaces the products.
     public func runLayer(_ layer: Int, x: inout Tensor, positions: [Range<Int>], threads: Int, projections: ProjectionGroup? = nil,
                          attention: (_ q: Tensor, _ k: Tensor, _ v: Tensor) throws -> Tensor) throws {
-        guard (0..<config.layers).contains(layer) else { throw ModelError.invalidArgument("layer \(layer) outside 0..<\(config.layers)") }
-        guard x.rank == 2, x.shape[1] == config.hiddenSize, positions.reduce(0, { $0 + $1.count }) == x.shape[0] else {
-            throw ModelError.invalidArgument("runLayer takes x [N, \(config.hiddenSize)] and positions covering its N rows; got \(x.shape)")
-        }
+        try requireOption((0..<config.layers).contains(layer), "layer", layer, "in 0..<\(config.layers)")
+        try requireOption(x.rank == 2 && x.shape[1] == config.hiddenSize, "x", x.shape, "of shape [N, \(config.hiddenSize)]")
+        try requireOption(positions.reduce(0, { $0 + $1.count }) == x.shape[0], "positions", positions, "ranges covering the \(x.shape[0]) rows of x")
         let N = x.shape[0]
         let pass = ForwardPass(batch: 1, length: N, tokens: [], logits: try Tensor(zeros: [1]))
         _ = try decoderLayer(layer, x: &x, batch: 1, length: N, firstPosition: 0, keep: false, pass: pass, threads: threads,

@@ -230,8 +230,9 @@ extension CausalLM {
         let (N, D, V, H, hd) = (B * T, c.hiddenSize, c.vocabSize, c.heads, c.headDim)
         let threads = threads ?? Parallel.defaultThreads
         if let rows = logitRows {
-            guard !keepForBackward, rows.allSatisfy({ (0..<N).contains($0) }) else {
-                throw ModelError.invalidArgument("logit rows must lie in 0..<\(N), without a backward")
+            try requireOption(!keepForBackward, "logitRows", rows.count, "nil when keeping the forward for a backward")
+            if let bad = rows.first(where: { !(0..<N).contains($0) }) {
+                throw ModelError.invalidOption(name: "logitRows", value: "\(bad)", expected: "rows in 0..<\(N)")
             }
         }
         var x = try embed(tokens)
@@ -280,7 +281,7 @@ extension CausalLM {
         switch c.attention[layer] {
         case .exact:
             if config.sinks(of: layer) > 0 {
-                guard !keep else { throw ModelError.invalidArgument("attention sinks are an inference option: there is no backward through them") }
+                guard !keep else { throw ModelError.unsupportedModel(operation: "a backward", requirement: "no attention sinks (an inference option)") }
                 return (try streamingAttention(layer: layer, q: q, k: k, v: v, batch: B, length: T, threads: threads), .none)
             }
             if !keep {
@@ -309,7 +310,7 @@ extension CausalLM {
     /// Variants whose kernels scale scores by 1/√hd only.
     func requireDefaultScale(_ variant: String) throws {
         if let s = config.attentionScale, abs(s * Double(config.headDim).squareRoot() - 1) > 1e-12 {
-            throw ModelError.invalidConfig("\(variant) layers scale scores by 1/√head_dim; this model scales them by \(s)")
+            throw ModelError.unsupportedRefit(layer: nil, refit: "\(variant) attention", requirement: "scores scaled by 1/√head_dim, not \(s)")
         }
     }
 
@@ -331,7 +332,7 @@ extension CausalLM {
                     threads: Int, projections: ProjectionGroup? = nil) throws -> MLPActivations {
         let c = config, D = c.hiddenSize, pre = "model.layers.\(layer)."
         if c.architecture == .mixtral {
-            guard projections == nil else { throw ModelError.invalidArgument("mixture-of-experts layers take no projection hook") }
+            guard projections == nil else { throw ModelError.unsupportedModel(operation: "a projection hook", requirement: "dense MLPs, not mixture-of-experts layers") }
             return try mixtureForward(layer: layer, h: h, into: &x, rows: N, keep: keep, pass: pass, threads: threads)
         }
         let projectGroup = projections ?? defaultProjections(threads: threads)

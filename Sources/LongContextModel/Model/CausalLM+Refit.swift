@@ -37,7 +37,7 @@ public enum RefitLayers: String, Sendable, CaseIterable {
 extension CausalLM {
     /// The same weights (shared: frozen matrices and float32 vectors alike) with `refit` replacing the
     /// attention of `layers`. New parameters (Infini's gates) start at the refit's value; nothing is
-    /// trained. Throws ``ModelError/invalidConfig(_:)`` for a combination the kernels do not compute.
+    /// trained. Throws ``ModelError/unsupportedRefit(layer:refit:requirement:)`` for a combination the kernels do not compute.
     public func refitting(_ refit: AttentionRefit, layers which: RefitLayers = .full) throws -> CausalLM {
         var c = config
         let chosen = (0..<c.layers).filter { which == .all || !c.isSliding($0) }
@@ -46,21 +46,21 @@ extension CausalLM {
             case .exact: break
             case .bigbird(let b, let w, let r, let seed):
                 guard !c.isSliding(layer) else {
-                    throw ModelError.invalidConfig("layer \(layer) is a sliding-window layer: BigBird replaces full-attention layers only (--layers full)")
+                    throw ModelError.unsupportedRefit(layer: layer, refit: "BigBird", requirement: "a full-attention layer, not a sliding-window one (--layers full)")
                 }
                 c.attention[layer] = .bigbird(blockSize: b, windowBlocks: w, randomBlocks: r, seed: seed)
             case .sliding(let w):
-                guard w >= 1 else { throw ModelError.invalidConfig("a sliding window needs W >= 1, got \(w)") }
+                try requireOption(w >= 1, "sliding window W", w, ">= 1")
                 if c.isSliding(layer) {
                     guard w == c.slidingWindow else {
-                        throw ModelError.invalidConfig("layer \(layer) already slides with W = \(c.slidingWindow ?? 0); give that window or --layers full")
+                        throw ModelError.unsupportedRefit(layer: layer, refit: "a sliding window W = \(w)", requirement: "the window the layer already slides with, W = \(c.slidingWindow ?? 0) (or --layers full)")
                     }
                 } else {
                     c.imposedWindows[layer] = w
                 }
             case .infini(let s, let u, _):
                 guard !c.isSliding(layer) else {
-                    throw ModelError.invalidConfig("layer \(layer) is a sliding-window layer: Infini-Attention replaces full-attention layers only (--layers full)")
+                    throw ModelError.unsupportedRefit(layer: layer, refit: "Infini-Attention", requirement: "a full-attention layer, not a sliding-window one (--layers full)")
                 }
                 c.attention[layer] = .infini(segment: s, update: u)
             }
@@ -71,12 +71,12 @@ extension CausalLM {
         let p = try ParameterSet(layout: trainable)
         for e in p.entries {
             if let old = parameters.entry(e.name) {
-                guard old.shape == e.shape else { throw ModelError.invalidConfig("\(e.name) changes shape under the refit") }
+                guard old.shape == e.shape else { throw ModelError.misshapenTensor(name: e.name, shape: old.shape, expected: e.shape, file: nil) }
                 (p.scalars + e.offset).update(from: parameters.scalars + old.offset, count: e.count)
             } else if e.name.hasSuffix("self_attn.infini_beta"), case .infini(_, _, let beta) = refit {
                 (p.scalars + e.offset).update(repeating: beta, count: e.count)
             } else {
-                throw ModelError.invalidConfig("the refit needs a parameter \(e.name) it cannot initialise")
+                throw ModelError.unsupportedRefit(layer: nil, refit: "\(refit)", requirement: "no new parameter it cannot initialise (\(e.name))")
             }
         }
         let m = try CausalLM(config: c, parameters: p, frozen: frozen, storage: storage, matmul: matmul)
@@ -90,7 +90,7 @@ extension CausalLM {
     public func sequenceLosses(_ tokens: [Int32], from first: Int = 0, rows block: Int = 256, threads: Int? = nil) throws -> [Float] {
         let T = tokens.count
         try checkTokens(tokens, batch: 1, length: T)
-        guard first >= 0 else { throw ModelError.invalidArgument("the first scored position must be >= 0, got \(first)") }
+        try requireOption(first >= 0, "first scored position", first, ">= 0")
         let c = config, (D, V) = (c.hiddenSize, c.vocabSize)
         let threads = threads ?? Parallel.defaultThreads
         var x = try embed(tokens)

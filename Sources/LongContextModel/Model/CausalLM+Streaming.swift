@@ -135,7 +135,7 @@ extension CausalLM {
         same.streaming = config.streaming
         same.maxPositionEmbeddings = config.maxPositionEmbeddings
         guard same == config else {
-            throw ModelError.invalidArgument("a model's config may change only in its positions and attention sinks at load time")
+            throw ModelError.invalidOption(name: "config", value: "a config differing from the model's", expected: "the model's config, changed only in its positions and attention sinks")
         }
         let m = try CausalLM(config: newConfig, parameters: parameters, frozen: frozen, storage: storage, matmul: matmul)
         m.lora = lora

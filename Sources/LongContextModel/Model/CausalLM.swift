@@ -41,15 +41,17 @@ public final class CausalLM: @unchecked Sendable {
         try config.validate()
         let expected = Self.layout(config)
         let trainable = expected.filter { frozen[$0.name] == nil }
-        guard parameters.entries.map(\.name) == trainable.map(\.name),
-              parameters.entries.map(\.shape) == trainable.map(\.shape) else {
-            throw ModelError.invalidCheckpoint("parameters do not match the config's layout")
+        let found = parameters.entries.map { "\($0.name) \($0.shape)" }, wanted = trainable.map { "\($0.name) \($0.shape)" }
+        if found != wanted {
+            let i = (0..<min(found.count, wanted.count)).first { found[$0] != wanted[$0] } ?? min(found.count, wanted.count)
+            throw ModelError.layoutMismatch(what: "the parameters (entry \(i))", found: i < found.count ? found[i] : "no entry",
+                                            expected: i < wanted.count ? wanted[i] : "no entry")
         }
         let shapes = Dictionary(uniqueKeysWithValues: expected.map { ($0.name, $0.shape) })
         for (name, w) in frozen {
-            guard let shape = shapes[name] else { throw ModelError.invalidCheckpoint("\(name) is not part of this model") }
+            guard let shape = shapes[name] else { throw ModelError.unexpectedTensor(name: name, file: nil) }
             if case .blocks(let b) = w, [b.rows, b.columns] != shape {
-                throw ModelError.invalidCheckpoint("\(name) is [\(b.rows), \(b.columns)], the config needs \(shape)")
+                throw ModelError.misshapenTensor(name: name, shape: [b.rows, b.columns], expected: shape, file: nil)
             }
         }
         self.config = config
@@ -155,12 +157,12 @@ public final class CausalLM: @unchecked Sendable {
     /// Checks `tokens` (B·T ids, row-major `[B, T]`) against the vocabulary and the positions.
     func checkTokens(_ tokens: [Int32], batch B: Int, length T: Int) throws {
         guard B >= 1, T >= 1, tokens.count == B * T else {
-            throw ModelError.invalidTokens("\(tokens.count) ids do not make a [B, T] = [\(B), \(T)] batch with B, T >= 1")
+            throw ModelError.batchMismatch(count: tokens.count, batch: B, length: T)
         }
         if let bad = tokens.firstIndex(where: { $0 < 0 || Int($0) >= config.vocabSize }) {
-            throw ModelError.invalidTokens("id \(tokens[bad]) at [\(bad / T), \(bad % T)] is outside the vocabulary 0..<\(config.vocabSize)")
+            throw ModelError.tokenOutOfRange(token: Int(tokens[bad]), sequence: bad / T, position: bad % T, vocabulary: config.vocabSize)
         }
-        guard T <= 1 << 22 else { throw ModelError.invalidTokens("sequences of \(T) tokens are beyond what this implementation supports") }
+        guard T <= 1 << 22 else { throw ModelError.sequenceTooLong(length: T, limit: 1 << 22) }
     }
 }
 

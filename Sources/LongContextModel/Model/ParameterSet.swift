@@ -31,16 +31,16 @@ public final class ParameterSet {
     public init(layout: [(name: String, shape: [Int])]) throws {
         var entries = [Entry](), index = [String: Int](), total = 0
         for (name, shape) in layout {
-            guard index[name] == nil else { throw ModelError.invalidCheckpoint("duplicate parameter \(name)") }
+            guard index[name] == nil else { throw ModelError.invalidCheckpoint(file: "", reason: "duplicate parameter \(name)") }
             let n = try elementCount(of: shape)
             index[name] = entries.count
             entries.append(Entry(name: name, shape: shape, offset: total))
             let (t, o) = total.addingReportingOverflow(n)
-            guard !o else { throw ModelError.invalidConfig("parameter count overflows") }
+            guard !o else { throw ModelError.tooLarge(quantity: "the parameter count", value: nil, limit: Int.max) }
             total = t
         }
         let (bytes, overflow) = total.multipliedReportingOverflow(by: MemoryLayout<Float>.size)
-        guard !overflow else { throw ModelError.invalidConfig("\(total) parameters take more than 2^63 bytes") }
+        guard !overflow else { throw ModelError.tooLarge(quantity: "the bytes of \(total) parameters", value: nil, limit: Int.max) }
         try MemoryBudget.check(bytes)
         self.entries = entries
         self.index = index
@@ -74,7 +74,7 @@ public final class ParameterSet {
 
     /// The tensor `name`, copied out.
     public func tensor(_ name: String) throws -> Tensor {
-        guard let e = entry(name) else { throw ModelError.invalidCheckpoint("no parameter \(name)") }
+        guard let e = entry(name) else { throw ModelError.unexpectedTensor(name: name, file: nil) }
         return try Tensor(shape: e.shape, scalars: Array(UnsafeBufferPointer(start: scalars + e.offset, count: e.count)))
     }
 
@@ -88,7 +88,7 @@ public final class ParameterSet {
         c.withUnsafePointer { (scalars + e.offset).update(from: $0, count: e.count) }
     }
 
-    /// Throws ``ModelError/invalidArgument(_:)`` unless this set has exactly `layout` (the same
+    /// Throws ``ModelError/layoutMismatch(what:found:expected:)`` unless this set has exactly `layout` (the same
     /// names, shapes and offsets, in order), naming `what` and the first entry that differs. The
     /// raw-memory APIs (gradients, optimizer moments, LoRA merges) call it before writing through
     /// another set's offsets.
@@ -96,10 +96,10 @@ public final class ParameterSet {
         guard entries != layout else { return }
         if let i = (0..<min(entries.count, layout.count)).first(where: { entries[$0] != layout[$0] }) {
             let (a, b) = (entries[i], layout[i])
-            throw ModelError.invalidArgument("\(what): entry \(i) is \(a.name) \(a.shape) at offset \(a.offset), "
-                + "the layout needs \(b.name) \(b.shape) at offset \(b.offset)")
+            throw ModelError.layoutMismatch(what: "\(what) (entry \(i))", found: "\(a.name) \(a.shape) at offset \(a.offset)",
+                                            expected: "\(b.name) \(b.shape) at offset \(b.offset)")
         }
-        throw ModelError.invalidArgument("\(what): \(entries.count) entries, the layout needs \(layout.count)")
+        throw ModelError.layoutMismatch(what: what, found: "\(entries.count) entries", expected: "\(layout.count)")
     }
 
     public func zero() { scalars.update(repeating: 0, count: count) }

@@ -69,10 +69,10 @@ extension CausalLM {
     static func mappedMatrix(_ file: GGUFFile, _ info: GGUFTensorInfo, rows: Int, columns: Int, rowOrder: [Int]?) throws -> WeightMatrix {
         let type = info.type
         guard type.isDequantizable else {
-            throw ModelError.invalidCheckpoint("\(info.name): tensor type \(type) is not supported")
+            throw ModelError.unsupportedTensorType(name: info.name, type: "\(type)")
         }
         guard columns % type.blockSize == 0, let rowBytes = type.byteCount(elements: columns) else {
-            throw ModelError.invalidCheckpoint("\(info.name): rows of \(columns) are not whole \(type) blocks")
+            throw ModelError.invalidCheckpoint(file: "", reason: "\(info.name): rows of \(columns) are not whole \(type) blocks")
         }
         let base = UnsafeMutableRawPointer(mutating: file.bytes(of: info).baseAddress!)
         if type == .f32, rowOrder == nil {
@@ -106,7 +106,7 @@ enum GGUFModelDescription {
         }
         let parts = name.split(separator: ".")
         guard parts.count >= 4, parts[0] == "model", parts[1] == "layers", let layer = Int(parts[2]) else {
-            throw ModelError.invalidCheckpoint("no GGUF name for \(name)")
+            throw ModelError.invalidCheckpoint(file: "", reason: "no GGUF name for \(name)")
         }
         let rest = parts[3...].joined(separator: ".")
         let table: [String: String] = [
@@ -129,7 +129,7 @@ enum GGUFModelDescription {
         case "post_attention_layernorm.weight": return sandwich ? "post_attention_norm.weight" : "ffn_norm.weight"
         case "pre_feedforward_layernorm.weight": return "ffn_norm.weight"
         case "post_feedforward_layernorm.weight": return "post_ffw_norm.weight"
-        default: throw ModelError.invalidCheckpoint("no GGUF name for layer tensor \(rest)")
+        default: throw ModelError.invalidCheckpoint(file: "", reason: "no GGUF name for layer tensor \(rest)")
         }
     }
 
@@ -155,24 +155,24 @@ enum GGUFModelDescription {
         case "qwen2": family = .qwen2
         case "qwen3": family = .qwen3
         case "gemma3": family = .gemma3
-        default: throw ModelError.invalidConfig("GGUF architecture \"\(arch)\" is not supported (llama, qwen2, qwen3, gemma3)")
+        default: throw ModelError.unsupportedConfig(key: "general.architecture", value: "\"\(arch)\"", supported: "llama, qwen2, qwen3, gemma3")
         }
         func key(_ k: String) -> String { "\(arch).\(k)" }
         let layers = try m.requiredInt(key("block_count")), D = try m.requiredInt(key("embedding_length"))
         let F = try m.requiredInt(key("feed_forward_length")), H = try m.requiredInt(key("attention.head_count"))
         let Hkv = try m.int(key("attention.head_count_kv")) ?? H
-        guard H >= 1 else { throw ModelError.invalidConfig("\(key("attention.head_count")) must be at least 1") }
+        try requireConfig(H >= 1, key("attention.head_count"), H, "at least 1")
         let hd = try m.int(key("attention.key_length")) ?? D / H
         if let dv = try m.int(key("attention.value_length")), dv != hd {
-            throw ModelError.invalidConfig("\(key("attention.value_length")) = \(dv) differs from key_length \(hd): not supported")
+            throw ModelError.unsupportedConfig(key: key("attention.value_length"), value: "\(dv)", supported: "key_length \(hd)")
         }
         if let r = try m.int(key("rope.dimension_count")), r != hd {
-            throw ModelError.invalidConfig("\(key("rope.dimension_count")) = \(r): partial rotary embeddings are not supported")
+            throw ModelError.unsupportedConfig(key: key("rope.dimension_count"), value: "\(r)", supported: "the head size \(hd): partial rotary embeddings are not")
         }
         let tokens = try m.strings("tokenizer.ggml.tokens")
         let vocab = try m.int(key("vocab_size")) ?? tokens?.count ?? 0
         if let t = tokens, t.count != vocab {
-            throw ModelError.invalidConfig("\(key("vocab_size")) = \(vocab) but tokenizer.ggml.tokens lists \(t.count)")
+            throw ModelError.invalidConfig(key: key("vocab_size"), value: "\(vocab)", expected: "\(t.count) (the tokens tokenizer.ggml.tokens lists)")
         }
         let theta = try m.double(key("rope.freq_base")) ?? 10000
         var scaling = ModelConfig.RopeScaling.none
@@ -185,10 +185,10 @@ enum GGUFModelDescription {
             let original = try m.int(key("rope.scaling.original_context_length")) ?? context
             let attn = try m.double(key("rope.scaling.attn_factor")) ?? (f <= 1 ? 1 : 0.1 * Foundation.log(f) + 1)
             scaling = .yarn(factor: f, originalContext: original, betaFast: 32, betaSlow: 1, attentionFactor: attn, truncate: true)
-        case let other: throw ModelError.invalidConfig("\(key("rope.scaling.type")) \"\(other)\" is not supported (none, linear, yarn)")
+        case let other: throw ModelError.unsupportedConfig(key: key("rope.scaling.type"), value: "\"\(other)\"", supported: "none, linear, yarn")
         }
-        for k in ["attn_logit_softcapping", "final_logit_softcapping"] where (try m.double(key(k)) ?? 0) != 0 {
-            throw ModelError.invalidConfig("\(key(k)) is not supported")
+        for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if let v = try m.double(key(k)), v != 0 { throw ModelError.unsupportedConfig(key: key(k), value: "\(v)", supported: "0") }
         }
         let eps = try m.double(key("attention.layer_norm_rms_epsilon")) ?? 1e-5
         let bos = try m.int("tokenizer.ggml.bos_token_id"), eos = try m.int("tokenizer.ggml.eos_token_id")

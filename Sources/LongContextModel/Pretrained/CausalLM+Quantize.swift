@@ -27,9 +27,9 @@ extension CausalLM {
     /// original model is. Mixture-of-experts models are refused (their experts are read as
     /// parameters).
     public func quantizing(to type: GGMLType) throws -> CausalLM {
-        guard type.isQuantizable else { throw ModelError.invalidArgument(GGUFError.notQuantizable(type: type).description) }
+        guard type.isQuantizable else { throw GGUFError.notQuantizable(type: type) }
         guard config.experts <= 1 else {
-            throw ModelError.invalidArgument("quantising a mixture-of-experts model is not supported (its experts are float32 parameters)")
+            throw ModelError.unsupportedModel(operation: "quantisation", requirement: "dense MLPs (a mixture of experts' experts are float32 parameters)")
         }
         let head = headName, embedding = "model.embed_tokens.weight"
         var plan = [(entry: ParameterSet.Entry, type: GGMLType, offset: Int)]()
@@ -44,7 +44,7 @@ extension CausalLM {
             }
             let (bytes, o1) = rowBytes.multipliedReportingOverflow(by: e.shape[0])
             let (next, o2) = total.addingReportingOverflow((bytes + 63) / 64 * 64)
-            guard !o1, !o2 else { throw ModelError.invalidArgument("\(e.name): \(e.shape) is too large to quantise") }
+            guard !o1, !o2 else { throw ModelError.tooLarge(quantity: "the quantised bytes of \(e.name) \(e.shape)", value: nil, limit: Int.max) }
             plan.append((e, target, total))
             total = next
         }
@@ -54,7 +54,7 @@ extension CausalLM {
             let (rows, columns) = (e.shape[0], e.shape[1])
             let src = parameters.pointer(e.name)
             guard (0..<(rows * columns)).allSatisfy({ src[$0].isFinite }) else {
-                throw ModelError.invalidCheckpoint("\(e.name) holds NaN or Inf: it cannot be quantised")
+                throw ModelError.nonFiniteTensor(name: e.name, file: nil, index: (0..<(rows * columns)).first { !src[$0].isFinite })
             }
             let base = store.bytes + offset, rowBytes = target.byteCount(elements: columns)!
             try target.quantize(src, count: rows * columns, into: base)

@@ -39,12 +39,12 @@ public final class LanguageModel: Sendable {
     public convenience init(path: String, matmul: MatmulMode = .exact, quantize: GGMLType? = nil) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw ModelError.invalidArgument("\(path): no such file or folder")
+            throw ModelError.fileNotFound(path: path)
         }
         let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
         if !isDirectory.boolValue {
             if let quantize {
-                throw ModelError.invalidArgument("\(path): a GGUF file's weights are stored quantised already; quantising into \(quantize.name) applies to a checkpoint folder")
+                throw ModelError.invalidOption(name: "--quantize", value: quantize.name, expected: "given for a checkpoint folder only (\(path) is a GGUF file, whose weights are stored quantised already)")
             }
             let file = try GGUFFile(path: path)
             let model = try CausalLM(gguf: path, file: file, matmul: matmul)
@@ -65,7 +65,7 @@ public final class LanguageModel: Sendable {
             return
         }
         guard model.config.vocabSize == ByteTokenizer.vocabSize else {
-            throw ModelError.invalidCheckpoint("\(path) has no tokenizer.json and its vocabulary (\(model.config.vocabSize)) is not this project's bytes")
+            throw ModelError.invalidCheckpoint(file: path, reason: "no tokenizer.json, and its vocabulary (\(model.config.vocabSize)) is not this project's bytes")
         }
         self.init(model: model, codec: .bytes, chatTemplate: nil, name: name)
     }
@@ -76,24 +76,24 @@ public final class LanguageModel: Sendable {
     static func folderChatTemplate(_ path: String) throws -> ChatTemplate? {
         if let data = FileManager.default.contents(atPath: path + "/chat_template.jinja") {
             guard let text = String(data: data, encoding: .utf8) else {
-                throw ModelError.invalidCheckpoint("\(path)/chat_template.jinja is not UTF-8")
+                throw ModelError.invalidCheckpoint(file: path + "/chat_template.jinja", reason: "not UTF-8")
             }
             return try ChatTemplate(text)
         }
         guard let data = FileManager.default.contents(atPath: path + "/tokenizer_config.json") else { return nil }
         guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw ModelError.invalidCheckpoint("\(path)/tokenizer_config.json is not a JSON object")
+            throw ModelError.invalidCheckpoint(file: path + "/tokenizer_config.json", reason: "not a JSON object")
         }
         switch o["chat_template"] {
         case nil, is NSNull: return nil
         case let t as String: return try ChatTemplate(t)
         case let list as [[String: Any]]:
             guard let t = list.first(where: { $0["name"] as? String == "default" })?["template"] as? String else {
-                throw ModelError.invalidCheckpoint("\(path)/tokenizer_config.json: chat_template lists no template named \"default\"")
+                throw ModelError.invalidCheckpoint(file: path + "/tokenizer_config.json", reason: "chat_template lists no template named \"default\"")
             }
             return try ChatTemplate(t)
         default:
-            throw ModelError.invalidCheckpoint("\(path)/tokenizer_config.json: chat_template is neither a string nor a list of {name, template}")
+            throw ModelError.invalidCheckpoint(file: path + "/tokenizer_config.json", reason: "chat_template is neither a string nor a list of {name, template}")
         }
     }
 
@@ -132,7 +132,7 @@ public final class LanguageModel: Sendable {
     /// when the model has no template (Gemma 3 270M, a base model).
     public func chatPrompt(_ messages: [ChatMessage], addGenerationPrompt: Bool = true, now: Date? = nil) throws -> String {
         guard let chatTemplate else {
-            throw ModelError.invalidArgument("\(name) has no chat template (a base model): --chat needs one")
+            throw ModelError.noChatTemplate(model: name)
         }
         return try chatTemplate.render(messages: messages, addGenerationPrompt: addGenerationPrompt,
                                        bosToken: codec.tokenText(model.config.bosTokenId),
@@ -177,7 +177,7 @@ public final class LanguageModel: Sendable {
     public func generate(_ prompt: String, options: GenerationOptions, source: LogitSource? = nil,
                          emit: (String) throws -> Bool) throws -> Generation {
         let ids = encode(prompt)
-        guard !ids.isEmpty else { throw ModelError.invalidTokens("the prompt encodes to no tokens") }
+        guard !ids.isEmpty else { throw ModelError.tooFewTokens(input: "the prompt", count: 0, minimum: 1) }
         var result = Generation(promptTokens: ids.count)
         var stream = codec.streamingDecoder()
         var stops = StopStrings(options.stop)

@@ -8,17 +8,17 @@ extension GGUFModelDescription {
     static func vocabulary(_ m: GGUFFile, config: ModelConfig) throws -> TokenizerVocabulary {
         let kind = try m.requiredString("tokenizer.ggml.model")
         guard let tokens = try m.strings("tokenizer.ggml.tokens") else {
-            throw ModelError.invalidConfig("tokenizer.ggml.tokens is missing")
+            throw ModelError.missingConfig(key: "tokenizer.ggml.tokens")
         }
         let model: TokenizerVocabulary.Model
         switch kind {
         case "gpt2": model = .bytePairEncoding(pre: try m.string("tokenizer.ggml.pre") ?? "default")
         case "llama": model = .sentencePiece
-        default: throw ModelError.invalidConfig("tokenizer.ggml.model \"\(kind)\" is not supported (gpt2, llama)")
+        default: throw ModelError.unsupportedConfig(key: "tokenizer.ggml.model", value: "\"\(kind)\"", supported: "gpt2, llama")
         }
         func id(_ k: String) throws -> Int32? {
             guard let v = try m.int(k) else { return nil }
-            guard (0..<tokens.count).contains(v) else { throw ModelError.invalidConfig("\(k) = \(v) is outside the vocabulary of \(tokens.count)") }
+            guard (0..<tokens.count).contains(v) else { throw ModelError.invalidConfig(key: k, value: "\(v)", expected: "in 0..<\(tokens.count) (the vocabulary)") }
             return Int32(v)
         }
         var v = TokenizerVocabulary(

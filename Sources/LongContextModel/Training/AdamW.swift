@@ -29,9 +29,10 @@ public final class AdamW {
 
     public init(parameters: ParameterSet, beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8,
                 weightDecay: Float = 0.1) throws {
-        guard (0..<1).contains(beta1), (0..<1).contains(beta2), epsilon > 0, weightDecay >= 0 else {
-            throw ModelError.invalidArgument("AdamW needs 0 <= β < 1, ε > 0, weight decay >= 0")
-        }
+        try requireOption((0..<1).contains(beta1), "β1", beta1, "in 0..<1")
+        try requireOption((0..<1).contains(beta2), "β2", beta2, "in 0..<1")
+        try requireOption(epsilon > 0, "ε", epsilon, "> 0")
+        try requireOption(weightDecay >= 0, "weight decay", weightDecay, ">= 0")
         (self.beta1, self.beta2, self.epsilon, self.weightDecay) = (beta1, beta2, epsilon, weightDecay)
         m = try ParameterSet(zerosLike: parameters)
         v = try ParameterSet(zerosLike: parameters)
@@ -41,9 +42,9 @@ public final class AdamW {
 
     /// Restores moments and the step count saved by a checkpoint.
     public func restore(step: Int, m: ParameterSet, v: ParameterSet) throws {
-        guard m.entries == self.m.entries, v.entries == self.v.entries, step >= 0 else {
-            throw ModelError.invalidCheckpoint("optimizer state does not match the model")
-        }
+        try m.checkLayout(self.m.entries, "the optimizer's first moments")
+        try v.checkLayout(self.v.entries, "the optimizer's second moments")
+        try requireOption(step >= 0, "optimizer step", step, ">= 0")
         self.m.scalars.update(from: m.scalars, count: m.count)
         self.v.scalars.update(from: v.scalars, count: v.count)
         self.step = step
@@ -51,7 +52,7 @@ public final class AdamW {
 
     /// One update of `parameters` with `gradients` at learning rate `lr`. Both must have the
     /// layout of the parameters this optimizer was made for (its moments'), else
-    /// ``ModelError/invalidArgument(_:)`` names the first entry that differs and nothing changes.
+    /// ``ModelError/layoutMismatch(what:found:expected:)`` names the first entry that differs and nothing changes.
     public func update(_ parameters: ParameterSet, gradients g: ParameterSet, lr: Float) throws {
         try parameters.checkLayout(m.entries, "AdamW parameters")
         try g.checkLayout(m.entries, "AdamW gradients")
@@ -80,9 +81,10 @@ public struct LearningRateSchedule: Sendable, Equatable {
     public var peak: Double, warmupSteps: Int, totalSteps: Int, minFraction: Double
 
     public init(peak: Double, warmupSteps: Int, totalSteps: Int, minFraction: Double = 0.1) throws {
-        guard peak > 0, peak.isFinite, warmupSteps >= 0, totalSteps >= 1, (0...1).contains(minFraction) else {
-            throw ModelError.invalidArgument("learning rate schedule: peak > 0, warm-up >= 0, steps >= 1, 0 <= min fraction <= 1")
-        }
+        try requireOption(peak > 0 && peak.isFinite, "peak learning rate", peak, "> 0 and finite")
+        try requireOption(warmupSteps >= 0, "warm-up steps", warmupSteps, ">= 0")
+        try requireOption(totalSteps >= 1, "steps", totalSteps, ">= 1")
+        try requireOption((0...1).contains(minFraction), "min fraction", minFraction, "in 0...1")
         (self.peak, self.warmupSteps, self.totalSteps, self.minFraction) = (peak, warmupSteps, totalSteps, minFraction)
     }
 

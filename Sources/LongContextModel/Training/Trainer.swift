@@ -25,12 +25,15 @@ public struct TrainingOptions: Sendable, Equatable {
     public func validate() throws {
         for (name, v) in [("batch", batch), ("length", length), ("accumulation", accumulation), ("steps", steps),
                           ("checkpoint interval", checkpointEvery)] where v < 1 {
-            throw ModelError.invalidArgument("\(name) must be at least 1, got \(v)")
+            throw ModelError.invalidOption(name: name, value: "\(v)", expected: "at least 1")
         }
-        guard learningRate > 0, learningRate.isFinite, warmupSteps >= 0, gateLearningRateMultiplier > 0,
-              gateLearningRateMultiplier.isFinite, clipNorm >= 0, evalEvery >= 0, evalWindows >= 1 else {
-            throw ModelError.invalidArgument("learning rate > 0, gate multiplier > 0, warm-up >= 0, clip norm >= 0, eval windows >= 1")
-        }
+        try requireOption(learningRate > 0 && learningRate.isFinite, "learning rate", learningRate, "> 0 and finite")
+        try requireOption(warmupSteps >= 0, "warm-up steps", warmupSteps, ">= 0")
+        try requireOption(gateLearningRateMultiplier > 0 && gateLearningRateMultiplier.isFinite, "gate learning-rate multiplier",
+                          gateLearningRateMultiplier, "> 0 and finite")
+        try requireOption(clipNorm >= 0, "clip norm", clipNorm, ">= 0")
+        try requireOption(evalEvery >= 0, "eval interval", evalEvery, ">= 0")
+        try requireOption(evalWindows >= 1, "eval windows", evalWindows, ">= 1")
     }
 }
 
@@ -64,13 +67,15 @@ public final class Trainer {
     public init(model: CausalLM, options: TrainingOptions, train: [Int32], validation: [Int32], directory: String?) throws {
         try options.validate()
         guard train.count > options.length + 1 else {
-            throw ModelError.invalidArgument("the training stream (\(train.count) tokens) is shorter than one window of \(options.length + 1)")
+            throw ModelError.tooFewTokens(input: "the training stream", count: train.count, minimum: options.length + 2)
         }
         guard validation.isEmpty || validation.count > options.length + 1 else {
-            throw ModelError.invalidArgument("the validation stream (\(validation.count) tokens) is shorter than one window")
+            throw ModelError.tooFewTokens(input: "the validation stream", count: validation.count, minimum: options.length + 2)
         }
-        if let bad = (train + validation).first(where: { $0 < 0 || Int($0) >= model.config.vocabSize }) {
-            throw ModelError.invalidTokens("id \(bad) outside the vocabulary 0..<\(model.config.vocabSize)")
+        for (s, stream) in [train, validation].enumerated() {
+            if let bad = stream.firstIndex(where: { $0 < 0 || Int($0) >= model.config.vocabSize }) {
+                throw ModelError.tokenOutOfRange(token: Int(stream[bad]), sequence: s, position: bad, vocabulary: model.config.vocabSize)
+            }
         }
         (self.model, self.options, self.train, self.validation, self.directory) = (model, options, train, validation, directory)
         optimizer = try AdamW(parameters: model.parameters, beta2: options.beta2, weightDecay: options.weightDecay)
@@ -85,44 +90,44 @@ public final class Trainer {
     /// Resumes from `directory`'s `optimizer.safetensors` and `trainer_state.json` (the model was
     /// loaded from the same directory). The run's batch, length, seed and accumulation must be the
     /// checkpoint's (else the batches differ from the run that was never stopped): a difference is
-    /// ``ModelError/invalidArgument(_:)`` naming the option. The files must be the ones the state's
+    /// ``ModelError/resumeMismatch(directory:option:value:saved:)`` naming the option. The files must be the ones the state's
     /// manifest lists (an interrupted save leaves new weights beside an old state): a mismatch is
-    /// ``ModelError/invalidCheckpoint(_:)`` naming the file. (States written before the manifest
+    /// ``ModelError/invalidCheckpoint(file:reason:)`` naming the file. (States written before the manifest
     /// existed have none, and their files are taken as they are.)
     public func resume() throws {
         guard let directory else { return }
         guard let data = FileManager.default.contents(atPath: directory + "/trainer_state.json"),
               let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let s = o["step"] as? Int else {
-            throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json is missing or malformed")
+            throw ModelError.invalidCheckpoint(file: directory + "/trainer_state.json", reason: "missing or malformed")
         }
         func saved(_ key: String) -> NSNumber? { (o[key] as? NSNumber).flatMap { isJSONBool($0) ? nil : $0 } }
         for (key, option, value) in [("batch", "batch", options.batch), ("length", "length", options.length),
                                      ("accumulation", "accumulation", options.accumulation)] {
             guard let n = saved(key), let was = Int(n.stringValue) else {
-                throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json: \(key) is missing or not an integer")
+                throw ModelError.invalidCheckpoint(file: directory + "/trainer_state.json", reason: "\(key) is missing or not an integer")
             }
             if was != value {
-                throw ModelError.invalidArgument("resuming \(directory): \(option) is \(value), the checkpoint was trained with \(was)")
+                throw ModelError.resumeMismatch(directory: directory, option: option, value: "\(value)", saved: "\(was)")
             }
         }
         // Earlier states wrote seeds >= 2^63 as their two's-complement Int64.
         guard let n = saved("seed"), let seed = UInt64(n.stringValue) ?? Int64(n.stringValue).map({ UInt64(bitPattern: $0) }) else {
-            throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json: seed is missing or not an integer")
+            throw ModelError.invalidCheckpoint(file: directory + "/trainer_state.json", reason: "seed is missing or not an integer")
         }
         if seed != options.seed {
-            throw ModelError.invalidArgument("resuming \(directory): seed is \(options.seed), the checkpoint was trained with \(seed)")
+            throw ModelError.resumeMismatch(directory: directory, option: "seed", value: "\(options.seed)", saved: "\(seed)")
         }
         if let manifest = o["files"] {
             guard let files = manifest as? [String: Any] else {
-                throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json: files must be an object")
+                throw ModelError.invalidCheckpoint(file: directory + "/trainer_state.json", reason: "files must be an object")
             }
             for name in Self.checkpointFiles {
                 guard let f = files[name] as? [String: Any], let bytes = f["bytes"] as? Int, let hash = f["fnv1a64"] as? String else {
-                    throw ModelError.invalidCheckpoint("\(directory)/trainer_state.json does not list \(name)")
+                    throw ModelError.invalidCheckpoint(file: directory + "/trainer_state.json", reason: "does not list \(name)")
                 }
                 let found = try AtomicFile.fingerprint(directory + "/" + name)
                 guard found.bytes == bytes, found.fnv1a64 == hash else {
-                    throw ModelError.invalidCheckpoint("\(directory)/\(name) is not the file trainer_state.json lists "
+                    throw ModelError.invalidCheckpoint(file: directory + "/" + name, reason: "not the file trainer_state.json lists "
                         + "(\(found.bytes) bytes, hash \(found.fnv1a64); listed \(bytes), \(hash)): a save was interrupted, "
                         + "and its files are from different steps")
                 }
@@ -193,13 +198,16 @@ public final class Trainer {
             var loss = 0.0
             for a in 0..<options.accumulation {
                 let (tokens, targets) = batch(step: step, micro: a)
-                let r = try model.loss(tokens: tokens, batch: options.batch, length: options.length, targets: targets,
+                let r: LossResult
+                do {
+                    r = try model.loss(tokens: tokens, batch: options.batch, length: options.length, targets: targets,
                                        gradients: grads, gradientScale: 1 / Float(options.accumulation), routerAuxLoss: true,
                                        threads: options.threads)
+                } catch ModelError.nonFiniteLoss(nil) { throw ModelError.nonFiniteLoss(step: step) }
                 loss += r.loss / Double(options.accumulation)
             }
             let norm = grads.squaredNorm().squareRoot()
-            guard norm.isFinite else { throw ModelError.nonFinite("gradient norm at step \(step) is \(norm)") }
+            guard norm.isFinite else { throw ModelError.nonFiniteGradient(step: step) }
             if options.clipNorm > 0, norm > options.clipNorm {
                 let s = Float(options.clipNorm / norm)
                 for i in 0..<grads.count { grads.scalars[i] *= s }

@@ -130,7 +130,7 @@ final class AdapterServerTests: XCTestCase {
         }
         XCTAssertThrowsError(try ServerProcess(model: path, arguments: ["--ctx", "64", "--adapter", root + "/none"])) { e in
             guard case ServerProcess.Failure.didNotStart(let log) = e else { return XCTFail("\(e)") }
-            XCTAssertTrue(log.contains("adapter_config.json is missing"), log)
+            XCTAssertTrue(log.contains("adapter_config.json: missing"), log)
         }
     }
 }

@@ -134,6 +134,10 @@ public struct Communicator: @unchecked Sendable {
         (self.comm, self.rank, self.size, self.timeout) = (comm, Int(r), Int(s), timeout)
     }
 
+    /// Seconds a wait polls back to back (yielding the core between polls) before it starts to
+    /// sleep between them.
+    static let spinSeconds = 0.002
+
     /// The rank after this one and before it on the ring.
     public var next: Int { (rank + 1) % size }
     public var previous: Int { (rank + size - 1) % size }
@@ -175,18 +179,25 @@ public struct Communicator: @unchecked Sendable {
     @discardableResult
     public func wait(_ requests: inout [Request], what: @autoclosure () -> String) throws -> Double {
         let start = MPI.wtime()
-        var spins = 0
         while true {
             var done = true
             for i in requests.indices where !requests[i].isNull {
                 if try !test(&requests[i]) { done = false }
             }
             if done { return MPI.wtime() - start }
-            spins += 1
-            if spins > 64 {
-                let waited = MPI.wtime() - start
+            // Poll without sleeping for the first `Self.spinSeconds`: a decoding step's collectives
+            // (about four per layer) wait tens of microseconds for the peer's matrix-vector part,
+            // and `usleep` costs at least the kernel's timer slack (50 µs) however little it is
+            // asked for — sleeping there made the gathers a third of a distributed token's time.
+            // `sched_yield` hands the core over when ranks outnumber cores (`make test-dist` runs
+            // 4 ranks on 2 cores) and returns at once when each rank has its own. After that the
+            // wait is a long one (a ring step, a slow peer): sleep, and check the deadline.
+            let waited = MPI.wtime() - start
+            if waited < Self.spinSeconds {
+                sched_yield()
+            } else {
                 if waited > timeout { throw MPIError.timedOut(what: what(), seconds: waited) }
-                usleep(spins > 4096 ? 200 : 20)
+                usleep(waited < 0.05 ? 20 : 200)
             }
         }
     }

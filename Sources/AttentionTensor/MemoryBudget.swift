@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// How much memory one allocation may take, checked before large tensors and scratch are
 /// allocated, so an absurd request is a thrown ``TensorError/allocationFailed(bytes:)`` instead of
@@ -15,14 +14,14 @@ import Synchronization
 /// with ``registerCache(held:release:)``: the bytes they hold count against a fixed budget, and
 /// an allocation that does not fit makes them give their memory back before it is refused.
 public enum MemoryBudget {
-    private static let limit = Mutex<Int?>(nil)
+    private static let limit = Locked<Int?>(nil)
 
     /// A cache's bytes held and how to release them.
     private struct Cache: Sendable {
         let held: @Sendable () -> Int
         let release: @Sendable () -> Void
     }
-    private static let caches = Mutex<[Cache]>([])
+    private static let caches = Locked<[Cache]>([])
 
     /// Registers a cache of freed memory: `held` reports its bytes, `release` frees them. Both are
     /// called without any lock of this type held.

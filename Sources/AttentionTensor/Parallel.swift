@@ -63,7 +63,7 @@ public enum Parallel {
 /// Holds OpenBLAS at one thread while at least one parallel region is active.
 enum BLASThreadGuard {
     private struct State { var active = 0; var saved = 1 }
-    private static let state = Mutex(State())
+    private static let state = Locked(State())
 
     static func singleThreaded<R>(_ body: () throws -> R) rethrows -> R {
         state.withLock { s in

@@ -1,6 +1,5 @@
 import AttentionTensor
 import Foundation
-import Synchronization
 
 /// One call's scratch: a single 64-byte aligned buffer carved into float and int regions by a
 /// ``Plan`` sized before anything is allocated. The buffer comes from ``MoEWorkspace``'s cache
@@ -84,7 +83,7 @@ public enum MoEWorkspace {
         var maximumBytes = 1 << 30
         var maximumBuffers = 16
     }
-    private static let state = Mutex(State())
+    private static let state = Locked(State())
     static let smallest = 1 << 20
     /// Registers the cache with the memory budget, once, before it first holds a buffer.
     private static let registered: Void = MemoryBudget.registerCache(held: { cachedBytes }, release: { releaseCache() })

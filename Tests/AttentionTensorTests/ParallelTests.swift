@@ -10,8 +10,8 @@ import XCTest
 final class ParallelTests: XCTestCase {
     /// Runs a region and returns how often each item ran and the workers seen.
     static func region(items: Int, threads: Int, work: (Int) -> Void = { _ in }) -> (counts: [Int], workers: Set<Int>) {
-        let counts = Mutex([Int](repeating: 0, count: items))
-        let seen = Mutex(Set<Int>())
+        let counts = Locked([Int](repeating: 0, count: items))
+        let seen = Locked(Set<Int>())
         Parallel.run(items: items, threads: threads) { w, queue in
             seen.withLock { _ = $0.insert(w) }
             while let i = queue.next() {

@@ -63,7 +63,7 @@ QD_TARGET static inline __m256i QD_NAME(high_bits)(uint32_t bits) {
             const __m256i s = unsignedW ? av : _mm256_sign_epi8(av, wq);                                     \
             const __m256 p = _mm256_cvtepi32_ps(QD_DOT4(u, s));                                              \
             lanes[r][set] = _mm256_add_ps(lanes[r][set], _mm256_mul_ps(_mm256_set1_ps(dw * a->d), p));       \
-            if (hasMin) mins[r] += mw * (a->d * (float)a->s);                                                \
+            if (hasMin) mins[r] += mw * a->ds;                                                \
         }                                                                                                    \
     } while (0)
 

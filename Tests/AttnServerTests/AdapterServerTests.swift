@@ -91,13 +91,11 @@ final class AdapterServerTests: XCTestCase {
             XCTAssertEqual(together[i], solo[i], "stream \(i) decoded beside others differs from it alone")
         }
         print("adapter server test: \(Int(Date().timeIntervalSince(started))) s")
-        let metrics = try c.request("GET", "/metrics").text
-        func value(_ prefix: String) -> Double? {
-            metrics.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.split(separator: " ").last!) }
-        }
+        let metrics = try c.metrics()
         // Steps of more than 2 rows (the buckets are 1, 2, 4, ...): the four streams ran together.
-        let steps = value("attn_server_decode_batch_rows_count") ?? 0, two = value("attn_server_decode_batch_rows_bucket{le=\"2.0\"}") ?? 0
-        XCTAssertGreaterThan(steps - two, 0, "no step decoded more than two sequences together:\n\(metrics)")
+        let steps = metrics.value("attn_server_decode_batch_rows_count") ?? 0
+        let two = metrics.value("attn_server_decode_batch_rows_bucket{le=\"2.0\"}") ?? 0
+        XCTAssertGreaterThan(steps - two, 0, "no step decoded more than two sequences together:\n\(metrics.text)")
     }
 
     /// An adapter whose tensors do not fit the model (rank 8 in its config, rank 4 stored; or made

@@ -15,7 +15,7 @@ struct HTTPTestClient {
         var errorCode: String? { (json["error"] as? [String: Any])?["code"] as? String }
     }
 
-    enum Failure: Error { case connect(Int32), closed, malformed(String) }
+    enum Failure: Error { case connect(Int32), closed, malformed(String), status(Int, String) }
 
     let port: Int
 
@@ -68,6 +68,23 @@ struct HTTPTestClient {
         }
         var reader = Reader(fd: fd)
         return try reader.response()
+    }
+
+    /// `/metrics` (Prometheus text format), with its samples looked up by name and labels.
+    struct Metrics {
+        let text: String
+        /// The value of the first sample whose line starts with `prefix` (a metric name, with its
+        /// labels or a trailing space to pin one sample): nil when none does or it is not a number.
+        func value(_ prefix: String) -> Double? {
+            text.split(separator: "\n").first { $0.hasPrefix(prefix) }
+                .flatMap { $0.split(separator: " ").last }.flatMap { Double($0) }
+        }
+    }
+
+    func metrics() throws -> Metrics {
+        let r = try request("GET", "/metrics")
+        guard r.status == 200 else { throw Failure.status(r.status, r.text) }
+        return Metrics(text: r.text)
     }
 
     func post(_ path: String, _ object: [String: Any]) throws -> Response {

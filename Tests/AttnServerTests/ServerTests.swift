@@ -37,12 +37,9 @@ final class ServerTests: XCTestCase {
         }
     }
 
+    /// The value of the unlabelled metric `name`.
     func metric(_ name: String) throws -> Double? {
-        let text = try client.request("GET", "/metrics").text
-        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-            return Double(line.split(separator: " ").last!)
-        }
-        return nil
+        try client.metrics().value(name + " ")
     }
 
     func testModelsAndHealth() throws {
@@ -115,12 +112,10 @@ final class ServerTests: XCTestCase {
             box.value.lock(); let got = texts[i]; box.value.unlock()
             XCTAssertEqual(got, expected, "request \(i)")
         }
-        let metrics = try c.request("GET", "/metrics").text
-        func value(_ prefix: String) -> Double? {
-            metrics.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.split(separator: " ").last!) }
-        }
-        let steps = value("attn_server_decode_batch_rows_count") ?? 0, single = value("attn_server_decode_batch_rows_bucket{le=\"1.0\"}") ?? 0
-        XCTAssertGreaterThan(steps - single, 0, "no step decoded two sequences together:\n\(metrics)")
+        let metrics = try c.metrics()
+        let steps = metrics.value("attn_server_decode_batch_rows_count") ?? 0
+        let single = metrics.value("attn_server_decode_batch_rows_bucket{le=\"1.0\"}") ?? 0
+        XCTAssertGreaterThan(steps - single, 0, "no step decoded two sequences together:\n\(metrics.text)")
     }
 
     /// A prompt that extends an earlier request's prompt and completion (a chat's next turn) takes

@@ -18,9 +18,7 @@ final class StreamingServerTests: XCTestCase {
         let c = server.client
 
         // The budget is one cache of S + W positions (plus the prefill ring), not of 4096.
-        let metrics = try c.request("GET", "/metrics").text
-        let budgetLine = metrics.split(separator: "\n").first { $0.hasPrefix("attn_server_kv_cache_budget_bytes ") }
-        let budget = try XCTUnwrap(budgetLine.flatMap { Double($0.split(separator: " ").last!) })
+        let budget = try XCTUnwrap(try c.metrics().value("attn_server_kv_cache_budget_bytes "))
         let lm = try LanguageModel(path: path)
         let cfg = lm.model.config
         let fullCache = Double(cfg.layers * 2 * cfg.kvHeads * cfg.headDim * 4096 * 4)

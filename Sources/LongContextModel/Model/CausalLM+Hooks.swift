@@ -28,6 +28,19 @@ extension CausalLM {
     /// The products as the forward pass computes them (``project`` with this model's ``matmul``).
     func defaultProjections(threads: Int) -> ProjectionGroup {
         { [self] input, rows, k, outputs, accumulate in
+            // Under `fast`, a group of quantised matrices is one parallel region (the same bits).
+            if matmul == .fast, outputs.count > 1, rows >= 1, rows <= WeightMatrix.fastRowLimit {
+                let parts = outputs.compactMap { o -> (matrix: QuantizedMatrix, y: UnsafeMutablePointer<Float>)? in
+                    guard case .blocks(let b) = matrix(o.weight), let q = b.quantized,
+                          q.columns == k, q.rows == o.width else { return nil }
+                    return (q, o.output)
+                }
+                if parts.count == outputs.count {
+                    QuantizedMatrix.multiply(parts, input, rows: rows, accumulate: accumulate, threads: threads)
+                    for o in outputs { lora?.addProduct(o.weight, input, o.output, rows: rows, in: k, out: o.width) }
+                    return
+                }
+            }
             for o in outputs {
                 // The attached LoRA adapter's product, when it adapts the weight, is added (projectWeight).
                 projectWeight(input, o.weight, o.output, rows: rows, in: k, out: o.width, accumulate: accumulate, threads: threads)

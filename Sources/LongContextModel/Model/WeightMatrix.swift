@@ -209,3 +209,65 @@ extension WeightMatrix {
         }
     }
 }
+
+extension QuantizedMatrix {
+    /// ``multiply(_:_:rows:accumulate:threads:)`` of several matrices with the same columns against
+    /// the same `x [n, columns]` (a decoder layer's q/k/v or gate/up): `x` quantised once per
+    /// activation format, and every matrix's 64-row chunks shared out in one parallel region, so
+    /// a small matrix (SmolLM2's k and v, 69 KB each, below the one-matrix threshold) no longer
+    /// runs alone on one core while the other waits, and the region's start costs once. Every
+    /// output row is the same kernel call on the same bytes as in ``multiply(_:_:rows:accumulate:threads:)``:
+    /// the same bits (a matrix with a ``rowOrder`` gathered from scratch as there).
+    static func multiply(_ parts: [(matrix: QuantizedMatrix, y: UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>,
+                         rows n: Int, accumulate: Bool = false, threads: Int = Parallel.defaultThreads) {
+        precondition(n >= 1 && n <= WeightMatrix.fastRowLimit, "\(n) rows: the quantised kernels take 1...\(WeightMatrix.fastRowLimit)")
+        precondition(parts.allSatisfy { $0.matrix.columns == parts[0].matrix.columns }, "a group of quantised matrices shares its columns")
+        guard let k = parts.first?.matrix.columns else { return }
+        // One quantised copy of x per activation format (the type's, as ak_qdot_activation_bytes sizes it).
+        var formats = [Int32: (offset: Int, bytes: Int)](), total = 0
+        for p in parts {
+            let t = Int32(p.matrix.type.rawValue)
+            if formats[t] == nil { let b = ak_qdot_activation_bytes(t, k); formats[t] = (total, b); total += (b * n + 63) / 64 * 64 }
+        }
+        let act = UnsafeMutableRawPointer.allocate(byteCount: max(1, total), alignment: 64)
+        defer { act.deallocate() }
+        for (t, f) in formats { ak_qdot_quantize(t, x, k, n, k, act + f.offset) }
+        // Work items: (part, first row) chunks of chunkRows rows, part by part.
+        var items = [(part: Int, r0: Int)](), work = 0
+        for (i, p) in parts.enumerated() {
+            for r0 in stride(from: 0, to: p.matrix.rows, by: Self.chunkRows) { items.append((i, r0)) }
+            work += p.matrix.rowBytes * p.matrix.rows * n
+        }
+        let workers = work < (1 << 17) ? 1 : max(1, min(threads, items.count))
+        nonisolated(unsafe) let a = UnsafeRawPointer(act)
+        // A matrix with a row order writes its rows in stored order to scratch, then they are
+        // gathered into y, as the one-matrix call does.
+        let scratch = parts.map { $0.matrix.rowOrder == nil ? nil : UnsafeMutablePointer<Float>.allocate(capacity: n * $0.matrix.rows) }
+        defer { scratch.forEach { $0?.deallocate() } }
+        nonisolated(unsafe) let outputs = zip(parts, scratch).map { $0.1 ?? $0.0.y }
+        let matrices = parts.map { $0.matrix }
+        let accs = scratch.map { s -> Int32 in accumulate && s == nil ? 1 : 0 }
+        Parallel.run(items: items.count, threads: workers) { _, queue in
+            while let c = queue.next() {
+                let (i, r0) = items[c]
+                let q = matrices[i], t = Int32(q.type.rawValue), f = formats[t]!
+                let r1 = min(q.rows, r0 + Self.chunkRows), m = q.rows, rb = q.rowBytes
+                let perCall = Self.blocks32.contains(q.type) ? 4 : n
+                var g = 0
+                while g < n {
+                    let rows = min(perCall, n - g)
+                    ak_qdot(t, q.base + r0 * rb, rb, r1 - r0, k, a + f.offset + g * f.bytes, rows, outputs[i] + g * m + r0, m, accs[i])
+                    g += rows
+                }
+            }
+        }
+        for (i, p) in parts.enumerated() {
+            guard let src0 = scratch[i], let order = p.matrix.rowOrder else { continue }
+            let m = p.matrix.rows
+            for r in 0..<n {
+                let src = src0 + r * m, dst = p.y + r * m
+                if accumulate { for j in 0..<m { dst[j] += src[order[j]] } } else { for j in 0..<m { dst[j] = src[order[j]] } }
+            }
+        }
+    }
+}

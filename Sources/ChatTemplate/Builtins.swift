@@ -14,13 +14,14 @@ func pyStrip(_ s: String, _ chars: String?, left: Bool, right: Bool) -> String {
     return String(r)
 }
 
-func pySplit(_ s: String, _ sep: String?, _ maxsplit: Int) throws -> [String] {
+/// `operation` names the method in errors (`split`, `rsplit`).
+func pySplit(_ s: String, _ sep: String?, _ maxsplit: Int, operation: String = "split") throws -> [String] {
     let u = Array(s.unicodeScalars)
     func str(_ x: ArraySlice<Unicode.Scalar>) -> String { var r = String.UnicodeScalarView(); r.append(contentsOf: x); return String(r) }
     var out: [String] = []
     if let sep {
         let p = Array(sep.unicodeScalars)
-        if p.isEmpty { throw rt("empty separator") }
+        if p.isEmpty { throw ChatTemplateError.invalidValue(operation: operation, reason: "empty separator") }
         var start = 0, i = 0
         while i + p.count <= u.count {
             if (maxsplit < 0 || out.count < maxsplit) && Array(u[i..<(i + p.count)]) == p {
@@ -148,15 +149,23 @@ func htmlEscape(_ s: String) -> String {
 }
 
 extension Interpreter {
-    func requireString(_ v: Value?, _ what: String) throws -> String {
-        guard let v, let s = v.stringValue else { throw rt("\(what) must be str, not \(v?.typeName ?? "nothing")") }
+    /// The argument `parameter` of `function`, which the call must give.
+    func requireArgument(_ v: Value?, _ function: String, _ parameter: String) throws -> Value {
+        guard let v else { throw ChatTemplateError.wrongArguments(function: function, reason: .missing(name: parameter)) }
+        return v
+    }
+
+    /// `v` as a string; `what` names the argument in the error (`strip(chars)`).
+    func requireString(_ v: Value, _ what: String) throws -> String {
+        guard let s = v.stringValue else { throw ChatTemplateError.wrongType(operation: what, expected: "str", got: v.typeName) }
         return s
     }
 
+    /// `v` as an integer, `dflt` if absent or None; `what` names the argument in the error (`split(maxsplit)`).
     func optInt(_ v: Value?, _ dflt: Int, _ what: String) throws -> Int {
         guard let v else { return dflt }
         if case .none = v { return dflt }
-        guard case .i(let i)? = numeric(v) else { throw rt("\(what): an integer is required, not \(v.typeName)") }
+        guard case .i(let i)? = numeric(v) else { throw ChatTemplateError.wrongType(operation: what, expected: "an integer", got: v.typeName) }
         return i
     }
 
@@ -168,32 +177,32 @@ extension Interpreter {
             return method(name) { a in
                 let p = try a.bind(name, ["chars"])
                 var chars: String? = nil
-                if let c = p[0], !(c.isNoneValue) { chars = try self.requireString(c, "\(name) arg") }
+                if let c = p[0], !(c.isNoneValue) { chars = try self.requireString(c, "\(name)(chars)") }
                 return .string(pyStrip(s, chars, left: name != "rstrip", right: name != "lstrip"))
             }
         case "split", "rsplit":
             return method(name) { a in
                 let p = try a.bind(name, ["sep", "maxsplit"])
                 var sep: String? = nil
-                if let c = p[0], !c.isNoneValue { sep = try self.requireString(c, "separator") }
-                let m = try self.optInt(p[1], -1, "maxsplit")
+                if let c = p[0], !c.isNoneValue { sep = try self.requireString(c, "\(name)(sep)") }
+                let m = try self.optInt(p[1], -1, "\(name)(maxsplit)")
                 if name == "rsplit" && m >= 0 {
                     // rsplit with a limit: split the reversed string.
                     let rev = String(String.UnicodeScalarView(s.unicodeScalars.reversed()))
                     let rsep = sep.map { String(String.UnicodeScalarView($0.unicodeScalars.reversed())) }
-                    let parts = try pySplit(rev, rsep, m).map { String(String.UnicodeScalarView($0.unicodeScalars.reversed())) }
+                    let parts = try pySplit(rev, rsep, m, operation: name).map { String(String.UnicodeScalarView($0.unicodeScalars.reversed())) }
                     return .list(parts.reversed().map { .string($0) })
                 }
-                return .list(try pySplit(s, sep, m).map { .string($0) })
+                return .list(try pySplit(s, sep, m, operation: name).map { .string($0) })
             }
         case "startswith", "endswith":
             return method(name) { a in
                 let p = try a.bind(name, ["prefix", "start", "end"])
                 var cands: [String] = []
-                if case .tuple(let t)? = p[0] { cands = try t.map { try self.requireString($0, "\(name) arg") } }
-                else { cands = [try self.requireString(p[0], "\(name) first arg")] }
+                if case .tuple(let t)? = p[0] { cands = try t.map { try self.requireString($0, "\(name)(prefix)") } }
+                else { cands = [try self.requireString(try self.requireArgument(p[0], name, "prefix"), "\(name)(prefix)")] }
                 let u = Array(s.unicodeScalars)
-                let st = try self.optInt(p[1], 0, name), en = try self.optInt(p[2], u.count, name)
+                let st = try self.optInt(p[1], 0, "\(name)(start)"), en = try self.optInt(p[2], u.count, "\(name)(end)")
                 guard case .string(let sub) = try self.slice(.string(s), .int(st), .int(en), nil) else { return .bool(false) }
                 return .bool(cands.contains { name == "startswith" ? sub.unicodeScalars.starts(with: $0.unicodeScalars) : Array(sub.unicodeScalars).reversed().starts(with: Array($0.unicodeScalars).reversed()) })
             }
@@ -204,12 +213,14 @@ extension Interpreter {
         case "replace":
             return method(name) { a in
                 let p = try a.bind(name, ["old", "new", "count"])
-                return .string(pyReplace(s, try self.requireString(p[0], "replace arg 1"), try self.requireString(p[1], "replace arg 2"), try self.optInt(p[2], -1, "count")))
+                let old = try self.requireString(try self.requireArgument(p[0], name, "old"), "replace(old)")
+                let new = try self.requireString(try self.requireArgument(p[1], name, "new"), "replace(new)")
+                return .string(pyReplace(s, old, new, try self.optInt(p[2], -1, "replace(count)")))
             }
         case "find", "rfind", "index", "rindex", "count":
             return method(name) { a in
                 let p = try a.bind(name, ["sub"])
-                let sub = Array(try self.requireString(p[0], "\(name) arg").unicodeScalars)
+                let sub = Array(try self.requireString(try self.requireArgument(p[0], name, "sub"), "\(name)(sub)").unicodeScalars)
                 let u = Array(s.unicodeScalars)
                 var hits: [Int] = []
                 var i = 0
@@ -223,14 +234,14 @@ extension Interpreter {
                 if name == "count" { return .int(sub.isEmpty ? u.count + 1 : hits.count) }
                 let r = (name == "find" || name == "index") ? hits.first : hits.last
                 if let r { return .int(r) }
-                if name == "index" || name == "rindex" { throw rt("substring not found") }
+                if name == "index" || name == "rindex" { throw ChatTemplateError.invalidValue(operation: name, reason: "substring not found") }
                 return .int(-1)
             }
         case "join":
             return method(name) { a in
                 let p = try a.bind(name, ["iterable"])
                 let items = try self.iterate(p[0] ?? .undefined("missing iterable"))
-                return .string(try items.map { try self.requireString($0, "sequence item") }.joined(separator: s))
+                return .string(try items.map { try self.requireString($0, "join(iterable) item") }.joined(separator: s))
             }
         case "splitlines": return method(name) { _ in .list(pySplitLines(s).map { .string($0) }) }
         case "isdigit": return method(name) { _ in .bool(!s.isEmpty && s.unicodeScalars.allSatisfy { $0.properties.numericType == .decimal || $0.properties.numericType == .digit }) }
@@ -250,7 +261,7 @@ extension Interpreter {
         case "get":
             return method(name) { a in
                 let p = try a.bind(name, ["key", "default"])
-                guard let k = p[0] else { throw rt("get expected at least 1 argument") }
+                let k = try self.requireArgument(p[0], name, "key")
                 return d[k] ?? (p[1] ?? .none)
             }
         default: return nil
@@ -262,11 +273,12 @@ extension Interpreter {
         case "count": return method(name) { a in .int(l.filter { pyEquals($0, a.positional.first ?? .none) }.count) }
         case "index":
             return method(name) { a in
-                if let i = l.firstIndex(where: { pyEquals($0, a.positional.first ?? .none) }) { return .int(i) }
-                throw rt("value is not in list")
+                let x: Value = a.positional.first ?? .none
+                if let i = l.firstIndex(where: { pyEquals($0, x) }) { return .int(i) }
+                throw ChatTemplateError.invalidValue(operation: name, reason: "\(pyRepr(x)) is not in list")
             }
         case "append", "pop", "insert", "extend", "remove", "clear", "sort", "reverse":
-            return method(name) { _ in throw rt("access to attribute '\(name)' of 'list' object is unsafe (immutable sandbox)") }
+            return method(name) { _ in throw ChatTemplateError.unsafeAccess(attribute: name, type: "list") }
         default: return nil
         }
     }
@@ -280,7 +292,7 @@ extension Interpreter {
         case .dict(let d): return d.count
         case .namespace(let n): return n.dict.count
         case .undefined: return 0
-        default: throw rt("object of type '\(v.typeName)' has no len()")
+        default: throw ChatTemplateError.wrongType(operation: "length", expected: "a sized value", got: v.typeName)
         }
     }
 
@@ -304,7 +316,7 @@ extension Interpreter {
         case "trim":
             let p = try a.bind(name, ["chars"])
             var chars: String? = nil
-            if let c = p[0], !c.isNoneValue { chars = try requireString(c, "trim chars") }
+            if let c = p[0], !c.isNoneValue { chars = try requireString(c, "trim(chars)") }
             return .string(pyStrip(pyStr(v), chars, left: true, right: true))
         case "tojson":
             let p = try a.bind(name, ["ensure_ascii", "indent", "separators", "sort_keys"])
@@ -312,14 +324,16 @@ extension Interpreter {
             if let e = p[0] { o.ensureASCII = truthy(e) }
             if let ind = p[1], !ind.isNoneValue {
                 if let s = ind.stringValue { o.indent = s }
-                else { o.indent = String(repeating: " ", count: max(0, try optInt(ind, 0, "indent"))) }
+                else { o.indent = String(repeating: " ", count: max(0, try optInt(ind, 0, "tojson(indent)"))) }
                 o.itemSeparator = ","
             }
             if let sep = p[2], !sep.isNoneValue {
                 let parts = try iterate(sep)
-                guard parts.count == 2 else { throw rt("separators must be a pair") }
-                o.itemSeparator = try requireString(parts[0], "separator")
-                o.keySeparator = try requireString(parts[1], "separator")
+                guard parts.count == 2 else {
+                    throw ChatTemplateError.invalidValue(operation: "tojson(separators)", reason: "expected a pair (item separator, key separator), got \(parts.count) items")
+                }
+                o.itemSeparator = try requireString(parts[0], "tojson(separators)")
+                o.keySeparator = try requireString(parts[1], "tojson(separators)")
             }
             if let sk = p[3] { o.sortKeys = truthy(sk) }
             return .string(try toJSON(v, o))
@@ -331,7 +345,7 @@ extension Interpreter {
         case "title": return .string(jinjaTitle(pyStr(v)))
         case "replace":
             let p = try a.bind(name, ["old", "new", "count"])
-            return .string(pyReplace(pyStr(v), pyStr(p[0] ?? .string("")), pyStr(p[1] ?? .string("")), try optInt(p[2], -1, "count")))
+            return .string(pyReplace(pyStr(v), pyStr(p[0] ?? .string("")), pyStr(p[1] ?? .string("")), try optInt(p[2], -1, "replace(count)")))
         case "join":
             let p = try a.bind(name, ["d", "attribute"])
             var items = try iterate(v)
@@ -356,7 +370,7 @@ extension Interpreter {
         case "int":
             let p = try a.bind(name, ["default", "base"])
             let dflt = p[0] ?? .int(0)
-            let base = try optInt(p[1], 10, "base")
+            let base = try optInt(p[1], 10, "int(base)")
             switch v {
             case .int(let i): return .int(i)
             case .bool(let b): return .int(b ? 1 : 0)
@@ -391,10 +405,10 @@ extension Interpreter {
             switch v {
             case .undefined: return .list([])
             case .dict(let d): return .list(zip(d.keys, d.values).map { .tuple([$0, $1]) })
-            default: throw rt("Can only get item pairs from a mapping.")
+            default: throw ChatTemplateError.wrongType(operation: "items", expected: "a mapping", got: v.typeName)
             }
         case "dictsort":
-            guard case .dict(let d) = v else { throw rt("dictsort: a mapping is required") }
+            guard case .dict(let d) = v else { throw ChatTemplateError.wrongType(operation: "dictsort", expected: "a mapping", got: v.typeName) }
             let p = try a.bind(name, ["case_sensitive", "by", "reverse"])
             let cs = p[0].map(truthy) ?? false
             let byValue = (p[1]?.stringValue ?? "key") == "value"
@@ -410,7 +424,7 @@ extension Interpreter {
         case "indent":
             let p = try a.bind(name, ["width", "first", "blank"])
             let ind: String
-            if let w = p[0], let s = w.stringValue { ind = s } else { ind = String(repeating: " ", count: max(0, try optInt(p[0], 4, "width"))) }
+            if let w = p[0], let s = w.stringValue { ind = s } else { ind = String(repeating: " ", count: max(0, try optInt(p[0], 4, "indent(width)"))) }
             let s = pyStr(v) + "\n"
             var rv: String
             if p[2].map(truthy) ?? false {
@@ -428,10 +442,10 @@ extension Interpreter {
             let byAttr = name.hasSuffix("attr")
             var attr: Value? = nil
             if byAttr {
-                guard !pos.isEmpty else { throw rt("\(name) needs an attribute name") }
+                guard !pos.isEmpty else { throw ChatTemplateError.wrongArguments(function: name, reason: .missing(name: "attribute")) }
                 attr = pos.removeFirst()
             }
-            let testName = pos.isEmpty ? nil : try requireString(pos.removeFirst(), "test name")
+            let testName = pos.isEmpty ? nil : try requireString(pos.removeFirst(), "\(name)(test)")
             if let t = testName, !knownTests.contains(t) { throw ChatTemplateError.unknownTest(name: t) }
             let keep = name.hasPrefix("select")
             var out: [Value] = []
@@ -452,21 +466,21 @@ extension Interpreter {
                 })
             }
             var pos = a.positional
-            guard !pos.isEmpty else { throw rt("map requires a filter argument") }
-            let f = try requireString(pos.removeFirst(), "filter name")
+            guard !pos.isEmpty else { throw ChatTemplateError.wrongArguments(function: name, reason: .missing(name: "filter")) }
+            let f = try requireString(pos.removeFirst(), "map(filter)")
             guard knownFilters.contains(f) else { throw ChatTemplateError.unknownFilter(name: f) }
             return .list(try items.map { try applyFilter(f, $0, Args(positional: pos, keywords: a.keywords)) })
         case "abs":
             switch numeric(v) {
             case .i(let i)?: return .int(abs(i))
             case .d(let d)?: return .double(abs(d))
-            case nil: throw rt("bad operand type for abs(): '\(v.typeName)'")
+            case nil: throw ChatTemplateError.wrongType(operation: "abs", expected: "a number", got: v.typeName)
             }
         case "round":
             let p = try a.bind(name, ["precision", "method"])
-            let prec = try optInt(p[0], 0, "precision")
+            let prec = try optInt(p[0], 0, "round(precision)")
             let m = p[1]?.stringValue ?? "common"
-            guard let n = numeric(v) else { throw rt("round: a number is required") }
+            guard let n = numeric(v) else { throw ChatTemplateError.wrongType(operation: "round", expected: "a number", got: v.typeName) }
             let x = asDouble(n)
             let scale = pow(10.0, Double(prec))
             switch m {
@@ -475,7 +489,7 @@ extension Interpreter {
                 return .double((x * scale).rounded(.toNearestOrEven) / scale)
             case "ceil": return .double((x * scale).rounded(.up) / scale)
             case "floor": return .double((x * scale).rounded(.down) / scale)
-            default: throw rt("method must be common, ceil or floor")
+            default: throw ChatTemplateError.invalidValue(operation: "round(method)", reason: "must be 'common', 'ceil' or 'floor', not \(pyRepr(.string(m)))")
             }
         case "reverse":
             if let s = v.stringValue { return .string(String(String.UnicodeScalarView(s.unicodeScalars.reversed()))) }
@@ -516,7 +530,7 @@ extension Interpreter {
             return .int(try pySplit(pyStr(v), nil, -1).count)
         case "center":
             let p = try a.bind(name, ["width"])
-            let w = try optInt(p[0], 80, "width")
+            let w = try optInt(p[0], 80, "center(width)")
             let s = pyStr(v)
             let n = s.unicodeScalars.count
             if n >= w { return .string(s) }
@@ -525,8 +539,8 @@ extension Interpreter {
             return .string(String(repeating: " ", count: left) + s + String(repeating: " ", count: total - left))
         case "batch":
             let p = try a.bind(name, ["linecount", "fill_with"])
-            let n = try optInt(p[0], 1, "linecount")
-            guard n > 0 else { throw rt("batch size must be positive") }
+            let n = try optInt(p[0], 1, "batch(linecount)")
+            guard n > 0 else { throw ChatTemplateError.invalidValue(operation: "batch(linecount)", reason: "must be positive, not \(n)") }
             var out: [Value] = [], cur: [Value] = []
             for item in try iterate(v) {
                 cur.append(item)
@@ -539,11 +553,11 @@ extension Interpreter {
             return .list(out)
         case "attr":
             let p = try a.bind(name, ["name"])
-            return try getAttr(v, try requireString(p[0], "attribute name"))
+            return try getAttr(v, try requireString(try requireArgument(p[0], name, "name"), "attr(name)"))
         case "pprint":
             return .string(pyRepr(v))
         case "striptags", "truncate", "format":
-            throw rt("filter '\(name)' is not supported")
+            throw ChatTemplateError.unsupportedFilter(name: name)
         default:
             throw ChatTemplateError.unknownFilter(name: name)
         }
@@ -577,10 +591,12 @@ extension Interpreter {
             }
         case "callable": if case .function = v { return true }; if case .undefined = v { return true }; return false
         case "odd", "even":
-            guard case .i(let i)? = numeric(v) else { throw rt("\(name) test needs an integer") }
+            guard case .i(let i)? = numeric(v) else { throw ChatTemplateError.wrongType(operation: "\(name) test", expected: "an integer", got: v.typeName) }
             return (i & 1 == 1) == (name == "odd")
         case "divisibleby":
-            guard case .i(let i)? = numeric(v), let arg, case .i(let n)? = numeric(arg) else { throw rt("divisibleby needs integers") }
+            guard case .i(let i)? = numeric(v) else { throw ChatTemplateError.wrongType(operation: "divisibleby test", expected: "an integer", got: v.typeName) }
+            let num = try requireArgument(arg, name, "num")
+            guard case .i(let n)? = numeric(num) else { throw ChatTemplateError.wrongType(operation: "divisibleby(num)", expected: "an integer", got: num.typeName) }
             if n == 0 { throw ChatTemplateError.divisionByZero(operator: "divisibleby") }
             return i % n == 0
         case "eq", "equalto", "==": return pyEquals(v, arg ?? .undefined("missing test argument"))
@@ -614,7 +630,7 @@ extension Interpreter {
     func globals(into s: Scope) {
         s.vars["range"] = method("range") { a in
             let ints = try a.positional.map { x -> Int in
-                guard case .i(let i)? = numeric(x) else { throw rt("'\(x.typeName)' object cannot be interpreted as an integer") }
+                guard case .i(let i)? = numeric(x) else { throw ChatTemplateError.wrongType(operation: "range", expected: "an integer", got: x.typeName) }
                 return i
             }
             var start = 0, stop = 0, step = 1
@@ -622,9 +638,10 @@ extension Interpreter {
             case 1: stop = ints[0]
             case 2: start = ints[0]; stop = ints[1]
             case 3: start = ints[0]; stop = ints[1]; step = ints[2]
-            default: throw rt("range expected 1 to 3 integer arguments, got \(ints.count)")
+            case 0: throw ChatTemplateError.wrongArguments(function: "range", reason: .tooFew(minimum: 1, given: 0))
+            default: throw ChatTemplateError.wrongArguments(function: "range", reason: .tooMany(limit: 3, given: ints.count))
             }
-            if step == 0 { throw rt("range() arg 3 must not be zero") }
+            if step == 0 { throw ChatTemplateError.invalidValue(operation: "range", reason: "arg 3 (step) must not be zero") }
             let count = step > 0 ? (stop > start ? (stop - start + step - 1) / step : 0)
                                  : (start > stop ? (start - stop - step - 1) / (-step) : 0)
             if count > 100_000 { throw ChatTemplateError.rangeTooLarge(count: count, limit: 100_000) }
@@ -633,7 +650,7 @@ extension Interpreter {
         s.vars["namespace"] = method("namespace") { a in
             var d = PyDict()
             for p in a.positional {
-                guard case .dict(let pd) = p else { throw rt("namespace() positional argument must be a mapping") }
+                guard case .dict(let pd) = p else { throw ChatTemplateError.wrongType(operation: "namespace() positional argument", expected: "a mapping", got: p.typeName) }
                 for (k, v) in zip(pd.keys, pd.values) { d.set(k, v) }
             }
             for (k, v) in a.keywords { d.set(.string(k), v) }
@@ -642,7 +659,7 @@ extension Interpreter {
         s.vars["dict"] = method("dict") { a in
             var d = PyDict()
             for p in a.positional {
-                guard case .dict(let pd) = p else { throw rt("dict() positional argument must be a mapping") }
+                guard case .dict(let pd) = p else { throw ChatTemplateError.wrongType(operation: "dict() positional argument", expected: "a mapping", got: p.typeName) }
                 for (k, v) in zip(pd.keys, pd.values) { d.set(k, v) }
             }
             for (k, v) in a.keywords { d.set(.string(k), v) }
@@ -653,7 +670,7 @@ extension Interpreter {
         }
         s.vars["strftime_now"] = method("strftime_now") { [now = self.now] a in
             let p = try a.bind("strftime_now", ["format"])
-            return .string(strftime(try self.requireString(p[0], "format"), now ?? Date()))
+            return .string(strftime(try self.requireString(try self.requireArgument(p[0], "strftime_now", "format"), "strftime_now(format)"), now ?? Date()))
         }
     }
 }

@@ -17,11 +17,9 @@ final class Scope {
 
 enum Flow { case normal, breakLoop, continueLoop }
 
-func rt(_ msg: String) -> ChatTemplateError { .runtime(msg) }
-
 func undefinedError(_ v: Value) -> ChatTemplateError {
-    if case .undefined(let hint) = v { return rt(hint) }
-    return rt("value is undefined")
+    if case .undefined(let hint) = v { return .undefined(hint: hint) }
+    return .undefined(hint: "value is undefined")
 }
 
 final class Interpreter {
@@ -100,7 +98,7 @@ final class Interpreter {
             // The macro lives in the scope that defines it: capturing that scope weakly keeps the
             // two from owning each other (a cycle that would leak the template's tree).
             let fn = Callable(name) { [unowned self, weak scope] args in
-                guard let scope else { throw rt("macro '\(name)' called after the block that defines it ended") }
+                guard let scope else { throw ChatTemplateError.invalidValue(operation: "macro '\(name)'", reason: "called after the block that defines it ended") }
                 return try self.callMacro(name, params, body, scope, args)
             }
             scope.vars[name] = .function(fn)
@@ -123,11 +121,15 @@ final class Interpreter {
         defer { callDepth -= 1 }
         if callDepth > 64 { throw ChatTemplateError.nestingTooDeep(what: "macro calls", limit: 64) }
         let s = Scope(parent: defScope)
-        if args.positional.count > params.count { throw rt("macro '\(name)' takes not more than \(params.count) argument(s)") }
+        if args.positional.count > params.count {
+            throw ChatTemplateError.wrongArguments(function: name, reason: .tooMany(limit: params.count, given: args.positional.count))
+        }
         var bound = [Value?](repeating: nil, count: params.count)
         for (i, v) in args.positional.enumerated() { bound[i] = v }
         for (k, v) in args.keywords {
-            guard let i = params.firstIndex(where: { $0.name == k }) else { throw rt("macro '\(name)' has no argument '\(k)'") }
+            guard let i = params.firstIndex(where: { $0.name == k }) else {
+                throw ChatTemplateError.wrongArguments(function: name, reason: .unexpectedKeyword(name: k))
+            }
             bound[i] = v
         }
         for (i, p) in params.enumerated() {
@@ -143,15 +145,17 @@ final class Interpreter {
         case .name(let n):
             scope.vars[n] = value
         case .attr(let n, let a, _):
-            guard let v = scope.lookup(n), case .namespace(let ns) = v else {
-                throw rt("cannot assign attribute on non-namespace object")
+            let v = scope.lookup(n) ?? .undefined("'\(n)' is undefined")
+            guard case .namespace(let ns) = v else {
+                throw ChatTemplateError.wrongType(operation: "set \(n).\(a)", expected: "a namespace", got: v.typeName)
             }
             ns.dict.set(.string(a), value)
         case .tuple(let ts):
             let items = try iterate(value)
             guard items.count == ts.count else {
-                throw rt(items.count > ts.count ? "too many values to unpack (expected \(ts.count))"
-                                                : "not enough values to unpack (expected \(ts.count), got \(items.count))")
+                throw ChatTemplateError.invalidValue(
+                    operation: "unpacking",
+                    reason: "\(items.count > ts.count ? "too many" : "not enough") values (expected \(ts.count), got \(items.count))")
             }
             for (t, v) in zip(ts, items) { try assign(t, v, scope) }
         }
@@ -164,7 +168,7 @@ final class Interpreter {
         case .namespace(let n): return n.dict.keys
         case .string(let s), .markup(let s): return s.unicodeScalars.map { .string(String($0)) }
         case .undefined: return []
-        default: throw rt("'\(v.typeName)' object is not iterable")
+        default: throw ChatTemplateError.wrongType(operation: "iteration", expected: "an iterable", got: v.typeName)
         }
     }
 
@@ -195,7 +199,8 @@ final class Interpreter {
             for (k, v) in pairs {
                 let key = try eval(k, scope)
                 switch key {
-                case .list, .dict, .namespace, .undefined: throw rt("unhashable type: '\(key.typeName)'")
+                case .list, .dict, .namespace, .undefined:
+                    throw ChatTemplateError.wrongType(operation: "dict key", expected: "a hashable value", got: key.typeName)
                 default: break
                 }
                 d.set(key, try eval(v, scope))
@@ -214,7 +219,7 @@ final class Interpreter {
             switch fv {
             case .function(let c): return try c.fn(a)
             case .undefined: throw undefinedError(fv)
-            default: throw rt("'\(fv.typeName)' object is not callable")
+            default: throw ChatTemplateError.wrongType(operation: "call", expected: "a callable", got: fv.typeName)
             }
         case .filter(let v, let name, let args, let kwargs, _):
             let value = try eval(v, scope)
@@ -233,7 +238,7 @@ final class Interpreter {
             case .d(let d)?: return .double(-d)
             case nil:
                 if v.isUndefined { throw undefinedError(v) }
-                throw rt("bad operand type for unary -: '\(v.typeName)'")
+                throw ChatTemplateError.wrongType(operation: "unary -", expected: "a number", got: v.typeName)
             }
         case .pos(let x, _):
             let v = try eval(x, scope)
@@ -242,7 +247,7 @@ final class Interpreter {
             case .d(let d)?: return .double(d)
             case nil:
                 if v.isUndefined { throw undefinedError(v) }
-                throw rt("bad operand type for unary +: '\(v.typeName)'")
+                throw ChatTemplateError.wrongType(operation: "unary +", expected: "a number", got: v.typeName)
             }
         case .not(let x):
             return .bool(!truthy(try eval(x, scope)))
@@ -342,7 +347,9 @@ final class Interpreter {
                 if s.utf8.count * k > Interpreter.maxOutput { throw ChatTemplateError.outputTooLarge(limit: Interpreter.maxOutput) }
                 return .string(String(repeating: s, count: k))
             case .list(let l):
-                if l.count * k > 1_000_000 { throw rt("list repetition too large") }
+                if l.count * k > 1_000_000 {
+                    throw ChatTemplateError.invalidValue(operation: "*", reason: "list repetition too large (\(l.count) items times \(k), over 1000000)")
+                }
                 return .list(Array([[Value]](repeating: l, count: k).joined()))
             default: throw bad
             }
@@ -361,20 +368,20 @@ final class Interpreter {
         var it = fmt.unicodeScalars.makeIterator()
         while let c = it.next() {
             if c != "%" { out.unicodeScalars.append(c); continue }
-            guard let d = it.next() else { throw rt("incomplete format") }
+            guard let d = it.next() else { throw ChatTemplateError.invalidValue(operation: "%", reason: "incomplete format") }
             if d == "%" { out += "%"; continue }
-            guard !args.isEmpty else { throw rt("not enough arguments for format string") }
+            guard !args.isEmpty else { throw ChatTemplateError.invalidValue(operation: "%", reason: "not enough arguments for format string") }
             let v = args.removeFirst()
             switch d {
             case "s": out += pyStr(v)
             case "r": out += pyRepr(v)
             case "d", "i":
-                guard let n = numeric(v) else { throw rt("%d format: a real number is required, not \(v.typeName)") }
+                guard let n = numeric(v) else { throw ChatTemplateError.wrongType(operation: "%\(d) format", expected: "a number", got: v.typeName) }
                 switch n { case .i(let i): out += String(i); case .d(let x): out += String(Int(x.rounded(.towardZero))) }
-            default: throw rt("unsupported format character '\(d)'")
+            default: throw ChatTemplateError.invalidValue(operation: "%", reason: "unsupported format character '\(d)'")
             }
         }
-        if !args.isEmpty { throw rt("not all arguments converted during string formatting") }
+        if !args.isEmpty { throw ChatTemplateError.invalidValue(operation: "%", reason: "not all arguments converted during string formatting") }
         return out
     }
 
@@ -420,13 +427,15 @@ final class Interpreter {
     func contains(_ container: Value, _ item: Value) throws -> Bool {
         switch container {
         case .string(let s), .markup(let s):
-            guard let t = item.stringValue else { throw rt("'in <string>' requires string as left operand, not \(item.typeName)") }
+            guard let t = item.stringValue else {
+                throw ChatTemplateError.wrongType(operation: "'in <string>'", expected: "a str left operand", got: item.typeName)
+            }
             return t.isEmpty || s.contains(t)
         case .list(let l), .tuple(let l): return l.contains { pyEquals($0, item) }
         case .dict(let d): return d.index(of: item) != nil
         case .namespace(let n): return n.dict.index(of: item) != nil
         case .undefined: return false
-        default: throw rt("argument of type '\(container.typeName)' is not iterable")
+        default: throw ChatTemplateError.wrongType(operation: "'in'", expected: "an iterable right operand", got: container.typeName)
         }
     }
 
@@ -469,7 +478,9 @@ final class Interpreter {
         case "nextitem": return i + 1 < n ? info.items[i + 1] : .undefined("there is no next item")
         case "cycle":
             return .function(Callable("cycle") { args in
-                guard !args.positional.isEmpty else { throw rt("no items for cycling given") }
+                guard !args.positional.isEmpty else {
+                    throw ChatTemplateError.wrongArguments(function: "loop.cycle", reason: .tooFew(minimum: 1, given: 0))
+                }
                 return args.positional[info.index0 % args.positional.count]
             })
         case "changed":
@@ -518,11 +529,11 @@ final class Interpreter {
         func intOrNil(_ x: Value?) throws -> Int? {
             guard let x else { return nil }
             if case .none = x { return nil }
-            guard case .i(let i)? = numeric(x) else { throw rt("slice indices must be integers or None") }
+            guard case .i(let i)? = numeric(x) else { throw ChatTemplateError.wrongType(operation: "slice index", expected: "an integer or None", got: x.typeName) }
             return i
         }
         let step = try intOrNil(c) ?? 1
-        if step == 0 { throw rt("slice step cannot be zero") }
+        if step == 0 { throw ChatTemplateError.invalidValue(operation: "slice", reason: "step cannot be zero") }
         func indices(_ n: Int) throws -> [Int] {
             var start = try intOrNil(a), stop = try intOrNil(b)
             func clamp(_ x: Int, _ lo: Int, _ hi: Int) -> Int { min(max(x, lo), hi) }
@@ -548,7 +559,7 @@ final class Interpreter {
             for i in try indices(u.count) { r.append(u[i]) }
             return .string(String(r))
         case .undefined: throw undefinedError(v)
-        default: throw rt("'\(v.typeName)' object is not subscriptable")
+        default: throw ChatTemplateError.wrongType(operation: "slice", expected: "a subscriptable value", got: v.typeName)
         }
     }
 }

@@ -56,6 +56,20 @@ extension JinjaValue: Decodable {
 }
 
 public enum ChatTemplateError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// What is wrong with the arguments of a call (of a function, method, filter, test or macro).
+    public enum ArgumentProblem: Sendable, Equatable {
+        /// More positional arguments (`given`) than the `limit` the callee takes.
+        case tooMany(limit: Int, given: Int)
+        /// Fewer positional arguments (`given`) than the `minimum` the callee needs.
+        case tooFew(minimum: Int, given: Int)
+        /// A keyword argument named `name` that the callee has no parameter for.
+        case unexpectedKeyword(name: String)
+        /// The parameter `name` given both by position and by keyword.
+        case multipleValues(name: String)
+        /// The required parameter `name` not given.
+        case missing(name: String)
+    }
+
     /// The template does not parse (line and column are 1-based, in the newline-normalised source);
     /// `message` is the parser's (what it expected there).
     case syntax(line: Int, column: Int, message: String)
@@ -77,10 +91,25 @@ public enum ChatTemplateError: Error, CustomStringConvertible, Equatable, Sendab
     case unknownFilter(name: String)
     /// No test named `name`.
     case unknownTest(name: String)
-    /// Any other error while rendering, as the Python exception Jinja raises would word it (an undefined
-    /// attribute of an undefined value, a call with a wrong argument, …): free-form because these are
-    /// many and varied, each a sentence of its own.
-    case runtime(String)
+    /// The filter `name` is one jinja2 has (`striptags`, `truncate`, `format`) but this interpreter does not.
+    case unsupportedFilter(name: String)
+    /// An undefined value was used (called, printed in arithmetic, its attribute or item taken, …):
+    /// `hint` is Jinja's `UndefinedError` text for it, naming what is undefined (`'x' is undefined`,
+    /// `'dict object' has no attribute 'k'`, `'list object' has no element 5`, …).
+    case undefined(hint: String)
+    /// The call of `function` (a Python or jinja2 name: `strip`, `tojson`, `range`, a macro's name,
+    /// `loop.cycle`) has the wrong arguments.
+    case wrongArguments(function: String, reason: ArgumentProblem)
+    /// `operation` (what was being done, or which argument, written `function(parameter)`:
+    /// `iteration`, `call`, `unary -`, `tojson key`, `split(maxsplit)`, …) needs `expected` but was
+    /// given a value of type `got` (Python's type name: `int`, `str`, `NoneType`, `Undefined`, …).
+    case wrongType(operation: String, expected: String, got: String)
+    /// `operation` (`split`, `index`, `range`, `slice`, `%`, `batch`, …) was given a value of the right
+    /// type that it cannot use; `reason` says which and why (`empty separator`, `step cannot be zero`, …).
+    case invalidValue(operation: String, reason: String)
+    /// The sandbox refuses the attribute `attribute` of a `type` object (the mutating list methods,
+    /// as jinja2's `ImmutableSandboxedEnvironment` does).
+    case unsafeAccess(attribute: String, type: String)
 
     /// Whether this is an error of rendering (not of parsing, nor the template's own `raise_exception`).
     public var isRuntime: Bool {
@@ -103,7 +132,21 @@ public enum ChatTemplateError: Error, CustomStringConvertible, Equatable, Sendab
         case .outputTooLarge(let limit): return "chat template error: output exceeds \(limit) bytes"
         case .unknownFilter(let name): return "chat template error: No filter named '\(name)'"
         case .unknownTest(let name): return "chat template error: No test named '\(name)'"
-        case .runtime(let m): return "chat template error: \(m)"
+        case .unsupportedFilter(let name): return "chat template error: filter '\(name)' is not supported"
+        case .undefined(let hint): return "chat template error: \(hint)"
+        case .wrongArguments(let f, let reason):
+            func arguments(_ n: Int) -> String { n == 1 ? "1 argument" : "\(n) arguments" }
+            switch reason {
+            case .tooMany(let limit, let given): return "chat template error: \(f)() takes at most \(arguments(limit)) (\(given) given)"
+            case .tooFew(let minimum, let given): return "chat template error: \(f)() takes at least \(arguments(minimum)) (\(given) given)"
+            case .unexpectedKeyword(let k): return "chat template error: \(f)() got an unexpected keyword argument '\(k)'"
+            case .multipleValues(let k): return "chat template error: \(f)() got multiple values for argument '\(k)'"
+            case .missing(let k): return "chat template error: \(f)() missing required argument '\(k)'"
+            }
+        case .wrongType(let op, let expected, let got): return "chat template error: \(op): expected \(expected), got '\(got)'"
+        case .invalidValue(let op, let reason): return "chat template error: \(op): \(reason)"
+        case .unsafeAccess(let attribute, let type):
+            return "chat template error: access to attribute '\(attribute)' of '\(type)' object is unsafe (immutable sandbox)"
         }
     }
 }
@@ -135,12 +178,12 @@ struct Args {
     func bind(_ fname: String, _ names: [String]) throws -> [Value?] {
         var out = [Value?](repeating: nil, count: names.count)
         if positional.count > names.count {
-            throw ChatTemplateError.runtime("\(fname)() takes at most \(names.count) arguments (\(positional.count) given)")
+            throw ChatTemplateError.wrongArguments(function: fname, reason: .tooMany(limit: names.count, given: positional.count))
         }
         for (i, v) in positional.enumerated() { out[i] = v }
         for (k, v) in keywords {
-            guard let i = names.firstIndex(of: k) else { throw ChatTemplateError.runtime("\(fname)() got an unexpected keyword argument '\(k)'") }
-            if out[i] != nil { throw ChatTemplateError.runtime("\(fname)() got multiple values for argument '\(k)'") }
+            guard let i = names.firstIndex(of: k) else { throw ChatTemplateError.wrongArguments(function: fname, reason: .unexpectedKeyword(name: k)) }
+            if out[i] != nil { throw ChatTemplateError.wrongArguments(function: fname, reason: .multipleValues(name: k)) }
             out[i] = v
         }
         return out
@@ -443,7 +486,7 @@ func toJSON(_ v: Value, _ o: JSONOptions, level: Int = 0) throws -> String {
             case .double(let x): ks = jsonFloat(x)
             case .bool(let b): ks = b ? "true" : "false"
             case .none: ks = "null"
-            default: throw ChatTemplateError.runtime("keys must be str, int, float, bool or None, not \(k.typeName)")
+            default: throw ChatTemplateError.wrongType(operation: "tojson key", expected: "str, int, float, bool or None", got: k.typeName)
             }
             pairs.append((ks, val))
         }
@@ -453,9 +496,7 @@ func toJSON(_ v: Value, _ o: JSONOptions, level: Int = 0) throws -> String {
             return "{" + nl(level + 1) + parts.joined(separator: o.itemSeparator + nl(level + 1)) + nl(level) + "}"
         }
         return "{" + parts.joined(separator: o.itemSeparator) + "}"
-    case .undefined: throw ChatTemplateError.runtime("Object of type Undefined is not JSON serializable")
-    case .namespace: throw ChatTemplateError.runtime("Object of type Namespace is not JSON serializable")
-    case .function: throw ChatTemplateError.runtime("Object of type function is not JSON serializable")
-    case .loop: throw ChatTemplateError.runtime("Object of type LoopContext is not JSON serializable")
+    case .undefined, .namespace, .function, .loop:
+        throw ChatTemplateError.wrongType(operation: "tojson", expected: "a JSON serializable value", got: v.typeName)
     }
 }

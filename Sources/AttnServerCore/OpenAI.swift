@@ -124,7 +124,11 @@ public struct CompletionRequest: Sendable {
                 }
                 messages.append(ChatMessage(role: role, content: content))
             }
-            do { r.prompt = try render(messages) } catch {
+            // A template that exists but fails on these messages (its own raise_exception, say
+            // "roles must alternate") is the request's fault, not a missing template.
+            do { r.prompt = try render(messages) } catch let e as ChatTemplateError {
+                throw .badRequest("the model's chat template refused these messages: \(e)", param: "messages", code: "chat_template_error")
+            } catch {
                 throw .badRequest("the model has no chat template (a base model): use /v1/completions. \(error)", code: "no_chat_template")
             }
         }

@@ -287,7 +287,7 @@ sanitize-address: deps
 
 sanitize-thread: deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	$(ROOT_MPI) $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
+	$(ROOT_MPI) ATTN_TEST_TIME_SCALE=20 $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
 
 # libFuzzer over the .npy, .safetensors and GGUF readers and over attn's argument handling, FUZZ_SECONDS each. New
 # inputs go to .build-fuzz/corpus-*; a crash leaves crash-* here: add it to Fuzz/corpus/ once fixed.

@@ -84,7 +84,7 @@ final class AdapterServerTests: XCTestCase {
                 done[i].fulfill()
             }
         }
-        wait(for: done, timeout: 300)
+        wait(for: done, timeout: scaled(300))
         box.value.lock(); let together = streamed; box.value.unlock()
         for i in cases.indices {
             XCTAssertNotNil(solo[i], "request \(i)")

@@ -3,6 +3,17 @@ import Foundation
 import Glibc
 #endif
 
+/// How much longer than normal these tests wait for the server: `ATTN_TEST_TIME_SCALE` (default 1). The sanitizer
+/// targets set it, since a ThreadSanitizer build of attn-server decodes ten to twenty times slower; a deadline that a
+/// sanitizer outlasts is a timing failure, not a finding.
+let testTimeScale: Double = {
+    guard let s = ProcessInfo.processInfo.environment["ATTN_TEST_TIME_SCALE"], let v = Double(s), v >= 1 else { return 1 }
+    return v
+}()
+
+/// `seconds` stretched by `testTimeScale`.
+func scaled(_ seconds: Double) -> Double { seconds * testTimeScale }
+
 /// A loopback HTTP/1.1 client on a raw socket (one request per connection, `Connection: close`),
 /// so tests can send invalid UTF-8, oversized bodies, and drop connections mid-stream.
 struct HTTPTestClient {
@@ -19,12 +30,12 @@ struct HTTPTestClient {
 
     let port: Int
 
-    /// A connected socket (receive timeout `timeout` seconds).
+    /// A connected socket (receive timeout `timeout` seconds, stretched by `testTimeScale`).
     func connect(timeout: Int = 120) throws -> Int32 {
         signal(SIGPIPE, SIG_IGN)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw Failure.connect(errno) }
-        var tv = timeval(tv_sec: timeout, tv_usec: 0)
+        var tv = timeval(tv_sec: Int(scaled(Double(timeout))), tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
@@ -229,7 +240,7 @@ final class ServerProcess {
         try process.run()
         // Read stderr until the "listening on" line.
         var text = ""
-        let deadline = Date().addingTimeInterval(120)
+        let deadline = Date().addingTimeInterval(scaled(120))
         var port: Int?
         let handle = err.fileHandleForReading
         while port == nil, Date() < deadline {

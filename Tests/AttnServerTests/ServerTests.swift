@@ -102,7 +102,7 @@ final class ServerTests: XCTestCase {
                 done[i].fulfill()
             }
         }
-        wait(for: done, timeout: 300)
+        wait(for: done, timeout: scaled(300))
         let lm = try LanguageModel(path: Self.modelPath)
         for (i, k) in cases.enumerated() {
             var expected = ""
@@ -216,7 +216,7 @@ final class ServerTests: XCTestCase {
             return got < 3
         }
         XCTAssertEqual(got, 3)
-        let deadline = Date().addingTimeInterval(30)
+        let deadline = Date().addingTimeInterval(scaled(30))
         var active = try metric("attn_server_active_sequences")
         while active != 0, Date() < deadline {
             Thread.sleep(forTimeInterval: 0.1)
@@ -270,7 +270,7 @@ final class ServerTests: XCTestCase {
             first.fulfill()
         }
         // Wait until the first holds the sequence.
-        let deadline = Date().addingTimeInterval(30)
+        let deadline = Date().addingTimeInterval(scaled(30))
         while Date() < deadline {
             let m = try c.request("GET", "/health").json
             if (m["active"] as? Int ?? 0) + (m["queued"] as? Int ?? 0) > 0 { break }
@@ -279,7 +279,7 @@ final class ServerTests: XCTestCase {
         let second = try c.post("/v1/completions", ["prompt": "Once upon a time", "max_tokens": 48])
         XCTAssertEqual(second.status, 429, second.text)
         XCTAssertNotNil(second.headers["retry-after"])
-        wait(for: [first], timeout: 120)
+        wait(for: [first], timeout: scaled(120))
         box.value.lock(); XCTAssertEqual(firstStatus, 200); box.value.unlock()
         // Free again: accepted.
         XCTAssertEqual(try c.post("/v1/completions", ["prompt": "Hi", "max_tokens": 2]).status, 200)

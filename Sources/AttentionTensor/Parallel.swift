@@ -14,8 +14,12 @@ import Synchronization
 /// ``run(items:threads:_:)`` sets OpenBLAS to one thread while any parallel region is active and
 /// restores the previous count when the last one ends, so nesting and concurrent callers are safe.
 public enum Parallel {
-    /// Threads used when a caller does not say: the number of active processors.
-    public static var defaultThreads: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
+    /// Threads used when a caller does not say: the number of active processors, read once.
+    ///
+    /// Read once because Foundation reads it from the cgroup files (`/sys/fs/cgroup/cpu.max`) on
+    /// every call: an open, read and close each time, which was 5% of a decoding step's serial
+    /// thread (SmolLM2 on 2 threads) when the layers asked for it per product.
+    public static let defaultThreads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
     /// A shared counter handing out work items `0..<count` to workers, in order.
     public final class WorkQueue: Sendable {

@@ -36,8 +36,7 @@ public func decodeAttention(queries: Tensor, cache: KVCache, layer: Int, scale: 
                             threads: Int? = nil) throws -> Tensor {
     try withDecodeInputs(queries: queries, cache: cache, layer: layer, scale: scale, alibi: alibi, slidingWindow: slidingWindow,
                          threads: threads) { inputs in
-        let plan = ExactAttentionPlan(shape: inputs.shape, implementation: .tiled, threads: inputs.threads)
-        return try exactAttention(inputs, plan: plan, outputLayout: outputLayout)
+        try exactAttention(inputs, plan: .decoding(shape: inputs.shape, threads: inputs.threads), outputLayout: outputLayout)
     }
 }
 
@@ -51,7 +50,7 @@ public func decodeAttentionKeepingLSE(queries: Tensor, cache: KVCache, layer: In
                                       threads: Int? = nil) throws -> SoftmaxAttentionForward {
     try withDecodeInputs(queries: queries, cache: cache, layer: layer, scale: scale, alibi: nil, slidingWindow: nil,
                          threads: threads) { inputs in
-        try exactAttentionKeepingLSE(inputs)
+        try exactAttentionKeepingLSE(inputs, plan: .decoding(shape: inputs.shape, threads: inputs.threads))
     }
 }
 

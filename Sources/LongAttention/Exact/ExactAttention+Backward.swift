@@ -57,10 +57,11 @@ public func attentionBackwardWorkspaceBytes(shape: AttentionShape, threads: Int)
 /// Tiled exact attention that also writes each row's log-sum-exp (query row 0 at key position
 /// `queryOffset`, nil: bottom-right).
 func exactAttentionKeepingLSE(_ inputs: AttentionInputs, queryOffset: Int? = nil,
-                              outputLayout: AttentionOutputLayout = .headMajor) throws -> SoftmaxAttentionForward {
+                              outputLayout: AttentionOutputLayout = .headMajor,
+                              plan given: ExactAttentionPlan? = nil) throws -> SoftmaxAttentionForward {
     try inputs.checkSoftmaxRange()
     let s = inputs.shape
-    let plan = ExactAttentionPlan(shape: s, implementation: .tiled, threads: inputs.threads)
+    let plan = given ?? ExactAttentionPlan(shape: s, implementation: .tiled, threads: inputs.threads)
     var out = try inputs.makeOutput(outputLayout)
     // A zero-width output (dv = 0) keeps no statistics: its log-sum-exps are -inf and its
     // gradients zero (L = Σ out ⊙ dOut is identically 0).

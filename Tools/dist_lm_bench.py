@@ -5,7 +5,7 @@ of N tokens: prefill throughput, decode tokens/s, KV cache bytes (single process
 Rows follow SPEC.md's benchmark contract (model rows: model, weights, phase, promptTokens, tokensPerSecond)
 plus ranks, kvCacheBytes and, for the distributed rows, ring/halo/gather figures.
 
-usage: dist_lm_bench.py --attn PATH --model GGUF --tokens N [--ranks 2] [--threads 2] [--max-tokens 32]
+usage: dist_lm_bench.py --attn PATH --model GGUF --tokens N [--ranks 2] [--threads 2] [--max-tokens 400]
                         [--matmul fast] --json OUT.json
 Prints the comparison against the issue's targets."""
 import argparse, json, os, subprocess, sys, tempfile
@@ -17,7 +17,7 @@ ap.add_argument("--model", required=True)
 ap.add_argument("--tokens", type=int, required=True, help="prompt length (approximately: whole sentences)")
 ap.add_argument("--ranks", type=int, default=2)
 ap.add_argument("--threads", type=int, default=2, help="threads of the single process (ranks run 1 thread each)")
-ap.add_argument("--max-tokens", type=int, default=32)
+ap.add_argument("--max-tokens", type=int, default=400)
 ap.add_argument("--matmul", default="fast")
 ap.add_argument("--json", required=True)
 a = ap.parse_args()

@@ -65,7 +65,7 @@ extension CausalLM {
                 for s in 0..<S {
                     // The same calls as a one-sequence step: its row of q, k, v as [1, heads, 1, hd] views.
                     try caches[s].append(layer: layer, keys: try k4.batches(s..<(s + 1)), values: try v4.batches(s..<(s + 1)))
-                    let attentionThreads = caches[s].positions(layer: layer).count < 512 ? 1 : threads
+                    let attentionThreads = Self.attentionThreads(positions: caches[s].positions(layer: layer).count, rows: 1, threads: threads)
                     let o = try decodeAttention(queries: try q4.batches(s..<(s + 1)), cache: caches[s], layer: layer,
                                                 scale: attentionScale, alibi: attentionMask(layer: layer).alibi,
                                                 slidingWindow: config.window(of: layer), outputLayout: .tokenMajor,

@@ -218,9 +218,8 @@ extension CausalLM {
                 let qh = try q.reshaped([1, n, H, hd]).permuted([0, 2, 1, 3])
                 try cache.append(layer: layer, keys: try k.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]),
                                  values: try v.reshaped([1, n, Hkv, hd]).permuted([0, 2, 1, 3]))
-                // A short cache is not worth a second worker (measured on Zen 3, SmolLM2 on 2 threads: no gain
-                // at 300 positions, 1.11× at 1K, 1.26× at 3.8K).
-                let attentionThreads = cache.positions(layer: layer).count * n < 512 ? 1 : threads
+                let attentionThreads = Self.attentionThreads(positions: cache.positions(layer: layer).count, rows: n,
+                                                             threads: threads)
                 if config.sinks(of: layer) > 0 {
                     return (try streamingDecodeAttention(layer: layer, q: q, cache: cache, length: n, firstPosition: start,
                                                          threads: attentionThreads), .none)
@@ -241,6 +240,13 @@ extension CausalLM {
             projectWeight(hF.unsafeBaseAddress, headName, $0.baseAddress!, rows: r, in: D, out: V, threads: threads)
         }
         return logits
+    }
+
+    /// Threads for one decoding call's attention over `positions` cached positions and `rows` query
+    /// rows: one below 512 positions × rows, where a second worker is not worth its start (measured
+    /// on Zen 3, SmolLM2 on 2 threads: no gain at 300 positions, 1.11× at 1K, 1.26× at 3.8K).
+    static func attentionThreads(positions: Int, rows: Int, threads: Int) -> Int {
+        positions * rows < 512 ? 1 : threads
     }
 
     /// A KV cache for `positions` positions: full layers hold them all, sliding layers a ring of

@@ -25,6 +25,20 @@ QD_TARGET static inline int QD_NAME(hsum)(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
+/// Software prefetch of the weight row QD_AHEAD rows past row `i`, when this call holds it, with
+/// the non-temporal hint (each weight byte is read once a token). The hardware prefetchers follow
+/// a stream within a 4 KiB page only, and a decoding step is a few hundred short streams (one
+/// per item of each matrix); asking four rows ahead kept the line fill buffers busy: measured on
+/// Zen 3 (2 cores), SmolLM2-shaped Q4_1/Q8_0 products at 96 MB a token, 5.3-5.6 ms a token
+/// without, 4.5-5.0 with (2 threads), 9.5 → 8.5-9.0 (1 thread); T0 and NTA hints alike there.
+/// Prefetches never fault: the bound only keeps a chunk from fetching its neighbour's rows.
+#define QD_AHEAD 4
+QD_TARGET static inline void QD_NAME(prefetch_row)(const void *w, long rowBytes, long wrows, long i) {
+    if (i + QD_AHEAD >= wrows) return;
+    const char *p = (const char *)w + (i + QD_AHEAD) * rowBytes;
+    for (long o = 0; o < rowBytes; o += 64) _mm_prefetch(p + o, _MM_HINT_NTA);
+}
+
 /// Bit e of `bits` as byte e (0 or 0x10), for e < 32: q5's fifth bits.
 QD_TARGET static inline __m256i QD_NAME(high_bits)(uint32_t bits) {
     const __m256i shuf = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
@@ -75,6 +89,7 @@ QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)
     const __m256i offset = _mm256_set1_epi8((char)(type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0));
     for (long i = 0; i < wrows; i++) {
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
+        QD_NAME(prefetch_row)(w, rowBytes, wrows, i);
         __m256 lanes[AK_QDOT_MAX_ROWS][4];
         float mins[AK_QDOT_MAX_ROWS], acc[AK_QDOT_MAX_ROWS];
         for (long r = 0; r < nx; r++) {
@@ -107,6 +122,7 @@ QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdotK_body)(
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     for (long i = 0; i < wrows; i++) {
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
+        QD_NAME(prefetch_row)(w, rowBytes, wrows, i);
         float acc[AK_QDOT_MAX_ROWS] = {0};
         for (long b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * bs;

@@ -29,6 +29,10 @@ for i, r in enumerate(rows):
     for k, v in r.items():
         if isinstance(v, bool) or v is None or isinstance(v, str):
             continue
+        if isinstance(v, list):   # repeated measurements (e.g. `runs`): every one a finite number
+            check(len(v) > 0 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v),
+                  f"row {i} ({r.get('variant')} {r.get('impl')}) {k} = {v} is a list of finite numbers")
+            continue
         check(isinstance(v, (int, float)) and math.isfinite(v), f"row {i} ({r.get('variant')} {r.get('impl')}) {k} = {v} is finite")
     if r.get("variant") == "tokenizer":
         # SPEC: rows of other kinds carry variant, threads, seconds and their own figures.

@@ -8,7 +8,10 @@ For each model in data/models and each setting (prompt length, threads, KV cache
     batches of 512, then --steps single-token evaluations; peak resident memory of that child minus the
     interpreter's own after `import llama_cpp` (stated in each row as `rssBaselineBytes`).
 The prompts are real text (the held-out book of Job, data/kjv.txt) cut to the prompt length in llama.cpp's
-tokens; both engines tokenize the same text (the counts are in each row). KV types pair as f16 ↔ f16 (llama.cpp's
+tokens; both engines tokenize the same text (the counts are in each row). The two run in turn --repeats times per
+setting (default 3): each side's medians are reported (`runs` lists every run's tokens/s), and the ratios are the
+medians of the pairs (`prefillRatioToPeer`, `decodeRatioToPeer` on this engine's rows): these machines drift by
+10-30% within minutes, so a single run of each compares moments more than engines. KV types pair as f16 ↔ f16 (llama.cpp's
 default) and int8 ↔ q8_0 (llama.cpp needs flash attention for a quantised V cache, so that row turns it on).
 
 Each decode row also carries the memory bandwidth it reached: (bytes of weight matrices read per token + bytes of
@@ -18,7 +21,7 @@ Rows follow SPEC's benchmark contract (variant lm-real; model, weights, phase, p
 rssBytes; `peer: "llama.cpp"` on llama.cpp's rows) and are written to --json; a table with the ratios is printed and
 written beside it (results.md). llama-cpp-python is a peer for comparison only, never a dependency.
 """
-import argparse, json, os, re, resource, subprocess, sys, tempfile, time
+import argparse, json, os, re, resource, statistics, subprocess, sys, tempfile, time
 
 MODELS = ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"]
 
@@ -139,6 +142,7 @@ def main():
     ap.add_argument("--corpus", default="data/kjv.txt")
     ap.add_argument("--steps", type=int, default=64, help="decoding steps per run")
     ap.add_argument("--quick", action="store_true", help="prompts of 128 and 512 only, 2 threads")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each engine per setting, in turn (medians reported)")
     ap.add_argument("--json", default="results/lm-real/llama-cpp.json")
     a = ap.parse_args()
     try:
@@ -165,15 +169,30 @@ def main():
             for tokens, threads, kv in settings:
                 prompt = prompt_text(job, path, tokens, tmp)
                 peer_kv = "q8_0" if kv == "int8" else kv
-                ours = run_ours(a.attn, path, prompt, a.steps, threads, kv, tmp)
-                peer = run_llama(path, prompt, a.steps, threads, peer_kv, tmp)
+                # The two engines in turn, `repeats` times: these machines drift by 10-30% within
+                # minutes, so one run each compares the moments more than the engines. Each side
+                # reports the run of median decode speed; the ratios are medians of the pairs.
+                runs = {"attn": [], "llama.cpp": []}
+                for _ in range(a.repeats):
+                    runs["attn"].append(run_ours(a.attn, path, prompt, a.steps, threads, kv, tmp))
+                    runs["llama.cpp"].append(run_llama(path, prompt, a.steps, threads, peer_kv, tmp))
+                def speeds(t):
+                    return (t["promptTokens"] / t["prefillSeconds"],
+                            t["generatedTokens"] / t["decodeSeconds"] if t["generatedTokens"] > 0 else 0.0)
+                pairs = [(speeds(o), speeds(l)) for o, l in zip(runs["attn"], runs["llama.cpp"])]
+                prefill_ratio = statistics.median(o[0] / l[0] for o, l in pairs)
+                decode_ratio = statistics.median(o[1] / l[1] for o, l in pairs if l[1] > 0) if all(l[1] > 0 for _, l in pairs) else None
+                ours = runs["attn"][0]
                 pair = {}
-                for who, t, kvname in (("attn", ours, kv), ("llama.cpp", peer, peer_kv)):
-                    base = peer["baselineRss"] if who == "llama.cpp" else 0
-                    rss = t["peakRss"] - base
+                for who, kvname in (("attn", kv), ("llama.cpp", peer_kv)):
+                    prefills = [speeds(t)[0] for t in runs[who]]
+                    decodes = [speeds(t)[1] for t in runs[who]]
+                    t = sorted(runs[who], key=lambda t: speeds(t)[1])[len(runs[who]) // 2]
+                    base = t["baselineRss"] if who == "llama.cpp" else 0
+                    rss = statistics.median(r["peakRss"] - (r["baselineRss"] if who == "llama.cpp" else 0) for r in runs[who])
                     P = t["promptTokens"]
-                    prefill = P / t["prefillSeconds"]
-                    decode = t["generatedTokens"] / t["decodeSeconds"] if t["generatedTokens"] > 0 else None
+                    prefill = statistics.median(prefills)
+                    decode = statistics.median(decodes) if t["generatedTokens"] > 0 else None
                     ctx = P + a.steps // 2
                     # The benchmark contract's shape keys: B sequences, H/Hkv heads, N tokens, M context, d head
                     # dimension; gflops counts the weight products only (2 · matrix elements per token).
@@ -183,34 +202,36 @@ def main():
                     if who == "llama.cpp":
                         common.update(peer="llama.cpp", peerVersion=t["version"], rssBaselineBytes=base)
                     else:
-                        common.update(matmul="fast")
-                    rows.append(dict(common, impl=f"{common['model']}-{who}", phase="prefill", promptTokens=P, seconds=t["prefillSeconds"],
-                                     tokensPerSecond=prefill, N=P, M=P, gflops=2 * params * prefill * 1e-9))
+                        common.update(matmul="fast", prefillRatioToPeer=prefill_ratio, decodeRatioToPeer=decode_ratio)
+                    common.update(repeats=a.repeats)
+                    rows.append(dict(common, impl=f"{common['model']}-{who}", phase="prefill", promptTokens=P, seconds=P / prefill,
+                                     tokensPerSecond=prefill, runs=prefills, N=P, M=P, gflops=2 * params * prefill * 1e-9))
                     if decode:
                         traffic = wbytes + kv_bytes_per_token(ours, ctx, kv)
                         rows.append(dict(common, impl=f"{common['model']}-{who}", phase="decode", promptTokens=P,
                                          N=t["generatedTokens"], M=ctx, gflops=2 * params * decode * 1e-9,
-                                         seconds=t["decodeSeconds"], tokensPerSecond=decode, bytesPerToken=traffic,
+                                         seconds=t["generatedTokens"] / decode, tokensPerSecond=decode, runs=decodes, bytesPerToken=traffic,
                                          bytesPerSecond=traffic * decode, bandwidthFraction=traffic * decode / bandwidth))
                     pair[who] = (P, prefill, decode, rss)
                 (pa, fa, da, ra), (pl, fl, dl, rl) = pair["attn"], pair["llama.cpp"]
                 line = (f"{name.rsplit('.', 1)[0]:28s} prompt {pa:5d}/{pl:5d} {threads}t kv {kv:4s}: prefill {fa:7.1f} vs {fl:7.1f} "
-                        f"({fa / fl:4.2f}x)  decode {da or 0:6.1f} vs {dl or 0:6.1f} ({(da or 0) / (dl or 1):4.2f}x)  "
-                        f"RSS {ra / 2**20:6.1f} vs {rl / 2**20:6.1f} MiB ({ra / rl:4.2f}x)")
+                        f"({prefill_ratio:4.2f}x)  decode {da or 0:6.1f} vs {dl or 0:6.1f} ({decode_ratio or 0:4.2f}x)  "
+                        f"RSS {ra / 2**20:6.1f} vs {rl / 2**20:6.1f} MiB ({ra / rl:4.2f}x)  [medians of {a.repeats}]")
                 print(line, flush=True)
-                table.append((name.rsplit(".", 1)[0], pa, threads, kv, fa, fl, da, dl, ra, rl))
+                table.append((name.rsplit(".", 1)[0], pa, threads, kv, fa, fl, prefill_ratio, da, dl, decode_ratio, ra, rl))
     os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
     json.dump(rows, open(a.json + ".tmp", "w"), indent=1)
     os.replace(a.json + ".tmp", a.json)
     md = os.path.join(os.path.dirname(a.json) or ".", "llama-cpp.md")
     with open(md + ".tmp", "w") as f:
         f.write(f"Measured on {cpu} ({os.cpu_count()} cores), copy bandwidth {bandwidth / 1e9:.1f} GB/s, llama.cpp "
-                f"{llama_cpp.__version__}, {a.steps} decoding steps; `python3 Tools/compare_llama_cpp.py` (make compare-llama-cpp).\n\n")
+                f"{llama_cpp.__version__}, {a.steps} decoding steps; each engine run {a.repeats} times in turn: medians, "
+                f"and ratios the medians of the {a.repeats} pairs; `python3 Tools/compare_llama_cpp.py` (make compare-llama-cpp).\n\n")
         f.write("| model | prompt | threads | KV | prefill tok/s (attn / llama.cpp) | decode tok/s (attn / llama.cpp) | RSS MiB (attn / llama.cpp) |\n")
         f.write("|---|---:|---:|---|---|---|---|\n")
-        for m, p, t, kv, fa, fl, da, dl, ra, rl in table:
-            f.write(f"| {m} | {p} | {t} | {kv} | {fa:.0f} / {fl:.0f} ({fa / fl:.2f}×) | {da or 0:.1f} / {dl or 0:.1f} "
-                    f"({(da or 0) / (dl or 1):.2f}×) | {ra / 2**20:.0f} / {rl / 2**20:.0f} ({ra / rl:.2f}×) |\n")
+        for m, p, t, kv, fa, fl, fr, da, dl, dr, ra, rl in table:
+            f.write(f"| {m} | {p} | {t} | {kv} | {fa:.0f} / {fl:.0f} ({fr:.2f}×) | {da or 0:.1f} / {dl or 0:.1f} "
+                    f"({dr or 0:.2f}×) | {ra / 2**20:.0f} / {rl / 2**20:.0f} ({ra / rl:.2f}×) |\n")
     os.replace(md + ".tmp", md)
 
 

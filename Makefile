@@ -263,11 +263,12 @@ compare-pretrained: release corpus models
 
 # This engine (--matmul fast) against llama.cpp (llama-cpp-python, when it imports) on the same GGUF
 # files: prefill and decode tokens/s at 128, 512 and 4,096 tokens (Gemma 3 also 16K), 1 and 2 threads,
-# f16 and int8/q8_0 KV caches, peak resident memory, decode's memory bandwidth (about 15 minutes);
+# f16 and int8/q8_0 KV caches, peak resident memory, decode's memory bandwidth, each engine three
+# times in turn per setting (medians; about 25 minutes on 2 cores, COMPARE_ARGS=--repeats 1 for 8);
 # then the fast path's quality: perplexity of 4K-token chunks of Job (held out) under fast and exact.
 compare-llama-cpp: release corpus models
 	python3 Tools/compare_llama_cpp.py --attn .build/release/attn --models data/models --corpus $(CORPUS) \
-		--json results/lm-real/llama-cpp.json
+		--json results/lm-real/llama-cpp.json $(COMPARE_ARGS)
 	@if python3 -c "import llama_cpp" 2>/dev/null; then python3 Benchmarks/validate_results.py results/lm-real/llama-cpp.json; fi
 	python3 Tools/fast_quality.py --attn .build/release/attn --models data/models --corpus $(CORPUS) \
 		--shared $(SHARED) --json results/lm-real/fast-quality.json

@@ -181,7 +181,7 @@ def main():
                             t["generatedTokens"] / t["decodeSeconds"] if t["generatedTokens"] > 0 else 0.0)
                 pairs = [(speeds(o), speeds(l)) for o, l in zip(runs["attn"], runs["llama.cpp"])]
                 prefill_ratio = statistics.median(o[0] / l[0] for o, l in pairs)
-                decode_ratio = statistics.median(o[1] / l[1] for o, l in pairs if l[1] > 0) if all(l[1] > 0 for _, l in pairs) else None
+                decode_ratio = statistics.median(o[1] / l[1] for o, l in pairs) if all(l[1] > 0 for _, l in pairs) else None
                 ours = runs["attn"][0]
                 pair = {}
                 for who, kvname in (("attn", kv), ("llama.cpp", peer_kv)):

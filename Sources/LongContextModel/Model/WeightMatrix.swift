@@ -86,50 +86,12 @@ public struct QuantizedMatrix: @unchecked Sendable {
     public static let blocks32: Set<GGMLType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0]
 
     /// `y [n, rows] (+)= x [n, columns] · Wᵀ` for `1 ≤ n ≤ 16`: `x`'s rows quantised once, the
-    /// weight rows split across `threads` in chunks of ``chunkRows``. Each output is computed by the
-    /// same operations whatever `n` and `threads` are (bitwise the same results).
+    /// weight rows split across `threads` in chunks of ``chunkRows(rows:threads:)``. Each output is
+    /// computed by the same operations whatever `n` and `threads` are (bitwise the same results).
+    /// A group of one (``multiply(_:_:rows:accumulate:threads:)-swift.type.method``).
     public func multiply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows n: Int, accumulate: Bool = false,
                          threads: Int = Parallel.defaultThreads) {
-        precondition(n >= 1 && n <= WeightMatrix.fastRowLimit, "\(n) rows: the quantised kernels take 1...\(WeightMatrix.fastRowLimit)")
-        let t = Int32(type.rawValue), k = columns, m = rows
-        let actBytes = ak_qdot_activation_bytes(t, k)
-        let act = UnsafeMutableRawPointer.allocate(byteCount: max(1, actBytes * n), alignment: 64)
-        defer { act.deallocate() }
-        ak_qdot_quantize(t, x, k, n, k, act)
-        let gathered = rowOrder != nil
-        let out = gathered ? UnsafeMutablePointer<Float>.allocate(capacity: n * m) : y
-        defer { if gathered { out.deallocate() } }
-        // A small product is not worth a second worker: the work is the stored bytes times the
-        // activation rows (a batched step's 8 rows through a 200 KB matrix are worth splitting).
-        // The pool starts a worker in a few microseconds, about what 128 KiB of blocks take on
-        // one core. The threads never change the results.
-        let split = rowBytes * m * n >= (1 << 17) && threads > 1
-        let chunk = Self.chunkRows(rows: m, threads: split ? threads : 1)
-        let items = (m + chunk - 1) / chunk
-        let workers = split ? max(1, min(threads, items)) : 1
-        nonisolated(unsafe) let o = out, a = UnsafeRawPointer(act), w = base
-        let rb = rowBytes, acc: Int32 = (accumulate && !gathered) ? 1 : 0
-        // The 32-block types take the activation rows 4 at a time: measured on [1536, 576] q4_1
-        // and q8_0, 8 rows in one call cost 20-35% more per row than two calls of 4 (each row's
-        // result is the same in any call: the kernels are batch-invariant).
-        let perCall = Self.blocks32.contains(type) ? 4 : n
-        Parallel.run(items: items, threads: workers) { _, queue in
-            while let c = queue.next() {
-                let r0 = c * chunk, r1 = min(m, r0 + chunk)
-                var g = 0
-                while g < n {
-                    let rows = min(perCall, n - g)
-                    ak_qdot(t, w + r0 * rb, rb, r1 - r0, k, a + g * actBytes, rows, o + g * m + r0, m, acc)
-                    g += rows
-                }
-            }
-        }
-        if let order = rowOrder {
-            for r in 0..<n {
-                let src = out + r * m, dst = y + r * m
-                if accumulate { for i in 0..<m { dst[i] += src[order[i]] } } else { for i in 0..<m { dst[i] = src[order[i]] } }
-            }
-        }
+        Self.multiply([(matrix: self, y: y)], x, rows: n, accumulate: accumulate, threads: threads)
     }
 }
 
@@ -225,13 +187,14 @@ extension WeightMatrix {
 }
 
 extension QuantizedMatrix {
-    /// ``multiply(_:_:rows:accumulate:threads:)`` of several matrices with the same columns against
-    /// the same `x [n, columns]` (a decoder layer's q/k/v or gate/up): `x` quantised once per
-    /// activation format, and every matrix's row chunks (``chunkRows(rows:threads:)``) shared out in one parallel region, so
-    /// a small matrix (SmolLM2's k and v, 69 KB each, below the one-matrix threshold) no longer
-    /// runs alone on one core while the other waits, and the region's start costs once. Every
-    /// output row is the same kernel call on the same bytes as in ``multiply(_:_:rows:accumulate:threads:)``:
-    /// the same bits (a matrix with a ``rowOrder`` gathered from scratch as there).
+    /// `y_i [n, rows_i] (+)= x [n, columns] · W_iᵀ` for several matrices with the same columns
+    /// (a decoder layer's q/k/v or gate/up; one matrix is a group of one): `x` quantised once per
+    /// activation format, and every matrix's row chunks (``chunkRows(rows:threads:)``) shared out in
+    /// one parallel region, so a small matrix (SmolLM2's k and v, 69 KB each, below the threshold
+    /// for a second worker) does not run alone on one core while the other waits, and the region's
+    /// start costs once. Every output row is one kernel call's row on its matrix's bytes, whatever
+    /// the group, the items and the threads: the same bits (a matrix with a ``rowOrder`` writes its
+    /// rows in stored order to scratch, then they are gathered into its `y`).
     static func multiply(_ parts: [(matrix: QuantizedMatrix, y: UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>,
                          rows n: Int, accumulate: Bool = false, threads: Int = Parallel.defaultThreads) {
         precondition(n >= 1 && n <= WeightMatrix.fastRowLimit, "\(n) rows: the quantised kernels take 1...\(WeightMatrix.fastRowLimit)")
@@ -240,22 +203,28 @@ extension QuantizedMatrix {
         // One quantised copy of x per activation format (the type's, as ak_qdot_activation_bytes
         // sizes it), and per part what its items need: no lookup inside the region.
         struct Part { let type: Int32, base: UnsafeRawPointer, rows: Int, rowBytes: Int, perCall: Int, chunk: Int
-                      var activation = 0, activationBytes = 0, firstItem = 0, accumulate: Int32 = 0 }
+                      var activation = 0, activationBytes = 0, quantizes = false, firstItem = 0, accumulate: Int32 = 0 }
         var total = 0, work = 0
         for p in parts { work += p.matrix.rowBytes * p.matrix.rows * n }
+        // A small product is not worth a second worker: the work is the stored bytes times the
+        // activation rows (a batched step's 8 rows through a 200 KB matrix are worth splitting).
+        // The pool starts a worker in a few microseconds, about what 128 KiB of blocks take on
+        // one core. The threads never change the results.
         let split = work >= (1 << 17) && threads > 1
         var plan = [Part]()
         plan.reserveCapacity(parts.count)
         var items = 0
         for p in parts {
             let q = p.matrix, t = Int32(q.type.rawValue)
+            // The 32-block types take the activation rows 4 at a time: measured on [1536, 576] q4_1
+            // and q8_0, 8 rows in one call cost 20-35% more per row than two calls of 4 (each row's
+            // result is the same in any call: the kernels are batch-invariant).
             var part = Part(type: t, base: q.base, rows: q.rows, rowBytes: q.rowBytes, perCall: Self.blocks32.contains(q.type) ? 4 : n,
                             chunk: Self.chunkRows(rows: q.rows, threads: split ? threads : 1))
             if let same = plan.first(where: { $0.type == t }) {
                 (part.activation, part.activationBytes) = (same.activation, same.activationBytes)
             } else {
-                part.activationBytes = ak_qdot_activation_bytes(t, k)
-                part.activation = total
+                (part.activation, part.activationBytes, part.quantizes) = (total, ak_qdot_activation_bytes(t, k), true)
                 total += (part.activationBytes * n + 63) / 64 * 64
             }
             part.firstItem = items
@@ -265,13 +234,10 @@ extension QuantizedMatrix {
         }
         let act = UnsafeMutableRawPointer.allocate(byteCount: max(1, total), alignment: 64)
         defer { act.deallocate() }
-        for (i, part) in plan.enumerated() where !plan[..<i].contains(where: { $0.type == part.type }) {
-            ak_qdot_quantize(part.type, x, k, n, k, act + part.activation)
-        }
+        for part in plan where part.quantizes { ak_qdot_quantize(part.type, x, k, n, k, act + part.activation) }
         let workers = split ? max(1, min(threads, items)) : 1
         nonisolated(unsafe) let a = UnsafeRawPointer(act)
-        // A matrix with a row order writes its rows in stored order to scratch, then they are
-        // gathered into y, as the one-matrix call does.
+        // A matrix with a row order writes its rows in stored order to scratch, then gathers them.
         let scratch = parts.map { $0.matrix.rowOrder == nil ? nil : UnsafeMutablePointer<Float>.allocate(capacity: n * $0.matrix.rows) }
         defer { scratch.forEach { $0?.deallocate() } }
         nonisolated(unsafe) let outputs = zip(parts, scratch).map { $0.1 ?? $0.0.y }

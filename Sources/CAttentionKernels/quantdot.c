@@ -21,8 +21,10 @@ enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q
 /// ds is formed once per block here rather than once per weight row: the same float operations,
 /// so the same bits, and about 10% off those types' per-row cost on AVX2 (Zen 3).
 typedef struct { float d; float ds; int8_t q[QK]; } act32;
-/// An activation block of 256 (the K-quants): scale, sums of each 16 quants, quants.
-typedef struct { float d; int16_t bsum[16]; int8_t q[QK_K]; } act256;
+/// An activation superblock of 256 (the K-quants): the same per-32 scales and sums as act32 (not
+/// ggml's q8_K, one scale per 256: an outlier then costs only its own 32 columns' resolution),
+/// laid out so that a superblock's eight scales and eight sums load as vectors.
+typedef struct { float d[8]; float ds[8]; int8_t q[QK_K]; } act256;
 
 AK_INLINE uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (uint16_t)p[1] << 8); }
 AK_INLINE uint32_t rd32(const uint8_t *p) {
@@ -67,6 +69,8 @@ long ak_qdot_activation_bytes(int type, long k) {
     return (k / QK) * (long)sizeof(act32);
 }
 
+int ak_qdot_activation_format(int type) { return is_float(type) ? 0 : is_k(type) ? 2 : 1; }
+
 /// roundf (halves away from zero) without the libm call, so the loop below vectorises: v − trunc(v)
 /// is exact for |v| < 2^23. Equal to roundf on every float of [−128, 128] (checked exhaustively)
 /// except the sign of a zero result, which the int8 conversion drops.
@@ -98,23 +102,22 @@ AK_CLONES void ak_qdot_quantize(int type, const float *x, long ldx, long n, long
         const float *xr = x + r * ldx;
         if (is_float(type)) {
             memcpy(out, xr, (size_t)k * sizeof(float));
-        } else if (is_k(type)) {
-            act256 *a = (act256 *)out;
-            for (long b = 0; b < k / QK_K; b++) {
-                a[b].d = quantize_block(xr + b * QK_K, QK_K, a[b].q);
-                for (int j = 0; j < 16; j++) {
-                    int s = 0;
-                    for (int l = 0; l < 16; l++) s += a[b].q[16 * j + l];
-                    a[b].bsum[j] = (int16_t)s;
-                }
-            }
         } else {
-            act32 *a = (act32 *)out;
+            /// The same blocks of 32 for both formats: act256 holds eight act32's fields as arrays.
             for (long b = 0; b < k / QK; b++) {
-                a[b].d = quantize_block(xr + b * QK, QK, a[b].q);
+                float *d, *ds;
+                int8_t *q;
+                if (is_k(type)) {
+                    act256 *a = (act256 *)out + b / 8;
+                    d = &a->d[b % 8], ds = &a->ds[b % 8], q = a->q + QK * (b % 8);
+                } else {
+                    act32 *a = (act32 *)out + b;
+                    d = &a->d, ds = &a->ds, q = a->q;
+                }
+                *d = quantize_block(xr + b * QK, QK, q);
                 int s = 0;
-                for (int l = 0; l < QK; l++) s += a[b].q[l];
-                a[b].ds = a[b].d * (float)s;
+                for (int l = 0; l < QK; l++) s += q[l];
+                *ds = *d * (float)s;
             }
         }
     }
@@ -131,19 +134,6 @@ AK_INLINE void scale_min_k4(int j, const uint8_t *q, int *sc, int *mn) {
         *sc = (q[j + 4] & 0x0f) | (q[j - 4] >> 6) << 4;
         *mn = (q[j + 4] >> 4) | (q[j] >> 6) << 4;
     }
-}
-
-/// The min term of q4_K/q5_K against an activation block: Σ_j m_j · (sum of its 32 quants).
-AK_INLINE int kmin_sum(const int *mn, const act256 *a) {
-    int s = 0;
-    for (int j = 0; j < 8; j++) s += mn[j] * (a->bsum[2 * j] + a->bsum[2 * j + 1]);
-    return s;
-}
-/// q6_K's offset term: 32 · Σ_j sc_j · (sum of its 16 quants).
-AK_INLINE int k6_offset(const int8_t *sc, const act256 *a) {
-    int s = 0;
-    for (int j = 0; j < 16; j++) s += sc[j] * a->bsum[j];
-    return 32 * s;
 }
 
 AK_INLINE void store_rows(const float *acc, long nx, float *y, long ldy, long i, int accumulate) {
@@ -182,12 +172,15 @@ static void unpack32(int type, const uint8_t *b, int *u, float *dw, float *mw) {
 /// q − 8, q − 16, or as stored), and for q4_1/q5_1 a further sum of m·(d_x·Σq_x); at the end the
 /// sets add as (0 + 1) + (2 + 3) lane by lane, and the lanes fold as (j, j+4), then (j, j+2),
 /// then (0, 1), plus the min sum.
+AK_INLINE float fold8(const float *l) {
+    float t0 = l[0] + l[4], t1 = l[1] + l[5], t2 = l[2] + l[6], t3 = l[3] + l[7];
+    float u0 = t0 + t2, u1 = t1 + t3;
+    return u0 + u1;
+}
 AK_INLINE float fold_lanes(const float *s0, const float *s1, const float *s2, const float *s3, float m) {
     float l[8];
     for (int j = 0; j < 8; j++) l[j] = (s0[j] + s1[j]) + (s2[j] + s3[j]);
-    float t0 = l[0] + l[4], t1 = l[1] + l[5], t2 = l[2] + l[6], t3 = l[3] + l[7];
-    float u0 = t0 + t2, u1 = t1 + t3;
-    return (u0 + u1) + m;
+    return fold8(l) + m;
 }
 
 static void qdot32_portable(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx, float *y,
@@ -240,45 +233,64 @@ static void unpackK(int type, const uint8_t *b, uint8_t *u) {
         }
 }
 
+/// The K-quants' float steps, on every path. Per activation row and superblock b: sub-block j
+/// (32 columns, the activation superblock's block j, of scale d_j) gives eight int32 lane sums P_j (lane l: its
+/// columns 4l … 4l+3, each product times the column's sub-block scale: q4_K/q5_K one per 32, q6_K
+/// one per 16, so lanes 0-3 and 4-7; q6_K's quants signed, q − 32); in float, lane by lane,
+/// E = P_0·d_0, then E = fma(P_j, d_j, E) for j = 2, 4, 6, O likewise over the odd j, and the
+/// superblock adds d·(E + O) by fma into set b mod 4 of the row's lane sums. q4_K and q5_K
+/// also add, lane j, fma(dmin·m_j, ds_j, ·) into eight min lanes. At the end the sets fold as
+/// the 32-block types' (fold_lanes), minus the min lanes folded in the same tree. fma is one
+/// rounding on every path (fmaf here, vfmadd there), so the paths agree bit for bit.
 static void qdotK_portable(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx, float *y,
                            long ldy, int accumulate) {
     const long nb = k / QK_K, bs = block_bytes(type);
     for (long i = 0; i < wrows; i++) {
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
-        float acc[AK_QDOT_MAX_ROWS] = {0};
+        float lanes[AK_QDOT_MAX_ROWS][4][8] = {{{0}}}, mins[AK_QDOT_MAX_ROWS][8] = {{0}}, acc[AK_QDOT_MAX_ROWS];
         for (long b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * bs;
             uint8_t u[QK_K];
             unpackK(type, blk, u);
+            int wq[QK_K], scl[8][8];   // signed quants; scale of sub-block j's lane l
+            float d, dm[8] = {0};      // dm: dmin · m_j
             if (type == T_Q6_K) {
                 const int8_t *sc = (const int8_t *)(blk + 192);
-                const float d = HALF(blk + 208);
-                for (long r = 0; r < nx; r++) {
-                    const act256 *a = (const act256 *)xa + r * nb + b;
-                    int isum = 0;
-                    for (int j = 0; j < 16; j++) {
-                        int s = 0;
-                        for (int l = 0; l < 16; l++) s += u[16 * j + l] * a->q[16 * j + l];
-                        isum += sc[j] * s;
-                    }
-                    acc[r] += (a->d * d) * (float)(isum - k6_offset(sc, a));
-                }
+                d = HALF(blk + 208);
+                for (int e = 0; e < QK_K; e++) wq[e] = u[e] - 32;
+                for (int j = 0; j < 8; j++)
+                    for (int l = 0; l < 8; l++) scl[j][l] = sc[2 * j + l / 4];
             } else {
-                const float d = HALF(blk), dmin = HALF(blk + 2);
-                int sc[8], mn[8];
-                for (int j = 0; j < 8; j++) scale_min_k4(j, blk + 4, &sc[j], &mn[j]);
-                for (long r = 0; r < nx; r++) {
-                    const act256 *a = (const act256 *)xa + r * nb + b;
-                    int isum = 0;
-                    for (int j = 0; j < 8; j++) {
-                        int s = 0;
-                        for (int l = 0; l < 32; l++) s += u[32 * j + l] * a->q[32 * j + l];
-                        isum += sc[j] * s;
-                    }
-                    acc[r] += (a->d * d) * (float)isum - (a->d * dmin) * (float)kmin_sum(mn, a);
+                d = HALF(blk);
+                const float dmin = HALF(blk + 2);
+                for (int e = 0; e < QK_K; e++) wq[e] = u[e];
+                for (int j = 0; j < 8; j++) {
+                    int sc, mn;
+                    scale_min_k4(j, blk + 4, &sc, &mn);
+                    for (int l = 0; l < 8; l++) scl[j][l] = sc;
+                    dm[j] = dmin * (float)mn;
                 }
             }
+            for (long r = 0; r < nx; r++) {
+                const act256 *a = (const act256 *)xa + r * nb + b;
+                float e[8], o[8];
+                for (int j = 0; j < 8; j++) {
+                    const float dj = a->d[j];
+                    const int8_t *q = a->q + QK * j;
+                    float *t = j % 2 ? o : e;
+                    for (int l = 0; l < 8; l++) {
+                        int p = 0;
+                        for (int c = 4 * l; c < 4 * l + 4; c++) p += wq[32 * j + c] * q[c];
+                        const float f = (float)(scl[j][l] * p);
+                        t[l] = j < 2 ? f * dj : fmaf(f, dj, t[l]);
+                    }
+                }
+                for (int l = 0; l < 8; l++) lanes[r][b % 4][l] = fmaf(d, e[l] + o[l], lanes[r][b % 4][l]);
+                if (type != T_Q6_K)
+                    for (int j = 0; j < 8; j++) mins[r][j] = fmaf(dm[j], a->ds[j], mins[r][j]);
+            }
         }
+        for (long r = 0; r < nx; r++) acc[r] = fold_lanes(lanes[r][0], lanes[r][1], lanes[r][2], lanes[r][3], -fold8(mins[r]));
         store_rows(acc, nx, y, ldy, i, accumulate);
     }
 }
@@ -324,12 +336,26 @@ AK_CLONES static void qdot_float(int type, const void *w, long rowBytes, long wr
 /// QD_DOT4 times the per-lane int16 scales `sc16` (scale vectors are built by QD_SCALES).
 #define QD_DOT4_SCALED(u, s, sc) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), (sc))
 #define QD_SCALES(lo, hi) _mm256_set_m128i(_mm_set1_epi16((short)(hi)), _mm_set1_epi16((short)(lo)))
+/// q6_K's sixteen int8 scales at `s8` as the eight sub-blocks' int16 lane scales (lanes 0-3 scale
+/// 2t, lanes 4-7 scale 2t + 1): one widening load, then a byte shuffle per sub-block.
+#define QD_Q6_SCALES(sc, s8)                                                                               \
+    do {                                                                                                   \
+        const __m256i s16_ = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(s8)));                \
+        const __m256i lo_ = _mm256_permute2x128_si256(s16_, s16_, 0x00), hi_ = _mm256_permute2x128_si256(s16_, s16_, 0x11); \
+        for (int t_ = 0; t_ < 8; t_++) {                                                                   \
+            const int e0 = (2 * t_) % 8, e1 = (2 * t_ + 1) % 8;                                            \
+            const __m256i ctl = _mm256_set_m128i(_mm_set1_epi16((short)(2 * e1 | (2 * e1 + 1) << 8)),      \
+                                                 _mm_set1_epi16((short)(2 * e0 | (2 * e0 + 1) << 8)));     \
+            (sc)[t_] = _mm256_shuffle_epi8(t_ < 4 ? lo_ : hi_, ctl);                                       \
+        }                                                                                                  \
+    } while (0)
 #include "quantdot_simd.h"
 #undef QD_TARGET
 #undef QD_NAME
 #undef QD_DOT4
 #undef QD_DOT4_SCALED
 #undef QD_SCALES
+#undef QD_Q6_SCALES
 #undef HALFV
 #undef HALFV_LAST
 
@@ -338,6 +364,15 @@ AK_CLONES static void qdot_float(int type, const void *w, long rowBytes, long wr
 #define QD_DOT4(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (s))
 #define QD_DOT4_SCALED(u, s, sc) _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (s)), (sc))
 #define QD_SCALES(lo, hi) _mm256_set_m128i(_mm_set1_epi32((int)(hi)), _mm_set1_epi32((int)(lo)))
+/// The same as int32 lane scales: a byte shuffle to [s(2t) × 4, s(2t+1) × 4], then widening.
+#define QD_Q6_SCALES(sc, s8)                                                                               \
+    do {                                                                                                   \
+        const __m128i s8_ = _mm_loadu_si128((const __m128i *)(s8));                                        \
+        for (int t_ = 0; t_ < 8; t_++) {                                                                   \
+            const __m128i ctl = _mm_set_epi32(0, 0, (2 * t_ + 1) * 0x01010101, (2 * t_) * 0x01010101);     \
+            (sc)[t_] = _mm256_cvtepi8_epi32(_mm_shuffle_epi8(s8_, ctl));                                   \
+        }                                                                                                  \
+    } while (0)
 #include "quantdot_simd.h"
 #define QD_HAVE_SIMD 1
 #endif

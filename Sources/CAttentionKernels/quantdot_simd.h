@@ -116,21 +116,44 @@ QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)
 }
 #undef QD_BLOCK32
 
+/// Sub-block j of a superblock against activation superblock `a` (qdotK_portable's steps): `u` the
+/// unsigned quants (|q| for q6_K, whose activations take q's sign from `wq`), `sc` the lanes'
+/// scales; even j into e, odd into o. The rows are the outer loop, so e and o stay in registers
+/// (the superblock's unpacked quants are reloaded from the stack instead, cheaper than a
+/// round trip of each row's sums).
+#define QD_SUBK(j)                                                                                            \
+    do {                                                                                                      \
+        __m256i av = _mm256_loadu_si256((const __m256i *)(a->q + QK * (j)));                                 \
+        if (type == T_Q6_K) av = _mm256_sign_epi8(av, wq[j]);                                                \
+        const __m256 f = _mm256_cvtepi32_ps(QD_DOT4_SCALED(u[j], av, sc[j]));                                \
+        const __m256 dj = _mm256_broadcast_ss(&a->d[j]);                                                     \
+        if ((j) % 2) o = (j) < 2 ? _mm256_mul_ps(f, dj) : _mm256_fmadd_ps(f, dj, o);                         \
+        else e = (j) < 2 ? _mm256_mul_ps(f, dj) : _mm256_fmadd_ps(f, dj, e);                                 \
+    } while (0)
+
 QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdotK_body)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,
                                      float *y, long ldy, int accumulate) {
     const long nb = k / QK_K, bs = block_bytes(type);
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i off32 = _mm256_set1_epi8(32);
     for (long i = 0; i < wrows; i++) {
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
         QD_NAME(prefetch_row)(w, rowBytes, wrows, i);
-        float acc[AK_QDOT_MAX_ROWS] = {0};
+        __m256 lanes[AK_QDOT_MAX_ROWS][4], mins[AK_QDOT_MAX_ROWS];
+        float acc[AK_QDOT_MAX_ROWS];
+        for (long r = 0; r < nx; r++) {
+            for (int t = 0; t < 4; t++) lanes[r][t] = _mm256_setzero_ps();
+            mins[r] = _mm256_setzero_ps();
+        }
         for (long b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * bs;
-            __m256i u[8], sc[8];
+            __m256i u[8], sc[8], wq[8];
+            __m256 dm = _mm256_setzero_ps();
+            float d;
             if (type == T_Q6_K) {
                 const uint8_t *ql = blk, *qhp = blk + 128;
-                const int8_t *s8 = (const int8_t *)(blk + 192);
-                const float d = HALFV_LAST(blk + 208);
+                d = HALFV_LAST(blk + 208);
+                QD_Q6_SCALES(sc, blk + 192);
                 for (int h = 0; h < 2; h++) {
                     const __m256i hv = _mm256_loadu_si256((const __m256i *)(qhp + 32 * h));
                     for (int c = 0; c < 4; c++) {
@@ -138,50 +161,54 @@ QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdotK_body)(
                         const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(lv, 4 * (c / 2)), m4);
                         const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c), m3), 4);
                         const int t = 4 * h + c;
-                        u[t] = _mm256_or_si256(lo, hi);
-                        sc[t] = QD_SCALES(s8[2 * t], s8[2 * t + 1]);
+                        wq[t] = _mm256_sub_epi8(_mm256_or_si256(lo, hi), off32);
+                        u[t] = _mm256_sign_epi8(wq[t], wq[t]);
                     }
                 }
-                for (long r = 0; r < nx; r++) {
-                    const act256 *a = (const act256 *)xa + r * nb + b;
-                    __m256i s = _mm256_setzero_si256();
-                    for (int t = 0; t < 8; t++) {
-                        s = _mm256_add_epi32(s, QD_DOT4_SCALED(u[t], _mm256_loadu_si256((const __m256i *)(a->q + 32 * t)), sc[t]));
-                    }
-                    acc[r] += (a->d * d) * (float)(QD_NAME(hsum)(s) - k6_offset(s8, a));
-                }
-                continue;
-            }
-            const float d = HALFV(blk), dmin = HALFV(blk + 2);
-            int scs[8], mn[8];
-            for (int j = 0; j < 8; j++) {
-                scale_min_k4(j, blk + 4, &scs[j], &mn[j]);
-                sc[j] = QD_SCALES(scs[j], scs[j]);
-            }
-            const uint8_t *qs = blk + (type == T_Q4_K ? 16 : 48);
-            for (int p = 0; p < 4; p++) {
-                const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * p));
-                u[2 * p] = _mm256_and_si256(qv, m4);
-                u[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
-            }
-            if (type == T_Q5_K) {
-                const __m256i hv = _mm256_loadu_si256((const __m256i *)(blk + 16));
+            } else {
+                d = HALFV(blk);
+                const float dmin = HALFV(blk + 2);
+                int scs[8], mn[8];
                 for (int j = 0; j < 8; j++) {
-                    u[j] = _mm256_or_si256(u[j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, j), one), 4));
+                    scale_min_k4(j, blk + 4, &scs[j], &mn[j]);
+                    sc[j] = QD_SCALES(scs[j], scs[j]);
+                }
+                dm = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)mn)));
+                const uint8_t *qs = blk + (type == T_Q4_K ? 16 : 48);
+                for (int p = 0; p < 4; p++) {
+                    const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * p));
+                    u[2 * p] = _mm256_and_si256(qv, m4);
+                    u[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+                }
+                if (type == T_Q5_K) {
+                    const __m256i hv = _mm256_loadu_si256((const __m256i *)(blk + 16));
+                    for (int j = 0; j < 8; j++) {
+                        u[j] = _mm256_or_si256(u[j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, j), one), 4));
+                    }
                 }
             }
+            const __m256 dv = _mm256_set1_ps(d);
             for (long r = 0; r < nx; r++) {
                 const act256 *a = (const act256 *)xa + r * nb + b;
-                __m256i s = _mm256_setzero_si256();
-                for (int j = 0; j < 8; j++) {
-                    s = _mm256_add_epi32(s, QD_DOT4_SCALED(u[j], _mm256_loadu_si256((const __m256i *)(a->q + 32 * j)), sc[j]));
-                }
-                acc[r] += (a->d * d) * (float)QD_NAME(hsum)(s) - (a->d * dmin) * (float)kmin_sum(mn, a);
+                __m256 e, o;
+                QD_SUBK(0); QD_SUBK(1); QD_SUBK(2); QD_SUBK(3); QD_SUBK(4); QD_SUBK(5); QD_SUBK(6); QD_SUBK(7);
+                lanes[r][b % 4] = _mm256_fmadd_ps(dv, _mm256_add_ps(e, o), lanes[r][b % 4]);
+                if (type != T_Q6_K) mins[r] = _mm256_fmadd_ps(dm, _mm256_loadu_ps(a->ds), mins[r]);
             }
+        }
+        for (long r = 0; r < nx; r++) {
+            // fold_lanes in registers, in its order (as qdot32_body), minus the min lanes folded alike.
+            const __m256 l = _mm256_add_ps(_mm256_add_ps(lanes[r][0], lanes[r][1]), _mm256_add_ps(lanes[r][2], lanes[r][3]));
+            const __m128 t = _mm_add_ps(_mm256_castps256_ps128(l), _mm256_extractf128_ps(l, 1));
+            const __m128 u2 = _mm_add_ps(t, _mm_movehl_ps(t, t));
+            const __m128 mt = _mm_add_ps(_mm256_castps256_ps128(mins[r]), _mm256_extractf128_ps(mins[r], 1));
+            const __m128 mu = _mm_add_ps(mt, _mm_movehl_ps(mt, mt));
+            acc[r] = _mm_cvtss_f32(_mm_add_ss(u2, _mm_shuffle_ps(u2, u2, 1))) + -_mm_cvtss_f32(_mm_add_ss(mu, _mm_shuffle_ps(mu, mu, 1)));
         }
         store_rows(acc, nx, y, ldy, i, accumulate);
     }
 }
+#undef QD_SUBK
 
 /// One activation row (decoding) compiled on its own, so its sums stay in registers.
 QD_TARGET static void QD_NAME(qdot32)(int type, const void *w, long rowBytes, long wrows, long k, const void *xa, long nx,

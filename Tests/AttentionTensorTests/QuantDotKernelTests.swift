@@ -62,9 +62,11 @@ final class QuantDotKernelTests: XCTestCase {
                 case .f32, .f16, .bf16:
                     for j in 0..<k { out.append(Double(row.loadUnaligned(fromByteOffset: 4 * j, as: Float.self))) }
                 case .q4_K, .q5_K, .q6_K:
-                    for b in 0..<(k / 256) {
-                        let blk = row + b * 292, d = Double(blk.loadUnaligned(as: Float.self))
-                        for j in 0..<256 { out.append(d * Double(blk.loadUnaligned(fromByteOffset: 36 + j, as: Int8.self))) }
+                    // Per 256 columns: 8 scales, 8 block sums, 256 quants.
+                    for j in 0..<k {
+                        let blk = row + j / 256 * 320
+                        let d = Double(blk.loadUnaligned(fromByteOffset: 4 * (j % 256 / 32), as: Float.self))
+                        out.append(d * Double(blk.loadUnaligned(fromByteOffset: 64 + j % 256, as: Int8.self)))
                     }
                 default:
                     for b in 0..<(k / 32) {
@@ -153,6 +155,48 @@ final class QuantDotKernelTests: XCTestCase {
                     }
                 }
             }
+        }
+    }
+
+    /// An outlier in one block of 32 activation columns (Gemma 3's attention-output and MLP-down
+    /// inputs carry such) costs only that block's resolution, for the K-quants too. The outliers'
+    /// blocks hold nothing else (the outlier is then its block's max, quantised to ±127 within a
+    /// few ulps), so against the float64 product with the unquantised x the error stays within
+    /// Σ|w|·d_b/2 over the other blocks, d_b = max|x| / 127 of x's own block of 32, plus the float
+    /// steps' roundings. With one scale per 256 columns (ggml's q8_K), the other blocks under an
+    /// outlier would round at its scale: about ten times this bound here.
+    func testActivationOutlierCostsOnlyItsBlockOf32() throws {
+        for type in [GGMLType.q4_0, .q8_0, .q4_K, .q5_K, .q6_K] {
+            let rows = 7, k = 512
+            let w = weights(type, rows: rows, columns: k, exponent: 12, seed: 40 + UInt64(type.rawValue))
+            var x: [Float] = try Tensor.randomUniform([k], seed: 41, bound: 1).scalars
+            let outliers: [Int: Float] = [5: 900, 300: -2500]
+            for (j, v) in outliers {
+                for e in (j / 32 * 32)..<(j / 32 * 32 + 32) { x[e] = 0 }
+                x[j] = v
+            }
+            let act = quantize(type, x, nx: 1, k: k)
+            var wd = [Float](repeating: 0, count: rows * k)
+            try w.withUnsafeBytes { try type.dequantize($0.baseAddress!, count: rows * k, into: &wd) }
+            for p in paths {
+                _ = ak_qdot_set_path(p)
+                let y = run(type, w, rows: rows, k: k, act, nx: 1)
+                for i in 0..<rows {
+                    var exact = 0.0, bound = 0.0, magnitude = 0.0
+                    for b in 0..<(k / 32) {
+                        let d = Double(x[(32 * b)..<(32 * b + 32)].map { abs($0) }.max()!) / 127
+                        for j in (32 * b)..<(32 * b + 32) {
+                            let wj = Double(wd[i * k + j])
+                            exact += wj * Double(x[j])
+                            bound += outliers[j] != nil ? abs(wj * Double(x[j])) * 1e-6 : outliers.keys.contains { $0 / 32 == b } ? 0 : abs(wj) * d / 2
+                            magnitude += abs(wj * Double(x[j]))
+                        }
+                    }
+                    XCTAssertLessThanOrEqual(abs(Double(y[i]) - exact), bound * (1 + 1e-6) + 1e-6 * magnitude,
+                                             "\(type) path \(p) row \(i)")
+                }
+            }
+            _ = ak_qdot_set_path(-1)
         }
     }
 

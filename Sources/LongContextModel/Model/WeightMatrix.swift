@@ -200,8 +200,8 @@ extension QuantizedMatrix {
         precondition(n >= 1 && n <= WeightMatrix.fastRowLimit, "\(n) rows: the quantised kernels take 1...\(WeightMatrix.fastRowLimit)")
         precondition(parts.allSatisfy { $0.matrix.columns == parts[0].matrix.columns }, "a group of quantised matrices shares its columns")
         guard let k = parts.first?.matrix.columns else { return }
-        // One quantised copy of x per activation format (the type's, as ak_qdot_activation_bytes
-        // sizes it), and per part what its items need: no lookup inside the region.
+        // One quantised copy of x per activation format (ak_qdot_activation_format: float rows,
+        // the 32-element types' blocks, the K-quants' superblocks), and per part what its items need: no lookup inside the region.
         struct Part { let type: Int32, base: UnsafeRawPointer, rows: Int, rowBytes: Int, perCall: Int, chunk: Int
                       var activation = 0, activationBytes = 0, quantizes = false, firstItem = 0, accumulate: Int32 = 0 }
         var total = 0, work = 0
@@ -221,7 +221,7 @@ extension QuantizedMatrix {
             // result is the same in any call: the kernels are batch-invariant).
             var part = Part(type: t, base: q.base, rows: q.rows, rowBytes: q.rowBytes, perCall: Self.blocks32.contains(q.type) ? 4 : n,
                             chunk: Self.chunkRows(rows: q.rows, threads: split ? threads : 1))
-            if let same = plan.first(where: { $0.type == t }) {
+            if let same = plan.first(where: { $0.quantizes && ak_qdot_activation_format($0.type) == ak_qdot_activation_format(t) }) {
                 (part.activation, part.activationBytes) = (same.activation, same.activationBytes)
             } else {
                 (part.activation, part.activationBytes, part.quantizes) = (total, ak_qdot_activation_bytes(t, k), true)

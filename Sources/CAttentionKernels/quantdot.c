@@ -168,10 +168,12 @@ static void unpack32(int type, const uint8_t *b, int *u, float *dw, float *mw) {
 
 /// The 32-block types' float steps, on every path: per activation row four sets of eight lane
 /// sums, block b going to set b mod 4 (four independent chains), its lane j taking
-/// (d_w·d_x)·(the integer sum of elements 4j … 4j+3 of the block) (the weight quants signed:
-/// q − 8, q − 16, or as stored), and for q4_1/q5_1 a further sum of m·(d_x·Σq_x); at the end the
-/// sets add as (0 + 1) + (2 + 3) lane by lane, and the lanes fold as (j, j+4), then (j, j+2),
-/// then (0, 1), plus the min sum.
+/// fma((float)P_j · d_x, d_w, ·) with P_j the integer sum of elements 4j … 4j+3 of the block (the
+/// weight quants signed: q − 8, q − 16, or as stored), and for q4_1/q5_1 four min sums (set b mod
+/// 4 again) taking fma(m_w, d_x·Σq_x, ·); at the end the sets add as (0 + 1) + (2 + 3) lane by
+/// lane, and the lanes fold as (j, j+4), then (j, j+2), then (0, 1), plus the min sums added as
+/// (0 + 1) + (2 + 3). d_x · P and the fma take the activation's scale straight from its block and
+/// the weight's once per block for all rows: two vector operations per row and block.
 AK_INLINE float fold8(const float *l) {
     float t0 = l[0] + l[4], t1 = l[1] + l[5], t2 = l[2] + l[6], t3 = l[3] + l[7];
     float u0 = t0 + t2, u1 = t1 + t3;
@@ -189,7 +191,7 @@ static void qdot32_portable(int type, const void *w, long rowBytes, long wrows, 
     const int off = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0, hasMin = type == T_Q4_1 || type == T_Q5_1;
     for (long i = 0; i < wrows; i++) {
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
-        float lanes[AK_QDOT_MAX_ROWS][4][8] = {{{0}}}, mins[AK_QDOT_MAX_ROWS] = {0}, acc[AK_QDOT_MAX_ROWS];
+        float lanes[AK_QDOT_MAX_ROWS][4][8] = {{{0}}}, mins[AK_QDOT_MAX_ROWS][4] = {{0}}, acc[AK_QDOT_MAX_ROWS];
         for (long b = 0; b < nb; b++) {
             int u[QK];
             float dw, mw;
@@ -197,16 +199,18 @@ static void qdot32_portable(int type, const void *w, long rowBytes, long wrows, 
             if (off) for (int j = 0; j < QK; j++) u[j] -= off;
             for (long r = 0; r < nx; r++) {
                 const act32 *a = (const act32 *)xa + r * nb + b;
-                const float ws = dw * a->d;
                 for (int j = 0; j < 8; j++) {
                     int p = 0;
                     for (int e = 4 * j; e < 4 * j + 4; e++) p += u[e] * a->q[e];
-                    lanes[r][b % 4][j] += ws * (float)p;
+                    lanes[r][b % 4][j] = fmaf((float)p * a->d, dw, lanes[r][b % 4][j]);
                 }
-                if (hasMin) mins[r] += mw * a->ds;
+                if (hasMin) mins[r][b % 4] = fmaf(mw, a->ds, mins[r][b % 4]);
             }
         }
-        for (long r = 0; r < nx; r++) acc[r] = fold_lanes(lanes[r][0], lanes[r][1], lanes[r][2], lanes[r][3], mins[r]);
+        for (long r = 0; r < nx; r++) {
+            const float *m = mins[r];
+            acc[r] = fold_lanes(lanes[r][0], lanes[r][1], lanes[r][2], lanes[r][3], (m[0] + m[1]) + (m[2] + m[3]));
+        }
         store_rows(acc, nx, y, ldy, i, accumulate);
     }
 }

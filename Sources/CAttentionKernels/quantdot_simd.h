@@ -71,13 +71,14 @@ QD_TARGET static inline __m256i QD_NAME(high_bits)(uint32_t bits) {
         }                                                                                                    \
         /* q4_1 and q5_1 quants are unsigned (0..31): |w|·sign(a, w) is w·a already. */                  \
         const __m256i u = unsignedW ? wq : _mm256_sign_epi8(wq, wq);                                         \
+        const __m256 dwv = _mm256_set1_ps(dw);                                                               \
         for (long r = 0; r < nx; r++) {                                                                      \
             const act32 *a = (const act32 *)xa + r * nb + b + (set);                                         \
             const __m256i av = _mm256_loadu_si256((const __m256i *)a->q);                                    \
             const __m256i s = unsignedW ? av : _mm256_sign_epi8(av, wq);                                     \
-            const __m256 p = _mm256_cvtepi32_ps(QD_DOT4(u, s));                                              \
-            lanes[r][set] = _mm256_add_ps(lanes[r][set], _mm256_mul_ps(_mm256_set1_ps(dw * a->d), p));       \
-            if (hasMin) mins[r] += mw * a->ds;                                                \
+            const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(QD_DOT4(u, s)), _mm256_broadcast_ss(&a->d));    \
+            lanes[r][set] = _mm256_fmadd_ps(p, dwv, lanes[r][set]);                                          \
+            if (hasMin) mins[r][set] = fmaf(mw, a->ds, mins[r][set]);                                        \
         }                                                                                                    \
     } while (0)
 
@@ -91,10 +92,9 @@ QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
         QD_NAME(prefetch_row)(w, rowBytes, wrows, i);
         __m256 lanes[AK_QDOT_MAX_ROWS][4];
-        float mins[AK_QDOT_MAX_ROWS], acc[AK_QDOT_MAX_ROWS];
+        float mins[AK_QDOT_MAX_ROWS][4], acc[AK_QDOT_MAX_ROWS];
         for (long r = 0; r < nx; r++) {
-            for (int t = 0; t < 4; t++) lanes[r][t] = _mm256_setzero_ps();
-            mins[r] = 0;
+            for (int t = 0; t < 4; t++) lanes[r][t] = _mm256_setzero_ps(), mins[r][t] = 0;
         }
         long b = 0;
         for (; b + 4 <= nb; b += 4) {
@@ -105,11 +105,11 @@ QD_TARGET static inline __attribute__((always_inline)) void QD_NAME(qdot32_body)
         if (b + 2 < nb) QD_BLOCK32(2);
         for (long r = 0; r < nx; r++) {
             // fold_lanes in registers, in its order: sets (0 + 1) + (2 + 3), lanes (j, j+4),
-            // (j, j+2), (0, 1), then the min sum.
+            // (j, j+2), (0, 1), then the min sums.
             const __m256 l = _mm256_add_ps(_mm256_add_ps(lanes[r][0], lanes[r][1]), _mm256_add_ps(lanes[r][2], lanes[r][3]));
             const __m128 t = _mm_add_ps(_mm256_castps256_ps128(l), _mm256_extractf128_ps(l, 1));
             const __m128 u2 = _mm_add_ps(t, _mm_movehl_ps(t, t));
-            acc[r] = _mm_cvtss_f32(_mm_add_ss(u2, _mm_shuffle_ps(u2, u2, 1))) + mins[r];
+            acc[r] = _mm_cvtss_f32(_mm_add_ss(u2, _mm_shuffle_ps(u2, u2, 1))) + ((mins[r][0] + mins[r][1]) + (mins[r][2] + mins[r][3]));
         }
         store_rows(acc, nx, y, ldy, i, accumulate);
     }

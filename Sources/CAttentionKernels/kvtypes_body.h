@@ -1,7 +1,7 @@
 // The decode products over stored KV rows, included twice by kvtypes.c with these defined:
 //   KV_FN(name)   the function's name for this path (name_f16c, name_portable)
 //   KV_TARGET     its target attribute (empty for the portable path)
-//   KV_F16X8(p)   eight f16 at p as a y8;  KV_H2F(h)  one f16 as a float
+//   KV_F16X8(p)   eight f16 at p as a y8;  KV_H2F_AT(p)  the f16 at p (a q8_0 block's scale) as a float
 // The kind K and the row count R are constants at every call of the inline bodies, so each
 // (K, R) pair compiles to its own loop with the other branches and accumulators gone.
 //
@@ -22,7 +22,7 @@
 /// Eight values of stored row `r` from column c, a multiple of 8 (outside the block loops).
 #define KV_LOAD8(K, r, c) KV_LOAD8_AT(K, KV_BLOCKPTR(K, r, (c) / KV_BLOCK * KV_BLOCK), (c) % KV_BLOCK)
 /// The scale of the 32-value block holding column c: q8_0's f16 `d`, 1 for bf16 and f16 (folded away).
-#define KV_SCALE(K, r, c) ((K) == AK_KV_Q8_0 ? KV_H2F(load_u16((r) + (c) / KV_BLOCK * KV_BLOCK_BYTES)) : 1.0f)
+#define KV_SCALE(K, r, c) ((K) == AK_KV_Q8_0 ? KV_H2F_AT((r) + (c) / KV_BLOCK * KV_BLOCK_BYTES) : 1.0f)
 
 /// s[r·lds + j] = q_r · k_j for R rows (1 ≤ R ≤ 4) and keys j0 ..< j1, two keys at a time. Each
 /// block of 32 columns loads its two scales once; a converted key vector (exact: q·d has at most

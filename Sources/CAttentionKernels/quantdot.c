@@ -103,7 +103,7 @@ AK_CLONES void ak_qdot_quantize(int type, const float *x, long ldx, long n, long
         if (is_float(type)) {
             memcpy(out, xr, (size_t)k * sizeof(float));
         } else {
-            /// The same blocks of 32 for both formats: act256 holds eight act32's fields as arrays.
+            // The same blocks of 32 for both formats: act256 holds eight act32s' fields as arrays.
             for (long b = 0; b < k / QK; b++) {
                 float *d, *ds;
                 int8_t *q;

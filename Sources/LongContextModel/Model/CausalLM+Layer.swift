@@ -227,7 +227,7 @@ extension CausalLM {
                         threads: Int? = nil, logitRows: [Int]? = nil) throws -> ForwardPass {
         try checkTokens(tokens, batch: B, length: T)
         let c = config
-        let (N, D, V, H, hd) = (B * T, c.hiddenSize, c.vocabSize, c.heads, c.headDim)
+        let (N, D, V) = (B * T, c.hiddenSize, c.vocabSize)
         let threads = threads ?? Parallel.defaultThreads
         if let rows = logitRows {
             try requireOption(!keepForBackward, "logitRows", rows.count, "nil when keeping the forward for a backward")

@@ -2,8 +2,9 @@ import AttentionTensor
 @testable import LongContextModel
 import XCTest
 
-/// Top-k and top-p sample from the distribution they promise: the softmax of logits / T over the
-/// k most likely tokens, then over the smallest prefix whose probability reaches p, renormalised.
+/// Top-k, top-p and min-p sample from the distribution they promise: the softmax of logits / T over
+/// the k most likely tokens, then over the smallest prefix whose probability reaches p, or over the
+/// tokens of weight at least min-p times the top one's, renormalised.
 /// Checked by the frequencies of 50,000 picks (within 5 standard deviations of each token's
 /// probability; tokens outside the set never drawn).
 final class SamplingDistributionTests: XCTestCase {
@@ -13,6 +14,11 @@ final class SamplingDistributionTests: XCTestCase {
         var kept = o.topK > 0 ? Array(order.prefix(o.topK)) : order
         let m = Double(logits.max()!)
         var w = kept.map { Foundation.exp((Double(logits[$0]) - m) / o.temperature) }
+        if o.minP > 0 {
+            // Min-p keeps the tokens whose weight is at least minP times the most likely one's.
+            let keep = zip(kept, w).filter { $0.1 >= o.minP }
+            (kept, w) = (keep.map(\.0), keep.map(\.1))
+        }
         var total = w.reduce(0, +)
         if o.topP < 1 {
             var acc = 0.0, n = 0
@@ -34,6 +40,7 @@ final class SamplingDistributionTests: XCTestCase {
             SamplingOptions(temperature: 0.5, topK: 5, topP: 0.9, seed: 3),
             SamplingOptions(temperature: 2, seed: 4),
             SamplingOptions(temperature: 1, topK: 1, seed: 5),
+            SamplingOptions(temperature: 1, minP: 0.3, seed: 6),   // keeps 6, 1, 3 (exp(-1) ≥ 0.3 > exp(-1.5))
         ]
         let n = 50_000
         for o in cases {
@@ -58,8 +65,9 @@ final class SamplingDistributionTests: XCTestCase {
     }
 
     /// The radix-sorted, lazily normalised `pick` chooses exactly the token of the comparison-sort
-    /// reference (`pickBySorting`) for the same seed: random vocabularies of 49,152 logits with
-    /// ties, signed zeros and repeated values, under every option.
+    /// reference (`pickBySorting`) for the same seed under top-k or top-p, and without them the
+    /// token of the eager id-order reference (`pickInIdOrderReference`): random vocabularies of
+    /// 49,152 logits with ties, signed zeros and repeated values, under every option.
     func testPickEqualsTheSortingReference() {
         var g = SplitMix64(seed: 77)
         let V = 49_152
@@ -81,8 +89,10 @@ final class SamplingDistributionTests: XCTestCase {
                 for o in options {
                     var r1 = SplitMix64(seed: o.seed), r2 = SplitMix64(seed: o.seed)
                     for _ in 0..<4 {
-                        XCTAssertEqual(o.pick(l.baseAddress!, vocab: V, rng: &r1), o.pickBySorting(l.baseAddress!, vocab: V, rng: &r2),
-                                       "trial \(trial), \(o)")
+                        // Without top-k and top-p the draw walks the ids in order (no sort).
+                        let reference = o.isUnordered ? o.pickInIdOrderReference(l.baseAddress!, vocab: V, rng: &r2)
+                                                      : o.pickBySorting(l.baseAddress!, vocab: V, rng: &r2)
+                        XCTAssertEqual(o.pick(l.baseAddress!, vocab: V, rng: &r1), reference, "trial \(trial), \(o)")
                     }
                 }
             }

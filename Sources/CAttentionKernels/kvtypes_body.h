@@ -122,7 +122,9 @@ void KV_FN(kv_times_values)(const int K, const float *p, long ldp, const int R, 
             // q8_0: the block's scale goes into each row's weight once per block, (p·d)·q, not
             // into every converted chunk, p·(d·q): 4R multiplies a block instead of 16 (the loop
             // is bound by the int8 → float conversions and these), one more rounding (2⁻²⁴ of
-            // the term, far below the int8 rounding). bf16 and f16 (scale 1) are unchanged.
+            // the term, far below the int8 rounding). bf16 and f16 (scale 1) are unchanged. The
+            // leftover rows below take the same order; a tile converted to float32 first (more
+            // than four stacked rows) multiplies p by the exact d·q instead, a rounding apart.
             y8 xs[4][4];
             for (int r = 0; r < R; r++) {
                 if (K == AK_KV_Q8_0) { xs[r][0] = x[r][0] * s0; xs[r][1] = x[r][1] * s1; xs[r][2] = x[r][2] * s2; xs[r][3] = x[r][3] * s3; }
@@ -154,7 +156,9 @@ void KV_FN(kv_times_values)(const int K, const float *p, long ldp, const int R, 
                 const float sc = KV_SCALE(K, vj, cb);
                 const uint8_t *pj = KV_BLOCKPTR(K, vj, cb);
                 const long ce = cb + KV_BLOCK < dv8 ? cb + KV_BLOCK : dv8;
-                for (long c = cb; c < ce; c += 8) Y8STORE(o + r * ldo + c, Y8LOAD(o + r * ldo + c) + x * (KV_LOAD8_AT(K, pj, c - cb) * sc));
+                // (p·d)·q, as the groups of four (the same bits for scale 1: bf16, f16, f32).
+                const y8 xs = x * sc;
+                for (long c = cb; c < ce; c += 8) Y8STORE(o + r * ldo + c, Y8LOAD(o + r * ldo + c) + xs * KV_LOAD8_AT(K, pj, c - cb));
             }
             for (long c = dv8; c < dv; c++) o[r * ldo + c] += p[r * ldp + j] * kv_value(K, vj, c);
         }

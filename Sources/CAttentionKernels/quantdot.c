@@ -2,9 +2,10 @@
 // layouts (the table in include/GGMLQuants.h).
 //
 // Every path computes, per weight block and activation row, the same exact int32 sums; the float
-// steps that follow (scales, mins, the running sum over blocks in column order) are the macros
-// below, shared by all paths and compiled without contraction, so the bits do not depend on the
-// path or on how many activation rows are computed together.
+// steps that follow (scales, mins, the lane sums in four sets, their fold) are spelled out once
+// per path, operation for operation the same (stated above qdot32_portable and qdotK_portable;
+// no contraction, fma only where written: fmaf here, vfmadd in quantdot_simd.h), so the bits do
+// not depend on the path or on how many activation rows are computed together.
 
 #include "QuantDot.h"
 #include "GGMLQuants.h"
@@ -337,7 +338,7 @@ AK_CLONES static void qdot_float(int type, const void *w, long rowBytes, long wr
 /// Σ over each 4 bytes of u (unsigned) · s (signed) into 8 int32 lanes (no saturation: |u| ≤ 128
 /// against |s| ≤ 127 keeps every pair sum below 2^15).
 #define QD_DOT4(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1))
-/// QD_DOT4 times the per-lane int16 scales `sc16` (scale vectors are built by QD_SCALES).
+/// QD_DOT4 times the per-lane int16 scales `sc` (scale vectors are built by QD_SCALES and QD_Q6_SCALES).
 #define QD_DOT4_SCALED(u, s, sc) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), (sc))
 #define QD_SCALES(lo, hi) _mm256_set_m128i(_mm_set1_epi16((short)(hi)), _mm_set1_epi16((short)(lo)))
 /// q6_K's sixteen int8 scales at `s8` as the eight sub-blocks' int16 lane scales (lanes 0-3 scale

@@ -1,7 +1,8 @@
 // The vector path of quantdot.c, included once per instruction set with QD_TARGET (the target
 // attribute), QD_NAME (the suffix), QD_DOT4 (8 int32 lanes, each the sum of 4 byte products
-// u8 · s8) and QD_DOT4_SCALED (the same times per-lane scales from QD_SCALES). Both instruction
-// sets compute the same integers as the portable path: the products never saturate.
+// u8 · s8) and QD_DOT4_SCALED (the same times per-lane scales from QD_SCALES, or for q6_K from
+// QD_Q6_SCALES). Both instruction sets compute the same integers as the portable path: the
+// products never saturate.
 
 /// f16 → f32 with F16C (exact, as the portable conversion: the scales are never NaN here). Not
 /// `_cvtsh_ss`, nor any load intrinsic: clang sees that only 16 bits matter, loads them with

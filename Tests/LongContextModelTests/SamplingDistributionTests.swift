@@ -97,6 +97,18 @@ final class SamplingDistributionTests: XCTestCase {
                 }
             }
         }
+        // A temperature below float's range is greedy (the top token's weight would be 0 / 0), on
+        // the unordered draw and its reference; one token is always that token.
+        let tiny: [Float] = [0.5, 3, -1, 3, 2]
+        tiny.withUnsafeBufferPointer { l in
+            for o in [SamplingOptions(temperature: 1e-300, seed: 1), SamplingOptions(temperature: 1e-46, minP: 0.5, seed: 2)] {
+                var r1 = SplitMix64(seed: o.seed), r2 = SplitMix64(seed: o.seed)
+                XCTAssertEqual(o.pick(l.baseAddress!, vocab: tiny.count, rng: &r1), 1, "\(o)")
+                XCTAssertEqual(o.pickInIdOrderReference(l.baseAddress!, vocab: tiny.count, rng: &r2), 1, "\(o)")
+            }
+            var r = SplitMix64(seed: 3)
+            XCTAssertEqual(SamplingOptions(temperature: 0.8).pick(l.baseAddress! + 2, vocab: 1, rng: &r), 0)
+        }
         // Small vocabularies: orders of distinct, equal and signed-zero logits.
         let small: [[Float]] = [[0, -0.0, 0, 1, 1, -1], [3], [-0.0, 0], [-1e30, 1e30, 2, 2]]
         for l in small {

@@ -55,11 +55,7 @@ public struct SamplingOptions: Sendable, Equatable {
     /// so the same token for the same seed, at a fraction of the time (a comparison sort of a
     /// 49,152-token vocabulary took ~7 ms per token, a third of a SmolLM2 decoding step).
     func pick(_ logits: UnsafePointer<Float>, vocab V: Int, rng: inout SplitMix64) -> Int32 {
-        if temperature == 0 {
-            var best = 0
-            for i in 1..<V where logits[i] > logits[best] { best = i }
-            return Int32(best)
-        }
+        if temperature == 0 { return Self.argmax(logits, vocab: V) }
         if isUnordered { return pickInIdOrder(logits, vocab: V, rng: &rng) }
         var order = descendingOrder(logits, count: V)
         if topK > 0, topK < order.count { order.removeLast(order.count - topK) }
@@ -89,6 +85,13 @@ public struct SamplingOptions: Sendable, Equatable {
         var u = rng.nextUnitOpen(), i = 0
         while i < n - 1, u >= p(i) { u -= p(i); i += 1 }
         return Int32(order[i])
+    }
+
+    /// The first most likely token (greedy; ties to the lower id).
+    static func argmax(_ logits: UnsafePointer<Float>, vocab V: Int) -> Int32 {
+        var best = 0
+        for i in 1..<V where logits[i] > logits[best] { best = i }
+        return Int32(best)
     }
 
     /// Neither top-k nor top-p: which tokens are kept (all, or those min-p keeps) does not depend
@@ -121,6 +124,9 @@ public struct SamplingOptions: Sendable, Equatable {
         let w = Self.unorderedWeights(logits, vocab: V, temperature: temperature, minP: minP)
         var total = 0.0, last = 0
         for i in 0..<V where w[i] > 0 { total += Double(w[i]); last = i }
+        // A temperature below float's range (~1e-45) gives the top token exp(0 / 0) = NaN and the
+        // rest 0: that is greedy. (Callers pass finite logits; DecodingSequence checks them.)
+        guard total > 0, total.isFinite else { return Self.argmax(logits, vocab: V) }
         var u = rng.nextUnitOpen(), i = 0
         while i < last {
             if w[i] > 0 {
@@ -139,6 +145,7 @@ public struct SamplingOptions: Sendable, Equatable {
         let w = Self.unorderedWeights(logits, vocab: V, temperature: temperature, minP: minP)
         let kept = (0..<V).filter { w[$0] > 0 }
         let total = kept.reduce(0.0) { $0 + Double(w[$1]) }
+        guard total > 0, total.isFinite else { return Self.argmax(logits, vocab: V) }
         let p = kept.map { Double(w[$0]) / total }
         var u = rng.nextUnitOpen(), i = 0
         while i < p.count - 1, u >= p[i] { u -= p[i]; i += 1 }

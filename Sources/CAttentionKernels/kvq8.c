@@ -104,21 +104,11 @@ void ak_kv_q8_quantize_queries(const float *q, long ldq, long rows, long d, void
 
 #if defined(__x86_64__) && defined(__clang__) && !defined(AK_NO_CLONES)
 #define KQ_HAVE_SIMD 1
-/// The f16 block scale at p (a key block's first 2 bytes) as a float, by F16C: exact, as kq_half.
-/// `vcvtph2ps` from memory, not `_cvtsh_ss` of a 16-bit value, which clang loads with `vpinsrw`
-/// merging into whatever register it picks, often the previous block's product (measured in
-/// quantdot.c: it chained every block's scale onto the block before). Reads 8 bytes: the 34-byte
-/// block holds them.
-__attribute__((target("f16c"))) static inline float kq_half_f16c(const uint8_t *p) {
-    __m128 r;
-    __asm__("vcvtph2ps %1, %0" : "=x"(r) : "m"(*(const uint8_t(*)[8])p));
-    return _mm_cvtss_f32(r);
-}
 #define KQ_FN(name) name##_avx2
 #define KQ_TARGET __attribute__((target("avx2,fma,f16c")))
 #define KQ_KEYTYPE __m256i
-/// F16C's conversion: exact, as kq_half (the scales are finite).
-#define KQ_HALF(p) kq_half_f16c(p)
+/// F16C's conversion from memory (vector.h): exact, as kq_half (the scales are finite).
+#define KQ_HALF(p) AK_HALF_AT(p)   // the 34-byte key block holds the 8 bytes read
 #define KQ_KEYVEC(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
 #define KQ_DOT(kv, qb) ({                                                                                   \
     const __m256i qv_ = _mm256_loadu_si256((const __m256i *)(const void *)(qb)->q);                         \
@@ -135,7 +125,7 @@ __attribute__((target("f16c"))) static inline float kq_half_f16c(const uint8_t *
 #define KQ_FN(name) name##_vnni
 #define KQ_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 #define KQ_KEYTYPE __m256i
-#define KQ_HALF(p) kq_half_f16c(p)
+#define KQ_HALF(p) AK_HALF_AT(p)   // the 34-byte key block holds the 8 bytes read
 /// k + 128 as unsigned bytes (the sign bit flipped).
 #define KQ_KEYVEC(p) _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(p)), _mm256_set1_epi8((char)0x80))
 #define KQ_DOT(kv, qb) ((kq_i8)_mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(qb)->corr), (kv), \

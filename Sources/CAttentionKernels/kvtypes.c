@@ -163,15 +163,8 @@ static inline __attribute__((always_inline)) float kv_value(int K, const uint8_t
 #define KV_FN(name) name##_f16c
 #define KV_TARGET __attribute__((target("avx2,fma,f16c")))
 #define KV_F16X8(p) ((y8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p))))
-/// vcvtph2ps from memory (8 bytes: a q8_0 block of 34 holds them), not _cvtsh_ss of a loaded
-/// 16-bit value: clang loads that with vpinsrw, merging into a register the loop writes (here the
-/// output accumulator of the previous chunk), which chained every block's scale onto the block before.
-KV_TARGET static inline float kv_h2f_f16c(const uint8_t *p) {
-    __m128 r;
-    __asm__("vcvtph2ps %1, %0" : "=x"(r) : "m"(*(const uint8_t(*)[8])p));
-    return _mm_cvtss_f32(r);
-}
-#define KV_H2F_AT(p) kv_h2f_f16c(p)
+/// vector.h's F16C conversion from memory (8 bytes: a q8_0 block of 34 holds them).
+#define KV_H2F_AT(p) AK_HALF_AT(p)
 #include "kvtypes_body.h"
 
 // decode.c's 8-lane float32 kernels (its AVX2 path): the bodies above at K = AK_KV_F32, for R

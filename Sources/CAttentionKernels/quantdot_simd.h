@@ -4,20 +4,11 @@
 // QD_Q6_SCALES). Both instruction sets compute the same integers as the portable path: the
 // products never saturate.
 
-/// f16 → f32 with F16C (exact, as the portable conversion: the scales are never NaN here). Not
-/// `_cvtsh_ss`, nor any load intrinsic: clang sees that only 16 bits matter, loads them with
-/// `vpinsrw`, which merges with the old value of the register it picks, and it picked the previous
-/// block's product, so every block's scale waited for the block before (q4_0 ran at half of
-/// q5_0's speed). `vcvtph2ps` from memory writes the whole register. It reads 8 bytes: HALFV(p)
-/// needs p + 8 inside the block (the halves at offsets 0 and 2 of every block here do);
+/// f16 → f32 with F16C from memory (vector.h's ak_f16x4_at, which says why not `_cvtsh_ss`):
+/// HALFV(p) needs p + 8 inside the block (the halves at offsets 0 and 2 of every block here do);
 /// HALFV_LAST(p) converts the last 2 bytes of a block through the 8 bytes that end there.
-QD_TARGET static inline __m128 QD_NAME(halves4)(const uint8_t *p) {
-    __m128 r;
-    __asm__("vcvtph2ps %1, %0" : "=x"(r) : "m"(*(const uint8_t(*)[8])p));
-    return r;
-}
-#define HALFV(p) _mm_cvtss_f32(QD_NAME(halves4)(p))
-#define HALFV_LAST(p) _mm_cvtss_f32(_mm_permute_ps(QD_NAME(halves4)((p) - 6), 3))
+#define HALFV(p) AK_HALF_AT(p)
+#define HALFV_LAST(p) _mm_cvtss_f32(_mm_permute_ps(ak_f16x4_at((p) - 6), 3))
 
 QD_TARGET static inline int QD_NAME(hsum)(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));

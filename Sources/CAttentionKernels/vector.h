@@ -25,6 +25,25 @@
 #endif
 #define AK_INLINE static inline __attribute__((always_inline))
 
+#if defined(__x86_64__) && defined(__clang__)
+#include <immintrin.h>
+/// Four f16 at `p` as floats by F16C's `vcvtph2ps` from memory (exact; reads 8 bytes, which must
+/// be readable: every caller points inside a block that holds them). Not `_cvtsh_ss` of a loaded
+/// 16-bit value, nor a load intrinsic: clang sees that only 16 bits matter and loads them with
+/// `vpinsrw`, which merges into whatever register it picks, often one the loop writes (the
+/// previous block's product, an output accumulator), so every block's scale waited for the block
+/// before (q4_0 ran at half of q5_0's speed; the int8 cache's q·k 1.5x slower). `vcvtph2ps` from
+/// memory writes the whole register. For the f16 block scales of the quantised weight and KV
+/// kernels; callers need F16C (their AVX2 and AVX-512 paths).
+__attribute__((target("f16c"))) static inline __m128 ak_f16x4_at(const void *p) {
+    __m128 r;
+    __asm__("vcvtph2ps %1, %0" : "=x"(r) : "m"(*(const uint8_t(*)[8])p));
+    return r;
+}
+/// The f16 at `p` as a float (ak_f16x4_at's first lane).
+#define AK_HALF_AT(p) _mm_cvtss_f32(ak_f16x4_at(p))
+#endif
+
 typedef float vf __attribute__((ext_vector_type(16)));
 typedef int vi __attribute__((ext_vector_type(16)));
 typedef float v8 __attribute__((ext_vector_type(8)));

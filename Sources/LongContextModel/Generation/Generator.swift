@@ -154,11 +154,7 @@ public struct SamplingOptions: Sendable, Equatable {
 
     /// The reference for ``pick(_:vocab:rng:)`` under top-k or top-p: a comparison sort and eager normalisation.
     func pickBySorting(_ logits: UnsafePointer<Float>, vocab V: Int, rng: inout SplitMix64) -> Int32 {
-        if temperature == 0 {
-            var best = 0
-            for i in 1..<V where logits[i] > logits[best] { best = i }
-            return Int32(best)
-        }
+        if temperature == 0 { return Self.argmax(logits, vocab: V) }
         // Candidates sorted by logit (descending, ties to the lower id), then top-k and top-p.
         var order = Array(0..<V)
         order.sort { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The long-context recipe on the real pretrained models (`make experiments-pretrained`).
 
-Every number comes from the `attn` binary (`attn lm profile`, `attn lm passkey` on the GGUF files of
-data/models); this script only sequences the commands, each writing its JSON atomically to
+Every number comes from the `attn` binary (`attn lm profile`, `attn lm passkey`, `attn lm
+pretrained-temp-lora`, `pretrained-sparse`, `pretrained-infini` on the GGUF files of data/models); this script only sequences the commands, each writing its JSON atomically to
 results/experiments-pretrained/<part>/<name>.json, then runs Tools/experiments_pretrained_report.py
 (results.md and SVG charts).
 
@@ -12,7 +12,15 @@ Parts (each a list of steps; another part is one more builder in STEP_BUILDERS):
               L / 8K, no fine-tune) and StreamingLLM (4 sinks + window, memory bounded);
   gemma       Gemma 3 270M (trained to 32K): 4K windows against one 32K window on the same tokens;
   passkey     SmolLM2 at 1K-16K and Gemma 3 at 4K-32K (Landmark's prompt, greedy, no fine-tune),
-              f32 and int8 KV caches for the important cells.
+              f32 and int8 KV caches for the important cells;
+  temp-lora   Temp-LoRA (`attn lm pretrained-temp-lora`) on SmolLM2 over the three books and on
+              Gemma 3 over Hebrews (each book's first tokens: see the grid), and the long window
+              without it on the same tokens (the paper's trade-off);
+  sparse      BigBird and a sliding window fitted into the full-attention layers without training
+              (`attn lm pretrained-sparse`): perplexity, seconds per window and passkey, against
+              exact attention in the same command;
+  infini      Infini-Attention fitted into SmolLM2 (`attn lm pretrained-infini`): a LoRA + gate
+              fine-tune bounded in minutes, then perplexity beyond 8K and passkey.
 
 usage: experiments_pretrained.py [--quick] [--resume] [--only PARTS] [--steps NAMES] [--list] [--attn PATH] [--out DIR]
   --quick   contexts <= 4K, a few trials: under 15 minutes on 2 cores.
@@ -40,12 +48,13 @@ SMOL = os.path.join(args.models, "SmolLM2-135M-Instruct.Q4_1.gguf")
 GEMMA = os.path.join(args.models, "gemma-3-270m-q4_k_m.gguf")
 T0 = time.time()
 
-# Cost model of one forward over L tokens on 2 dedicated cores (seconds ≈ a·L + b·L²), from
-# release-build measurements on a 2-core machine shared with other builds (SmolLM2: 4,096 tokens
-# in 50 s as one window, 42 s as four windows of 1,024; Gemma 3: 4,096 in 85 s), scaled by the CPU
-# share the runs got (user time ≈ 0.6 × wall). "profile" computes the LM head on every position
-# (Gemma's 262K-token head dominates); "prefill" (passkey) on the last one only.
-COST = {"smol": (5.8e-3, 3.7e-7), "smol-prefill": (5.0e-3, 3.7e-7), "gemma": (11e-3, 0.7e-7), "gemma-prefill": (5.0e-3, 0.7e-7)}
+# Cost model of one forward over L tokens on 2 cores (seconds ≈ a·L + b·L²), fitted to the QUICK
+# run and single steps on a quiet 2-core AMD EPYC (Zen 3) on 2026-12-07 (SmolLM2 profile: 4,096 tokens
+# in 18 s, 16,384 in 160 s; passkey prompts of 1K / 4K / 8K in 2.5 / 15 / 45 s; Gemma 3 profile 4K
+# in 25 s, 32K in 295 s; Gemma passkey 2K / 4K in 4.7 / 9.9 s). "profile" computes the LM head on
+# every position (Gemma's 262K-token head dominates); "prefill" (passkey) on the last one only. A
+# machine shared with other jobs takes up to twice as long.
+COST = {"smol": (2.6e-3, 4.4e-7), "smol-prefill": (1.9e-3, 4.3e-7), "gemma": (6.0e-3, 0.9e-7), "gemma-prefill": (2.3e-3, 0.7e-7)}
 
 
 def forward_seconds(model, L, window=None):
@@ -64,19 +73,45 @@ if args.quick:
              passkey_smol=dict(lengths=[1024, 2048], depths=[0.0, 0.5, 1.0], trials=2),
              passkey_smol_int8=dict(lengths=[2048], depths=[0.5], trials=2),
              passkey_gemma=dict(lengths=[2048, 4096], depths=[0.5], trials=2),
-             passkey_gemma_int8=None, passkey_long=[])
+             passkey_gemma_int8=None, passkey_long=[],
+             # (name, model, books, max tokens per book, window, epochs, lr)
+             temp_lora=[("smol-heb", "smol", "Heb", 2048, 1024, 2, 5e-4), ("smol-heb-base-w2048", "smol", "Heb", 2048, 2048, 0, 5e-4)],
+             # (name, model, attention, ctx, score-last, passkey lengths, passkey depths, trials)
+             sparse=[("smol-exact-4096", "smol", "exact", 4096, 0, [2048], [0.5], 2),
+                     ("smol-bigbird-4096", "smol", "bigbird", 4096, 0, [2048], [0.5], 2)],
+             # (name, steps, minutes, eval ctx, passkey lengths, depths, trials)
+             infini=[("smol-infini", 2, 3.0, [4096], [2048], [0.5], 2)])
 else:
     # One span of 32K tokens (the first 32,768 of Job + Luke + Hebrews) read by every row; factors L / 8K.
     P = dict(smol_lengths=[8192, 16384, 32768], smol_span=32768, smol_spans=1,
-             smol_methods_at={8192: ["none", "streaming"], 16384: ["none", "yarn", "streaming"],
-                              32768: ["none", "linear", "ntk", "dynamic", "yarn", "streaming"]},
+             # Every method at 16K (factor 2, a 16K window costs 2.7 min); at 32K (9 min a method) the
+             # plain model, YaRN and StreamingLLM.
+             smol_methods_at={8192: ["none", "streaming"], 16384: ["none", "linear", "ntk", "dynamic", "yarn", "streaming"],
+                              32768: ["none", "yarn", "streaming"]},
              streaming=(4, 2044), gemma_windows=(4096, 32768), gemma_span=32768, gemma_spans=1,
              passkey_smol=dict(lengths=[1024, 2048, 4096, 8192], depths=[0.0, 0.5, 1.0], trials=5),
              passkey_smol_int8=dict(lengths=[8192], depths=[0.5], trials=5),
-             passkey_gemma=dict(lengths=[4096, 16384, 32768], depths=[0.5], trials=5),
+             passkey_gemma=dict(lengths=[4096, 32768], depths=[0.5], trials=5),
              passkey_gemma_int8=None,
              # (model, length, methods, depths, trials): beyond SmolLM2's trained context.
-             passkey_long=[("smol", 16384, ["yarn"], [0.5], 5)])
+             passkey_long=[("smol", 16384, ["dynamic"], [0.5], 5)],
+             # Temp-LoRA: the paper's recipe (chunks of 1,024, 2 epochs, rank 64 on every projection)
+             # but lr 5e-4, not 5e-5 (at 5e-5 the adapter moved SmolLM2's perplexity by 2.6% over
+             # Hebrews' first chunks: docs/pretrained/recipe-temp-lora-sparse.md), and each book's
+             # first 8,192 tokens (8 chunks; Hebrews has ~8.7K; the whole of Job + Luke, ~57K
+             # tokens, would cost 35 minutes more). The long window without Temp-LoRA reads the same tokens.
+             temp_lora=[("smol-long", "smol", "long", 8192, 1024, 2, 5e-4), ("smol-long-base-w2048", "smol", "long", 8192, 2048, 0, 5e-4),
+                        ("gemma-heb", "gemma", "Heb", 8192, 1024, 2, 5e-4), ("gemma-heb-base-w2048", "gemma", "Heb", 8192, 2048, 0, 5e-4)],
+             # Sparse: SmolLM2 at 16K (beyond its training, every layer full), Gemma 3 at 32K (its
+             # three full layers; the last 1,024 positions scored: its 262K-row LM head over every
+             # position would cost more than the attention).
+             sparse=[("smol-exact-16384", "smol", "exact", 16384, 0, [4096], [0.0, 0.5, 1.0], 5),
+                     ("smol-bigbird-16384", "smol", "bigbird", 16384, 0, [4096], [0.0, 0.5, 1.0], 5),
+                     ("smol-sliding-16384", "smol", "sliding", 16384, 0, [], [], 5),
+                     ("gemma-exact-32768", "gemma", "exact", 32768, 1024, [], [], 5),
+                     ("gemma-bigbird-32768", "gemma", "bigbird", 32768, 1024, [], [], 5)],
+             # Infini: the fine-tune stops at 12 minutes (about 40 steps of 2,048 tokens here).
+             infini=[("smol-infini", 200, 12.0, [16384, 32768], [4096], [0.0, 0.5, 1.0], 5)])
 TRAINED = {"smol": 8192, "gemma": 32768}
 PATHS = {"smol": SMOL, "gemma": GEMMA}
 
@@ -144,16 +179,65 @@ def passkey_steps():
         steps.append(passkey_step("gemma", "gemma-int8", g["lengths"], g["depths"], g["trials"], ["--kv-type", "int8"]))
     for model, L, methods, depths, trials in P["passkey_long"]:
         for m in methods:
-            steps.append(passkey_step(model, f"{model}-{m}-{L}", [L], depths, trials, method_args(m, L, TRAINED[model])))
+            steps.append(passkey_step(model, f"{model}-passkey-{m}-{L}", [L], depths, trials, method_args(m, L, TRAINED[model])))
     return steps
 
 
-# The hook: each builder returns a list of steps (see `step`); other parts (Temp-LoRA, sparse
-# attention, Infini on the pretrained models) add theirs here. The report reads every part's JSON.
-STEP_BUILDERS = [("perplexity", perplexity_steps), ("gemma", gemma_steps), ("passkey", passkey_steps)]
+# Seconds per 1,024-token chunk of Temp-LoRA (2 epochs of forward + backward over window + chunk,
+# the scoring forward included) and per teacher-forced passkey prompt of L tokens, on 2 cores.
+TEMP_LORA_CHUNK = {"smol": 35.0, "gemma": 70.0}
+INFINI_STEP = 18.0  # seconds per Infini fine-tune step of 2,048 tokens (SmolLM2, LoRA rank 8 + gates)
+
+
+def temp_lora_steps():
+    steps = []
+    for name, model, books, max_tokens, window, epochs, lr in P["temp_lora"]:
+        chunks = (3 if books == "long" else 1) * max_tokens // 1024
+        per = TEMP_LORA_CHUNK[model] * epochs / 2 if epochs else forward_seconds(model + "-prefill", window + 1024)
+        steps.append(step("temp-lora", name, ["lm", "pretrained-temp-lora", "--model", PATHS[model], "--books", books,
+                                              "--corpus", args.corpus, "--max-tokens", str(max_tokens), "--window", str(window),
+                                              "--epochs", str(epochs), "--lr", f"{lr:g}", "--quiet"],
+                          chunks * per / 60))
+    return steps
+
+
+def recipe_eval_args(ctx, score_last, lengths, depths, trials):
+    argv = ["--ctx", ",".join(map(str, ctx)), "--max-windows", "1", "--score-last", str(score_last)]
+    if lengths:
+        argv += ["--passkey-lengths", ",".join(map(str, lengths)), "--passkey-depths", ",".join(f"{d:g}" for d in depths),
+                 "--trials", str(trials)]
+    return argv
+
+
+def recipe_eval_minutes(model, ctx, attention, lengths, depths, trials):
+    # Sparse and Infini layers cost about a window of 1,024 per token instead of L / 2.
+    w = None if attention == "exact" else 1024
+    return (sum(forward_seconds(model + "-prefill", L, w) for L in ctx)
+            + trials * len(depths) * sum(forward_seconds(model + "-prefill", L, w) for L in lengths)) / 60
+
+
+def sparse_steps():
+    return [step("sparse", name, ["lm", "pretrained-sparse", "--model", PATHS[model], "--attention", attention, "--books", "long",
+                                  "--corpus", args.corpus] + recipe_eval_args([ctx], score_last, lengths, depths, trials),
+                 recipe_eval_minutes(model, [ctx], attention, lengths, depths, trials))
+            for name, model, attention, ctx, score_last, lengths, depths, trials in P["sparse"]]
+
+
+def infini_steps():
+    return [step("infini", name, ["lm", "pretrained-infini", "--model", SMOL, "--steps", str(steps_), "--minutes", f"{minutes:g}",
+                                  "--books", "long", "--corpus", args.corpus] + recipe_eval_args(ctx, 0, lengths, depths, trials),
+                 min(minutes, steps_ * INFINI_STEP / 60) + recipe_eval_minutes("smol", ctx, "infini", lengths, depths, trials))
+            for name, steps_, minutes, ctx, lengths, depths, trials in P["infini"]]
+
+
+# Each builder returns a list of steps (see `step`); the report reads every part's JSON.
+STEP_BUILDERS = [("perplexity", perplexity_steps), ("gemma", gemma_steps), ("passkey", passkey_steps),
+                 ("temp-lora", temp_lora_steps), ("sparse", sparse_steps), ("infini", infini_steps)]
 
 ONLY = set(p for p in args.only.split(",") if p)
 STEPS = [s for part, build in STEP_BUILDERS if not ONLY or part in ONLY for s in build()]
+dupes = sorted(n for n in set(s["name"] for s in STEPS) if sum(t["name"] == n for t in STEPS) > 1)
+assert not dupes, f"step names must be unique (--steps and --resume go by name): {dupes}"
 NAMES = set(n for n in args.steps.split(",") if n)
 if NAMES - set(s["name"] for s in STEPS):
     sys.exit(f"no step named {', '.join(sorted(NAMES - set(s['name'] for s in STEPS)))} (--list shows them)")

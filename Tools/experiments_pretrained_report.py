@@ -140,8 +140,78 @@ if pk:
     else:
         targets.append(("SmolLM2 passkey at 16K: some method >= 50%", None, "not measured in this run"))
 
-# ---- Parts added by others: their JSON files with their headline figures ----
-known = {"perplexity", "gemma", "passkey"}
+# ---- Temp-LoRA ----
+tl = load_part("temp-lora")
+if tl:
+    md.append("### Temp-LoRA (Wang et al. 2024) on the quantised models\n")
+    md.append("Each chunk of 1,024 tokens is scored with the current adapter (read with the window of preceding tokens), then "
+              "trained on for the given epochs; a fresh adapter per book, the base never changes. Perplexity of the books' "
+              "second halves (of the tokens read), with and without the adapter.\n")
+    md.append("| step | books (tokens) | window | epochs | lr | base | Temp-LoRA | change | all chunks: base / Temp-LoRA | training tokens/s | seconds |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in tl.items():
+        books = ", ".join(f"{b['name']} ({b['tokens']})" for b in r["books"])
+        h, a_ = r["secondHalf"], r["all"]
+        tps = sum(b["trainingTokensPerSecond"] for b in r["books"]) / len(r["books"]) if r["epochs"] else 0
+        md.append(f"| {name} | {books} | {r['window']} | {r['epochs']} | {r['learningRate']:g} | {h['basePerplexity']:.3f} | "
+                  f"{h['adaptedPerplexity']:.3f} | {-100 * h['perplexityReduction']:+.1f}% | {a_['basePerplexity']:.3f} / "
+                  f"{a_['adaptedPerplexity']:.3f} | {tps:.0f} | {r['totalSeconds']:.0f} |")
+        if r["epochs"] and len(r["books"]) > 1:
+            for b in r["books"]:
+                md.append(f"| {name}: {b['name']} | {b['tokens']} | | | | {b['secondHalf']['basePerplexity']:.3f} | "
+                          f"{b['secondHalf']['adaptedPerplexity']:.3f} | {-100 * b['secondHalf']['perplexityReduction']:+.1f}% | | | |")
+    md.append("")
+    trained = {n: r for n, r in tl.items() if r["epochs"]}
+    if trained:
+        worst = min(trained.items(), key=lambda kv: kv[1]["secondHalf"]["perplexityReduction"])
+        targets.append(("Temp-LoRA: >= 10% lower perplexity on the second halves", all(r["secondHalf"]["perplexityReduction"] >= 0.10 for r in trained.values()),
+                        "; ".join(f"{n}: {100 * r['secondHalf']['perplexityReduction']:.1f}% lower" for n, r in trained.items())))
+    for n, r in trained.items():
+        base = tl.get(n + "-base-w2048")
+        if base:
+            md.append(f"Trade-off ({n}): window {r['window']} + Temp-LoRA {r['secondHalf']['adaptedPerplexity']:.3f} in {r['totalSeconds']:.0f} s, "
+                      f"window {base['window']} without it {base['secondHalf']['basePerplexity']:.3f} in {base['totalSeconds']:.0f} s "
+                      "(second halves).\n")
+else:
+    targets.append(("Temp-LoRA: >= 10% lower perplexity on the second halves", None, "not measured in this run"))
+
+
+def recipe_rows(rows, title, extra_cols):
+    md.append(title)
+    md.append("| step | attention | " + "".join(c + " | " for c, _ in extra_cols) + "ctx | scored from | perplexity | second half | s/window | tokens/s | passkey |")
+    md.append("|---|---|" + "---|" * len(extra_cols) + "---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        pkc = r.get("passkey") or []
+        pks = ", ".join(f"{c['length']}@{c['depth']:g}: {c['correct']}/{c['trials']}" for c in pkc) or "—"
+        for L in r["lengths"]:
+            md.append(f"| {name} | {r.get('attention', 'infini')} | " + "".join(f"{f(r)} | " for _, f in extra_cols)
+                      + f"{L['ctx']} | {L['scoredFrom']} | {L['perplexity']:.3f} | {L['secondHalfPerplexity']:.3f} | "
+                      f"{L['secondsPerWindow']:.0f} | {L['tokensPerSecond']:.0f} | {pks} |")
+    md.append("")
+
+
+# ---- Sparse attention fitted without training ----
+sp = load_part("sparse")
+if sp:
+    recipe_rows(sp, "### Sparse attention fitted into the pretrained models without training\n\n"
+                "Each full-attention layer replaced (Gemma 3's own sliding layers stay); the same first window of Job + Luke + "
+                "Hebrews for every row of a model; passkey by teacher-forced greedy decoding (length@depth: right/trials).\n",
+                [("model", lambda r: os.path.basename(r["model"]).split(".")[0].split("-q")[0])])
+
+# ---- Infini-Attention fitted into SmolLM2 ----
+inf = load_part("infini")
+if inf:
+    recipe_rows(inf, "### Infini-Attention fitted into SmolLM2 (LoRA + gates fine-tune)\n",
+                [("segment", lambda r: r["segment"]), ("steps (tokens, minutes)", lambda r: f"{r['steps']} ({r['trainTokens']}, {r['trainMinutes']:.1f})"),
+                 ("memory share", lambda r: f"{sum(r['memoryShare']) / len(r['memoryShare']):.3f}")])
+    ref = pp.get("smol-none-8192") if pp else None
+    if ref:
+        for name, r in inf.items():
+            md.append(f"Against exact attention at 8K on the first {ref['window'] * ref['windows']} tokens (`smol-none-8192`): "
+                      f"{ref['perplexity']:.3f}; {name}: " + ", ".join(f"{L['perplexity']:.3f} at {L['ctx']}" for L in r["lengths"]) + ".\n")
+
+# ---- Parts without a table of their own: their JSON files with their headline figures ----
+known = {"perplexity", "gemma", "passkey", "temp-lora", "sparse", "infini"}
 for part in sorted(set(s["part"] for s in RUN["steps"]) - known):
     rows = load_part(part)
     if not rows:

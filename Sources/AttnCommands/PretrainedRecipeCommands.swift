@@ -191,32 +191,19 @@ struct RefitOptions: ParsableArguments {
     }
 }
 
-/// Landmark Attention's passkey prompt in a model's own tokens: the instruction, filler sentences
-/// with the needle after `depth` of them, the question; the answer's ids follow. Pieces are
-/// tokenized apart and concatenated (so the length is exact), BOS first when the model adds it.
+/// Landmark Attention's passkey prompt in a model's own tokens (``TokenizedPasskey``'s layout, the
+/// same prompts `attn lm passkey` scores), followed by the answer's ids for teacher forcing.
 struct TokenPasskey {
-    let prefix: [Int32], filler: [Int32], question: [Int32]
     let lm: LanguageModel
 
-    init(_ lm: LanguageModel) {
-        self.lm = lm
-        prefix = lm.encode("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there.")
-        filler = lm.encode(" The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.", addSpecial: false)
-        question = lm.encode(" What is the pass key? The pass key is", addSpecial: false)
-    }
+    init(_ lm: LanguageModel) { self.lm = lm }
 
-    /// (prompt, answer) of about `length` tokens with the needle at `depth` ∈ [0, 1].
+    /// (prompt, answer): the longest prompt that leaves room for the answer within `length` tokens,
+    /// the key after the filler repetition nearest `depth` ∈ [0, 1].
     func prompt(length: Int, depth: Double, key: Int) throws -> (prompt: [Int32], answer: [Int32]) {
-        let needle = lm.encode(" The pass key is \(key). Remember it. \(key) is the pass key.", addSpecial: false)
         let answer = lm.encode(" \(key)", addSpecial: false)
-        let room = length - prefix.count - needle.count - question.count - answer.count
-        guard room >= 0 else { throw ValidationError("a passkey prompt of \(length) tokens is too short for the needle and the question") }
-        var body = [Int32]()
-        while body.count < room { body += filler }
-        body = Array(body.prefix(room))
-        // The needle between filler sentences: after the sentence boundary nearest to depth·room.
-        let at = min(room, Int((Double(room) * depth).rounded()))
-        return (prefix + Array(body[..<at]) + needle + Array(body[at...]) + question, answer)
+        let prompt = try TokenizedPasskey.prompt(length: length - answer.count, depth: depth, key: key) { lm.encode($0) }
+        return (prompt, answer)
     }
 }
 
@@ -283,7 +270,7 @@ func evaluateRecipe(_ m: CausalLM, lm: LanguageModel, label: String, ids: [Int32
                 var correct = 0
                 let t0 = Date()
                 for _ in 0..<trials {
-                    let key = 10000 + Int(rng.next() % 90000)
+                    let key = 1 + Int(rng.next() % UInt64(PasskeyTask.maxKey))  // Landmark's 1...50000, as `attn lm passkey`
                     let (prompt, answer) = try pk.prompt(length: L, depth: d, key: key)
                     let positions = (0..<answer.count).map { prompt.count - 1 + $0 }
                     let predicted = try m.greedyPredictions(prompt + answer, positions: positions, threads: threads)

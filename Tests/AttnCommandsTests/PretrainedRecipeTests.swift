@@ -96,6 +96,27 @@ final class PretrainedRecipeTests: XCTestCase {
         }
     }
 
+    /// `pretrained-sparse` end to end on SmolLM2 with passkey cells: the same prompt builder as
+    /// `attn lm passkey` (keys in Landmark's 1...50000; a key outside it once made every cell
+    /// throw), one cell per (length, depth), correct ≤ trials; a length too short for the
+    /// instruction, key and question is a typed error, not a crash.
+    func testSparseCommandScoresPasskeyCells() throws {
+        let out = directory.appendingPathComponent("sparse.json").path
+        try run(["lm", "pretrained-sparse", "--model", smol, "--books", "Heb", "--corpus", corpus, "--attention", "exact", "--ctx", "64",
+                 "--passkey-lengths", "120,160", "--passkey-depths", "0,1", "--trials", "2", "--json", out])
+        let cells = try json("sparse.json")["passkey"] as! [[String: Any]]
+        XCTAssertEqual(cells.map { $0["length"] as! Int }, [120, 120, 160, 160])
+        XCTAssertEqual(cells.map { $0["depth"] as! Double }, [0, 1, 0, 1])
+        for c in cells {
+            XCTAssertEqual(c["trials"] as! Int, 2)
+            XCTAssertLessThanOrEqual(c["correct"] as! Int, 2)
+        }
+        XCTAssertThrowsError(try run(["lm", "pretrained-sparse", "--model", smol, "--books", "Heb", "--corpus", corpus, "--ctx", "64",
+                                      "--passkey-lengths", "20", "--passkey-depths", "0.5", "--trials", "1"])) { e in
+            XCTAssertTrue("\(e)".contains("tokens"), "\(e)")
+        }
+    }
+
     /// The prompt builder on its own: at most the length, within one filler repetition of it, the
     /// needle at the requested depth.
     func testPromptLengthsAndDepths() throws {
@@ -104,12 +125,18 @@ final class PretrainedRecipeTests: XCTestCase {
             for depth in [0.0, 0.5, 1.0] {
                 let ids = try TokenizedPasskey.prompt(length: L, depth: depth, key: 4242, render: render)
                 XCTAssertLessThanOrEqual(ids.count, L)
-                XCTAssertGreaterThan(ids.count, L - PasskeyTask.filler.utf8.count)
+                XCTAssertGreaterThan(ids.count, L - TokenizedPasskey.filler.utf8.count - 1)
                 let text = String(decoding: ids.map { UInt8($0) }, as: UTF8.self)
+                // Landmark's layout: instruction, filler, key, filler, question on five lines.
+                let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+                XCTAssertEqual(lines.count, 5)
+                XCTAssertEqual(String(lines[0]), TokenizedPasskey.instruction)
+                XCTAssertEqual(String(lines[2]), TokenizedPasskey.needle(4242))
+                XCTAssertEqual(String(lines[4]), TokenizedPasskey.question)
                 // The needle's place within the filler (between the instruction and the question).
                 let at = text.distance(from: text.startIndex, to: text.range(of: "The pass key is 4242")!.lowerBound)
                 let start = TokenizedPasskey.instruction.count
-                let end = text.count - PasskeyTask.question.count - PasskeyTask.needle(4242).count
+                let end = text.count - TokenizedPasskey.question.count - TokenizedPasskey.needle(4242).count
                 let fraction = Double(at - start) / Double(max(1, end - start))
                 XCTAssertEqual(fraction, depth, accuracy: 0.12, "L \(L) depth \(depth)")
             }

@@ -196,25 +196,33 @@ extension PasskeyResults {
     }
 }
 
-/// Passkey retrieval for a pretrained model with a real tokenizer (Landmark Attention's prompt,
-/// instruction line included, tokenized by the model's own tokenizer; no fine-tune):
+/// Passkey retrieval for a pretrained model with a real tokenizer (Landmark Attention's prompt as
+/// its `run_test.py` builds it: five parts joined by newlines, the instruction line included,
+/// tokenized by the model's own tokenizer; no fine-tune):
 ///
 ///     There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there.
-///     <filler …> The pass key is 31742. Remember it. 31742 is the pass key. <filler …>
+///     <filler before …>
+///     The pass key is 31742. Remember it. 31742 is the pass key.
+///     <filler after …>
 ///     What is the pass key? The pass key is
 ///
-/// A prompt of length L (tokens) holds as many whole filler sentences groups as fit in L tokens
-/// (so its length is L or a few tokens less); the needle goes after the filler repetition nearest
-/// the depth. With a chat template the whole text is the user's message and the generation
-/// prompt follows. The answer is the first number of up to 8 greedy tokens.
+/// The key sentence sits on a line of its own, so at depth 1 (no filler after it) an empty line
+/// separates it from the question, as in Landmark's prompts; filler repetitions are joined by a
+/// space. A prompt of length L (tokens) holds as many whole filler repetitions as fit in L tokens
+/// (so its length is L or a few tokens less); the key goes after the repetition nearest the depth.
+/// With a chat template the whole text is the user's message and the generation prompt follows.
+/// The answer is the first number of up to 8 greedy tokens.
 public enum TokenizedPasskey {
-    public static let instruction = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there.\n"
+    public static let instruction = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there."
+    public static let filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+    public static let question = "What is the pass key? The pass key is"
+    public static func needle(_ key: Int) -> String { "The pass key is \(key). Remember it. \(key) is the pass key." }
 
-    /// The prompt text with `reps` filler repetitions and the needle after `round(depth · reps)` of them.
+    /// The prompt text with `reps` filler repetitions and the key after `round(depth · reps)` of them.
     public static func text(repetitions reps: Int, depth: Double, key: Int) -> String {
         let before = Int((depth * Double(reps)).rounded())
-        return instruction + String(repeating: PasskeyTask.filler, count: before) + PasskeyTask.needle(key)
-            + String(repeating: PasskeyTask.filler, count: reps - before) + PasskeyTask.question
+        func garbage(_ n: Int) -> String { Array(repeating: filler, count: n).joined(separator: " ") }
+        return [instruction, garbage(before), needle(key), garbage(reps - before), question].joined(separator: "\n")
     }
 
     /// The ids of the longest prompt of at most `length` tokens (`render` maps a text to the ids the

@@ -95,13 +95,14 @@ else:
              passkey_gemma_int8=None,
              # (model, length, methods, depths, trials): beyond SmolLM2's trained context.
              passkey_long=[("smol", 16384, ["dynamic"], [0.5], 5)],
-             # Temp-LoRA: the paper's recipe (chunks of 1,024, 2 epochs, rank 64 on every projection)
-             # but lr 5e-4, not 5e-5 (at 5e-5 the adapter moved SmolLM2's perplexity by 2.6% over
-             # Hebrews' first chunks: docs/pretrained/recipe-temp-lora-sparse.md), and each book's
+             # Temp-LoRA: the paper's recipe (chunks of 1,024, 2 epochs, rank 64 on every projection,
+             # lr 5e-5) on Gemma 3; on SmolLM2 lr 5e-4 (at 5e-5 its adapter moved the perplexity by
+             # 2.6% over Hebrews' first chunks: docs/pretrained/recipe-temp-lora-sparse.md; Gemma at
+             # 5e-4 got 59% worse on the second of two chunks, at 5e-5 4.4% better), and each book's
              # first 8,192 tokens (8 chunks; Hebrews has ~8.7K; the whole of Job + Luke, ~57K
              # tokens, would cost 35 minutes more). The long window without Temp-LoRA reads the same tokens.
              temp_lora=[("smol-long", "smol", "long", 8192, 1024, 2, 5e-4), ("smol-long-base-w2048", "smol", "long", 8192, 2048, 0, 5e-4),
-                        ("gemma-heb", "gemma", "Heb", 8192, 1024, 2, 5e-4), ("gemma-heb-base-w2048", "gemma", "Heb", 8192, 2048, 0, 5e-4)],
+                        ("gemma-heb", "gemma", "Heb", 8192, 1024, 2, 5e-5), ("gemma-heb-base-w2048", "gemma", "Heb", 8192, 2048, 0, 5e-5)],
              # Sparse: SmolLM2 at 16K (beyond its training, every layer full), Gemma 3 at 32K (its
              # three full layers; the last 1,024 positions scored: its 262K-row LM head over every
              # position would cost more than the attention).

@@ -191,23 +191,6 @@ struct RefitOptions: ParsableArguments {
     }
 }
 
-/// Landmark Attention's passkey prompt in a model's own tokens (``TokenizedPasskey``'s layout, the
-/// same prompts `attn lm passkey` scores), followed by the answer's ids for teacher forcing.
-struct TokenPasskey {
-    let lm: LanguageModel
-
-    init(_ lm: LanguageModel) { self.lm = lm }
-
-    /// (prompt, answer): the longest prompt that leaves room for the answer within `length` tokens,
-    /// the key after the filler repetition nearest `depth` ∈ [0, 1].
-    func prompt(length: Int, depth: Double, key: Int) throws -> (prompt: [Int32], answer: [Int32]) {
-        let answer = lm.encode(" \(key)", addSpecial: false)
-        let prompt = try TokenizedPasskey.prompt(length: length - answer.count, depth: depth, key: key) { lm.encode($0) }
-        return (prompt, answer)
-    }
-}
-
-
 struct RecipeLength: Codable {
     /// Positions `scoredFrom ..< ctx − 1` of each window are scored (all but a prefix with --score-last).
     let ctx: Int, windows: Int, scoredFrom: Int
@@ -262,7 +245,6 @@ func evaluateRecipe(_ m: CausalLM, lm: LanguageModel, label: String, ids: [Int32
     }
     var cells = [RecipePasskeyCell]()
     if !passkeyLengths.isEmpty {
-        let pk = TokenPasskey(lm)
         let depths = passkeyDepths.split(separator: ",").compactMap { Double($0) }
         var rng = SplitMix64(seed: 12345)
         for L in try parseInts(passkeyLengths, "passkey-lengths", minimum: 16) {
@@ -271,7 +253,9 @@ func evaluateRecipe(_ m: CausalLM, lm: LanguageModel, label: String, ids: [Int32
                 let t0 = Date()
                 for _ in 0..<trials {
                     let key = 1 + Int(rng.next() % UInt64(PasskeyTask.maxKey))  // Landmark's 1...50000, as `attn lm passkey`
-                    let (prompt, answer) = try pk.prompt(length: L, depth: d, key: key)
+                    // `attn lm passkey`'s prompt, leaving room for the answer's ids (teacher forcing).
+                    let answer = lm.encode(" \(key)", addSpecial: false)
+                    let prompt = try TokenizedPasskey.prompt(length: L - answer.count, depth: d, key: key) { lm.encode($0) }
                     let positions = (0..<answer.count).map { prompt.count - 1 + $0 }
                     let predicted = try m.greedyPredictions(prompt + answer, positions: positions, threads: threads)
                     if predicted == answer { correct += 1 }

@@ -280,6 +280,8 @@ struct LMPasskey: ParsableCommand {
     @Option(help: "Prompts per (length, depth).") var trials = 4
     @Option(help: "Seed of the fine-tune's prompts (scoring uses its own fixed keys).") var seed: UInt64 = 1
     @Option(help: "Write the results as JSON here.") var json: String?
+    @Option(help: "Pretrained models: write each prompt's token ids to this directory (created) as passkey-LENGTH-DEPTH-KEY.npy (int32 [T]), to score another engine on the same prompts.")
+    var promptsOut: String?
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
 
     struct Output: Codable {
@@ -355,11 +357,19 @@ extension LMPasskey {
         guard trials >= 1 else { throw ValidationError("--trials must be at least 1") }
         let (lm, m, ext) = try variant.loadPretrained(model, matmul: .fast)
         if chat, lm.chatTemplate == nil { throw ValidationError("\(lm.name) has no chat template (--chat)") }
+        if let promptsOut { try FileManager.default.createDirectory(atPath: promptsOut, withIntermediateDirectories: true) }
+        var writeError: Error?
         let t0 = Date()
         let (r, all) = try TokenizedPasskey.score(lm, model: m, lengths: scored, depths: ds, trials: trials, chat: chat, cacheType: type,
-                                                  threads: threads) { t in
+                                                  threads: threads) { t, ids in
+            if let promptsOut, writeError == nil {
+                // Each prompt's ids, so another engine can be scored on exactly these prompts.
+                let file = (promptsOut as NSString).appendingPathComponent("passkey-\(t.length)-\(t.depth)-\(t.key).npy")
+                do { try Numpy.write(int32: ids, shape: [ids.count], to: file) } catch { writeError = error }
+            }
             FileHandle.standardError.write("passkey \(t.length) depth \(t.depth): \(t.promptTokens) tokens, key \(t.key), answer \(t.answer.debugDescription) \(t.correct ? "right" : "wrong") (\(String(format: "%.1f", t.seconds)) s)\n".data(using: .utf8)!)
         }
+        if let writeError { throw writeError }
         let seconds = Date().timeIntervalSince(t0)
         print("| length | " + ds.map { String(format: "depth %.2f", $0) }.joined(separator: " | ") + " |")
         print("|---|" + String(repeating: "---|", count: ds.count))

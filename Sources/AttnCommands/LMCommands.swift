@@ -85,8 +85,10 @@ struct LMEval: ParsableCommand {
     var quantize: String?
     @Option(help: "Token ids, int32/int64 .npy [B, T].")
     var tokens: String
-    @Option(help: "Output: logits float32 .npy [B, T, V].")
+    @Option(help: "Output: logits float32 .npy [B, T, V] ([B, K, V] with --last K).")
     var logits: String?
+    @Option(help: "Only the last K positions, as generation computes them: the first T - K tokens prefilled through a KV cache, the last K decoded one at a time (--logits [B, K, V]; --loss over their K - 1 next tokens). For inputs whose [B, T, V] logits would not fit.")
+    var last: Int?
     @Option(help: "Output: the mean next-token cross-entropy, a 0-d float32 .npy.")
     var loss: String?
     @Option(help: "Output: the loss's gradient of every parameter under transformers' parameter names (Mixtral: experts fused as gate_up_proj/down_proj); with --adapter: of the adapter's A and B, PEFT's names. Safetensors.")
@@ -99,6 +101,10 @@ struct LMEval: ParsableCommand {
         let outs = [logits, loss, grads].compactMap { $0 }
         if outs.isEmpty { throw ValidationError("nothing to compute: give --logits, --loss or --grads") }
         if Set(outs).count != outs.count { throw ValidationError("output files must differ") }
+        if let last {
+            if last < 1 { throw ValidationError("--last must be at least 1") }
+            if grads != nil { throw ValidationError("--last computes logits and loss only, not --grads") }
+        }
         try MatmulOption.check(matmul)
         _ = try QuantizeOption.type(quantize)
     }
@@ -112,6 +118,10 @@ struct LMEval: ParsableCommand {
         let lora = try adapter.map { try LoRAAdapter(directory: $0, model: base) }
         let net = try lora.map { try $0.mergedModel(base) } ?? base
         let g = grads != nil ? try ParameterSet(zerosLike: net.parameters) : nil
+        if let last {
+            try evaluateLast(net, ids: ids, batch: B, length: T, last: last)
+            return
+        }
         if net.matmul == .fast, g == nil {
             // Every product on the integer kernels: each sequence decoded 16 tokens at a time.
             let V = net.config.vocabSize
@@ -151,6 +161,38 @@ struct LMEval: ParsableCommand {
         if let logits, let l = result.logits { try Numpy.write(l, to: logits) }
         if let loss { try Numpy.write(try Tensor(shape: [], scalars: [Float(result.loss)]), to: loss) }
         if let grads, let named { try SafeTensors.write(named, to: grads) }
+    }
+}
+
+extension LMEval {
+    /// `--last K`: each sequence prefilled to T - K tokens, then its last K tokens decoded one at a
+    /// time, so the logits are those greedy generation would see when teacher-forced on the tail.
+    func evaluateLast(_ net: CausalLM, ids: [Int32], batch B: Int, length T: Int, last K: Int) throws {
+        guard K <= T else { throw ValidationError("--last \(K) exceeds the \(T) tokens of each sequence") }
+        guard net.config.attention.allSatisfy({ $0 == .exact }) else {
+            throw ValidationError("--last decodes through a KV cache: every layer must use exact attention")
+        }
+        let V = net.config.vocabSize
+        var all = try Tensor(uninitialized: [B, K, V])
+        var total = 0.0
+        for b in 0..<B {
+            let seq = Array(ids[(b * T)..<((b + 1) * T)])
+            var cache = try net.makeCache(positions: T, chunk: CausalLM.prefillChunk)
+            if T > K { _ = try net.step(Array(seq[..<(T - K)]), cache: &cache, threads: threads) }
+            for j in 0..<K {
+                let z = try net.step([seq[T - K + j]], cache: &cache, threads: threads)
+                let row = all.unsafeMutableBaseAddress() + (b * K + j) * V
+                z.withUnsafeBufferPointer { row.update(from: $0.baseAddress!, count: V) }
+                if j + 1 < K {
+                    guard let l = CausalLM.tokenLoss(row, vocab: V, target: Int(seq[T - K + j + 1])) else {
+                        throw ModelError.nonFiniteLogitsAt(sequence: b, position: T - K + j)
+                    }
+                    total += l
+                }
+            }
+        }
+        if let logits { try Numpy.write(all, to: logits) }
+        if let loss { try Numpy.write(try Tensor(shape: [], scalars: [Float(total / Double(max(1, B * (K - 1))))]), to: loss) }
     }
 }
 

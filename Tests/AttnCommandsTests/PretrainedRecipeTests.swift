@@ -1,4 +1,5 @@
 import ArgumentParser
+import AttentionTensor
 import AttnCommands
 import Foundation
 import LongContextModel
@@ -60,10 +61,19 @@ final class PretrainedRecipeTests: XCTestCase {
     }
 
     /// Passkey: the prompt is the longest of at most the length in real tokens, the answer's first
-    /// number decides, with f32 and int8 caches and YaRN options accepted.
+    /// number decides, with f32 and int8 caches and YaRN options accepted; `--prompts-out` writes
+    /// each prompt's ids (the key's digits inside).
     func testPasskeyOnSmolLM2() throws {
+        let prompts = directory.appendingPathComponent("prompts")
         try run(["lm", "passkey", "--model", smol, "--lengths", "120", "--depths", "0.5", "--trials", "1", "--kv-type", "int8",
-                 "--rope-scaling", "yarn", "--rope-factor", "2", "--json", directory.appendingPathComponent("pk8.json").path])
+                 "--rope-scaling", "yarn", "--rope-factor", "2", "--json", directory.appendingPathComponent("pk8.json").path,
+                 "--prompts-out", prompts.path])
+        let t0 = (try json("pk8.json")["trials"] as! [[String: Any]])[0]
+        let file = prompts.appendingPathComponent("passkey-120-0.5-\(t0["key"] as! Int).npy").path
+        let (shape, ids) = try Numpy.readIntegers(file)
+        XCTAssertEqual(shape, [t0["promptTokens"] as! Int])
+        let lm = try LanguageModel(path: smol)
+        XCTAssertTrue(try lm.decode(ids.map { Int32($0) }).contains("The pass key is \(t0["key"] as! Int)."), "the needle in the written prompt")
         for name in ["pk8.json"] {
             let r = try json(name)
             let trials = r["trials"] as! [[String: Any]]
@@ -76,6 +86,40 @@ final class PretrainedRecipeTests: XCTestCase {
         }
         XCTAssertEqual(try json("pk8.json")["kvType"] as? String, "int8")
         XCTAssertEqual(try json("pk8.json")["contextExtension"] as? String, "yarn ×2.0")
+    }
+
+    /// `lm eval --last K`: the last K positions' logits through the KV cache (prefill, then one token
+    /// at a time) equal the full forward's last K rows under `--matmul exact` (float32 rounding of a
+    /// different summation order: 2e-4 of the largest logit), the loss is the mean over their K − 1
+    /// next tokens, and bad K is refused.
+    func testEvalLastPositions() throws {
+        let lm = try LanguageModel(path: smol)
+        let ids = lm.encode("In the beginning God created the heaven and the earth. And the earth was without form, and void.")
+        let T = ids.count, K = 5, tokens = directory.appendingPathComponent("t.npy").path
+        XCTAssertGreaterThan(T, K + 10)
+        try Numpy.write(int32: ids, shape: [T], to: tokens)
+        let d = directory.path
+        try run(["lm", "eval", "--model", smol, "--tokens", tokens, "--logits", d + "/full.npy"])
+        try run(["lm", "eval", "--model", smol, "--tokens", tokens, "--last", "\(K)", "--logits", d + "/last.npy", "--loss", d + "/loss.npy"])
+        let full = try Numpy.readTensor(d + "/full.npy"), last = try Numpy.readTensor(d + "/last.npy")
+        let V = lm.model.config.vocabSize
+        XCTAssertEqual(last.shape, [1, K, V])
+        let f = full.scalars, l = last.scalars
+        let tail = Array(f[((T - K) * V)...])
+        let scale = tail.map(abs).max()!
+        XCTAssertLessThanOrEqual(zip(tail, l).map { abs($0 - $1) }.max()!, 2e-4 * scale)
+        var total = 0.0
+        for j in 0..<(K - 1) {
+            let row = Array(l[(j * V)..<((j + 1) * V)]).map(Double.init), m = row.max()!
+            total += log(row.map { exp($0 - m) }.reduce(0, +)) + m - row[Int(ids[T - K + j + 1])]
+        }
+        XCTAssertEqual(Double(try Numpy.readTensor(d + "/loss.npy").scalars[0]), total / Double(K - 1), accuracy: 1e-4)
+        for (k, words) in [("0", "at least 1"), ("\(T + 1)", "exceeds the \(T) tokens")] {
+            XCTAssertThrowsError(try run(["lm", "eval", "--model", smol, "--tokens", tokens, "--last", k, "--logits", d + "/x.npy"])) { e in
+                XCTAssertTrue("\(e)".contains(words), "--last \(k): \(e)")
+            }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/x.npy"))
     }
 
     /// Bad options: one clear error each, before any scoring.

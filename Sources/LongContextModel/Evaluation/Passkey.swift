@@ -261,7 +261,7 @@ public enum TokenizedPasskey {
     /// depth) with `trials` keys each, a pure function of `seed`; greedy, 8 tokens, a KV cache of `cacheType`.
     public static func score(_ lm: LanguageModel, model: CausalLM, lengths: [Int], depths: [Double], trials: Int, chat: Bool,
                              cacheType: KVCacheType, seed: UInt64 = 7, threads: Int? = nil,
-                             progress: (Trial) -> Void = { _ in }) throws -> (results: PasskeyResults, trials: [Trial]) {
+                             progress: (_ trial: Trial, _ prompt: [Int32]) -> Void = { _, _ in }) throws -> (results: PasskeyResults, trials: [Trial]) {
         try requireOption(!lengths.isEmpty, "lengths", lengths, "at least one length (passkey scoring)")
         try requireOption(!depths.isEmpty, "depths", depths, "at least one depth (passkey scoring)")
         try requireOption(trials >= 1, "trials", trials, ">= 1")
@@ -289,7 +289,7 @@ public enum TokenizedPasskey {
                     let t = Trial(length: L, depth: depth, key: key, promptTokens: ids.count, answer: answer, correct: ok,
                                   seconds: Date().timeIntervalSince(t0))
                     all.append(t)
-                    progress(t)
+                    progress(t, ids)
                 }
                 row.append(Double(right) / Double(trials))
             }

@@ -303,27 +303,35 @@ static void qdotK_portable(int type, const void *w, long rowBytes, long wrows, l
 // MARK: - Float weights (f32, f16, bf16)
 
 /// 16-lane partial sums over columns (lane j takes columns ≡ j mod 16, a zero-filled tail), then
-/// HSUM's fixed tree: elementwise vector code, so every clone gives the same bits.
+/// HSUM's fixed tree: elementwise vector code, so every clone gives the same bits. f16 and bf16
+/// rows are dequantised QF_CHUNK columns at a time into a buffer on the stack (a multiple of the
+/// vector width, so the lanes take the same columns in the same order as over a whole row).
+enum { QF_CHUNK = 1024 };
 AK_CLONES static void qdot_float(int type, const void *w, long rowBytes, long wrows, long k, const float *x, long nx,
-                                 float *y, long ldy, int accumulate, float *scratch) {
+                                 float *y, long ldy, int accumulate) {
+    float buf[QF_CHUNK];
     for (long i = 0; i < wrows; i++) {
         const uint8_t *row = (const uint8_t *)w + i * rowBytes;
-        const float *wr;
-        if (type == T_F32) {
-            wr = (const float *)row;
-        } else {
-            if (type == T_F16) ak_dequantize_f16(row, scratch, k); else ak_dequantize_bf16(row, scratch, k);
-            wr = scratch;
+        vf s[AK_QDOT_MAX_ROWS];
+        for (long r = 0; r < nx; r++) s[r] = 0;
+        for (long c = 0; c < k; c += QF_CHUNK) {
+            const long n = k - c < QF_CHUNK ? k - c : QF_CHUNK;
+            const float *wr;
+            if (type == T_F32) {
+                wr = (const float *)row + c;
+            } else {
+                if (type == T_F16) ak_dequantize_f16(row + 2 * c, buf, n); else ak_dequantize_bf16(row + 2 * c, buf, n);
+                wr = buf;
+            }
+            for (long r = 0; r < nx; r++) {
+                const float *xr = x + r * k + c;
+                long j = 0;
+                for (; j + W <= n; j += W) s[r] += LOAD(wr + j) * LOAD(xr + j);
+                if (j < n) s[r] += LOAD_PARTIAL(wr + j, n - j, 0.0f) * LOAD_PARTIAL(xr + j, n - j, 0.0f);
+            }
         }
         float acc[AK_QDOT_MAX_ROWS];
-        for (long r = 0; r < nx; r++) {
-            const float *xr = x + r * k;
-            vf s = 0;
-            long j = 0;
-            for (; j + W <= k; j += W) s += LOAD(wr + j) * LOAD(xr + j);
-            if (j < k) s += LOAD_PARTIAL(wr + j, k - j, 0.0f) * LOAD_PARTIAL(xr + j, k - j, 0.0f);
-            acc[r] = HSUM(s);
-        }
+        for (long r = 0; r < nx; r++) acc[r] = HSUM(s[r]);
         store_rows(acc, nx, y, ldy, i, accumulate);
     }
 }
@@ -412,9 +420,7 @@ void ak_qdot(int type, const void *w, long rowBytes, long wrows, long k, const v
     if (wrows <= 0 || nx <= 0) return;
     if (nx > AK_QDOT_MAX_ROWS) nx = AK_QDOT_MAX_ROWS;
     if (is_float(type)) {
-        float *scratch = type == T_F32 ? NULL : malloc((size_t)k * sizeof(float));
-        qdot_float(type, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate, scratch);
-        free(scratch);
+        qdot_float(type, w, rowBytes, wrows, k, xa, nx, y, ldy, accumulate);
         return;
     }
     const int path = ak_qdot_path();

@@ -121,22 +121,38 @@ public struct SamplingOptions: Sendable, Equatable {
     /// Since 2026-12-07: before, this case took the sorted walk, so a seed gives other tokens
     /// than it did then (from the same distribution).
     func pickInIdOrder(_ logits: UnsafePointer<Float>, vocab V: Int, rng: inout SplitMix64) -> Int32 {
-        let w = Self.unorderedWeights(logits, vocab: V, temperature: temperature, minP: minP)
-        var total = 0.0, last = 0
-        for i in 0..<V where w[i] > 0 { total += Double(w[i]); last = i }
-        // A temperature below float's range (~1e-45) gives the top token exp(0 / 0) = NaN and the
-        // rest 0: that is greedy. (Callers pass finite logits; DecodingSequence checks them.)
-        guard total > 0, total.isFinite else { return Self.argmax(logits, vocab: V) }
-        var u = rng.nextUnitOpen(), i = 0
-        while i < last {
-            if w[i] > 0 {
-                let p = Double(w[i]) / total
-                if u < p { break }
-                u -= p
+        // unorderedWeights' operations chunk by chunk into a buffer on the stack (no V-float array
+        // per token: 1 MiB for Gemma 3): a pass for the total, then the walk recomputes its chunks.
+        var m = logits[0]
+        for i in 1..<V where logits[i] > m { m = logits[i] }
+        let t = Float(temperature), cut = Float(minP), chunk = Swift.min(V, 4096)
+        return withUnsafeTemporaryAllocation(of: Float.self, capacity: chunk) { w -> Int32 in
+            func weights(from a: Int, count n: Int) {
+                for j in 0..<n { w[j] = (logits[a + j] - m) / t }
+                ak_exp(w.baseAddress!, w.baseAddress!, n)
+                if cut > 0 { for j in 0..<n where w[j] < cut && logits[a + j] != m { w[j] = 0 } }
             }
-            i += 1
+            var total = 0.0, last = 0
+            for a in stride(from: 0, to: V, by: chunk) {
+                let n = Swift.min(chunk, V - a)
+                weights(from: a, count: n)
+                for j in 0..<n where w[j] > 0 { total += Double(w[j]); last = a + j }
+            }
+            // A temperature below float's range (~1e-45) gives the top token exp(0 / 0) = NaN and the
+            // rest 0: that is greedy. (Callers pass finite logits; DecodingSequence checks them.)
+            guard total > 0, total.isFinite else { return Self.argmax(logits, vocab: V) }
+            var u = rng.nextUnitOpen()
+            for a in stride(from: 0, to: last, by: chunk) {
+                let n = Swift.min(chunk, last - a)
+                weights(from: a, count: n)
+                for j in 0..<n where w[j] > 0 {
+                    let p = Double(w[j]) / total
+                    if u < p { return Int32(a + j) }
+                    u -= p
+                }
+            }
+            return Int32(last)
         }
-        return Int32(i)
     }
 
     /// The reference for ``pickInIdOrder(_:vocab:rng:)``: the kept ids and their probabilities

@@ -8,7 +8,10 @@ queue, `--interrupt_requests False`, rather than cut the running one short).
 
 Each stream asks for `--tokens` tokens of a distinct prompt at temperature 0.7 (a fixed seed per
 stream, so an end token rarely comes early); throughput counts `usage.completion_tokens` (or,
-when a server sends no usage, the text chunks) over the wall time of the whole round.
+when a server sends no usage, the text chunks) over the wall time of the whole round, prefill and
+time to first token included. `decodeTokensPerSecond` is the aggregate decode rate alone: text
+chunks per second from the last stream's first chunk to the first stream's last, while every
+stream of the round decodes (`decodeSpeedupOverOneStream` against one stream's, measured alike).
 
 The client is light by default (`--client http`: http.client and a hand-rolled SSE reader): the
 client runs on the same cores as the server, and OpenAI's Python client costs enough CPU per
@@ -85,7 +88,8 @@ class LlamaCppServer:
 
 
 def http_stream(url, name, prompt, tokens, seed):
-    """One streamed completion over http.client: (seconds to the first text, completion tokens)."""
+    """One streamed completion over http.client: (seconds to the first text, completion tokens,
+    the perf_counter time of every text chunk)."""
     u = urllib.parse.urlparse(url)
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     body = json.dumps({"model": name, "prompt": prompt, "max_tokens": tokens, "temperature": 0.7, "seed": seed,
@@ -95,7 +99,7 @@ def http_stream(url, name, prompt, tokens, seed):
     r = c.getresponse()
     if r.status != 200:
         raise RuntimeError(f"{r.status}: {r.read()[:300]}")
-    first, usage, chunks = None, None, 0
+    first, usage, chunks, times = None, None, 0, []
     while True:
         line = r.fp.readline()
         if not line:
@@ -111,26 +115,40 @@ def http_stream(url, name, prompt, tokens, seed):
             usage = j["usage"].get("completion_tokens")
         if j.get("choices") and j["choices"][0].get("text"):
             chunks += 1
+            times.append(time.perf_counter())
             if first is None:
-                first = time.perf_counter() - t0
+                first = times[-1] - t0
     c.close()
-    return first or 0.0, usage if usage is not None else chunks
+    return first or 0.0, usage if usage is not None else chunks, times
 
 
 def openai_stream(url, name, prompt, tokens, seed):
     import openai
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
     t0 = time.perf_counter()
-    first, usage, chunks = None, None, 0
+    first, usage, chunks, times = None, None, 0, []
     for chunk in client.completions.create(model=name, prompt=prompt, max_tokens=tokens, temperature=0.7, seed=seed,
                                            stream=True, stream_options={"include_usage": True}):
         if chunk.choices and chunk.choices[0].text:
             chunks += 1
+            times.append(time.perf_counter())
             if first is None:
-                first = time.perf_counter() - t0
+                first = times[-1] - t0
         if getattr(chunk, "usage", None):
             usage = chunk.usage.completion_tokens
-    return first or 0.0, usage if usage is not None else chunks
+    return first or 0.0, usage if usage is not None else chunks, times
+
+
+def steady_decode_rate(results):
+    """Text chunks per second while every stream of the round is decoding: from the last stream's
+    first chunk to the first stream's last one (prefill and the stragglers' tails left out). A
+    chunk is a token but for the few the server holds back to complete a UTF-8 character. None
+    when the streams never all decode at once."""
+    start, end = max(r[2][0] for r in results if r[2]), min(r[2][-1] for r in results if r[2])
+    if end <= start or any(not r[2] for r in results):
+        return None
+    n = sum(1 for r in results for t in r[2] if start < t <= end)
+    return n / (end - start)
 
 
 def bench(url, name, peer, counts, a, rows):
@@ -142,7 +160,7 @@ def bench(url, name, peer, counts, a, rows):
     # Warm-up: two requests (llama-cpp-python's first ones ran several times slower than the next).
     one(0)
     one(0)
-    single = None
+    single = single_decode = None
     for n in counts:
         before = load()
         t0 = time.perf_counter()
@@ -153,12 +171,17 @@ def bench(url, name, peer, counts, a, rows):
         rate = tokens / seconds
         single = single or rate
         ttft = sorted(r[0] for r in results)[len(results) // 2]
+        decode = steady_decode_rate(results)
+        single_decode = single_decode or decode
         row = {"variant": "serve", "impl": name if peer is None else f"{name}-llama.cpp", "model": name, "B": n,
                "threads": a.threads, "seconds": seconds, "tokensPerSecond": rate, "timeToFirstTokenSeconds": ttft,
                "completionTokens": tokens, "speedupOverOneStream": rate / single, "cpu": cpu_name(), "client": a.client,
-               "loadAverage": before,
+               "loadAverage": before, "decodeTokensPerSecond": decode,
+               "decodeSpeedupOverOneStream": decode / single_decode if decode and single_decode else None,
                "note": f"{n} concurrent streams of {a.tokens} tokens: {rate:.1f} tokens/s in all "
-                       f"({rate / single:.2f}x one stream), median time to first token {ttft * 1e3:.0f} ms"}
+                       f"({rate / single:.2f}x one stream), median time to first token {ttft * 1e3:.0f} ms"
+                       + (f"; while all {n} decode: {decode:.1f} tokens/s ({decode / single_decode:.2f}x one stream's)"
+                          if decode and single_decode else "")}
         if peer:
             row["peer"] = peer
         rows.append(row)

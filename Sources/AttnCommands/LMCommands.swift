@@ -104,6 +104,7 @@ struct LMEval: ParsableCommand {
         if let last {
             if last < 1 { throw ValidationError("--last must be at least 1") }
             if grads != nil { throw ValidationError("--last computes logits and loss only, not --grads") }
+            if loss != nil, last < 2 { throw ValidationError("--loss with --last needs K >= 2 (the loss is over the K - 1 next tokens)") }
         }
         try MatmulOption.check(matmul)
         _ = try QuantizeOption.type(quantize)

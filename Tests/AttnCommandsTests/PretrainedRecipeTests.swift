@@ -119,6 +119,9 @@ final class PretrainedRecipeTests: XCTestCase {
                 XCTAssertTrue("\(e)".contains(words), "--last \(k): \(e)")
             }
         }
+        XCTAssertThrowsError(try run(["lm", "eval", "--model", smol, "--tokens", tokens, "--last", "1", "--loss", d + "/x.npy"])) { e in
+            XCTAssertTrue("\(e)".contains("K >= 2"), "\(e)")
+        }
         XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/x.npy"))
     }
 

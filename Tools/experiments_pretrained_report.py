@@ -39,7 +39,8 @@ def seconds(name):
 
 
 md = [f"Run {RUN['date']}, commit {RUN['commit']}, {RUN['cpu']} ({RUN['cores']} cores, shared with other jobs: timings are noisy), "
-      f"{'QUICK' if RUN['quick'] else 'full'} mode, {sum(t['seconds'] for t in TIMINGS.values()) / 60:.1f} minutes of steps.\n",
+      f"{'QUICK' if RUN['quick'] else 'full'} mode, {sum(TIMINGS[s['name']]['seconds'] for s in RUN['steps'] if s['name'] in TIMINGS) / 60:.1f} "
+      f"minutes of the grid's steps.\n",
       "Every figure below is from the command listed in the step table at the end (`attn` is `.build/release/attn`).\n"]
 targets = []
 

@@ -186,9 +186,9 @@ public final class Scheduler: @unchecked Sendable {
                     sequences.append(s)
                     metrics.promptTokens.increment(by: Int64(job.prompt.count))
                 } catch {
+                    release([job])
                     job.continuation.yield(.failed("\(error)"))
                     job.continuation.finish()
-                    release([job])
                 }
             }
             metrics.activeSequences.set(Double(active.count))
@@ -203,9 +203,8 @@ public final class Scheduler: @unchecked Sendable {
                 prefixes.insert(tokens: s.cachedTokens, cache: s.cache)
             }
             metrics.prefixBytes.set(Double(prefixes.bytes))
-            let done = active.filter { finished.contains($0.job.id) }.map(\.job)
+            // Their admission slots went back when they finished (decodeRound); the sequences leave now.
             removeActive { finished.contains($0.job.id) }
-            release(done)
             metrics.activeSequences.set(Double(active.count))
             let now = ContinuousClock.now
             if now - windowStart >= .seconds(1) {
@@ -278,21 +277,22 @@ public final class Scheduler: @unchecked Sendable {
                         let dt = seconds(ContinuousClock.now - first)
                         if dt > 0 { metrics.tokensPerSecond.record(Double(n - 1) / dt) }
                     }
+                    // The slot goes back before the client sees the end, so a client that sends its
+                    // next request on the answer finds room; the sequence leaves after this round
+                    // (admission waits for the next one).
+                    release([job])
                     job.continuation.yield(.finished(reason: reason, promptTokens: job.prompt.count, completionTokens: n))
                     job.continuation.finish()
                 }
             } catch {
+                release([job])
                 job.continuation.yield(.failed("\(error)"))
                 job.continuation.finish()
                 // A failed sequence leaves the round like a finished one.
                 failedIDs.insert(job.id)
             }
         }
-        if !failedIDs.isEmpty {
-            let gone = active.filter { failedIDs.contains($0.job.id) }.map(\.job)
-            removeActive { failedIDs.contains($0.job.id) }
-            release(gone)
-        }
+        if !failedIDs.isEmpty { removeActive { failedIDs.contains($0.job.id) } }
         return sampled
     }
 

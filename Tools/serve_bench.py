@@ -144,8 +144,10 @@ def steady_decode_rate(results):
     first chunk to the first stream's last one (prefill and the stragglers' tails left out). A
     chunk is a token but for the few the server holds back to complete a UTF-8 character. None
     when the streams never all decode at once."""
-    start, end = max(r[2][0] for r in results if r[2]), min(r[2][-1] for r in results if r[2])
-    if end <= start or any(not r[2] for r in results):
+    if any(not r[2] for r in results):
+        return None
+    start, end = max(r[2][0] for r in results), min(r[2][-1] for r in results)
+    if end <= start:
         return None
     n = sum(1 for r in results for t in r[2] if start < t <= end)
     return n / (end - start)

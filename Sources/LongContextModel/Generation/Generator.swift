@@ -102,16 +102,22 @@ public struct SamplingOptions: Sendable, Equatable {
     /// `ak_exp` (the same bits on every path), 0 where min-p drops the token (w_i < minP, never a
     /// most likely one).
     static func unorderedWeights(_ logits: UnsafePointer<Float>, vocab V: Int, temperature: Double, minP: Double) -> [Float] {
-        var m = logits[0]
-        for i in 1..<V where logits[i] > m { m = logits[i] }
-        let t = Float(temperature), cut = Float(minP)
+        let m = logits[Int(argmax(logits, vocab: V))]
         return [Float](unsafeUninitializedCapacity: V) { b, c in
-            for i in 0..<V { b[i] = (logits[i] - m) / t }
-            ak_exp(b.baseAddress!, b.baseAddress!, V)
-            // The most likely tokens are always kept (their weight is exp(0), whatever min-p is).
-            if cut > 0 { for i in 0..<V where b[i] < cut && logits[i] != m { b[i] = 0 } }
+            unorderedWeights(logits, from: 0, count: V, max: m, temperature: temperature, minP: minP, into: b.baseAddress!)
             c = V
         }
+    }
+
+    /// ``unorderedWeights(_:vocab:temperature:minP:)`` of ids `a ..< a + n` into `w`, given the
+    /// maximum logit `m` (each weight depends only on its own logit and `m`).
+    static func unorderedWeights(_ logits: UnsafePointer<Float>, from a: Int, count n: Int, max m: Float, temperature: Double,
+                                 minP: Double, into w: UnsafeMutablePointer<Float>) {
+        let t = Float(temperature), cut = Float(minP)
+        for j in 0..<n { w[j] = (logits[a + j] - m) / t }
+        ak_exp(w, w, n)
+        // The most likely tokens are always kept (their weight is exp(0), whatever min-p is).
+        if cut > 0 { for j in 0..<n where w[j] < cut && logits[a + j] != m { w[j] = 0 } }
     }
 
     /// The unordered draw (``isUnordered``): the ids walked in order, p_i = w_i / Σw formed only
@@ -121,16 +127,12 @@ public struct SamplingOptions: Sendable, Equatable {
     /// Since 2026-12-07: before, this case took the sorted walk, so a seed gives other tokens
     /// than it did then (from the same distribution).
     func pickInIdOrder(_ logits: UnsafePointer<Float>, vocab V: Int, rng: inout SplitMix64) -> Int32 {
-        // unorderedWeights' operations chunk by chunk into a buffer on the stack (no V-float array
-        // per token: 1 MiB for Gemma 3): a pass for the total, then the walk recomputes its chunks.
-        var m = logits[0]
-        for i in 1..<V where logits[i] > m { m = logits[i] }
-        let t = Float(temperature), cut = Float(minP), chunk = Swift.min(V, 4096)
+        // The weights chunk by chunk into a buffer on the stack (no V-float array per token:
+        // 1 MiB for Gemma 3): a pass for the total, then the walk recomputes its chunks.
+        let m = logits[Int(Self.argmax(logits, vocab: V))], chunk = Swift.min(V, 4096)
         return withUnsafeTemporaryAllocation(of: Float.self, capacity: chunk) { w -> Int32 in
             func weights(from a: Int, count n: Int) {
-                for j in 0..<n { w[j] = (logits[a + j] - m) / t }
-                ak_exp(w.baseAddress!, w.baseAddress!, n)
-                if cut > 0 { for j in 0..<n where w[j] < cut && logits[a + j] != m { w[j] = 0 } }
+                Self.unorderedWeights(logits, from: a, count: n, max: m, temperature: temperature, minP: minP, into: w.baseAddress!)
             }
             var total = 0.0, last = 0
             for a in stride(from: 0, to: V, by: chunk) {
